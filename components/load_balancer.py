@@ -1,0 +1,249 @@
+"""An internet-facing Application Load Balancer tuned for streamed LLM responses.
+
+Creates: the ALB in the public subnets; its security group (443 from the given CIDRs, 80 only for
+the optional redirect or the explicit plain-HTTP mode; egress is added by whoever owns the
+targets, see `Service`); an HTTPS listener with a TLS 1.3 policy and an ACM certificate (given,
+or issued with DNS validation in a Route 53 zone, plus an alias record); an `ip` target group
+with least-outstanding-requests routing; an access-log bucket (SSE-S3, private, expiring).
+
+Cost: about $16/month plus $5.84 per LCU-month; the log bucket costs S3 storage.
+
+    alb = LoadBalancer("alb", LoadBalancerArgs(vpc_id=..., subnet_ids=[...], container_port=8080,
+                                               certificate_arn="arn:aws:acm:..."))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pulumi
+import pulumi_aws as aws
+
+
+@dataclass
+class LoadBalancerArgs:
+    vpc_id: pulumi.Input[str]
+    subnet_ids: list[pulumi.Input[str]]
+    container_port: int
+    certificate_arn: str = ""
+    domain_name: str = ""
+    hosted_zone_id: str = ""
+    http_mode: Literal["none", "redirect", "plain"] = "none"
+    ingress_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
+    ingress_ipv6_cidrs: list[str] = field(default_factory=lambda: ["::/0"])
+    # Streamed completions hold a connection open for minutes; AWS's 60 s default cuts them off.
+    idle_timeout_seconds: int = 600
+    health_check_path: str = "/healthz"
+    deregistration_delay_seconds: int = 60
+    ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    deletion_protection: bool = False
+    access_log_retention_days: int = 90
+
+
+class LoadBalancer(pulumi.ComponentResource):
+    arn: pulumi.Output[str]
+    arn_suffix: pulumi.Output[str]
+    dns_name: pulumi.Output[str]
+    security_group_id: pulumi.Output[str]
+    target_group_arn: pulumi.Output[str]
+    target_group_arn_suffix: pulumi.Output[str]
+    url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: LoadBalancerArgs,
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-service:load_balancer:LoadBalancer", name, None, opts)
+        p = pulumi.ResourceOptions(parent=self)
+        https = args.http_mode != "plain" or bool(args.certificate_arn or args.domain_name)
+
+        self.security_group = aws.ec2.SecurityGroup(
+            f"{name}-sg", vpc_id=args.vpc_id, description="Load balancer: listener ports only",
+            opts=p,
+        )
+        ports = ([443] if https else []) + ([80] if args.http_mode != "none" else [])
+        for port in ports:
+            for i, cidr in enumerate(args.ingress_cidrs):
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-in-{port}-v4-{i}", security_group_id=self.security_group.id,
+                    cidr_ipv4=cidr, ip_protocol="tcp", from_port=port, to_port=port,
+                    description=f"clients on {port}", opts=p,
+                )
+            for i, cidr in enumerate(args.ingress_ipv6_cidrs):
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-in-{port}-v6-{i}", security_group_id=self.security_group.id,
+                    cidr_ipv6=cidr, ip_protocol="tcp", from_port=port, to_port=port,
+                    description=f"clients on {port} (IPv6)", opts=p,
+                )
+
+        logs = self._log_bucket(name, args)
+        self.lb = aws.lb.LoadBalancer(
+            f"{name}-lb", load_balancer_type="application", internal=False,
+            ip_address_type="dualstack" if args.ingress_ipv6_cidrs else "ipv4",
+            subnets=args.subnet_ids, security_groups=[self.security_group.id],
+            idle_timeout=args.idle_timeout_seconds, drop_invalid_header_fields=True,
+            enable_http2=True, desync_mitigation_mode="defensive",
+            enable_deletion_protection=args.deletion_protection,
+            access_logs=aws.lb.LoadBalancerAccessLogsArgs(
+                bucket=logs.bucket, prefix="alb", enabled=True
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[logs.policy]),
+        )
+        self.target_group = aws.lb.TargetGroup(
+            f"{name}-tg", target_type="ip", port=args.container_port, protocol="HTTP",
+            protocol_version="HTTP1", vpc_id=args.vpc_id,
+            # LLM requests last from milliseconds to minutes: round robin would pile
+            # new requests onto a task that is still streaming.
+            load_balancing_algorithm_type="least_outstanding_requests",
+            deregistration_delay=args.deregistration_delay_seconds,
+            health_check=aws.lb.TargetGroupHealthCheckArgs(
+                enabled=True, path=args.health_check_path, protocol="HTTP", matcher="200",
+                interval=15, timeout=5, healthy_threshold=2, unhealthy_threshold=3,
+            ),
+            opts=p,
+        )
+        forward = [aws.lb.ListenerDefaultActionArgs(
+            type="forward", target_group_arn=self.target_group.arn
+        )]
+        if https:
+            certificate_arn = self._certificate(name, args)
+            self.https_listener = aws.lb.Listener(
+                f"{name}-https", load_balancer_arn=self.lb.arn, port=443, protocol="HTTPS",
+                ssl_policy=args.ssl_policy, certificate_arn=certificate_arn,
+                default_actions=forward, opts=p,
+            )
+        if args.http_mode == "redirect":
+            # For browser-facing use only: API clients have sent their key in clear by now.
+            aws.lb.Listener(
+                f"{name}-http", load_balancer_arn=self.lb.arn, port=80, protocol="HTTP",
+                default_actions=[aws.lb.ListenerDefaultActionArgs(
+                    type="redirect",
+                    redirect=aws.lb.ListenerDefaultActionRedirectArgs(
+                        protocol="HTTPS", port="443", status_code="HTTP_301"
+                    ),
+                )],
+                opts=p,
+            )
+        elif args.http_mode == "plain":
+            aws.lb.Listener(
+                f"{name}-http", load_balancer_arn=self.lb.arn, port=80, protocol="HTTP",
+                default_actions=forward, opts=p,
+            )
+
+        host = args.domain_name or self.lb.dns_name
+        if args.domain_name and args.hosted_zone_id:
+            aws.route53.Record(
+                f"{name}-alias", zone_id=args.hosted_zone_id, name=args.domain_name, type="A",
+                aliases=[aws.route53.RecordAliasArgs(
+                    name=self.lb.dns_name, zone_id=self.lb.zone_id, evaluate_target_health=True,
+                )],
+                opts=p,
+            )
+        self.arn = self.lb.arn
+        self.arn_suffix = self.lb.arn_suffix
+        self.dns_name = self.lb.dns_name
+        self.security_group_id = self.security_group.id
+        self.target_group_arn = self.target_group.arn
+        self.target_group_arn_suffix = self.target_group.arn_suffix
+        self.url = pulumi.Output.concat("https://" if https else "http://", host)
+        self.register_outputs({
+            "arn": self.arn, "dns_name": self.dns_name, "url": self.url,
+            "security_group_id": self.security_group_id,
+            "target_group_arn": self.target_group_arn,
+        })
+
+    def _certificate(self, name: str, args: LoadBalancerArgs) -> pulumi.Input[str]:
+        if args.certificate_arn:
+            return args.certificate_arn
+        p = pulumi.ResourceOptions(parent=self)
+        cert = aws.acm.Certificate(
+            f"{name}-cert", domain_name=args.domain_name, validation_method="DNS",
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=False),
+        )
+        option = cert.domain_validation_options[0]
+        record = aws.route53.Record(
+            f"{name}-cert-validation", zone_id=args.hosted_zone_id,
+            name=option.resource_record_name, type=option.resource_record_type,
+            records=[option.resource_record_value], ttl=300, allow_overwrite=True, opts=p,
+        )
+        return aws.acm.CertificateValidation(
+            f"{name}-cert", certificate_arn=cert.arn, validation_record_fqdns=[record.fqdn],
+            opts=p,
+        ).certificate_arn
+
+    def _log_bucket(self, name: str, args: LoadBalancerArgs) -> "_LogBucket":
+        p = pulumi.ResourceOptions(parent=self)
+        bucket = aws.s3.Bucket(f"{name}-logs", force_destroy=not args.deletion_protection, opts=p)
+        aws.s3.BucketPublicAccessBlock(
+            f"{name}-logs", bucket=bucket.id, block_public_acls=True, block_public_policy=True,
+            ignore_public_acls=True, restrict_public_buckets=True, opts=p,
+        )
+        aws.s3.BucketOwnershipControls(
+            f"{name}-logs", bucket=bucket.id,
+            rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
+            opts=p,
+        )
+        # SSE-S3, not KMS: ALB log delivery cannot write to a KMS-encrypted bucket
+        # (aws-cdk#21947), and the failure shows only as missing logs.
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-logs", bucket=bucket.id,
+            rules=[aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                apply_server_side_encryption_by_default=aws.s3.
+                BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                    sse_algorithm="AES256"
+                ),
+            )],
+            opts=p,
+        )
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-logs", bucket=bucket.id,
+            rules=[aws.s3.BucketLifecycleConfigurationRuleArgs(
+                id="expire-access-logs", status="Enabled",
+                filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(
+                    days=args.access_log_retention_days
+                ),
+                abort_incomplete_multipart_upload=aws.s3.
+                BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                    days_after_initiation=7
+                ),
+            )],
+            opts=p,
+        )
+        elb_account = aws.elb.get_service_account_output(
+            opts=pulumi.InvokeOutputOptions(parent=self)
+        ).arn
+        policy = aws.s3.BucketPolicy(
+            f"{name}-logs", bucket=bucket.id,
+            policy=pulumi.Output.all(bucket.arn, elb_account).apply(
+                lambda a: access_log_policy(a[0], a[1])
+            ),
+            opts=p,
+        )
+        return _LogBucket(bucket.bucket, policy)
+
+
+@dataclass
+class _LogBucket:
+    bucket: pulumi.Output[str]
+    policy: aws.s3.BucketPolicy
+
+
+def access_log_policy(bucket_arn: str, elb_account_arn: str) -> str:
+    """Regions opened before Aug 2022 deliver as the regional ELB account; newer ones as the
+    log-delivery service principal. Both are allowed, to the log prefix only, over TLS only."""
+    target = f"{bucket_arn}/alb/AWSLogs/*"
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "RegionalElbAccountWritesLogs", "Effect": "Allow",
+             "Principal": {"AWS": elb_account_arn}, "Action": "s3:PutObject",
+             "Resource": target},
+            {"Sid": "LogDeliveryServiceWritesLogs", "Effect": "Allow",
+             "Principal": {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"},
+             "Action": "s3:PutObject", "Resource": target},
+            {"Sid": "TlsOnly", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+             "Resource": [bucket_arn, f"{bucket_arn}/*"],
+             "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+        ],
+    })

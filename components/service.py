@@ -1,0 +1,356 @@
+"""The LLM-calling application on ECS Fargate: cluster, task, service, autoscaling, optional ECR.
+
+Creates: an ECS cluster (Container Insights on) with FARGATE and FARGATE_SPOT; a task definition
+(read-only root file system, non-root user, health check, secrets injected from Secrets Manager by
+ARN, logs to an encrypted log group); execution and task roles scoped to exact ARNs; the tasks'
+security group (in from the load balancer only; out to 443 and to the cache); the service in
+private subnets behind the target group, with a rollback circuit breaker; target-tracking
+autoscaling on CPU, memory and requests per target; optionally an ECR repository.
+
+Cost: Fargate ARM64 about $0.0324/vCPU-hour and $0.0036/GB-hour (x86 about 25 % more; Spot up to
+70 % less): a 0.5 vCPU / 1 GB task runs about $14/month. Container Insights and logs by volume.
+
+While autoscaling is on, `desired_count` is left to the autoscaler (ignored by updates); turn it
+off and the count comes from args again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Optional
+
+import pulumi
+import pulumi_aws as aws
+
+from components.secrets import read_policy
+
+TMP_VOLUME = "tmp"
+
+
+@dataclass
+class CacheLink:
+    """How the tasks reach the cache: its security group and port."""
+
+    security_group_id: pulumi.Input[str]
+    port: int
+
+
+@dataclass
+class ServiceArgs:
+    name: str  # cluster and service name, e.g. llm-service-staging
+    region: str
+    vpc_id: pulumi.Input[str]
+    subnet_ids: list[pulumi.Input[str]]
+    image: str
+    lb_security_group_id: pulumi.Input[str]
+    target_group_arn: pulumi.Input[str]
+    request_count_label: pulumi.Input[str]  # "<alb arn suffix>/<target group arn suffix>"
+    kms_key_arn: pulumi.Input[str]
+    cpu: int = 512
+    memory: int = 1024
+    architecture: Literal["ARM64", "X86_64"] = "ARM64"
+    container_port: int = 8080
+    user: str = "1000:1000"
+    health_check_path: str = "/healthz"
+    environment: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # env name -> ARN
+    cache: Optional[CacheLink] = None
+    min_tasks: int = 1
+    max_tasks: int = 4
+    desired_tasks: int = 1
+    autoscaling: bool = True
+    cpu_target: int = 60
+    memory_target: int = 70
+    requests_per_target: int = 50
+    scale_out_cooldown: int = 60
+    scale_in_cooldown: int = 300
+    fargate_base: int = 0
+    fargate_weight: int = 1
+    spot_weight: int = 0
+    health_check_grace_seconds: int = 60
+    stop_timeout_seconds: int = 120
+    log_retention_days: int = 30
+    execute_command: bool = False
+    ecr_repository: bool = True
+    task_role_statements: list[dict[str, Any]] = field(default_factory=list)
+    protect: bool = False
+
+
+class Service(pulumi.ComponentResource):
+    cluster_name: pulumi.Output[str]
+    service_name: pulumi.Output[str]
+    security_group_id: pulumi.Output[str]
+    log_group_name: pulumi.Output[str]
+    repository_url: Optional[pulumi.Output[str]]
+
+    def __init__(self, name: str, args: ServiceArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-service:service:Service", name, None, opts)
+        p = pulumi.ResourceOptions(parent=self)
+
+        self.cluster = aws.ecs.Cluster(
+            f"{name}-cluster", name=args.name,
+            settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value="enabled")],
+            opts=p,
+        )
+        aws.ecs.ClusterCapacityProviders(
+            f"{name}-capacity", cluster_name=self.cluster.name,
+            capacity_providers=["FARGATE", "FARGATE_SPOT"], opts=p,
+        )
+        self.log_group = aws.cloudwatch.LogGroup(
+            f"{name}-logs", name=f"/ecs/{args.name}", retention_in_days=args.log_retention_days,
+            kms_key_id=args.kms_key_arn, opts=p,
+        )
+        self.repository = self._repository(name, args) if args.ecr_repository else None
+        self.repository_url = self.repository.repository_url if self.repository else None
+        self.security_group = self._security_groups(name, args)
+        execution_role, task_role = self._roles(name, args)
+        self.task_definition = aws.ecs.TaskDefinition(
+            f"{name}-task", family=args.name, cpu=str(args.cpu), memory=str(args.memory),
+            network_mode="awsvpc", requires_compatibilities=["FARGATE"],
+            runtime_platform=aws.ecs.TaskDefinitionRuntimePlatformArgs(
+                cpu_architecture=args.architecture, operating_system_family="LINUX"
+            ),
+            execution_role_arn=execution_role.arn, task_role_arn=task_role.arn,
+            volumes=[aws.ecs.TaskDefinitionVolumeArgs(name=TMP_VOLUME)],
+            container_definitions=pulumi.Output.all(
+                self.log_group.name, dict(args.environment), dict(args.secrets)
+            ).apply(lambda a: container_definitions(args, a[0], a[1], a[2])),
+            opts=p,
+        )
+        self.service = self._service(name, args)
+        if args.autoscaling:
+            self._autoscaling(name, args)
+
+        self.cluster_name = self.cluster.name
+        self.service_name = self.service.name
+        self.security_group_id = self.security_group.id
+        self.log_group_name = self.log_group.name
+        self.register_outputs({
+            "cluster_name": self.cluster_name, "service_name": self.service_name,
+            "security_group_id": self.security_group_id, "log_group_name": self.log_group_name,
+            "repository_url": self.repository_url,
+        })
+
+    def _repository(self, name: str, args: ServiceArgs) -> aws.ecr.Repository:
+        p = pulumi.ResourceOptions(parent=self, protect=args.protect)
+        repo = aws.ecr.Repository(
+            f"{name}-repo", name=args.name, image_tag_mutability="IMMUTABLE",
+            image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(
+                scan_on_push=True
+            ),
+            encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(
+                encryption_type="KMS", kms_key=args.kms_key_arn
+            )],
+            force_delete=not args.protect, opts=p,
+        )
+        aws.ecr.LifecyclePolicy(
+            f"{name}-repo", repository=repo.name, policy=json.dumps({"rules": [
+                {"rulePriority": 1, "description": "drop untagged images after 7 days",
+                 "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed",
+                               "countUnit": "days", "countNumber": 7},
+                 "action": {"type": "expire"}},
+                {"rulePriority": 2, "description": "keep the newest 50 images",
+                 "selection": {"tagStatus": "any", "countType": "imageCountMoreThan",
+                               "countNumber": 50},
+                 "action": {"type": "expire"}},
+            ]}), opts=pulumi.ResourceOptions(parent=self),
+        )
+        return repo
+
+    def _security_groups(self, name: str, args: ServiceArgs) -> aws.ec2.SecurityGroup:
+        """The tasks' group, and both ends of every connection the tasks take part in."""
+        p = pulumi.ResourceOptions(parent=self)
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-sg", vpc_id=args.vpc_id,
+            description="LLM service tasks: in from the load balancer only", opts=p,
+        )
+        port = args.container_port
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-in-from-alb", security_group_id=sg.id,
+            referenced_security_group_id=args.lb_security_group_id,
+            ip_protocol="tcp", from_port=port, to_port=port,
+            description="requests from the load balancer", opts=p,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-alb-out-to-tasks", security_group_id=args.lb_security_group_id,
+            referenced_security_group_id=sg.id, ip_protocol="tcp", from_port=port, to_port=port,
+            description="load balancer to the tasks", opts=p,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-out-https", security_group_id=sg.id, cidr_ipv4="0.0.0.0/0",
+            ip_protocol="tcp", from_port=443, to_port=443,
+            description="the LLM API, ECR, Secrets Manager and CloudWatch over HTTPS", opts=p,
+        )
+        if args.cache is not None:
+            cport = args.cache.port
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-out-to-cache", security_group_id=sg.id,
+                referenced_security_group_id=args.cache.security_group_id,
+                ip_protocol="tcp", from_port=cport, to_port=cport,
+                description="tasks to the cache", opts=p,
+            )
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-cache-in-from-tasks", security_group_id=args.cache.security_group_id,
+                referenced_security_group_id=sg.id, ip_protocol="tcp",
+                from_port=cport, to_port=cport, description="the service's tasks", opts=p,
+            )
+        return sg
+
+    def _roles(self, name: str, args: ServiceArgs) -> tuple[aws.iam.Role, aws.iam.Role]:
+        p = pulumi.ResourceOptions(parent=self)
+        assume = json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "sts:AssumeRole",
+            "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+        }]})
+        execution = aws.iam.Role(f"{name}-execution", assume_role_policy=assume, opts=p)
+        aws.iam.RolePolicy(
+            f"{name}-execution-runtime", role=execution.id,
+            policy=pulumi.Output.all(
+                self.log_group.arn,
+                self.repository.arn if self.repository else None,
+            ).apply(lambda a: execution_policy(a[0], a[1])),
+            opts=p,
+        )
+        if args.secrets:
+            aws.iam.RolePolicy(
+                f"{name}-execution-secrets", role=execution.id,
+                policy=read_policy(list(args.secrets.values()), args.kms_key_arn, args.region),
+                opts=p,
+            )
+        task = aws.iam.Role(f"{name}-task", assume_role_policy=assume, opts=p)
+        statements = list(args.task_role_statements)
+        if args.execute_command:
+            statements.append({
+                "Effect": "Allow",
+                "Action": ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+                           "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"],
+                "Resource": "*",  # SSM session channels have no resource-level permissions
+            })
+        if statements:
+            aws.iam.RolePolicy(
+                f"{name}-task", role=task.id,
+                policy=json.dumps({"Version": "2012-10-17", "Statement": statements}), opts=p,
+            )
+        return execution, task
+
+    def _service(self, name: str, args: ServiceArgs) -> aws.ecs.Service:
+        # With autoscaling on, the autoscaler owns the task count: an update that reset
+        # desired_count would undo its work. With it off, config owns the count again.
+        ignore = ["desired_count"] if args.autoscaling else []
+        strategies = [aws.ecs.ServiceCapacityProviderStrategyArgs(
+            capacity_provider="FARGATE", base=args.fargate_base, weight=args.fargate_weight
+        )]
+        if args.spot_weight:
+            strategies.append(aws.ecs.ServiceCapacityProviderStrategyArgs(
+                capacity_provider="FARGATE_SPOT", base=0, weight=args.spot_weight
+            ))
+        return aws.ecs.Service(
+            f"{name}-service", name=args.name, cluster=self.cluster.arn,
+            task_definition=self.task_definition.arn,
+            desired_count=args.min_tasks if args.autoscaling else args.desired_tasks,
+            capacity_provider_strategies=strategies, platform_version="LATEST",
+            network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
+                subnets=args.subnet_ids, security_groups=[self.security_group.id],
+                assign_public_ip=False,
+            ),
+            load_balancers=[aws.ecs.ServiceLoadBalancerArgs(
+                target_group_arn=args.target_group_arn, container_name="app",
+                container_port=args.container_port,
+            )],
+            deployment_circuit_breaker=aws.ecs.ServiceDeploymentCircuitBreakerArgs(
+                enable=True, rollback=True
+            ),
+            deployment_minimum_healthy_percent=100, deployment_maximum_percent=200,
+            health_check_grace_period_seconds=args.health_check_grace_seconds,
+            enable_execute_command=args.execute_command, availability_zone_rebalancing="ENABLED",
+            propagate_tags="SERVICE", enable_ecs_managed_tags=True,
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=ignore),
+        )
+
+    def _autoscaling(self, name: str, args: ServiceArgs) -> None:
+        p = pulumi.ResourceOptions(parent=self)
+        target = aws.appautoscaling.Target(
+            f"{name}-scaling", service_namespace="ecs", scalable_dimension="ecs:service:DesiredCount",
+            resource_id=pulumi.Output.concat("service/", self.cluster.name, "/", self.service.name),
+            min_capacity=args.min_tasks, max_capacity=args.max_tasks, opts=p,
+        )
+        signals = [
+            ("cpu", "ECSServiceAverageCPUUtilization", args.cpu_target, None),
+            ("memory", "ECSServiceAverageMemoryUtilization", args.memory_target, None),
+            ("requests", "ALBRequestCountPerTarget", args.requests_per_target,
+             args.request_count_label),
+        ]
+        for signal, metric, value, label in signals:
+            aws.appautoscaling.Policy(
+                f"{name}-scale-on-{signal}", policy_type="TargetTrackingScaling",
+                service_namespace=target.service_namespace,
+                scalable_dimension=target.scalable_dimension, resource_id=target.resource_id,
+                target_tracking_scaling_policy_configuration=(
+                    aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationArgs(
+                        target_value=value,
+                        # Out fast when load arrives, in slowly so streams are not cut short.
+                        scale_out_cooldown=args.scale_out_cooldown,
+                        scale_in_cooldown=args.scale_in_cooldown,
+                        predefined_metric_specification=aws.appautoscaling.
+                        PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgs(
+                            predefined_metric_type=metric, resource_label=label
+                        ),
+                    )
+                ),
+                opts=p,
+            )
+
+
+def container_definitions(args: ServiceArgs, log_group: str, env: dict[str, str],
+                          secrets: dict[str, str]) -> str:
+    port = args.container_port
+    return json.dumps([{
+        "name": "app",
+        "image": args.image,
+        "essential": True,
+        "user": args.user,
+        "readonlyRootFilesystem": True,
+        "privileged": False,
+        "linuxParameters": {"initProcessEnabled": True},
+        "portMappings": [{"containerPort": port, "protocol": "tcp", "name": "http"}],
+        "environment": [{"name": k, "value": str(v)} for k, v in sorted(env.items())],
+        # Only ARNs here: ECS fetches the values at task start, so they never sit in the
+        # task definition, in Pulumi state or in the logs.
+        "secrets": [{"name": k, "valueFrom": v} for k, v in sorted(secrets.items())],
+        "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}],
+        "healthCheck": {
+            "command": ["CMD-SHELL", f"curl -fsS http://localhost:{port}{args.health_check_path}"
+                                     " || exit 1"],
+            "interval": 15, "timeout": 5, "retries": 3, "startPeriod": 30,
+        },
+        # ECS waits this long after SIGTERM before SIGKILL, so open streams can finish.
+        "stopTimeout": args.stop_timeout_seconds,
+        "logConfiguration": {
+            "logDriver": "awslogs",
+            "options": {
+                "awslogs-group": log_group, "awslogs-region": args.region,
+                "awslogs-stream-prefix": "app", "mode": "non-blocking",
+                "max-buffer-size": "25m",
+            },
+        },
+    }])
+
+
+def execution_policy(log_group_arn: str, repository_arn: Optional[str]) -> str:
+    statements = [{
+        "Sid": "WriteOwnLogs", "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": f"{log_group_arn}:log-stream:*",
+    }]
+    if repository_arn:
+        statements += [
+            # GetAuthorizationToken has no resource-level permissions.
+            {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken",
+             "Resource": "*"},
+            {"Sid": "PullOwnImages", "Effect": "Allow",
+             "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer",
+                        "ecr:BatchGetImage"],
+             "Resource": repository_arn},
+        ]
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})

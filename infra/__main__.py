@@ -1,0 +1,14 @@
+"""Entry point for `pulumi up` (Pulumi.yaml: `main: infra/`)."""
+
+import sys
+from pathlib import Path
+
+# Pulumi runs this folder as a script: put the project root on the path instead, so that
+# `infra` and `components` import as packages (and infra/*.py never shadows a stdlib module).
+_here = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+sys.path.insert(0, str(_here.parent))
+
+from infra.program import main  # noqa: E402
+
+main()

@@ -1,0 +1,437 @@
+"""The stack's config contract: one pydantic model, validated before any resource is declared.
+
+Keys are written in the stack files as `llm-service:<section>` objects with camelCase fields
+(`llm-service:service.maxTasks` in `pulumi config set --path` terms). Every failure becomes one
+`ConfigError` whose message names the key as the user writes it, the value given, and what is
+allowed. Defaults suit a small staging environment; prod must say more (see `_prod_rules`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Literal, Optional
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from components.cache import FAMILIES, parameter_group_family
+from components.network import AZ_SLOTS, TIERS
+
+PROJECT = "llm-service"
+
+# Fargate accepts only these task sizes (cpu units -> memory MiB). Source: the ECS developer guide,
+# "Task CPU and memory" for Fargate on Linux.
+FARGATE_SIZES: dict[int, list[int]] = {
+    256: [512, 1024, 2048],
+    512: list(range(1024, 4096 + 1, 1024)),
+    1024: list(range(2048, 8192 + 1, 1024)),
+    2048: list(range(4096, 16384 + 1, 1024)),
+    4096: list(range(8192, 30720 + 1, 1024)),
+    8192: list(range(16384, 61440 + 1, 4096)),
+    16384: list(range(32768, 122880 + 1, 8192)),
+}
+
+
+# Shapes of LLM API keys that must never sit in a plain-text config value.
+KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}")
+
+
+class ConfigError(Exception):
+    """Bad stack config: one message naming the key, the value given and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{key}: got {value!r}; {allowed}")
+
+
+def _key(path: str) -> str:
+    return path if ":" in path else f"{PROJECT}:{path}"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class NetworkConfig(_Section):
+    cidr: str = "10.20.0.0/16"
+    subnet_prefix_length: int = Field(20, ge=16, le=28)
+    az_count: int = Field(2, ge=2, le=AZ_SLOTS)
+    nat_strategy: Literal["single", "per_az"] = "single"
+    interface_endpoints: bool = False
+    flow_log_retention_days: int = 30
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        net = ipaddress.ip_network(v, strict=True)  # ValueError names the problem
+        if net.version != 4 or not net.is_private:
+            raise ValueError("must be a private IPv4 CIDR such as 10.20.0.0/16")
+        if not 16 <= net.prefixlen <= 24:
+            raise ValueError("VPC prefix length must be between /16 and /24")
+        return v
+
+
+class LlmConfig(_Section):
+    """Non-secret LLM API settings; they become plain environment variables."""
+
+    org_id: str = ""
+    project_id: str = ""
+    base_url: str = "https://api.openai.com/v1"
+
+
+class SecretsConfig(_Section):
+    source: Literal["external", "pulumi"] = "external"
+    names: list[str] = Field(default_factory=lambda: ["openai-api-key"], min_length=1)
+    recovery_window_days: int = 7
+    rotation_age_days: int = Field(90, ge=1)
+    key_deletion_window_days: int = Field(7, ge=7, le=30)
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for n in v:
+            if not re.fullmatch(r"[a-z][a-z0-9-]{1,62}", n):
+                raise ValueError(f"{n!r} must be lower-case letters, digits and hyphens")
+        if len(set(v)) != len(v):
+            raise ValueError("names must be unique")
+        return v
+
+    @field_validator("recovery_window_days")
+    @classmethod
+    def _recovery(cls, v: int) -> int:
+        if v != 0 and not 7 <= v <= 30:
+            raise ValueError("must be 0 (delete at once) or 7 to 30 days")
+        return v
+
+
+class ServiceConfig(_Section):
+    image: str = "public.ecr.aws/docker/library/nginx:stable-alpine"
+    cpu: int = 512
+    memory: int = 1024
+    architecture: Literal["ARM64", "X86_64"] = "ARM64"
+    container_port: int = Field(8080, ge=1024, le=65535)
+    user: str = "1000:1000"
+    min_tasks: int = Field(1, ge=0)
+    max_tasks: int = Field(4, ge=1)
+    desired_tasks: int = Field(1, ge=0)
+    autoscaling: bool = True
+    cpu_target: int = Field(60, ge=10, le=90)
+    memory_target: int = Field(70, ge=10, le=90)
+    requests_per_target: int = Field(50, ge=1)
+    scale_out_cooldown: int = Field(60, ge=0)
+    scale_in_cooldown: int = Field(300, ge=0)
+    fargate_base: int = Field(0, ge=0)
+    fargate_weight: int = Field(1, ge=0)
+    spot_weight: int = Field(0, ge=0)
+    health_check_grace_seconds: int = Field(60, ge=0)
+    stop_timeout_seconds: int = Field(120, ge=2, le=120)
+    log_retention_days: int = 30
+    execute_command: bool = False
+    ecr_repository: bool = True
+
+    @model_validator(mode="after")
+    def _size_and_bounds(self) -> "ServiceConfig":
+        if self.cpu not in FARGATE_SIZES:
+            raise ConfigError(
+                _key("service.cpu"), self.cpu,
+                f"Fargate accepts cpu {sorted(FARGATE_SIZES)}",
+            )
+        allowed = FARGATE_SIZES[self.cpu]
+        if self.memory not in allowed:
+            raise ConfigError(
+                _key("service.memory"), self.memory,
+                f"with cpu {self.cpu} Fargate accepts memory {allowed[0]}..{allowed[-1]} "
+                f"MiB in steps of {allowed[1] - allowed[0]}: {allowed}",
+            )
+        if self.min_tasks > self.max_tasks:
+            raise ConfigError(
+                _key("service.minTasks"), self.min_tasks,
+                f"must be <= service.maxTasks ({self.max_tasks})",
+            )
+        if not self.min_tasks <= self.desired_tasks <= self.max_tasks:
+            raise ConfigError(
+                _key("service.desiredTasks"), self.desired_tasks,
+                f"must lie between service.minTasks ({self.min_tasks}) "
+                f"and service.maxTasks ({self.max_tasks})",
+            )
+        if self.fargate_weight + self.spot_weight == 0:
+            raise ConfigError(
+                _key("service.fargateWeight"), 0,
+                "fargateWeight + spotWeight must be at least 1",
+            )
+        return self
+
+
+class LoadBalancerConfig(_Section):
+    certificate_arn: str = ""
+    domain_name: str = ""
+    hosted_zone_id: str = ""
+    http_mode: Literal["none", "redirect", "plain"] = "none"
+    ingress_cidrs: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"])
+    ingress_ipv6_cidrs: list[str] = Field(default_factory=lambda: ["::/0"])
+    idle_timeout_seconds: int = Field(600, ge=1, le=4000)
+    health_check_path: str = Field("/healthz", pattern=r"^/")
+    deregistration_delay_seconds: int = Field(60, ge=0, le=3600)
+    ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    access_log_retention_days: int = Field(90, ge=1)
+
+    @model_validator(mode="after")
+    def _tls_source(self) -> "LoadBalancerConfig":
+        has_dns = bool(self.domain_name and self.hosted_zone_id)
+        if self.http_mode != "plain" and not (self.certificate_arn or has_dns):
+            raise ConfigError(
+                _key("loadBalancer.certificateArn"), self.certificate_arn,
+                "HTTPS needs certificateArn, or domainName with hostedZoneId "
+                "(or httpMode: plain, staging only)",
+            )
+        return self
+
+
+class CacheConfig(_Section):
+    engine: Literal["valkey", "redis"] = "valkey"
+    engine_version: str = "8.0"
+    node_type: str = Field("cache.t4g.micro", pattern=r"^cache\.[a-z0-9]+\.[a-z0-9]+$")
+    nodes: int = Field(1, ge=1, le=6)
+    multi_az: bool = False
+    automatic_failover: bool = False
+    snapshot_retention_days: int = Field(0, ge=0, le=35)
+    maintenance_window: str = "sun:05:00-sun:06:00"
+    snapshot_window: str = "03:00-04:00"
+    log_retention_days: int = 14
+    port: int = 6379
+
+    @model_validator(mode="after")
+    def _engine_and_ha(self) -> "CacheConfig":
+        family = parameter_group_family(self.engine, self.engine_version)
+        if family is None:
+            raise ConfigError(
+                _key("cache.engineVersion"), self.engine_version,
+                f"{self.engine} versions with a parameter group family: "
+                f"{', '.join(sorted(FAMILIES[self.engine]))}",
+            )
+        if (self.multi_az or self.automatic_failover) and self.nodes < 2:
+            raise ConfigError(
+                _key("cache.nodes"), self.nodes,
+                "multiAz and automaticFailover need at least 2 nodes",
+            )
+        if self.multi_az and not self.automatic_failover:
+            raise ConfigError(
+                _key("cache.automaticFailover"), False,
+                "ElastiCache requires automaticFailover when multiAz is on",
+            )
+        return self
+
+
+class EdgeConfig(_Section):
+    rate_limit: int = Field(300, ge=10, le=2_000_000_000)
+    rate_window_seconds: Literal[60, 120, 300, 600] = 300
+    log_retention_days: int = 30
+
+
+class MonitoringConfig(_Section):
+    alert_emails: list[EmailStr] = Field(default_factory=list)
+    target_5xx_per_minute: int = Field(5, ge=1, alias="target5xxPerMinute")
+    alb_5xx_per_minute: int = Field(5, ge=1, alias="alb5xxPerMinute")
+    p95_latency_seconds: float = Field(20.0, gt=0, alias="p95LatencySeconds")
+    p99_latency_seconds: float = Field(60.0, gt=0, alias="p99LatencySeconds")
+    cpu_high_percent: int = Field(85, ge=1, le=100)
+    memory_high_percent: int = Field(85, ge=1, le=100)
+    cache_cpu_percent: int = Field(80, ge=1, le=100)
+    cache_memory_percent: int = Field(85, ge=1, le=100)
+    cache_evictions_per_5min: int = Field(100, ge=1, alias="cacheEvictionsPer5min")
+    cache_hit_rate_min_percent: int = Field(20, ge=0, le=100)
+    waf_blocked_per_5min: int = Field(500, ge=1, alias="wafBlockedPer5min")
+
+
+class BudgetConfig(_Section):
+    monthly_limit_usd: float = 100.0
+    actual_thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100])
+    forecast_thresholds: list[int] = Field(default_factory=lambda: [100])
+
+    @field_validator("monthly_limit_usd")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be a positive amount in USD")
+        return v
+
+    @field_validator("actual_thresholds", "forecast_thresholds")
+    @classmethod
+    def _percentages(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= p <= 1000 for p in v):
+            raise ValueError("each threshold is a percentage of the limit, 1 to 1000")
+        return sorted(set(v))
+
+
+class StackConfig(BaseModel):
+    """The whole stack config. Build it with `load()`; use it read-only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    region: str = Field("us-east-1", alias="aws:region", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    environment: Literal["staging", "prod"]
+    tags: dict[str, str] = Field(default_factory=dict)
+    network: NetworkConfig = NetworkConfig()
+    llm: LlmConfig = LlmConfig()
+    secrets: SecretsConfig = SecretsConfig()
+    service: ServiceConfig = ServiceConfig()
+    load_balancer: LoadBalancerConfig = Field(
+        default_factory=lambda: LoadBalancerConfig(http_mode="plain"), alias="loadBalancer"
+    )
+    cache: CacheConfig = CacheConfig()
+    edge: EdgeConfig = EdgeConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    budget: BudgetConfig = BudgetConfig()
+
+    @property
+    def is_prod(self) -> bool:
+        return self.environment == "prod"
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "StackConfig":
+        _network_fits(self.network)
+        if self.is_prod:
+            _prod_rules(self)
+        return self
+
+
+def _network_fits(n: NetworkConfig) -> None:
+    vpc = ipaddress.ip_network(n.cidr)
+    slots = 2 ** (n.subnet_prefix_length - vpc.prefixlen) if n.subnet_prefix_length >= vpc.prefixlen else 0
+    needed = len(TIERS) * AZ_SLOTS
+    if slots < needed:
+        raise ConfigError(
+            _key("network.cidr"), n.cidr,
+            f"needs room for {len(TIERS)} tiers x {AZ_SLOTS} AZ slots = {needed} subnets of "
+            f"/{n.subnet_prefix_length}; use a /{n.subnet_prefix_length - 4} or larger VPC, "
+            f"or a longer network.subnetPrefixLength",
+        )
+
+
+def _prod_rules(c: StackConfig) -> None:
+    """What production must have; staging may go without."""
+    rules = [
+        ("network.azCount", c.network.az_count, c.network.az_count >= 3, "prod needs at least 3 AZs"),
+        ("network.natStrategy", c.network.nat_strategy, c.network.nat_strategy == "per_az",
+         "prod needs per_az, so that one AZ outage does not cut egress"),
+        ("cache.multiAz", c.cache.multi_az, c.cache.multi_az, "prod needs true (a replica in another AZ)"),
+        ("cache.automaticFailover", c.cache.automatic_failover, c.cache.automatic_failover,
+         "prod needs true"),
+        ("cache.nodes", c.cache.nodes, c.cache.nodes >= 2, "prod needs at least 2 nodes"),
+        ("cache.snapshotRetentionDays", c.cache.snapshot_retention_days,
+         c.cache.snapshot_retention_days >= 7, "prod needs at least 7 days"),
+        ("loadBalancer.httpMode", c.load_balancer.http_mode, c.load_balancer.http_mode != "plain",
+         "prod allows none or redirect; plain HTTP would send API keys in clear"),
+        ("service.executeCommand", c.service.execute_command, not c.service.execute_command,
+         "prod needs false (no shell into production tasks)"),
+        ("service.minTasks", c.service.min_tasks, c.service.min_tasks >= 2,
+         "prod needs at least 2 tasks, so one task failing does not take the service down"),
+        ("secrets.keyDeletionWindowDays", c.secrets.key_deletion_window_days,
+         c.secrets.key_deletion_window_days == 30, "prod needs 30 days"),
+        ("monitoring.alertEmails", list(c.monitoring.alert_emails), bool(c.monitoring.alert_emails),
+         "prod needs at least one address"),
+    ]
+    for path, value, ok, allowed in rules:
+        if not ok:
+            raise ConfigError(_key(path), value, allowed)
+
+
+def _loc_to_key(loc: tuple) -> str:
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    if not parts:
+        return PROJECT
+    return _key(".".join(parts))
+
+
+def load(raw: dict[str, Any], secret_keys: set[str] = frozenset()) -> StackConfig:
+    """Validate a stack's raw config.
+
+    `raw` maps config keys as Pulumi gives them (`aws:region`, `llm-service:service`, ...) to values,
+    with objects already parsed. `secret_keys` names the keys that are stored encrypted.
+    """
+    _refuse_plain_secrets(raw, secret_keys)
+    data: dict[str, Any] = {}
+    for full, value in raw.items():
+        ns, _, name = full.partition(":")
+        if full == "aws:region":
+            data[full] = value
+        elif ns == PROJECT and name not in _secret_value_names(raw):
+            data[name] = value
+    try:
+        cfg = StackConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against infra/config.py"
+        elif err["type"] == "literal_error" and "ctx" in err:
+            msg = f"allowed: {err['ctx'].get('expected')}"
+        raise ConfigError(_loc_to_key(err["loc"]), err.get("input"), msg) from None
+    _check_secret_values(cfg, raw, secret_keys)
+    return cfg
+
+
+def _secret_value_names(raw: dict[str, Any]) -> set[str]:
+    """Secret values live in top-level keys named after the secret (`llm-service:openai-api-key`)."""
+    names = (raw.get(f"{PROJECT}:secrets") or {}).get("names") or SecretsConfig().names
+    return set(names)
+
+
+def _refuse_plain_secrets(raw: dict[str, Any], secret_keys: set[str]) -> None:
+    for key, value in raw.items():
+        if key in secret_keys:
+            continue
+        for path, leaf in _leaves(key, value):
+            if isinstance(leaf, str) and KEY_PATTERN.search(leaf):
+                raise ConfigError(
+                    path, "sk-…(redacted)",
+                    "an API key may not be stored in plain text; use "
+                    "`python -m infra.apikey put` (external) or `pulumi config set --secret`",
+                )
+
+
+def _check_secret_values(cfg: StackConfig, raw: dict[str, Any], secret_keys: set[str]) -> None:
+    for name in cfg.secrets.names:
+        key = f"{PROJECT}:{name}"
+        if key not in raw:
+            if cfg.secrets.source == "pulumi":
+                raise ConfigError(
+                    key, None,
+                    f"secrets.source is pulumi: run `pulumi config set --secret {name} <value>`",
+                )
+            continue
+        if key not in secret_keys:
+            raise ConfigError(
+                key, "(redacted)",
+                f"stored in plain text; run `pulumi config set --secret {name}` to encrypt it",
+            )
+        if cfg.secrets.source == "external":
+            raise ConfigError(
+                key, "(secret)",
+                "secrets.source is external, so the value must not be in Pulumi config; "
+                "remove it or set secrets.source to pulumi",
+            )
+
+
+def _leaves(path: str, value: Any):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(f"{path}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _leaves(f"{path}[{i}]", v)
+    else:
+        yield path, value

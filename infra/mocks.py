@@ -1,0 +1,159 @@
+"""Pulumi mocks that answer like AWS would, closely enough for the program to run offline.
+
+They fill in the attributes AWS computes (ids, ARNs, DNS names, endpoints) in the shapes AWS
+uses, so that wiring between resources (an ARN in a policy, a suffix in a metric dimension) can
+be asserted. They invent nothing the program itself decides.
+"""
+
+from __future__ import annotations
+
+import pulumi
+from pulumi.runtime import rpc
+
+ACCOUNT = "123456789012"
+
+# Resource types whose ARN AWS writes as `<service>:<region>:<account>:<kind>:<name>`.
+_COLON_ARNS = {"aws:cloudwatch/logGroup:LogGroup": "log-group", "aws:sns/topic:Topic": None}
+
+
+class AwsMocks(pulumi.runtime.Mocks):
+    def __init__(self, region: str):
+        self.region = region
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        state = dict(args.inputs)
+        name = args.name
+        rid = f"{name}-id"
+        typ = args.typ
+        if not args.custom:
+            return rid, state
+        service = typ.split(":")[1].split("/")[0]
+        kind = typ.rsplit(":", 1)[1].lower()
+        prefix = f"arn:aws:{service}:{self.region}:{ACCOUNT}"
+        state.setdefault("arn", f"{prefix}:{kind}/{name}")
+        extra = _EXTRAS.get(typ)
+        if extra:
+            rid = extra(self, state, name) or rid
+        state.setdefault("id", rid)
+        return rid, state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        token = args.token
+        if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            letters = "abcdef"
+            return {
+                "names": [f"{self.region}{c}" for c in letters],
+                "zoneIds": [f"use1-az{i + 1}" for i in range(len(letters))],
+                "id": self.region,
+            }, []
+        if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {
+                "accountId": ACCOUNT,
+                "arn": f"arn:aws:iam::{ACCOUNT}:user/plan",
+                "userId": "AIDAPLAN",
+                "id": ACCOUNT,
+            }, []
+        if token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
+        if token == "aws:elb/getServiceAccount:getServiceAccount":
+            return {"arn": "arn:aws:iam::127311923021:root", "id": "127311923021"}, []
+        raise NotImplementedError(f"the offline mocks do not answer {token}")
+
+
+def _log_group(m: AwsMocks, s: dict, name: str):
+    s["arn"] = f"arn:aws:logs:{m.region}:{ACCOUNT}:log-group:{s.get('name', name)}"
+    return s.get("name", name)
+
+
+def _topic(m: AwsMocks, s: dict, name: str):
+    s["arn"] = f"arn:aws:sns:{m.region}:{ACCOUNT}:{s.get('name', name)}"
+    return s["arn"]
+
+
+def _kms_key(m: AwsMocks, s: dict, name: str):
+    key_id = f"mrk-{abs(hash(name)) % 10**12:012d}"
+    s["arn"] = f"arn:aws:kms:{m.region}:{ACCOUNT}:key/{key_id}"
+    s["keyId"] = key_id
+    return key_id
+
+
+def _secret(m: AwsMocks, s: dict, name: str):
+    s["arn"] = f"arn:aws:secretsmanager:{m.region}:{ACCOUNT}:secret:{s.get('name', name)}-AbCdEf"
+    return s["arn"]
+
+
+def _lb(m: AwsMocks, s: dict, name: str):
+    s["arnSuffix"] = f"app/{s.get('name', name)}/0123456789abcdef"
+    s["arn"] = f"arn:aws:elasticloadbalancing:{m.region}:{ACCOUNT}:loadbalancer/{s['arnSuffix']}"
+    s["dnsName"] = f"{s.get('name', name)}-1234567890.{m.region}.elb.amazonaws.com"
+    s["zoneId"] = "Z35SXDOTRQ7X7K"
+
+
+def _target_group(m: AwsMocks, s: dict, name: str):
+    s["arnSuffix"] = f"targetgroup/{s.get('name', name)}/fedcba9876543210"
+    s["arn"] = f"arn:aws:elasticloadbalancing:{m.region}:{ACCOUNT}:{s['arnSuffix']}"
+
+
+def _cluster(m: AwsMocks, s: dict, name: str):
+    s["arn"] = f"arn:aws:ecs:{m.region}:{ACCOUNT}:cluster/{s.get('name', name)}"
+    return s["arn"]
+
+
+def _ecs_service(m: AwsMocks, s: dict, name: str):
+    return f"arn:aws:ecs:{m.region}:{ACCOUNT}:service/{s.get('name', name)}"
+
+
+def _replication_group(m: AwsMocks, s: dict, name: str):
+    rg = s.get("replicationGroupId", name)
+    s["primaryEndpointAddress"] = f"master.{rg}.abc123.use1.cache.amazonaws.com"
+    s["readerEndpointAddress"] = f"replica.{rg}.abc123.use1.cache.amazonaws.com"
+    s["memberClusters"] = [f"{rg}-{i + 1:03d}" for i in range(int(s.get("numCacheClusters", 1)))]
+    return rg
+
+
+def _role(m: AwsMocks, s: dict, name: str):
+    s["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{s.get('name', name)}"
+    s.setdefault("name", name)
+
+
+def _vpc(m: AwsMocks, s: dict, name: str):
+    s["defaultSecurityGroupId"] = f"sg-default-{name}"
+    s["mainRouteTableId"] = f"rtb-main-{name}"
+
+
+def _web_acl(m: AwsMocks, s: dict, name: str):
+    s["arn"] = f"arn:aws:wafv2:{m.region}:{ACCOUNT}:regional/webacl/{s.get('name', name)}/0000"
+
+
+def _ecr(m: AwsMocks, s: dict, name: str):
+    s["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.{m.region}.amazonaws.com/{s.get('name', name)}"
+
+
+def _random_password(m: AwsMocks, s: dict, name: str):
+    s["result"] = rpc.wrap_rpc_secret("mock-generated-password-0123456789")
+
+
+def _bucket(m: AwsMocks, s: dict, name: str):
+    bucket = s.get("bucket", name)
+    s["arn"] = f"arn:aws:s3:::{bucket}"
+    s["bucket"] = bucket
+    return bucket
+
+
+_EXTRAS = {
+    "aws:cloudwatch/logGroup:LogGroup": _log_group,
+    "aws:sns/topic:Topic": _topic,
+    "aws:kms/key:Key": _kms_key,
+    "aws:secretsmanager/secret:Secret": _secret,
+    "aws:lb/loadBalancer:LoadBalancer": _lb,
+    "aws:lb/targetGroup:TargetGroup": _target_group,
+    "aws:ecs/cluster:Cluster": _cluster,
+    "aws:ecs/service:Service": _ecs_service,
+    "aws:elasticache/replicationGroup:ReplicationGroup": _replication_group,
+    "aws:iam/role:Role": _role,
+    "aws:ec2/vpc:Vpc": _vpc,
+    "aws:wafv2/webAcl:WebAcl": _web_acl,
+    "aws:ecr/repository:Repository": _ecr,
+    "random:index/randomPassword:RandomPassword": _random_password,
+    "aws:s3/bucket:Bucket": _bucket,
+}

@@ -1,0 +1,164 @@
+"""The stack program: read and validate config, compose the components, export outputs.
+
+Nothing is declared until the whole config has passed `infra.config.load`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+from pulumi.runtime.config import (
+    CONFIG,
+    _SECRET_KEYS,
+    get_config_env,
+    get_config_secret_keys_env,
+)
+
+from components.cache import Cache, CacheArgs
+from components.load_balancer import LoadBalancer, LoadBalancerArgs
+from components.network import Network, NetworkArgs
+from components.secrets import Secrets, SecretsArgs, env_var_name
+from components.service import CacheLink, Service, ServiceArgs
+from infra.config import PROJECT, StackConfig, load
+
+
+def read_config() -> tuple[dict[str, Any], set[str]]:
+    """Every config key of this stack, objects parsed, and the keys that are secret.
+
+    Pulumi hands config to the program as strings (objects as JSON), either through the
+    runtime's config map or the PULUMI_CONFIG environment variable.
+    """
+    merged = {**get_config_env(), **CONFIG.get()}
+    raw: dict[str, Any] = {}
+    for key, value in merged.items():
+        if isinstance(value, str) and value[:1] in "{[":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        raw[key] = value
+    return raw, set(get_config_secret_keys_env()) | set(_SECRET_KEYS.get())
+
+
+def tags_for(cfg: StackConfig) -> dict[str, str]:
+    return {"Project": PROJECT, "Environment": cfg.environment, "ManagedBy": "pulumi", **cfg.tags}
+
+
+def main() -> None:
+    raw, secret_keys = read_config()
+    cfg = load(raw, secret_keys)  # raises ConfigError before anything is declared
+    stack = pulumi.get_stack()
+    prefix = f"{PROJECT}-{stack}"  # physical names: cluster, service, cache, log groups
+    provider = aws.Provider(
+        "aws", region=cfg.region,
+        default_tags=aws.ProviderDefaultTagsArgs(tags=tags_for(cfg)),
+    )
+    opts = pulumi.ResourceOptions(providers={"aws": provider})
+    protect = cfg.is_prod
+
+    secrets = Secrets("secrets", SecretsArgs(
+        prefix=f"{PROJECT}/{stack}", region=cfg.region, names=list(cfg.secrets.names),
+        source=cfg.secrets.source,
+        values={n: pulumi.Config().require_secret(n) for n in cfg.secrets.names}
+        if cfg.secrets.source == "pulumi" else {},
+        recovery_window_days=cfg.secrets.recovery_window_days,
+        key_deletion_window_days=cfg.secrets.key_deletion_window_days, protect=protect,
+    ), opts=opts)
+
+    n = cfg.network
+    network = Network("network", NetworkArgs(
+        cidr=n.cidr, az_count=n.az_count, region=cfg.region, nat_strategy=n.nat_strategy,
+        subnet_prefix_length=n.subnet_prefix_length, interface_endpoints=n.interface_endpoints,
+        flow_log_retention_days=n.flow_log_retention_days, kms_key_arn=secrets.key_arn,
+    ), opts=opts)
+
+    lbc, svc = cfg.load_balancer, cfg.service
+    alb = LoadBalancer("alb", LoadBalancerArgs(
+        vpc_id=network.vpc_id, subnet_ids=network.public_subnet_ids,
+        container_port=svc.container_port, certificate_arn=lbc.certificate_arn,
+        domain_name=lbc.domain_name, hosted_zone_id=lbc.hosted_zone_id, http_mode=lbc.http_mode,
+        ingress_cidrs=list(lbc.ingress_cidrs), ingress_ipv6_cidrs=list(lbc.ingress_ipv6_cidrs),
+        idle_timeout_seconds=lbc.idle_timeout_seconds, health_check_path=lbc.health_check_path,
+        deregistration_delay_seconds=lbc.deregistration_delay_seconds, ssl_policy=lbc.ssl_policy,
+        deletion_protection=cfg.is_prod, access_log_retention_days=lbc.access_log_retention_days,
+    ), opts=opts)
+
+    c = cfg.cache
+    # Generated once and kept in state (as a secret), so it is stable across runs.
+    auth_token = random.RandomPassword(
+        "cache-auth-token", length=64, special=False,
+        opts=pulumi.ResourceOptions(additional_secret_outputs=["result"]),
+    )
+    auth_secret_arn = secrets.add_secret(
+        "secrets-cache-auth-token", "cache-auth-token", auth_token.result,
+        prefix=f"{PROJECT}/{stack}", recovery_window_days=cfg.secrets.recovery_window_days,
+    )
+    cache = Cache("cache", CacheArgs(
+        vpc_id=network.vpc_id, subnet_ids=network.isolated_subnet_ids,
+        kms_key_arn=secrets.key_arn, auth_token=auth_token.result, replication_group_id=prefix,
+        engine=c.engine, engine_version=c.engine_version, node_type=c.node_type, nodes=c.nodes,
+        multi_az=c.multi_az, automatic_failover=c.automatic_failover,
+        snapshot_retention_days=c.snapshot_retention_days,
+        maintenance_window=c.maintenance_window, snapshot_window=c.snapshot_window,
+        apply_immediately=not cfg.is_prod, log_retention_days=c.log_retention_days, port=c.port,
+        protect=protect,
+    ), opts=opts)
+
+    llm = cfg.llm
+    service = Service("service", ServiceArgs(
+        name=prefix, region=cfg.region, vpc_id=network.vpc_id,
+        subnet_ids=network.private_subnet_ids, image=svc.image,
+        lb_security_group_id=alb.security_group_id, target_group_arn=alb.target_group_arn,
+        request_count_label=pulumi.Output.concat(alb.arn_suffix, "/", alb.target_group_arn_suffix),
+        kms_key_arn=secrets.key_arn, cpu=svc.cpu, memory=svc.memory,
+        architecture=svc.architecture, container_port=svc.container_port, user=svc.user,
+        health_check_path=lbc.health_check_path,
+        environment={
+            "APP_ENV": cfg.environment, "PORT": str(svc.container_port),
+            "OPENAI_ORG_ID": llm.org_id, "OPENAI_PROJECT_ID": llm.project_id,
+            "OPENAI_BASE_URL": llm.base_url,
+            "CACHE_HOST": cache.primary_endpoint, "CACHE_READER_HOST": cache.reader_endpoint,
+            "CACHE_PORT": str(cache.port), "CACHE_TLS": "true",
+        },
+        secrets={
+            **{env_var_name(name): arn for name, arn in secrets.secret_arns.items()},
+            "CACHE_AUTH_TOKEN": auth_secret_arn,
+        },
+        cache=CacheLink(security_group_id=cache.security_group_id, port=cache.port),
+        min_tasks=svc.min_tasks, max_tasks=svc.max_tasks, desired_tasks=svc.desired_tasks,
+        autoscaling=svc.autoscaling, cpu_target=svc.cpu_target, memory_target=svc.memory_target,
+        requests_per_target=svc.requests_per_target, scale_out_cooldown=svc.scale_out_cooldown,
+        scale_in_cooldown=svc.scale_in_cooldown, fargate_base=svc.fargate_base,
+        fargate_weight=svc.fargate_weight, spot_weight=svc.spot_weight,
+        health_check_grace_seconds=svc.health_check_grace_seconds,
+        stop_timeout_seconds=svc.stop_timeout_seconds, log_retention_days=svc.log_retention_days,
+        execute_command=svc.execute_command, ecr_repository=svc.ecr_repository, protect=protect,
+    ), opts=opts)
+
+    pulumi.export("environment", cfg.environment)
+    pulumi.export("region", cfg.region)
+    pulumi.export("vpcId", network.vpc_id)
+    pulumi.export("vpcCidr", network.cidr)
+    pulumi.export("publicSubnetIds", network.public_subnet_ids)
+    pulumi.export("privateSubnetIds", network.private_subnet_ids)
+    pulumi.export("isolatedSubnetIds", network.isolated_subnet_ids)
+    pulumi.export("kmsKeyArn", secrets.key_arn)
+    pulumi.export("secretArns", secrets.secret_arns)
+    pulumi.export("cacheAuthSecretArn", auth_secret_arn)
+    pulumi.export("cacheAuthToken", pulumi.Output.secret(auth_token.result))
+    pulumi.export("cachePrimaryEndpoint", cache.primary_endpoint)
+    pulumi.export("cacheReaderEndpoint", cache.reader_endpoint)
+    pulumi.export("cachePort", cache.port)
+    pulumi.export("cacheReplicationGroupId", cache.replication_group_id)
+    pulumi.export("serviceUrl", alb.url)
+    pulumi.export("albDnsName", alb.dns_name)
+    pulumi.export("albArn", alb.arn)
+    pulumi.export("targetGroupArn", alb.target_group_arn)
+    pulumi.export("clusterName", service.cluster_name)
+    pulumi.export("serviceName", service.service_name)
+    pulumi.export("logGroupName", service.log_group_name)
+    pulumi.export("repositoryUrl", service.repository_url)

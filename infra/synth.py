@@ -1,0 +1,177 @@
+"""Run the real stack program under Pulumi's mocks and record what it declares.
+
+`synthesize("staging")` reads `Pulumi.staging.yaml`, validates it, runs `infra.program.main`
+with `pulumi.runtime.set_mocks`, and returns every declared resource: type, logical name,
+parent, resolved inputs (secrets flagged), and the options that matter for safety (protect,
+ignore_changes). No Pulumi CLI, AWS credentials or network are used. The plan command and the
+test suite both call it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pulumi
+import yaml
+from pulumi.runtime import rpc, settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from infra.config import PROJECT
+from infra.mocks import AwsMocks
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK_TYPE = "pulumi:pulumi:Stack"
+PLACEHOLDER_SECRET = "plan-placeholder-secret-value"  # noqa: S105 - stands in for `secure:` values
+
+
+@dataclass
+class Declared:
+    type: str
+    name: str
+    custom: bool
+    parent: Optional[tuple[str, str]] = None  # (type, name); None under the stack
+    inputs: dict[str, Any] = field(default_factory=dict)
+    secret_inputs: set[str] = field(default_factory=set)
+    protect: bool = False
+    ignore_changes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Synthesis:
+    stack: str
+    resources: list[Declared]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+
+    def of_type(self, typ: str) -> list[Declared]:
+        return [r for r in self.resources if r.type == typ]
+
+    def one(self, typ: str, name: Optional[str] = None) -> Declared:
+        found = [r for r in self.of_type(typ) if name is None or r.name == name]
+        if len(found) != 1:
+            names = [r.name for r in self.of_type(typ)]
+            raise LookupError(f"expected one {typ} named {name!r}, found {names}")
+        return found[0]
+
+    def children(self, parent: Declared) -> list[Declared]:
+        return [r for r in self.resources if r.parent == (parent.type, parent.name)]
+
+
+def read_stack_file(stack: str, root: Path = ROOT) -> tuple[dict[str, Any], set[str]]:
+    """A stack file's config as Pulumi would hand it to the program, and its secret keys.
+
+    `secure:` values cannot be decrypted offline; they become a placeholder marked secret.
+    """
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no stack file {path.name}; stacks: {list_stacks(root)}")
+    doc = yaml.safe_load(path.read_text()) or {}
+    raw: dict[str, Any] = {}
+    secret_keys: set[str] = set()
+    for key, value in (doc.get("config") or {}).items():
+        if ":" not in key:
+            key = f"{PROJECT}:{key}"
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            raw[key] = PLACEHOLDER_SECRET
+            secret_keys.add(key)
+        else:
+            raw[key] = value
+    return raw, secret_keys
+
+
+def list_stacks(root: Path = ROOT) -> list[str]:
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in root.glob("Pulumi.*.yaml"))
+
+
+def _as_pulumi_config(raw: dict[str, Any]) -> dict[str, str]:
+    """Pulumi passes every config value as a string; objects and lists as JSON."""
+    return {
+        k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()
+    }
+
+
+class _Recorder(AwsMocks):
+    def __init__(self, region: str):
+        super().__init__(region)
+        self.declared: dict[tuple[str, str], Declared] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        rid, state = super().new_resource(args)
+        d = self.declared.setdefault((args.typ, args.name), Declared(args.typ, args.name, args.custom))
+        d.custom = args.custom
+        d.inputs = {k: _unwrap(v) for k, v in args.inputs.items()}
+        d.secret_inputs = {k for k, v in args.inputs.items() if _has_secret(v)}
+        return rid, state
+
+
+def _has_secret(v: Any) -> bool:
+    if rpc.is_rpc_secret(v):
+        return True
+    if isinstance(v, dict):
+        return any(_has_secret(x) for x in v.values())
+    if isinstance(v, list):
+        return any(_has_secret(x) for x in v)
+    return False
+
+
+def _unwrap(v: Any) -> Any:
+    if rpc.is_rpc_secret(v):
+        return _unwrap(rpc.unwrap_rpc_secret(v))
+    if isinstance(v, dict):
+        return {k: _unwrap(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_unwrap(x) for x in v]
+    return v
+
+
+def synthesize(
+    stack: str,
+    raw: Optional[dict[str, Any]] = None,
+    secret_keys: Optional[set[str]] = None,
+    program: Optional[Callable[[], None]] = None,
+) -> Synthesis:
+    """Run the stack program for `stack` under mocks. `raw` overrides the stack file's config."""
+    if raw is None:
+        raw, file_secret_keys = read_stack_file(stack)
+        secret_keys = file_secret_keys if secret_keys is None else secret_keys
+    secret_keys = set(secret_keys or ())
+    if program is None:
+        from infra.program import main as program
+
+    recorder = _Recorder(str(raw.get("aws:region", "us-east-1")))
+    settings.ROOT.set(None)
+    pulumi.runtime.set_all_config(_as_pulumi_config(raw), sorted(secret_keys))
+    pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=stack, preview=False)
+
+    def record_options(args: pulumi.ResourceTransformationArgs):
+        d = recorder.declared.setdefault(
+            (args.type_, args.name), Declared(args.type_, args.name, custom=True)
+        )
+        parent = args.opts.parent if args.opts else None
+        if parent is not None and parent._type != STACK_TYPE:
+            d.parent = (parent._type, parent._name)
+        d.protect = bool(args.opts and args.opts.protect)
+        d.ignore_changes = list((args.opts and args.opts.ignore_changes) or [])
+        return None
+
+    pulumi.runtime.register_stack_transformation(record_options)
+    try:
+        _sync_await(run_pulumi_func(program))
+    except Exception as e:
+        # Tests prove that bad config declares nothing: hand them what was declared.
+        e.declared = [d for d in recorder.declared.values() if d.type != STACK_TYPE]
+        raise
+
+    root = settings.get_root_resource()
+    outputs: dict[str, Any] = {}
+    secret_outputs: set[str] = set()
+    for key, value in (root.outputs if root else {}).items():
+        out = pulumi.Output.from_input(value)
+        outputs[key] = _sync_await(out.future())
+        if _sync_await(out.is_secret()):
+            secret_outputs.add(key)
+    return Synthesis(stack, list(recorder.declared.values()), outputs, secret_outputs)
