@@ -102,7 +102,7 @@ class Cache(pulumi.ComponentResource):
             parameter_group_name=params.name,
             at_rest_encryption_enabled=True, kms_key_id=args.kms_key_arn,
             transit_encryption_enabled=True, transit_encryption_mode="required",
-            auth_token=pulumi.Output.secret(args.auth_token), auth_token_update_strategy="ROTATE",
+            auth_token=pulumi.Output.secret(args.auth_token), auth_token_update_strategy="ROTATE",  # noqa: S106 - a mode
             snapshot_retention_limit=args.snapshot_retention_days,
             snapshot_window=args.snapshot_window, maintenance_window=args.maintenance_window,
             apply_immediately=args.apply_immediately, auto_minor_version_upgrade=True,

@@ -171,7 +171,7 @@ class LoadBalancer(pulumi.ComponentResource):
             opts=p,
         ).certificate_arn
 
-    def _log_bucket(self, name: str, args: LoadBalancerArgs) -> "_LogBucket":
+    def _log_bucket(self, name: str, args: LoadBalancerArgs) -> _LogBucket:
         p = pulumi.ResourceOptions(parent=self)
         bucket = aws.s3.Bucket(f"{name}-logs", force_destroy=not args.deletion_protection, opts=p)
         aws.s3.BucketPublicAccessBlock(

@@ -17,8 +17,9 @@ off and the count comes from args again.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal, Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -318,7 +319,7 @@ def container_definitions(args: ServiceArgs, log_group: str, env: dict[str, str]
         # Only ARNs here: ECS fetches the values at task start, so they never sit in the
         # task definition, in Pulumi state or in the logs.
         "secrets": [{"name": k, "valueFrom": v} for k, v in sorted(secrets.items())],
-        "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}],
+        "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}],  # noqa: S108
         "healthCheck": {
             "command": ["CMD-SHELL", f"curl -fsS http://localhost:{port}{args.health_check_path}"
                                      " || exit 1"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -143,7 +143,7 @@ class ServiceConfig(_Section):
     ecr_repository: bool = True
 
     @model_validator(mode="after")
-    def _size_and_bounds(self) -> "ServiceConfig":
+    def _size_and_bounds(self) -> ServiceConfig:
         if self.cpu not in FARGATE_SIZES:
             raise ConfigError(
                 _key("service.cpu"), self.cpu,
@@ -189,7 +189,7 @@ class LoadBalancerConfig(_Section):
     access_log_retention_days: int = Field(90, ge=1)
 
     @model_validator(mode="after")
-    def _tls_source(self) -> "LoadBalancerConfig":
+    def _tls_source(self) -> LoadBalancerConfig:
         has_dns = bool(self.domain_name and self.hosted_zone_id)
         if self.http_mode != "plain" and not (self.certificate_arn or has_dns):
             raise ConfigError(
@@ -214,7 +214,7 @@ class CacheConfig(_Section):
     port: int = 6379
 
     @model_validator(mode="after")
-    def _engine_and_ha(self) -> "CacheConfig":
+    def _engine_and_ha(self) -> CacheConfig:
         family = parameter_group_family(self.engine, self.engine_version)
         if family is None:
             raise ConfigError(
@@ -301,7 +301,7 @@ class StackConfig(BaseModel):
         return self.environment == "prod"
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "StackConfig":
+    def _cross_checks(self) -> StackConfig:
         _network_fits(self.network)
         if self.is_prod:
             _prod_rules(self)

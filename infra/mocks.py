@@ -30,6 +30,8 @@ class AwsMocks(pulumi.runtime.Mocks):
         service = typ.split(":")[1].split("/")[0]
         kind = typ.rsplit(":", 1)[1].lower()
         prefix = f"arn:aws:{service}:{self.region}:{ACCOUNT}"
+        # The provider autonames resources that are given no name: `<logical name>-<suffix>`.
+        state.setdefault("name", f"{name}-0a1b2c3")
         state.setdefault("arn", f"{prefix}:{kind}/{name}")
         extra = _EXTRAS.get(typ)
         if extra:
@@ -61,8 +63,8 @@ class AwsMocks(pulumi.runtime.Mocks):
 
 
 def _log_group(m: AwsMocks, s: dict, name: str):
-    s["arn"] = f"arn:aws:logs:{m.region}:{ACCOUNT}:log-group:{s.get('name', name)}"
-    return s.get("name", name)
+    s["arn"] = f"arn:aws:logs:{m.region}:{ACCOUNT}:log-group:{s['name']}"
+    return s["name"]
 
 
 def _topic(m: AwsMocks, s: dict, name: str):
@@ -140,7 +142,22 @@ def _bucket(m: AwsMocks, s: dict, name: str):
     return bucket
 
 
+def _certificate(m: AwsMocks, s: dict, name: str):
+    domain = s.get("domainName", "example.com")
+    s["domainValidationOptions"] = [{
+        "domainName": domain, "resourceRecordName": f"_0123abcd.{domain}.",
+        "resourceRecordType": "CNAME", "resourceRecordValue": "_4567efgh.acm-validations.aws.",
+    }]
+    s["arn"] = f"arn:aws:acm:{m.region}:{ACCOUNT}:certificate/{name}"
+
+
+def _record(m: AwsMocks, s: dict, name: str):
+    s["fqdn"] = str(s.get("name", name)).rstrip(".")
+
+
 _EXTRAS = {
+    "aws:acm/certificate:Certificate": _certificate,
+    "aws:route53/record:Record": _record,
     "aws:cloudwatch/logGroup:LogGroup": _log_group,
     "aws:sns/topic:Topic": _topic,
     "aws:kms/key:Key": _kms_key,

@@ -12,8 +12,8 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 from pulumi.runtime.config import (
-    CONFIG,
     _SECRET_KEYS,
+    CONFIG,
     get_config_env,
     get_config_secret_keys_env,
 )

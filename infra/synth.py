@@ -10,9 +10,10 @@ test suite both call it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pulumi
 import yaml
@@ -146,6 +147,7 @@ def synthesize(
     settings.ROOT.set(None)
     pulumi.runtime.set_all_config(_as_pulumi_config(raw), sorted(secret_keys))
     pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=stack, preview=False)
+    settings.SETTINGS.outputs.clear()  # nothing left over from an earlier, failed run
 
     def record_options(args: pulumi.ResourceTransformationArgs):
         d = recorder.declared.setdefault(

@@ -1,0 +1,71 @@
+"""Shared fixtures: each stack is synthesized once per session, under Pulumi's mocks.
+
+`staging` and `prod` hold everything the real stack files declare; `synth` runs the program on
+a variant of a stack's config (for the cases a stack file does not show).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from infra.synth import Synthesis, read_stack_file, synthesize
+
+
+@pytest.fixture(scope="session")
+def staging() -> Synthesis:
+    return synthesize("staging")
+
+
+@pytest.fixture(scope="session")
+def prod() -> Synthesis:
+    return synthesize("prod")
+
+
+@pytest.fixture(scope="session", params=["staging", "prod"])
+def stack(request, staging, prod) -> Synthesis:
+    return {"staging": staging, "prod": prod}[request.param]
+
+
+def stack_config(stack: str) -> tuple[dict[str, Any], set[str]]:
+    raw, secret_keys = read_stack_file(stack)
+    return copy.deepcopy(raw), set(secret_keys)
+
+
+def with_changes(stack: str, **changes: Any) -> tuple[dict[str, Any], set[str]]:
+    """A stack's config with `section__field=value` changes (a value of DELETE removes it)."""
+    raw, secret_keys = stack_config(stack)
+    for dotted, value in changes.items():
+        section, _, fld = dotted.partition("__")
+        key = section if ":" in section else f"llm-service:{section}"
+        if not fld:
+            raw[key] = value
+            continue
+        raw.setdefault(key, {})[fld] = value
+    return raw, secret_keys
+
+
+@pytest.fixture(scope="session")
+def synth() -> Callable[..., Synthesis]:
+    def run(stack: str, secret_keys: set[str] | None = None, raw: dict | None = None,
+            **changes: Any) -> Synthesis:
+        if raw is None:
+            raw, keys = with_changes(stack, **changes)
+            secret_keys = keys if secret_keys is None else secret_keys
+        return synthesize(stack, raw=raw, secret_keys=secret_keys or set())
+    return run
+
+
+def policy(resource) -> dict:
+    value = resource.inputs["policy"]
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def container(stack: Synthesis) -> dict:
+    task = stack.one("aws:ecs/taskDefinition:TaskDefinition")
+    (app,) = json.loads(task.inputs["containerDefinitions"])
+    return app

@@ -1,0 +1,73 @@
+"""The cache as each stack declares it."""
+
+from __future__ import annotations
+
+from infra.config import load
+from tests.conftest import stack_config
+
+RG = "aws:elasticache/replicationGroup:ReplicationGroup"
+
+
+def _cfg(stack):
+    return load(*stack_config(stack.stack))
+
+
+def test_encrypted_in_transit_and_at_rest_with_the_stack_key(stack):
+    g = stack.one(RG).inputs
+    assert g["transitEncryptionEnabled"] is True and g["transitEncryptionMode"] == "required"
+    assert g["atRestEncryptionEnabled"] is True
+    assert g["kmsKeyId"] == stack.outputs["kmsKeyArn"]
+    assert g["engine"] == "valkey"
+
+
+def test_lives_in_the_isolated_subnets(stack):
+    subnets = stack.one("aws:elasticache/subnetGroup:SubnetGroup")
+    assert subnets.inputs["subnetIds"] == stack.outputs["isolatedSubnetIds"]
+    assert stack.one(RG).inputs["subnetGroupName"] == f"{subnets.name}-0a1b2c3"
+
+
+def test_security_group_admits_only_the_service(stack):
+    rules = [r for r in stack.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+             if r.inputs["securityGroupId"] == "cache-sg-id"]
+    (rule,) = rules
+    assert rule.inputs["referencedSecurityGroupId"] == "service-sg-id"
+    assert rule.inputs["fromPort"] == rule.inputs["toPort"] == 6379
+    sg = stack.one("aws:ec2/securityGroup:SecurityGroup", "cache-sg")
+    assert not sg.inputs.get("ingress")
+
+
+def test_parameter_group_family_and_lru_eviction(stack):
+    params = stack.one("aws:elasticache/parameterGroup:ParameterGroup").inputs
+    assert params["family"] == "valkey8"
+    assert {"name": "maxmemory-policy", "value": "allkeys-lru"} in params["parameters"]
+    assert stack.one(RG).inputs["parameterGroupName"] == "cache-params-0a1b2c3"
+
+
+def test_redis_engine_gets_a_redis_family(synth):
+    s = synth("staging", cache__engine="redis", cache__engineVersion="7.1")
+    assert s.one("aws:elasticache/parameterGroup:ParameterGroup").inputs["family"] == "redis7"
+    assert s.one(RG).inputs["engine"] == "redis"
+
+
+def test_nodes_failover_and_snapshots_per_stack(staging, prod):
+    s, p = staging.one(RG).inputs, prod.one(RG).inputs
+    assert s["numCacheClusters"] == 1 and not s["automaticFailoverEnabled"] and not s["multiAzEnabled"]
+    assert p["numCacheClusters"] >= 2 and p["automaticFailoverEnabled"] and p["multiAzEnabled"]
+    assert s["snapshotRetentionLimit"] == 0 and p["snapshotRetentionLimit"] >= 7
+    assert s["applyImmediately"] is True and p["applyImmediately"] is False
+    assert prod.one(RG).protect and not staging.one(RG).protect
+
+
+def test_logs_delivered_to_retained_log_groups(stack):
+    deliveries = {d["logType"]: d for d in stack.one(RG).inputs["logDeliveryConfigurations"]}
+    assert set(deliveries) == {"slow-log", "engine-log"}
+    for kind, d in deliveries.items():
+        group = stack.one("aws:cloudwatch/logGroup:LogGroup", f"cache-{kind}")
+        assert d["destination"] == group.inputs["name"]
+        assert group.inputs["retentionInDays"] == _cfg(stack).cache.log_retention_days
+        assert group.inputs["kmsKeyId"] == stack.outputs["kmsKeyArn"]
+
+
+def test_endpoints_are_exported(stack):
+    assert stack.outputs["cachePrimaryEndpoint"].startswith("master.")
+    assert stack.outputs["cachePort"] == 6379

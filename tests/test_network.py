@@ -1,0 +1,123 @@
+"""The network as each stack declares it: tiers, CIDRs, routes, NAT, endpoints, flow logs."""
+
+from __future__ import annotations
+
+import ipaddress
+from itertools import combinations
+
+from infra.config import load
+from tests.conftest import stack_config
+
+SUBNET = "aws:ec2/subnet:Subnet"
+ROUTE = "aws:ec2/route:Route"
+ASSOC = "aws:ec2/routeTableAssociation:RouteTableAssociation"
+NAT = "aws:ec2/natGateway:NatGateway"
+ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
+
+
+def _cfg(stack):
+    return load(*stack_config(stack.stack))
+
+
+def _tier(stack, tier):
+    return [s for s in stack.of_type(SUBNET) if s.inputs["tags"]["Tier"] == tier]
+
+
+def test_subnets_lie_inside_the_vpc_and_never_overlap(stack):
+    vpc = ipaddress.ip_network(stack.one("aws:ec2/vpc:Vpc").inputs["cidrBlock"])
+    assert str(vpc) == _cfg(stack).network.cidr
+    nets = [ipaddress.ip_network(s.inputs["cidrBlock"]) for s in stack.of_type(SUBNET)]
+    assert all(n.subnet_of(vpc) for n in nets)
+    assert not any(a.overlaps(b) for a, b in combinations(nets, 2))
+
+
+def test_each_tier_has_one_subnet_per_az_in_distinct_azs(stack):
+    azs = _cfg(stack).network.az_count
+    for tier in ("public", "private", "isolated"):
+        subnets = _tier(stack, tier)
+        assert len(subnets) == azs
+        assert len({s.inputs["availabilityZone"] for s in subnets}) == azs
+        assert all(not s.inputs.get("mapPublicIpOnLaunch") for s in subnets)
+
+
+def _routes_of_subnet(stack, subnet):
+    (assoc,) = [a for a in stack.of_type(ASSOC) if a.inputs["subnetId"] == f"{subnet.name}-id"]
+    table = assoc.inputs["routeTableId"]
+    return [r for r in stack.of_type(ROUTE) if r.inputs["routeTableId"] == table]
+
+
+def test_public_subnets_route_to_the_internet_gateway(stack):
+    igw = stack.one("aws:ec2/internetGateway:InternetGateway")
+    for subnet in _tier(stack, "public"):
+        (route,) = _routes_of_subnet(stack, subnet)
+        assert route.inputs["destinationCidrBlock"] == "0.0.0.0/0"
+        assert route.inputs["gatewayId"] == f"{igw.name}-id"
+
+
+def test_private_subnets_route_to_a_nat_in_the_public_tier(stack):
+    nats = {f"{n.name}-id": n for n in stack.of_type(NAT)}
+    public_ids = {f"{s.name}-id" for s in _tier(stack, "public")}
+    used = set()
+    for subnet in _tier(stack, "private"):
+        (route,) = _routes_of_subnet(stack, subnet)
+        assert route.inputs["destinationCidrBlock"] == "0.0.0.0/0"
+        nat = nats[route.inputs["natGatewayId"]]
+        assert nat.inputs["subnetId"] in public_ids
+        used.add(nat.name)
+    expected = 3 if stack.stack == "prod" else 1
+    assert len(nats) == len(used) == expected
+
+
+def test_prod_private_subnets_use_the_nat_of_their_own_az(prod):
+    subnets = {f"{s.name}-id": s for s in prod.of_type(SUBNET)}
+    nats = {f"{n.name}-id": n for n in prod.of_type(NAT)}
+    for subnet in _tier(prod, "private"):
+        (route,) = _routes_of_subnet(prod, subnet)
+        nat_subnet = subnets[nats[route.inputs["natGatewayId"]].inputs["subnetId"]]
+        assert nat_subnet.inputs["availabilityZone"] == subnet.inputs["availabilityZone"]
+
+
+def test_isolated_subnets_have_no_route_out(stack):
+    for subnet in _tier(stack, "isolated"):
+        assert _routes_of_subnet(stack, subnet) == []
+
+
+def test_endpoints_only_where_enabled(stack):
+    services = sorted(e.inputs["serviceName"].rsplit(".", 1)[-1] if "ecr" not in
+                      e.inputs["serviceName"] else e.inputs["serviceName"].split(".", 3)[-1]
+                      for e in stack.of_type(ENDPOINT))
+    s3 = stack.one(ENDPOINT, "network-s3")
+    assert s3.inputs["vpcEndpointType"] == "Gateway"
+    interface = [e for e in stack.of_type(ENDPOINT) if e.inputs["vpcEndpointType"] == "Interface"]
+    if _cfg(stack).network.interface_endpoints:
+        assert services == ["ecr.api", "ecr.dkr", "kms", "logs", "s3", "secretsmanager"]
+        sg = stack.one("aws:ec2/securityGroup:SecurityGroup", "network-endpoints-sg")
+        (rule,) = [r for r in stack.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+                   if r.inputs["securityGroupId"] == f"{sg.name}-id"]
+        assert (rule.inputs["fromPort"], rule.inputs["toPort"]) == (443, 443)
+        assert rule.inputs["cidrIpv4"] == _cfg(stack).network.cidr
+        assert all(e.inputs["privateDnsEnabled"] for e in interface)
+    else:
+        assert interface == []
+    assert stack.stack != "prod" or interface, "prod turns the interface endpoints on"
+
+
+def test_default_security_group_has_no_rules(stack):
+    default = stack.one("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup")
+    assert default.inputs.get("ingress", []) == []
+    assert default.inputs.get("egress", []) == []
+
+
+def test_flow_logs_are_on_with_retention_and_the_stack_key(stack):
+    flow = stack.one("aws:ec2/flowLog:FlowLog")
+    group = stack.one("aws:cloudwatch/logGroup:LogGroup", "network-flow-logs")
+    assert flow.inputs["trafficType"] == "ALL"
+    assert flow.inputs["logDestination"] == f"arn:aws:logs:us-east-1:123456789012:log-group:{group.name}-0a1b2c3"
+    assert group.inputs["retentionInDays"] == _cfg(stack).network.flow_log_retention_days
+    assert group.inputs["kmsKeyId"] == stack.outputs["kmsKeyArn"]
+
+
+def test_azs_come_from_the_provider_not_the_code(synth):
+    synthesis = synth("staging", **{"aws:region": "eu-west-1"})
+    azs = {s.inputs["availabilityZone"] for s in synthesis.of_type(SUBNET)}
+    assert azs == {"eu-west-1a", "eu-west-1b"}

@@ -1,0 +1,105 @@
+"""The stack's KMS key and secrets: key policy, names per stack, exact-ARN read policy,
+and the two ways to supply the value."""
+
+from __future__ import annotations
+
+import json
+
+from components.secrets import read_policy
+from infra.plan import to_json
+from tests.conftest import container, policy, with_changes
+
+KEY = "aws:kms/key:Key"
+SECRET = "aws:secretsmanager/secret:Secret"
+VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
+
+
+def test_key_rotates_and_has_an_alias(stack):
+    key = stack.one(KEY)
+    assert key.inputs["enableKeyRotation"] is True
+    assert key.inputs["deletionWindowInDays"] == (30 if stack.stack == "prod" else 7)
+    alias = stack.one("aws:kms/alias:Alias")
+    assert alias.inputs["name"] == f"alias/llm-service/{stack.stack}"
+
+
+def test_key_policy_lets_the_publishers_and_services_use_it(stack):
+    statements = {s["Sid"]: s for s in policy(stack.one(KEY))["Statement"]}
+    publishers = statements["AlarmAndBudgetPublishersUseTheTopicKey"]
+    assert set(publishers["Principal"]["Service"]) == {"cloudwatch.amazonaws.com",
+                                                       "budgets.amazonaws.com"}
+    assert set(publishers["Action"]) == {"kms:GenerateDataKey*", "kms:Decrypt"}
+    via = statements["ServicesInThisAccountAndRegion"]["Condition"]["StringEquals"]
+    assert {"secretsmanager.us-east-1.amazonaws.com", "elasticache.us-east-1.amazonaws.com",
+            "sns.us-east-1.amazonaws.com"} <= set(via["kms:ViaService"])
+    assert via["kms:CallerAccount"] == "123456789012"
+    logs = statements["CloudWatchLogsEncryptsThisAccountsGroups"]
+    assert logs["Principal"]["Service"] == "logs.us-east-1.amazonaws.com"
+
+
+def test_every_secret_uses_the_stack_key_and_a_per_stack_name(stack):
+    key_arn = stack.outputs["kmsKeyArn"]
+    secrets = stack.of_type(SECRET)
+    assert {s.inputs["name"] for s in secrets} == {
+        f"llm-service/{stack.stack}/openai-api-key", f"llm-service/{stack.stack}/cache-auth-token"}
+    assert all(s.inputs["kmsKeyId"] == key_arn for s in secrets)
+
+
+def test_staging_and_prod_secrets_differ(staging, prod):
+    names = lambda s: {x.inputs["name"] for x in s.of_type(SECRET)}  # noqa: E731
+    assert not names(staging) & names(prod)
+
+
+def test_external_mode_declares_no_api_key_value(stack):
+    versions = stack.of_type(VERSION)
+    assert [v.name for v in versions] == ["secrets-cache-auth-token-value"]
+
+
+def test_prod_secrets_and_key_are_protected(prod, staging):
+    assert prod.one(KEY).protect and all(s.protect for s in prod.of_type(SECRET))
+    assert not staging.one(KEY).protect
+
+
+def test_execution_role_reads_exactly_the_injected_secrets(stack):
+    pol = policy(stack.one("aws:iam/rolePolicy:RolePolicy", "service-execution-secrets"))
+    read, decrypt = pol["Statement"]
+    injected = sorted(s["valueFrom"] for s in container(stack)["secrets"])
+    assert read["Action"] == "secretsmanager:GetSecretValue"
+    assert read["Resource"] == injected
+    assert decrypt["Resource"] == stack.outputs["kmsKeyArn"]
+    assert decrypt["Condition"]["StringEquals"]["kms:ViaService"] == \
+        "secretsmanager.us-east-1.amazonaws.com"
+    assert "*" not in json.dumps(pol)
+
+
+def test_read_policy_is_exact():
+    doc = json.loads(_resolve(read_policy(["arn:b", "arn:a"], "arn:key", "eu-west-1")))
+    assert doc["Statement"][0]["Resource"] == ["arn:a", "arn:b"]
+
+
+def _resolve(output):
+    from pulumi.runtime.sync_await import _sync_await
+    return _sync_await(output.future())
+
+
+def test_pulumi_mode_keeps_the_value_secret(synth):
+    raw, keys = with_changes("staging", secrets__source="pulumi")
+    raw["llm-service:openai-api-key"] = "sk-proj-THISMUSTNEVERLEAK0123456789"
+    keys.add("llm-service:openai-api-key")
+    s = synth("staging", raw=raw, secret_keys=keys)
+    version = s.one(VERSION, "secrets-openai-api-key-value")
+    assert version.inputs["secretString"] == "sk-proj-THISMUSTNEVERLEAK0123456789"
+    assert "secretString" in version.secret_inputs
+    plan = json.dumps(to_json(s))
+    assert "THISMUSTNEVERLEAK" not in plan
+    assert "THISMUSTNEVERLEAK" not in json.dumps(container(s))
+
+
+def test_cache_auth_token_is_secret_everywhere(stack):
+    token = stack.one("random:index/randomPassword:RandomPassword")
+    version = stack.one(VERSION, "secrets-cache-auth-token-value")
+    group = stack.one("aws:elasticache/replicationGroup:ReplicationGroup")
+    assert "secretString" in version.secret_inputs
+    assert "authToken" in group.secret_inputs
+    assert "cacheAuthToken" in stack.secret_outputs
+    assert token.inputs["length"] >= 32 and token.inputs["special"] is False
+    assert "mock-generated-password" not in json.dumps(to_json(stack))

@@ -1,0 +1,246 @@
+"""The load-balanced, autoscaled service as each stack declares it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.config import ConfigError, load
+from tests.conftest import container, policy, stack_config
+
+SG = "aws:ec2/securityGroup:SecurityGroup"
+IN = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+OUT = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+LISTENER = "aws:lb/listener:Listener"
+SVC = "aws:ecs/service:Service"
+
+
+def _cfg(stack):
+    return load(*stack_config(stack.stack))
+
+
+def _rules(stack, typ, sg_name):
+    return [r for r in stack.of_type(typ) if r.inputs["securityGroupId"] == f"{sg_name}-id"]
+
+
+def test_alb_accepts_443_only_from_configured_cidrs(stack):
+    rules = _rules(stack, IN, "alb-sg")
+    assert {(r.inputs["fromPort"], r.inputs["toPort"]) for r in rules} == {(443, 443)}
+    assert {r.inputs.get("cidrIpv4") for r in rules} - {None} == {"0.0.0.0/0"}
+    assert {r.inputs.get("cidrIpv6") for r in rules} - {None} == {"::/0"}
+
+
+def test_alb_egress_goes_only_to_the_tasks_on_the_container_port(stack):
+    (rule,) = _rules(stack, OUT, "alb-sg")
+    port = _cfg(stack).service.container_port
+    assert rule.inputs["referencedSecurityGroupId"] == "service-sg-id"
+    assert (rule.inputs["fromPort"], rule.inputs["toPort"]) == (port, port)
+
+
+def test_tasks_admit_only_the_load_balancer(stack):
+    (rule,) = _rules(stack, IN, "service-sg")
+    assert rule.inputs["referencedSecurityGroupId"] == "alb-sg-id"
+    assert "cidrIpv4" not in rule.inputs and "cidrIpv6" not in rule.inputs
+    assert rule.inputs["fromPort"] == _cfg(stack).service.container_port
+
+
+def test_no_group_but_the_load_balancer_is_open_to_the_world(stack):
+    for rule in stack.of_type(IN):
+        if rule.inputs.get("cidrIpv4") == "0.0.0.0/0" or rule.inputs.get("cidrIpv6") == "::/0":
+            assert rule.inputs["securityGroupId"] == "alb-sg-id"
+            assert rule.inputs["fromPort"] in (80, 443)
+
+
+def test_task_egress_is_https_and_the_cache(stack):
+    rules = _rules(stack, OUT, "service-sg")
+    assert sorted((r.inputs["fromPort"], r.inputs.get("cidrIpv4"),
+                   r.inputs.get("referencedSecurityGroupId")) for r in rules) == [
+        (443, "0.0.0.0/0", None), (6379, None, "cache-sg-id")]
+
+
+def test_https_listener_only_by_default(stack):
+    (listener,) = stack.of_type(LISTENER)
+    assert listener.inputs["port"] == 443 and listener.inputs["protocol"] == "HTTPS"
+    assert listener.inputs["sslPolicy"].startswith("ELBSecurityPolicy-TLS13")
+    assert listener.inputs["certificateArn"] == _cfg(stack).load_balancer.certificate_arn
+    assert listener.inputs["defaultActions"][0]["targetGroupArn"] == stack.outputs["targetGroupArn"]
+    assert stack.outputs["serviceUrl"].startswith("https://")
+
+
+def test_redirect_mode_adds_port_80_as_a_301_only(synth):
+    s = synth("prod", loadBalancer__httpMode="redirect")
+    http = s.one(LISTENER, "alb-http")
+    (action,) = http.inputs["defaultActions"]
+    assert action["type"] == "redirect"
+    assert action["redirect"]["protocol"] == "HTTPS" and action["redirect"]["statusCode"] == "HTTP_301"
+    assert {r.inputs["fromPort"] for r in _rules(s, IN, "alb-sg")} == {80, 443}
+
+
+def test_plain_http_is_staging_only(synth):
+    s = synth("staging", loadBalancer__httpMode="plain", loadBalancer__certificateArn="")
+    (listener,) = s.of_type(LISTENER)
+    assert listener.inputs["protocol"] == "HTTP"
+    assert s.outputs["serviceUrl"].startswith("http://")
+    with pytest.raises(ConfigError, match="loadBalancer.httpMode"):
+        synth("prod", loadBalancer__httpMode="plain")
+
+
+def test_acm_certificate_with_dns_validation(synth):
+    s = synth("staging", loadBalancer__certificateArn="", loadBalancer__domainName="api.example.com",
+              loadBalancer__hostedZoneId="Z123")
+    cert = s.one("aws:acm/certificate:Certificate")
+    assert cert.inputs["validationMethod"] == "DNS"
+    assert s.one("aws:acm/certificateValidation:CertificateValidation")
+    alias = s.one("aws:route53/record:Record", "alb-alias")
+    assert alias.inputs["name"] == "api.example.com" and alias.inputs["zoneId"] == "Z123"
+    assert s.outputs["serviceUrl"] == "https://api.example.com"
+
+
+def test_alb_attributes_suit_streamed_responses(stack):
+    lb = stack.one("aws:lb/loadBalancer:LoadBalancer")
+    cfg = _cfg(stack)
+    assert lb.inputs["idleTimeout"] == cfg.load_balancer.idle_timeout_seconds >= 300
+    assert lb.inputs["dropInvalidHeaderFields"] is True
+    assert lb.inputs["enableHttp2"] is True
+    assert lb.inputs["enableDeletionProtection"] is (stack.stack == "prod")
+    assert lb.inputs["internal"] is False
+    assert lb.inputs["subnets"] == stack.outputs["publicSubnetIds"]
+    assert lb.inputs["accessLogs"]["enabled"] is True
+
+
+def test_access_log_bucket_is_sse_s3_private_expiring_and_writable_by_elb(stack):
+    sse = stack.one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    rule = sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]
+    assert rule["sseAlgorithm"] == "AES256", "ALB log delivery cannot write to SSE-KMS buckets"
+    block = stack.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert all(block.inputs[k] for k in ("blockPublicAcls", "blockPublicPolicy",
+                                         "ignorePublicAcls", "restrictPublicBuckets"))
+    life = stack.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+    assert life.inputs["rules"][0]["expiration"]["days"] == \
+        _cfg(stack).load_balancer.access_log_retention_days
+    statements = policy(stack.one("aws:s3/bucketPolicy:BucketPolicy"))["Statement"]
+    principals = [s["Principal"] for s in statements if s["Effect"] == "Allow"]
+    assert {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"} in principals
+
+
+def test_target_group_health_check_and_routing(stack):
+    tg = stack.one("aws:lb/targetGroup:TargetGroup")
+    cfg = _cfg(stack)
+    assert tg.inputs["targetType"] == "ip"
+    assert tg.inputs["loadBalancingAlgorithmType"] == "least_outstanding_requests"
+    assert tg.inputs["healthCheck"]["path"] == cfg.load_balancer.health_check_path == "/healthz"
+    assert tg.inputs["deregistrationDelay"] == cfg.load_balancer.deregistration_delay_seconds
+    assert tg.inputs["port"] == cfg.service.container_port
+
+
+def test_task_size_and_container_hardening(stack):
+    task = stack.one("aws:ecs/taskDefinition:TaskDefinition")
+    cfg = _cfg(stack)
+    assert (int(task.inputs["cpu"]), int(task.inputs["memory"])) == (cfg.service.cpu, cfg.service.memory)
+    assert task.inputs["runtimePlatform"]["cpuArchitecture"] == "ARM64"
+    app = container(stack)
+    assert app["readonlyRootFilesystem"] is True and app["privileged"] is False
+    assert app["user"] not in ("root", "0", "0:0")
+    assert app["healthCheck"]["command"][0] == "CMD-SHELL"
+    assert app["stopTimeout"] == cfg.service.stop_timeout_seconds
+    assert app["logConfiguration"]["options"]["awslogs-group"] == stack.outputs["logGroupName"]
+
+
+def test_container_env_has_cache_endpoint_and_secrets_by_arn_only(stack):
+    app = container(stack)
+    env = {e["name"]: e["value"] for e in app["environment"]}
+    assert env["CACHE_HOST"] == stack.outputs["cachePrimaryEndpoint"]
+    assert env["CACHE_PORT"] == "6379" and env["CACHE_TLS"] == "true"
+    assert env["APP_ENV"] == stack.stack
+    assert not any("://" in v and "@" in v for v in env.values()), "no password in any URL"
+    secrets = {s["name"]: s["valueFrom"] for s in app["secrets"]}
+    assert secrets == {
+        "OPENAI_API_KEY": stack.outputs["secretArns"]["openai-api-key"],
+        "CACHE_AUTH_TOKEN": stack.outputs["cacheAuthSecretArn"],
+    }
+    assert "mock-generated-password" not in json.dumps(app)
+
+
+def test_service_runs_private_with_rollback(stack):
+    svc = stack.one(SVC)
+    net = svc.inputs["networkConfiguration"]
+    assert net["assignPublicIp"] is False
+    assert net["subnets"] == stack.outputs["privateSubnetIds"]
+    assert svc.inputs["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
+    assert svc.inputs["deploymentMinimumHealthyPercent"] == 100
+    assert svc.inputs["deploymentMaximumPercent"] == 200
+    assert svc.inputs["healthCheckGracePeriodSeconds"] > 0
+    assert svc.inputs["enableExecuteCommand"] is (stack.stack != "prod")
+    assert svc.inputs["loadBalancers"][0]["targetGroupArn"] == stack.outputs["targetGroupArn"]
+
+
+def test_capacity_providers_staging_spot_prod_on_demand_base(staging, prod):
+    strat = lambda s: {x["capacityProvider"]: x for x in s.one(SVC).inputs["capacityProviderStrategies"]}  # noqa: E731
+    assert strat(staging)["FARGATE_SPOT"]["weight"] >= 1
+    assert strat(prod)["FARGATE"]["base"] >= 3
+
+
+def test_scaling_bounds_and_three_signals(stack):
+    cfg = _cfg(stack).service
+    target = stack.one("aws:appautoscaling/target:Target")
+    assert (target.inputs["minCapacity"], target.inputs["maxCapacity"]) == (cfg.min_tasks, cfg.max_tasks)
+    assert target.inputs["resourceId"] == f"service/llm-service-{stack.stack}/llm-service-{stack.stack}"
+    policies = {p.name: p.inputs["targetTrackingScalingPolicyConfiguration"]
+                for p in stack.of_type("aws:appautoscaling/policy:Policy")}
+    metrics = {c["predefinedMetricSpecification"]["predefinedMetricType"]: c for c in policies.values()}
+    assert set(metrics) == {"ECSServiceAverageCPUUtilization", "ECSServiceAverageMemoryUtilization",
+                            "ALBRequestCountPerTarget"}
+    label = metrics["ALBRequestCountPerTarget"]["predefinedMetricSpecification"]["resourceLabel"]
+    lb = stack.one("aws:lb/loadBalancer:LoadBalancer")
+    assert label.startswith("app/") and "/targetgroup/" in label and lb.name in label
+    for c in metrics.values():
+        assert c["scaleOutCooldown"] < c["scaleInCooldown"]
+
+
+def test_autoscaling_owns_desired_count(stack):
+    svc = stack.one(SVC)
+    assert svc.ignore_changes == ["desired_count"]
+    assert svc.inputs["desiredCount"] == _cfg(stack).service.min_tasks
+
+
+def test_without_autoscaling_config_owns_desired_count(synth):
+    s = synth("staging", service__autoscaling=False, service__desiredTasks=2)
+    svc = s.one(SVC)
+    assert svc.ignore_changes == []
+    assert svc.inputs["desiredCount"] == 2
+    assert s.of_type("aws:appautoscaling/target:Target") == []
+
+
+def test_prod_is_bigger_than_staging(staging, prod):
+    task = lambda s: s.one("aws:ecs/taskDefinition:TaskDefinition").inputs  # noqa: E731
+    cap = lambda s: s.one("aws:appautoscaling/target:Target").inputs  # noqa: E731
+    assert int(task(prod)["cpu"]) > int(task(staging)["cpu"])
+    assert int(task(prod)["memory"]) > int(task(staging)["memory"])
+    assert cap(prod)["maxCapacity"] > cap(staging)["maxCapacity"]
+    assert cap(prod)["minCapacity"] > cap(staging)["minCapacity"]
+    assert len(prod.outputs["privateSubnetIds"]) > len(staging.outputs["privateSubnetIds"])
+
+
+def test_ecr_repository_is_immutable_scanned_encrypted(stack):
+    repo = stack.one("aws:ecr/repository:Repository")
+    assert repo.inputs["imageTagMutability"] == "IMMUTABLE"
+    assert repo.inputs["imageScanningConfiguration"]["scanOnPush"] is True
+    assert repo.inputs["encryptionConfigurations"][0] == {
+        "encryptionType": "KMS", "kmsKey": stack.outputs["kmsKeyArn"]}
+    rules = json.loads(stack.one("aws:ecr/lifecyclePolicy:LifecyclePolicy").inputs["policy"])["rules"]
+    assert rules
+
+
+def test_execution_role_scoped_to_own_log_group_and_repository(stack):
+    pol = policy(stack.one("aws:iam/rolePolicy:RolePolicy", "service-execution-runtime"))
+    by_sid = {s["Sid"]: s for s in pol["Statement"]}
+    assert by_sid["WriteOwnLogs"]["Resource"].startswith(
+        f"arn:aws:logs:us-east-1:123456789012:log-group:/ecs/llm-service-{stack.stack}:")
+    assert by_sid["PullOwnImages"]["Resource"].endswith("repository/service-repo")
+
+
+def test_task_log_group_is_encrypted_with_retention(stack):
+    group = stack.one("aws:cloudwatch/logGroup:LogGroup", "service-logs")
+    assert group.inputs["kmsKeyId"] == stack.outputs["kmsKeyArn"]
+    assert group.inputs["retentionInDays"] == _cfg(stack).service.log_retention_days
