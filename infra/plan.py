@@ -13,10 +13,11 @@ import argparse
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from infra.config import ConfigError
-from infra.synth import Declared, Synthesis, list_stacks, synthesize
+from infra.synth import ROOT, Declared, Synthesis, list_stacks, read_stack_file, synthesize
 
 REDACTED = "[secret]"
 
@@ -67,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.plan", description=__doc__.split("\n")[0])
     parser.add_argument("--stack", required=True, help=f"one of {list_stacks()}")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--dir", type=Path, default=ROOT, help="where the stack files are")
     args = parser.parse_args(argv)
     try:
-        synthesis = synthesize(args.stack)
+        raw, secret_keys = read_stack_file(args.stack, args.dir)
+        synthesis = synthesize(args.stack, raw=raw, secret_keys=secret_keys)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

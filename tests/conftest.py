@@ -15,6 +15,8 @@ import pytest
 
 from infra.synth import Synthesis, read_stack_file, synthesize
 
+pytest_plugins = ["tests.moto_server"]
+
 
 @pytest.fixture(scope="session")
 def staging() -> Synthesis:

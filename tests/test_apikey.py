@@ -1,0 +1,248 @@
+"""`python -m infra.apikey` against moto in server mode on 127.0.0.1.
+
+moto keeps ECS runningCount at 0 and rolloutState IN_PROGRESS, so the states a real rollout
+reaches (stable, failed) are injected at the boto3 boundary where a test needs them, and the
+test says so.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, NoCredentialsError
+
+from infra import apikey
+
+KEY = "sk-proj-" + "A1b2C3d4" * 6
+STACK = "staging"
+SECRET_NAME = "llm-service/staging/openai-api-key"
+
+
+class Pipe(io.StringIO):
+    def isatty(self):
+        return False
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.fixture
+def deployed(aws):
+    """What `pulumi up --stack staging` leaves behind, as far as the command needs."""
+    kms = boto3.client("kms", region_name="us-east-1")
+    key_id = kms.create_key(Description="stack key")["KeyMetadata"]["KeyId"]
+    sm = boto3.client("secretsmanager", region_name="us-east-1")
+    arn = sm.create_secret(Name=SECRET_NAME, KmsKeyId=key_id)["ARN"]
+    ecs = boto3.client("ecs", region_name="us-east-1")
+    ecs.create_cluster(clusterName="llm-service-staging")
+    ecs.register_task_definition(family="llm-service-staging", containerDefinitions=[
+        {"name": "app", "image": "x", "memory": 512}])
+    ecs.create_service(cluster="llm-service-staging", serviceName="llm-service-staging",
+                       taskDefinition="llm-service-staging", desiredCount=1)
+    return {"arn": arn, "key_id": key_id, "sm": sm, "ecs": ecs}
+
+
+def run(argv, stdin=None, capsys=None):
+    code = apikey.main(argv, stdin=stdin or Pipe(""))
+    out = capsys.readouterr() if capsys else None
+    return code, out
+
+
+def test_put_from_a_pipe_stores_a_current_version(deployed, capsys):
+    code, out = run(["put", "--stack", STACK], Pipe(KEY + "\n"), capsys)
+    assert code == 0, out.err
+    assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == KEY
+    assert KEY not in out.out + out.err
+    assert "stored a new current version of llm-service/staging/openai-api-key" in out.out
+
+
+def test_put_from_a_hidden_prompt(deployed, capsys, mocker):
+    prompt = mocker.patch("infra.apikey.getpass.getpass", return_value=KEY)
+    code, out = run(["put", "--stack", STACK], Tty(""), capsys)
+    assert code == 0
+    prompt.assert_called_once()
+    assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == KEY
+    assert KEY not in out.out + out.err
+
+
+def test_put_refuses_a_malformed_key_and_writes_nothing(deployed, capsys):
+    code, out = run(["put", "--stack", STACK], Pipe("hello world not a key"), capsys)
+    assert code == 1
+    assert "does not look like a openai-api-key" in out.err
+    assert "hello" not in out.err
+    versions = deployed["sm"].list_secret_version_ids(SecretId=SECRET_NAME)["Versions"]
+    assert versions == []
+
+
+def test_value_is_never_taken_from_argv():
+    with pytest.raises(SystemExit):
+        apikey.main(["put", "--stack", STACK, KEY], stdin=Pipe(""))
+
+
+def test_put_via_outputs_file(deployed, capsys, tmp_path):
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({
+        "secretArns": {"openai-api-key": deployed["arn"]}, "region": "us-east-1",
+        "clusterName": "llm-service-staging", "serviceName": "llm-service-staging"}))
+    code, out = run(["put", "--stack", STACK, "--outputs", str(outputs)], Pipe(KEY), capsys)
+    assert code == 0, out.err
+    assert deployed["arn"] in out.out
+
+
+def test_outputs_file_missing_an_output_is_one_line(deployed, capsys, tmp_path):
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"secretArns": {}}))
+    code, out = run(["check", "--stack", STACK, "--outputs", str(outputs)], None, capsys)
+    assert code == 1
+    assert out.err.strip().count("\n") == 0
+    assert "has no output 'clusterName'" in out.err
+
+
+def test_check_without_a_value_fails(deployed, capsys):
+    code, out = run(["check", "--stack", STACK], None, capsys)
+    assert code == 1
+    assert out.out.startswith("FAIL llm-service/staging/openai-api-key: no current value")
+
+
+def test_check_reports_age_and_never_reads_the_value(deployed, capsys, mocker):
+    deployed["sm"].put_secret_value(SecretId=SECRET_NAME, SecretString=KEY)
+    real = apikey._client
+
+    def client(service, region):
+        c = real(service, region)
+        mocker.patch.object(c, "get_secret_value", side_effect=AssertionError("check read it"))
+        return c
+
+    mocker.patch("infra.apikey._client", side_effect=client)
+    code, out = run(["check", "--stack", STACK], None, capsys)
+    assert code == 0, out.err
+    assert out.out.startswith("OK   llm-service/staging/openai-api-key: current value present")
+    assert KEY not in out.out
+
+
+def test_check_warns_when_older_than_the_rotation_age(deployed):
+    deployed["sm"].put_secret_value(SecretId=SECRET_NAME, SecretString=KEY)
+    target = apikey.resolve(STACK, "openai-api-key", None, None)
+    later = datetime.now(UTC) + timedelta(days=target.rotation_age_days + 5)
+    lines, ok = apikey.check(target, now=later)
+    assert ok
+    assert lines[0].startswith("WARN") and "older than the rotation age of 90 days" in lines[0]
+
+
+def test_missing_secret_is_one_clear_line(aws, capsys):
+    code, out = run(["put", "--stack", STACK], Pipe(KEY), capsys)
+    assert code == 1
+    assert out.err == ("error: llm-service/staging/openai-api-key in us-east-1 does not exist; "
+                       "deploy the stack first (pulumi up --stack staging)\n")
+
+
+def test_missing_credentials_is_one_clear_line(deployed, capsys, mocker):
+    mocker.patch("infra.apikey._client", side_effect=NoCredentialsError())
+    code, out = run(["check", "--stack", STACK], None, capsys)
+    assert code == 1
+    assert out.err.startswith("error: no AWS credentials found")
+
+
+@pytest.mark.parametrize("code,words", [
+    ("AccessDeniedException", "access denied to llm-service/staging/openai-api-key"),
+    ("ThrottlingException", "AWS throttled the call"),
+])
+def test_denied_and_throttled_write_nothing(deployed, capsys, mocker, code, words):
+    # moto grants every call: the refusal is injected at the boto3 boundary.
+    real = apikey._client
+
+    def client(service, region):
+        c = real(service, region)
+        if service == "secretsmanager":
+            err = ClientError({"Error": {"Code": code, "Message": "no"}}, "PutSecretValue")
+            mocker.patch.object(c, "put_secret_value", side_effect=err)
+        return c
+
+    mocker.patch("infra.apikey._client", side_effect=client)
+    rc, out = run(["put", "--stack", STACK], Pipe(KEY), capsys)
+    assert rc == 1 and words in out.err and out.err.count("\n") == 1
+    assert deployed["sm"].list_secret_version_ids(SecretId=SECRET_NAME)["Versions"] == []
+
+
+def _stable(ecs_client, mocker):
+    # moto never completes a rollout; report the state a real one reaches.
+    real = ecs_client.describe_services
+
+    def describe(**kw):
+        r = real(**kw)
+        for s in r["services"]:
+            s["deployments"] = [{"status": "PRIMARY", "rolloutState": "COMPLETED"}]
+            s["runningCount"] = s["desiredCount"]
+        return r
+    mocker.patch.object(ecs_client, "describe_services", side_effect=describe)
+
+
+def test_rotate_puts_then_redeploys_and_waits(deployed, capsys, mocker):
+    real = apikey._client
+    made = {}
+
+    def client(service, region):
+        c = made[service] = real(service, region)
+        if service == "ecs":
+            _stable(c, mocker)
+            mocker.spy(c, "update_service")
+        return c
+
+    mocker.patch("infra.apikey._client", side_effect=client)
+    code, out = run(["rotate", "--stack", STACK], Pipe(KEY), capsys)
+    assert code == 0, out.err
+    made["ecs"].update_service.assert_called_once_with(
+        cluster="llm-service-staging", service="llm-service-staging", forceNewDeployment=True)
+    assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == KEY
+    assert "is stable" in out.out and KEY not in out.out + out.err
+
+
+def test_rotate_times_out_and_says_the_key_is_stored(deployed):
+    # moto's rollout never completes, which is exactly the stuck deployment to time out on.
+    target = apikey.resolve(STACK, "openai-api-key", None, None)
+    ticks = iter(range(0, 10_000, 100))
+    with pytest.raises(apikey.Failure) as err:
+        apikey.rotate(target, KEY, timeout=300, sleep=lambda s: None,
+                      clock=lambda: next(ticks), log=lambda line: None)
+    assert "not stable after 300 s (running 0 of 1, 1 deployments); the new key is stored" \
+        in str(err.value)
+
+
+def test_rotate_reports_a_failed_rollout(deployed, mocker):
+    # A circuit-breaker rollback cannot happen in moto: inject the FAILED rollout state.
+    real = apikey._client
+
+    def client(service, region):
+        c = real(service, region)
+        if service == "ecs":
+            orig = c.describe_services
+
+            def describe(**kw):
+                r = orig(**kw)
+                r["services"][0]["deployments"] = [
+                    {"status": "PRIMARY", "rolloutState": "FAILED",
+                     "rolloutStateReason": "tasks failed to start"},
+                    {"status": "ACTIVE", "rolloutState": "COMPLETED"}]
+                return r
+            mocker.patch.object(c, "describe_services", side_effect=describe)
+        return c
+
+    mocker.patch("infra.apikey._client", side_effect=client)
+    target = apikey.resolve(STACK, "openai-api-key", None, None)
+    with pytest.raises(apikey.Failure, match="the new deployment failed \\(tasks failed to start\\)"):
+        apikey.rotate(target, KEY, timeout=300, sleep=lambda s: None, log=lambda line: None)
+
+
+def test_rotate_against_a_missing_service_writes_nothing(deployed, capsys):
+    deployed["ecs"].delete_service(cluster="llm-service-staging", service="llm-service-staging",
+                                   force=True)
+    code, out = run(["rotate", "--stack", STACK], Pipe(KEY), capsys)
+    assert code == 1
+    assert "ECS service llm-service-staging/llm-service-staging not found" in out.err
+    assert deployed["sm"].list_secret_version_ids(SecretId=SECRET_NAME)["Versions"] == []
