@@ -18,8 +18,11 @@ from pulumi.runtime.config import (
     get_config_secret_keys_env,
 )
 
+from components.budget import Budget, BudgetArgs
 from components.cache import Cache, CacheArgs
+from components.edge import Edge, EdgeArgs
 from components.load_balancer import LoadBalancer, LoadBalancerArgs
+from components.monitoring import Monitoring, MonitoringArgs, Thresholds
 from components.network import Network, NetworkArgs
 from components.secrets import Secrets, SecretsArgs, env_var_name
 from components.service import CacheLink, Service, ServiceArgs
@@ -139,6 +142,32 @@ def main() -> None:
         execute_command=svc.execute_command, ecr_repository=svc.ecr_repository, protect=protect,
     ), opts=opts)
 
+    edge = Edge("edge", EdgeArgs(
+        name=prefix, load_balancer_arn=alb.arn, rate_limit=cfg.edge.rate_limit,
+        rate_window_seconds=cfg.edge.rate_window_seconds,
+        log_retention_days=cfg.edge.log_retention_days, kms_key_arn=secrets.key_arn,
+    ), opts=opts)
+
+    mon = cfg.monitoring
+    emails = [str(e) for e in mon.alert_emails]
+    monitoring = Monitoring("monitoring", MonitoringArgs(
+        name=prefix, region=cfg.region, kms_key_arn=secrets.key_arn,
+        lb_arn_suffix=alb.arn_suffix, target_group_arn_suffix=alb.target_group_arn_suffix,
+        cluster_name=service.cluster_name, service_name=service.service_name,
+        # ElastiCache names the nodes of a replication group <id>-001, <id>-002, ...
+        cache_member_ids=[f"{prefix}-{i + 1:03d}" for i in range(c.nodes)],
+        web_acl_name=edge.web_acl_name, min_tasks=svc.min_tasks, max_tasks=svc.max_tasks,
+        alert_emails=emails,
+        thresholds=Thresholds(**mon.model_dump(exclude={"alert_emails"})),
+    ), opts=opts)
+
+    budget = Budget("budget", BudgetArgs(
+        name=prefix, environment=cfg.environment, monthly_limit_usd=cfg.budget.monthly_limit_usd,
+        actual_thresholds=list(cfg.budget.actual_thresholds),
+        forecast_thresholds=list(cfg.budget.forecast_thresholds), emails=emails,
+        topic_arn=monitoring.topic_arn,
+    ), opts=opts)
+
     pulumi.export("environment", cfg.environment)
     pulumi.export("region", cfg.region)
     pulumi.export("vpcId", network.vpc_id)
@@ -162,3 +191,8 @@ def main() -> None:
     pulumi.export("serviceName", service.service_name)
     pulumi.export("logGroupName", service.log_group_name)
     pulumi.export("repositoryUrl", service.repository_url)
+    pulumi.export("webAclArn", edge.web_acl_arn)
+    pulumi.export("alarmTopicArn", monitoring.topic_arn)
+    pulumi.export("alarmNames", monitoring.alarm_names)
+    pulumi.export("dashboardUrl", monitoring.dashboard_url)
+    pulumi.export("budgetName", budget.budget_name)

@@ -39,6 +39,7 @@ class Declared:
     secret_inputs: set[str] = field(default_factory=set)
     protect: bool = False
     ignore_changes: list[str] = field(default_factory=list)
+    provider: str = ""  # the provider reference the engine would use ("<urn>::<id>")
 
 
 @dataclass
@@ -104,6 +105,7 @@ class _Recorder(AwsMocks):
         rid, state = super().new_resource(args)
         d = self.declared.setdefault((args.typ, args.name), Declared(args.typ, args.name, args.custom))
         d.custom = args.custom
+        d.provider = args.provider or ""
         d.inputs = {k: _unwrap(v) for k, v in args.inputs.items()}
         d.secret_inputs = {k for k, v in args.inputs.items() if _has_secret(v)}
         return rid, state

@@ -1,0 +1,58 @@
+"""A monthly AWS cost budget for one environment, with notifications at thresholds.
+
+Creates: an AWS Budgets cost budget filtered on the resources tagged `Environment=<env>` (the
+provider's default tags put that tag on everything the stack creates), with one notification per
+actual and forecast threshold to the given e-mails and SNS topic.
+
+Prerequisite, once per account: activate `Environment` as a cost allocation tag (Billing console,
+or `aws ce update-cost-allocation-tags-status`); until then the filter matches nothing.
+
+Cost: the first two budgets per account are free, then $0.02 per budget-day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+
+
+@dataclass
+class BudgetArgs:
+    name: str  # e.g. llm-service-staging
+    environment: str
+    monthly_limit_usd: float
+    actual_thresholds: list[int] = field(default_factory=lambda: [50, 80, 100])
+    forecast_thresholds: list[int] = field(default_factory=lambda: [100])
+    emails: list[str] = field(default_factory=list)
+    topic_arn: Optional[pulumi.Input[str]] = None
+    tag_key: str = "Environment"
+
+
+class Budget(pulumi.ComponentResource):
+    budget_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: BudgetArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-service:budget:Budget", name, None, opts)
+        notifications = [
+            aws.budgets.BudgetNotificationArgs(
+                notification_type=kind, comparison_operator="GREATER_THAN", threshold=percent,
+                threshold_type="PERCENTAGE", subscriber_email_addresses=args.emails or None,
+                subscriber_sns_topic_arns=[args.topic_arn] if args.topic_arn else None,
+            )
+            for kind, thresholds in (("ACTUAL", args.actual_thresholds),
+                                     ("FORECASTED", args.forecast_thresholds))
+            for percent in thresholds
+        ]
+        budget = aws.budgets.Budget(
+            f"{name}-monthly", name=args.name, budget_type="COST", time_unit="MONTHLY",
+            limit_amount=f"{args.monthly_limit_usd:.2f}", limit_unit="USD",
+            cost_filters=[aws.budgets.BudgetCostFilterArgs(
+                name="TagKeyValue", values=[f"user:{args.tag_key}${args.environment}"],
+            )],
+            notifications=notifications, opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.budget_name = budget.name
+        self.register_outputs({"budget_name": self.budget_name})

@@ -1,0 +1,226 @@
+"""Alarms, an encrypted alarm topic and a dashboard for the LLM service.
+
+Creates: an SNS topic under the stack's KMS key (the key policy must let CloudWatch and AWS Budgets
+use it; see `components.secrets.key_policy`), a topic policy for those publishers, e-mail
+subscriptions; CloudWatch alarms with alarm and OK actions (5xx, p95/p99 latency, unhealthy hosts,
+running tasks below the minimum, service CPU and memory, cache CPU, memory, evictions and hit
+rate, WAF blocked spike); a dashboard rendered from `templates/dashboard.json.j2`.
+
+Cost: $0.10 per alarm-month (16 here; the percentile alarms $0.30), $3/month for the dashboard,
+SNS e-mail free up to 1,000 a month.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import jinja2
+import pulumi
+import pulumi_aws as aws
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    undefined=jinja2.StrictUndefined, autoescape=False,  # noqa: S701 - JSON, not HTML
+)
+
+
+@dataclass
+class Thresholds:
+    target_5xx_per_minute: int = 5
+    alb_5xx_per_minute: int = 5
+    p95_latency_seconds: float = 20.0
+    p99_latency_seconds: float = 60.0
+    cpu_high_percent: int = 85
+    memory_high_percent: int = 85
+    cache_cpu_percent: int = 80
+    cache_memory_percent: int = 85
+    cache_evictions_per_5min: int = 100
+    cache_hit_rate_min_percent: int = 20
+    waf_blocked_per_5min: int = 500
+
+
+@dataclass
+class MonitoringArgs:
+    name: str  # e.g. llm-service-staging
+    region: str
+    kms_key_arn: pulumi.Input[str]
+    lb_arn_suffix: pulumi.Input[str]
+    target_group_arn_suffix: pulumi.Input[str]
+    cluster_name: pulumi.Input[str]
+    service_name: pulumi.Input[str]
+    cache_member_ids: list[str]
+    web_acl_name: pulumi.Input[str]
+    min_tasks: int
+    max_tasks: int
+    alert_emails: list[str] = field(default_factory=list)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+@dataclass
+class _Alarm:
+    name: str
+    description: str
+    namespace: str
+    metric: str
+    dimensions: dict[str, Any]
+    comparison: str
+    threshold: float
+    stat: str = "Sum"
+    period: int = 60
+    periods: int = 3
+    missing: str = "notBreaching"
+
+
+def render_dashboard(**values: Any) -> str:
+    """The dashboard body, checked to be JSON before it leaves here."""
+    body = TEMPLATES.get_template("dashboard.json.j2").render(**values)
+    return json.dumps(json.loads(body))
+
+
+class Monitoring(pulumi.ComponentResource):
+    topic_arn: pulumi.Output[str]
+    dashboard_url: pulumi.Output[str]
+    alarm_names: list[pulumi.Output[str]]
+
+    def __init__(self, name: str, args: MonitoringArgs,
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-service:monitoring:Monitoring", name, None, opts)
+        p = pulumi.ResourceOptions(parent=self)
+        ident = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        self.topic = aws.sns.Topic(f"{name}-alarms", name=f"{args.name}-alarms",
+                                   kms_master_key_id=args.kms_key_arn, opts=p)
+        aws.sns.TopicPolicy(
+            f"{name}-alarms", arn=self.topic.arn,
+            policy=pulumi.Output.all(self.topic.arn, ident.account_id).apply(
+                lambda a: topic_policy(a[0], a[1])
+            ),
+            opts=p,
+        )
+        for i, email in enumerate(args.alert_emails):
+            aws.sns.TopicSubscription(f"{name}-email-{i}", topic=self.topic.arn, protocol="email",
+                                      endpoint=email, opts=p)
+        self.alarm_names = [self._alarm(name, args.name, a) for a in alarms(args)]
+        self.alarm_names += self._cache_alarms(name, args)
+
+        dashboard = aws.cloudwatch.Dashboard(
+            f"{name}-dashboard", dashboard_name=args.name,
+            dashboard_body=pulumi.Output.all(
+                args.lb_arn_suffix, args.target_group_arn_suffix, args.cluster_name,
+                args.service_name, args.web_acl_name,
+            ).apply(lambda a: render_dashboard(
+                region=args.region, lb=a[0], tg=a[1], cluster=a[2], service=a[3], web_acl=a[4],
+                cache_members=args.cache_member_ids, min_tasks=args.min_tasks,
+                max_tasks=args.max_tasks, p95=args.thresholds.p95_latency_seconds,
+                p99=args.thresholds.p99_latency_seconds,
+            )),
+            opts=p,
+        )
+        self.topic_arn = self.topic.arn
+        self.dashboard_url = pulumi.Output.concat(
+            f"https://{args.region}.console.aws.amazon.com/cloudwatch/home?region={args.region}"
+            "#dashboards:name=", dashboard.dashboard_name,
+        )
+        self.register_outputs({"topic_arn": self.topic_arn, "dashboard_url": self.dashboard_url})
+
+    def _alarm(self, name: str, prefix: str, a: _Alarm) -> pulumi.Output[str]:
+        percentile = a.stat.startswith("p")
+        alarm = aws.cloudwatch.MetricAlarm(
+            f"{name}-{a.name}", name=f"{prefix}-{a.name}",
+            alarm_description=a.description, namespace=a.namespace, metric_name=a.metric,
+            dimensions=a.dimensions, statistic=None if percentile else a.stat,
+            extended_statistic=a.stat if percentile else None, period=a.period,
+            evaluation_periods=a.periods, datapoints_to_alarm=a.periods,
+            comparison_operator=a.comparison, threshold=a.threshold,
+            treat_missing_data=a.missing, alarm_actions=[self.topic.arn],
+            ok_actions=[self.topic.arn], opts=pulumi.ResourceOptions(parent=self),
+        )
+        return alarm.name
+
+    def _cache_alarms(self, name: str, args: MonitoringArgs) -> list[pulumi.Output[str]]:
+        """One alarm per signal over every node: after a failover the primary moves."""
+        t = args.thresholds
+        specs = [
+            ("cache-cpu", "EngineCPUUtilization", "Average", "MAX", 300, 3,
+             "GreaterThanThreshold", t.cache_cpu_percent, "the cache engine is busy"),
+            ("cache-memory", "DatabaseMemoryUsagePercentage", "Average", "MAX", 300, 3,
+             "GreaterThanThreshold", t.cache_memory_percent, "the cache is nearly full"),
+            ("cache-evictions", "Evictions", "Sum", "SUM", 300, 3,
+             "GreaterThanThreshold", t.cache_evictions_per_5min,
+             "the cache evicts answers faster than they are reused: size it up"),
+            ("cache-hit-rate-low", "CacheHitRate", "Average", "AVG", 900, 4,
+             "LessThanThreshold", t.cache_hit_rate_min_percent,
+             "few requests are served from the cache: check keys and TTLs"),
+        ]
+        names = []
+        for suffix, metric, stat, fn, period, periods, comparison, threshold, why in specs:
+            queries = [aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                id=f"m{i}", return_data=False,
+                metric=aws.cloudwatch.MetricAlarmMetricQueryMetricArgs(
+                    namespace="AWS/ElastiCache", metric_name=metric, stat=stat, period=period,
+                    dimensions={"CacheClusterId": member},
+                ),
+            ) for i, member in enumerate(args.cache_member_ids)]
+            ids = ", ".join(q.id for q in queries)
+            queries.append(aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                id="e", expression=f"{fn}([{ids}])", label=f"{metric} over all nodes",
+                return_data=True,
+            ))
+            alarm = aws.cloudwatch.MetricAlarm(
+                f"{name}-{suffix}", name=f"{args.name}-{suffix}", alarm_description=why, metric_queries=queries,
+                evaluation_periods=periods, datapoints_to_alarm=periods,
+                comparison_operator=comparison, threshold=threshold,
+                treat_missing_data="notBreaching", alarm_actions=[self.topic.arn],
+                ok_actions=[self.topic.arn], opts=pulumi.ResourceOptions(parent=self),
+            )
+            names.append(alarm.name)
+        return names
+
+
+def alarms(args: MonitoringArgs) -> list[_Alarm]:
+    t = args.thresholds
+    lb = {"LoadBalancer": args.lb_arn_suffix}
+    tg = {"LoadBalancer": args.lb_arn_suffix, "TargetGroup": args.target_group_arn_suffix}
+    svc = {"ClusterName": args.cluster_name, "ServiceName": args.service_name}
+    waf = {"WebACL": args.web_acl_name, "Region": args.region, "Rule": "ALL"}
+    gt, lt = "GreaterThanThreshold", "LessThanThreshold"
+    return [
+        _Alarm("alb-5xx", "the load balancer itself answers 5xx (no healthy target, timeouts)",
+               "AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", lb, gt, t.alb_5xx_per_minute),
+        _Alarm("target-5xx", "the service answers 5xx (LLM API errors surface here)",
+               "AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", tg, gt, t.target_5xx_per_minute),
+        # LLM latency is seconds to minutes: thresholds in seconds, over 5-minute windows.
+        _Alarm("latency-p95", "p95 response time is high", "AWS/ApplicationELB",
+               "TargetResponseTime", tg, gt, t.p95_latency_seconds, stat="p95", period=300),
+        _Alarm("latency-p99", "p99 response time is high", "AWS/ApplicationELB",
+               "TargetResponseTime", tg, gt, t.p99_latency_seconds, stat="p99", period=300),
+        _Alarm("unhealthy-hosts", "targets fail their health check", "AWS/ApplicationELB",
+               "UnHealthyHostCount", tg, gt, 0, stat="Maximum"),
+        # No data here means no task reports at all: that is the outage, so it breaches.
+        _Alarm("tasks-below-minimum", "fewer tasks run than the configured minimum",
+               "ECS/ContainerInsights", "RunningTaskCount", svc, lt, args.min_tasks,
+               stat="Minimum", missing="breaching"),
+        _Alarm("service-cpu", "service CPU is high even after scaling out", "AWS/ECS",
+               "CPUUtilization", svc, gt, t.cpu_high_percent, stat="Average", period=300),
+        _Alarm("service-memory", "service memory is high even after scaling out", "AWS/ECS",
+               "MemoryUtilization", svc, gt, t.memory_high_percent, stat="Average", period=300),
+        _Alarm("waf-blocked-spike", "WAF blocks many requests: an attack or a client bug",
+               "AWS/WAFV2", "BlockedRequests", waf, gt, t.waf_blocked_per_5min, period=300,
+               periods=1),
+    ]
+
+
+def topic_policy(topic_arn: str, account: str) -> str:
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "AlarmsAndBudgetsPublish",
+            "Effect": "Allow",
+            "Principal": {"Service": ["cloudwatch.amazonaws.com", "budgets.amazonaws.com"]},
+            "Action": "sns:Publish",
+            "Resource": topic_arn,
+            "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+        }],
+    })

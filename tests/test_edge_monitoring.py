@@ -1,0 +1,167 @@
+"""WAF, alarms, dashboard, budget and tags, as each stack declares them."""
+
+from __future__ import annotations
+
+import json
+
+from infra.config import load
+from tests.conftest import policy, stack_config
+
+ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
+
+
+def _cfg(stack):
+    return load(*stack_config(stack.stack))
+
+
+def _rules(stack):
+    return {r["name"]: r for r in stack.one("aws:wafv2/webAcl:WebAcl").inputs["rules"]}
+
+
+def test_acl_is_associated_with_this_stacks_alb(stack):
+    acl = stack.one("aws:wafv2/webAcl:WebAcl")
+    assoc = stack.one("aws:wafv2/webAclAssociation:WebAclAssociation")
+    assert acl.inputs["scope"] == "REGIONAL"
+    assert assoc.inputs["resourceArn"] == stack.outputs["albArn"]
+    assert assoc.inputs["webAclArn"] == stack.outputs["webAclArn"]
+
+
+def test_rate_limit_per_client_ip_from_config(stack, staging, prod):
+    rate = _rules(stack)["rate-per-client-ip"]
+    statement = rate["statement"]["rateBasedStatement"]
+    cfg = _cfg(stack).edge
+    assert statement["aggregateKeyType"] == "IP"
+    assert (statement["limit"], statement["evaluationWindowSec"]) == (cfg.rate_limit, cfg.rate_window_seconds)
+    assert "block" in rate["action"]
+    limit = lambda s: _rules(s)["rate-per-client-ip"]["statement"]["rateBasedStatement"]["limit"]  # noqa: E731
+    assert limit(staging) < limit(prod)
+
+
+def test_managed_groups_with_body_size_rule_counted_only(stack):
+    rules = _rules(stack)
+    assert {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet",
+            "AWSManagedRulesAmazonIpReputationList"} <= set(rules)
+    common = rules["AWSManagedRulesCommonRuleSet"]["statement"]["managedRuleGroupStatement"]
+    assert common["ruleActionOverrides"] == [{"name": "SizeRestrictions_BODY", "actionToUse": {"count": {}}}]
+    assert all(r["visibilityConfig"]["cloudwatchMetricsEnabled"] for r in rules.values())
+
+
+def test_waf_logs_to_a_prefixed_retained_group_without_authorization(stack):
+    group = stack.one("aws:cloudwatch/logGroup:LogGroup", "edge-logs")
+    assert group.inputs["name"].startswith("aws-waf-logs-")
+    assert group.inputs["retentionInDays"] == _cfg(stack).edge.log_retention_days
+    logging = stack.one("aws:wafv2/webAclLoggingConfiguration:WebAclLoggingConfiguration")
+    assert logging.inputs["logDestinationConfigs"] == [
+        f"arn:aws:logs:us-east-1:123456789012:log-group:{group.inputs['name']}"]
+    assert {"singleHeader": {"name": "authorization"}} in logging.inputs["redactedFields"]
+
+
+def test_alarm_topic_is_encrypted_and_publishable_by_cloudwatch_and_budgets(stack):
+    topic = stack.one("aws:sns/topic:Topic")
+    assert topic.inputs["kmsMasterKeyId"] == stack.outputs["kmsKeyArn"]
+    (statement,) = policy(stack.one("aws:sns/topicPolicy:TopicPolicy"))["Statement"]
+    assert set(statement["Principal"]["Service"]) == {"cloudwatch.amazonaws.com", "budgets.amazonaws.com"}
+    assert statement["Resource"] == stack.outputs["alarmTopicArn"]
+    subs = stack.of_type("aws:sns/topicSubscription:TopicSubscription")
+    assert sorted(s.inputs["endpoint"] for s in subs) == sorted(_cfg(stack).monitoring.alert_emails)
+
+
+def _alarm(stack, suffix):
+    return stack.one(ALARM, f"monitoring-{suffix}").inputs
+
+
+def test_every_alarm_has_both_actions_and_its_stacks_threshold(stack):
+    t = _cfg(stack).monitoring
+    expected = {
+        "alb-5xx": t.alb_5xx_per_minute, "target-5xx": t.target_5xx_per_minute,
+        "latency-p95": t.p95_latency_seconds, "latency-p99": t.p99_latency_seconds,
+        "unhealthy-hosts": 0, "tasks-below-minimum": _cfg(stack).service.min_tasks,
+        "service-cpu": t.cpu_high_percent, "service-memory": t.memory_high_percent,
+        "waf-blocked-spike": t.waf_blocked_per_5min, "cache-cpu": t.cache_cpu_percent,
+        "cache-memory": t.cache_memory_percent, "cache-evictions": t.cache_evictions_per_5min,
+        "cache-hit-rate-low": t.cache_hit_rate_min_percent,
+    }
+    assert {a.name.removeprefix("monitoring-") for a in stack.of_type(ALARM)} == set(expected)
+    topic = stack.outputs["alarmTopicArn"]
+    for suffix, threshold in expected.items():
+        a = _alarm(stack, suffix)
+        assert a["threshold"] == threshold, suffix
+        assert a["alarmActions"] == [topic] and a["okActions"] == [topic], suffix
+        assert a["treatMissingData"] in ("breaching", "notBreaching"), suffix
+
+
+def test_alarm_dimensions_name_this_stacks_resources(stack):
+    lb = stack.outputs["albArn"].split(":loadbalancer/")[1]
+    tg = stack.outputs["targetGroupArn"].split(":")[-1]
+    assert _alarm(stack, "alb-5xx")["dimensions"] == {"LoadBalancer": lb}
+    assert _alarm(stack, "latency-p99")["dimensions"] == {"LoadBalancer": lb, "TargetGroup": tg}
+    assert _alarm(stack, "latency-p99")["extendedStatistic"] == "p99"
+    tasks = _alarm(stack, "tasks-below-minimum")
+    assert tasks["dimensions"] == {"ClusterName": stack.outputs["clusterName"],
+                                   "ServiceName": stack.outputs["serviceName"]}
+    assert tasks["treatMissingData"] == "breaching", "no task reporting is the outage itself"
+    queries = _alarm(stack, "cache-evictions")["metricQueries"]
+    members = [q["metric"]["dimensions"]["CacheClusterId"] for q in queries if "metric" in q]
+    nodes = _cfg(stack).cache.nodes
+    assert members == [f"{stack.outputs['cacheReplicationGroupId']}-{i + 1:03d}" for i in range(nodes)]
+
+
+def _dashboard_metrics(stack):
+    body = json.loads(stack.one("aws:cloudwatch/dashboard:Dashboard").inputs["dashboardBody"])
+    for widget in body["widgets"]:
+        for metric in widget["properties"]["metrics"]:
+            yield widget["properties"]["title"], metric
+
+
+def test_dashboard_is_json_and_names_this_stacks_ids(stack):
+    ids = {
+        "LoadBalancer": stack.outputs["albArn"].split(":loadbalancer/")[1],
+        "TargetGroup": stack.outputs["targetGroupArn"].split(":")[-1],
+        "ClusterName": stack.outputs["clusterName"], "ServiceName": stack.outputs["serviceName"],
+        "WebACL": f"llm-service-{stack.stack}", "Region": "us-east-1", "Rule": "ALL",
+    }
+    members = {f"{stack.outputs['cacheReplicationGroupId']}-{i + 1:03d}"
+               for i in range(_cfg(stack).cache.nodes)}
+    titles, seen = set(), set()
+    for title, metric in _dashboard_metrics(stack):
+        titles.add(title)
+        parts = [p for p in metric if isinstance(p, str)]
+        dims = dict(zip(parts[2::2], parts[3::2]))
+        seen.add(parts[1])
+        for key, value in dims.items():
+            if key == "CacheClusterId":
+                assert value in members
+            else:
+                assert value == ids[key], (title, key, value)
+    assert {"RequestCount", "TargetResponseTime", "HTTPCode_Target_5XX_Count", "HealthyHostCount",
+            "RunningTaskCount", "CPUUtilization", "MemoryUtilization", "CacheHitRate", "Evictions",
+            "AllowedRequests", "BlockedRequests"} <= seen
+    assert stack.outputs["dashboardUrl"].endswith(f"#dashboards:name=llm-service-{stack.stack}")
+
+
+def test_budget_filters_on_this_environment_with_each_threshold(stack):
+    budget = stack.one("aws:budgets/budget:Budget").inputs
+    cfg = _cfg(stack).budget
+    assert budget["costFilters"] == [{"name": "TagKeyValue", "values": [f"user:Environment${stack.stack}"]}]
+    assert float(budget["limitAmount"]) == cfg.monthly_limit_usd and budget["timeUnit"] == "MONTHLY"
+    got = sorted((n["notificationType"], n["threshold"]) for n in budget["notifications"])
+    want = sorted([("ACTUAL", t) for t in cfg.actual_thresholds] +
+                  [("FORECASTED", t) for t in cfg.forecast_thresholds])
+    assert got == want
+    for n in budget["notifications"]:
+        assert n["subscriberSnsTopicArns"] == [stack.outputs["alarmTopicArn"]]
+        assert sorted(n["subscriberEmailAddresses"]) == sorted(_cfg(stack).monitoring.alert_emails)
+
+
+def test_every_aws_resource_gets_the_required_tags_from_the_provider(stack):
+    provider = stack.one("pulumi:providers:aws", "aws")
+    tags = provider.inputs["defaultTags"]
+    tags = json.loads(tags)["tags"] if isinstance(tags, str) else tags["tags"]
+    cfg = _cfg(stack)
+    assert tags == {"Project": "llm-service", "Environment": stack.stack, "ManagedBy": "pulumi",
+                    **cfg.tags}
+    assert {"Owner", "CostCenter"} <= set(tags)
+    aws_resources = [r for r in stack.resources if r.custom and r.type.startswith("aws:")]
+    assert aws_resources
+    for r in aws_resources:
+        assert "pulumi:providers:aws::aws::" in r.provider, f"{r.type} {r.name} skips the tagged provider"
