@@ -126,7 +126,7 @@ def test_dashboard_is_json_and_names_this_stacks_ids(stack):
     for title, metric in _dashboard_metrics(stack):
         titles.add(title)
         parts = [p for p in metric if isinstance(p, str)]
-        dims = dict(zip(parts[2::2], parts[3::2]))
+        dims = dict(zip(parts[2::2], parts[3::2], strict=True))
         seen.add(parts[1])
         for key, value in dims.items():
             if key == "CacheClusterId":
