@@ -158,7 +158,7 @@ class LoadBalancer(pulumi.ComponentResource):
         p = pulumi.ResourceOptions(parent=self)
         cert = aws.acm.Certificate(
             f"{name}-cert", domain_name=args.domain_name, validation_method="DNS",
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=False),
+            opts=p,
         )
         option = cert.domain_validation_options[0]
         record = aws.route53.Record(

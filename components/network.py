@@ -42,7 +42,10 @@ class NetworkArgs:
 
 def subnet_cidrs(cidr: str, prefix_length: int, az_count: int) -> dict[str, list[str]]:
     """CIDRs per tier, one per AZ: tier t, AZ i takes slot t * AZ_SLOTS + i."""
-    blocks = list(ipaddress.ip_network(cidr).subnets(new_prefix=prefix_length))
+    vpc = ipaddress.ip_network(cidr)
+    if prefix_length < vpc.prefixlen:
+        raise ValueError(f"/{prefix_length} subnets do not fit in {cidr}")
+    blocks = list(vpc.subnets(new_prefix=prefix_length))
     if len(blocks) < len(TIERS) * AZ_SLOTS:
         raise ValueError(f"{cidr} holds {len(blocks)} /{prefix_length} subnets; "
                          f"{len(TIERS) * AZ_SLOTS} are needed")

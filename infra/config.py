@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from components.cache import FAMILIES, parameter_group_family
-from components.network import AZ_SLOTS, TIERS
+from components.network import AZ_SLOTS, TIERS, subnet_cidrs
 
 PROJECT = "llm-service"
 
@@ -309,16 +309,16 @@ class StackConfig(BaseModel):
 
 
 def _network_fits(n: NetworkConfig) -> None:
-    vpc = ipaddress.ip_network(n.cidr)
-    slots = 2 ** (n.subnet_prefix_length - vpc.prefixlen) if n.subnet_prefix_length >= vpc.prefixlen else 0
-    needed = len(TIERS) * AZ_SLOTS
-    if slots < needed:
+    try:
+        subnet_cidrs(n.cidr, n.subnet_prefix_length, n.az_count)
+    except ValueError:
+        needed = len(TIERS) * AZ_SLOTS
         raise ConfigError(
             _key("network.cidr"), n.cidr,
             f"needs room for {len(TIERS)} tiers x {AZ_SLOTS} AZ slots = {needed} subnets of "
             f"/{n.subnet_prefix_length}; use a /{n.subnet_prefix_length - 4} or larger VPC, "
             f"or a longer network.subnetPrefixLength",
-        )
+        ) from None
 
 
 def _prod_rules(c: StackConfig) -> None:

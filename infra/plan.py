@@ -3,8 +3,9 @@
     python -m infra.plan --stack staging          # resource tree and counts per type
     python -m infra.plan --stack prod --json      # machine-readable, secret values redacted
 
-Runs the real stack program under Pulumi's mocks with the stack file's config. Exits 2 with the
-config message when the config is bad.
+Runs the real stack program under Pulumi's mocks with the stack file's config, then the policy
+pack (policy/) over what it declares. Exits 2 with the config message when the config is bad,
+3 when a mandatory policy is violated (each violation on stderr: policy, resource, why).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.config import ConfigError
+from infra.policy_check import check
 from infra.synth import ROOT, Declared, Synthesis, list_stacks, read_stack_file, synthesize
 
 REDACTED = "[secret]"
@@ -83,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(to_json(synthesis), indent=2, default=str))
     else:
         print(to_text(synthesis))
+    violations = check(synthesis)
+    for v in violations:
+        print(f"policy violation {v}", file=sys.stderr)
+    if any(v.mandatory for v in violations):
+        return 3
+    if not args.json:
+        print("policies: all passed")
     return 0
 
 

@@ -1,0 +1,88 @@
+"""Run the policy pack over a synthesized stack, offline: no CLI, no credentials.
+
+Each declared resource becomes a `pulumi_policy.ResourceValidationArgs` built from the inputs
+the mocks captured (the same camelCase properties `pulumi preview` hands the pack), and the
+stack policies see them all at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+from pulumi.runtime.sync_await import _sync_await
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyCustomTimeouts,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+)
+
+from infra.config import PROJECT
+from infra.synth import Declared, Synthesis
+from policy.policies import POLICIES
+
+
+@dataclass(frozen=True)
+class Violation:
+    policy: str
+    resource: str  # "<type> <name>", or "stack"
+    message: str
+    mandatory: bool
+
+    def __str__(self) -> str:
+        level = "mandatory" if self.mandatory else "advisory"
+        return f"[{level}] {self.policy}: {self.resource}: {self.message}"
+
+
+def urn(stack: str, d: Declared) -> str:
+    return f"urn:pulumi:{stack}::{PROJECT}::{d.type}::{d.name}"
+
+
+def _options(d: Declared) -> PolicyResourceOptions:
+    return PolicyResourceOptions(
+        protect=d.protect, ignore_changes=list(d.ignore_changes), delete_before_replace=None,
+        aliases=[], custom_timeouts=PolicyCustomTimeouts(0, 0, 0), additional_secret_outputs=[],
+    )
+
+
+def _call(fn, *args) -> None:
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        _sync_await(result)
+
+
+def check(s: Synthesis, policies=POLICIES) -> list[Violation]:
+    found: list[Violation] = []
+    resources = [d for d in s.resources if d.custom]
+    by_urn = {urn(s.stack, d): d for d in resources}
+
+    def reporter(policy, default: str):
+        mandatory = policy.enforcement_level == EnforcementLevel.MANDATORY
+
+        def report(message: str, at: str | None = None) -> None:
+            d = by_urn.get(at) if at else None
+            where = f"{d.type} {d.name}" if d else default
+            found.append(Violation(policy.name, where, message, mandatory))
+        return report
+
+    for policy in policies:
+        if isinstance(policy, ResourceValidationPolicy):
+            for u, d in by_urn.items():
+                args = ResourceValidationArgs(d.type, d.inputs, u, d.name, _options(d), None)
+                for validate in _as_list(policy.validate):
+                    _call(validate, args, reporter(policy, f"{d.type} {d.name}"))
+        else:
+            stack_resources = [
+                PolicyResource(d.type, d.inputs, u, d.name, _options(d), None, None, [], {})
+                for u, d in by_urn.items()
+            ]
+            _call(policy.validate, StackValidationArgs(stack_resources), reporter(policy, "stack"))
+    return found
+
+
+def _as_list(v):
+    return v if isinstance(v, list) else [v]

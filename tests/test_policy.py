@@ -1,0 +1,149 @@
+"""The policy pack: each policy sees a bad resource and reports it, a good one and stays quiet;
+both real stacks pass every policy; the plan fails on a mandatory violation."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from infra import plan
+from infra.policy_check import check
+from infra.synth import Declared, Synthesis
+from policy.policies import POLICIES
+
+NAMES = {p.name for p in POLICIES}
+
+
+def _one(typ: str, inputs: dict, stack: str = "staging") -> list:
+    return check(Synthesis(stack, [Declared(typ, "r", True, inputs=inputs)], {}, set()))
+
+
+def _hits(typ, inputs, stack="staging"):
+    return {v.policy for v in _one(typ, inputs, stack)}
+
+
+TD = "aws:ecs/taskDefinition:TaskDefinition"
+GOOD_CONTAINER = {"name": "app", "readonlyRootFilesystem": True, "privileged": False, "user": "1000",
+                  "environment": [{"name": "CACHE_HOST", "value": "h"}],
+                  "secrets": [{"name": "OPENAI_API_KEY", "valueFrom": "arn:..."}]}
+
+
+def _td(**changes):
+    c = {**GOOD_CONTAINER, **changes}
+    return {"containerDefinitions": json.dumps([c])}
+
+
+CASES = [
+    # (policy, type, bad inputs, good inputs)
+    ("cache-encrypted", "aws:elasticache/replicationGroup:ReplicationGroup",
+     {"atRestEncryptionEnabled": True, "kmsKeyId": "k", "transitEncryptionEnabled": False},
+     {"atRestEncryptionEnabled": True, "kmsKeyId": "k", "transitEncryptionEnabled": True}),
+    ("secrets-customer-key", "aws:secretsmanager/secret:Secret", {"name": "s"}, {"kmsKeyId": "k"}),
+    ("log-groups-encrypted-retained", "aws:cloudwatch/logGroup:LogGroup", {"kmsKeyId": "k"},
+     {"kmsKeyId": "k", "retentionInDays": 30}),
+    ("s3-default-encryption",
+     "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+     {"rules": [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "none"}}]},
+     {"rules": [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "AES256"}}]}),
+    ("sns-encrypted", "aws:sns/topic:Topic", {}, {"kmsMasterKeyId": "k"}),
+    ("ecr-hardened", "aws:ecr/repository:Repository",
+     {"imageTagMutability": "MUTABLE", "encryptionConfigurations": [{"encryptionType": "KMS"}],
+      "imageScanningConfiguration": {"scanOnPush": True}},
+     {"imageTagMutability": "IMMUTABLE", "encryptionConfigurations": [{"encryptionType": "KMS"}],
+      "imageScanningConfiguration": {"scanOnPush": True}}),
+    ("kms-rotation", "aws:kms/key:Key", {"enableKeyRotation": False}, {"enableKeyRotation": True}),
+    ("https-tls13-and-http-redirect-only", "aws:lb/listener:Listener",
+     {"protocol": "HTTPS", "sslPolicy": "ELBSecurityPolicy-2016-08"},
+     {"protocol": "HTTPS", "sslPolicy": "ELBSecurityPolicy-TLS13-1-2-2021-06"}),
+    ("https-tls13-and-http-redirect-only", "aws:lb/listener:Listener",
+     {"protocol": "HTTP", "defaultActions": [{"type": "forward", "targetGroupArn": "tg"}]},
+     {"protocol": "HTTP", "defaultActions": [{"type": "redirect", "redirect": {"protocol": "HTTPS"}}]}),
+    ("no-world-ingress-rule", "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+     {"cidrIpv4": "0.0.0.0/0", "fromPort": 22, "toPort": 22},
+     {"cidrIpv4": "0.0.0.0/0", "fromPort": 443, "toPort": 443}),
+    ("no-world-ingress-rule", "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+     {"cidrIpv6": "::/0", "fromPort": 0, "toPort": 65535},
+     {"referencedSecurityGroupId": "sg-1", "fromPort": 8080, "toPort": 8080}),
+    ("no-world-ingress-inline", "aws:ec2/securityGroup:SecurityGroup",
+     {"ingress": [{"cidrBlocks": ["0.0.0.0/0"], "fromPort": 6379, "toPort": 6379}]}, {"ingress": []}),
+    ("tasks-without-public-ip", "aws:ecs/service:Service",
+     {"networkConfiguration": {"assignPublicIp": True}},
+     {"networkConfiguration": {"assignPublicIp": False}}),
+    ("task-definition-hardened", TD, _td(privileged=True), _td()),
+    ("task-definition-hardened", TD, _td(readonlyRootFilesystem=False), _td()),
+    ("task-definition-hardened", TD, _td(user="root"), _td()),
+    ("task-definition-hardened", TD, _td(environment=[{"name": "OPENAI_API_KEY", "value": "x"}]), _td()),
+    ("task-definition-hardened", TD,
+     _td(environment=[{"name": "SETTING", "value": "sk-proj-abcdefghijklmnopqrstuv"}]), _td()),
+    ("iam-no-admin-role-policy", "aws:iam/rolePolicy:RolePolicy",
+     {"policy": json.dumps({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})},
+     {"policy": json.dumps({"Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+                                           "Resource": "arn:aws:s3:::b/*"}]})}),
+    ("iam-no-admin-policy", "aws:iam/policy:Policy",
+     {"policy": {"Statement": [{"Effect": "Allow", "Action": ["*"], "Resource": ["*"]}]}},
+     {"policy": {"Statement": [{"Effect": "Deny", "Action": "*", "Resource": "*"}]}}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_each_policy_flags_bad_and_passes_good(case):
+    name, typ, bad, good = case
+    assert name in NAMES
+    assert name in _hits(typ, bad), f"{name} missed a bad {typ}"
+    assert _hits(typ, good) == set(), f"{name} flagged a good {typ}"
+
+
+def test_every_resource_policy_has_a_case():
+    resource_policies = {p.name for p in POLICIES if p.name != "prod-availability-and-protection"}
+    assert resource_policies == {c[0] for c in CASES}
+
+
+PROD = "prod-availability-and-protection"
+
+
+@pytest.mark.parametrize("typ,bad,good", [
+    ("aws:lb/loadBalancer:LoadBalancer", {"enableDeletionProtection": False},
+     {"enableDeletionProtection": True}),
+    ("aws:elasticache/replicationGroup:ReplicationGroup",
+     {"multiAzEnabled": True, "automaticFailoverEnabled": False, "atRestEncryptionEnabled": True,
+      "kmsKeyId": "k", "transitEncryptionEnabled": True},
+     {"multiAzEnabled": True, "automaticFailoverEnabled": True, "atRestEncryptionEnabled": True,
+      "kmsKeyId": "k", "transitEncryptionEnabled": True}),
+    ("aws:ecs/service:Service", {"networkConfiguration": {"subnets": ["a", "b"]}},
+     {"networkConfiguration": {"subnets": ["a", "b", "c"]}}),
+])
+def test_prod_policy_reads_the_stack_name(typ, bad, good):
+    assert PROD in _hits(typ, bad, stack="prod")
+    assert PROD not in _hits(typ, good, stack="prod")
+    assert PROD not in _hits(typ, bad, stack="staging"), "staging may run without these"
+
+
+def test_both_stacks_pass_every_policy(stack):
+    assert check(stack) == []
+
+
+def test_policies_see_a_real_regression(prod):
+    broken = copy.deepcopy(prod)
+    svc = broken.one("aws:ecs/service:Service")
+    svc.inputs["networkConfiguration"]["assignPublicIp"] = True
+    lb = broken.one("aws:lb/loadBalancer:LoadBalancer")
+    lb.inputs["enableDeletionProtection"] = False
+    found = {(v.policy, v.resource) for v in check(broken)}
+    assert found == {("tasks-without-public-ip", "aws:ecs/service:Service service-service"),
+                     (PROD, "aws:lb/loadBalancer:LoadBalancer alb-lb")}
+
+
+def test_plan_exits_3_on_a_mandatory_violation(mocker, prod, capsys):
+    broken = copy.deepcopy(prod)
+    broken.one("aws:kms/key:Key").inputs["enableKeyRotation"] = False
+    mocker.patch("infra.plan.synthesize", return_value=broken)
+    assert plan.main(["--stack", "prod"]) == 3
+    err = capsys.readouterr().err
+    assert "policy violation [mandatory] kms-rotation: aws:kms/key:Key secrets-key: KMS keys must rotate" in err
+
+
+def test_plan_reports_policies_passed(capsys):
+    assert plan.main(["--stack", "staging"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("policies: all passed")
