@@ -79,7 +79,8 @@ class LoadBalancer(pulumi.ComponentResource):
         logs = self._log_bucket(name, args)
         self.lb = aws.lb.LoadBalancer(
             f"{name}-lb", load_balancer_type="application", internal=False,
-            ip_address_type="dualstack" if args.ingress_ipv6_cidrs else "ipv4",
+            # The VPC is IPv4-only; "dualstack" needs IPv6 CIDRs on the VPC and subnets.
+            ip_address_type="ipv4",
             subnets=args.subnet_ids, security_groups=[self.security_group.id],
             idle_timeout=args.idle_timeout_seconds, drop_invalid_header_fields=True,
             enable_http2=True, desync_mitigation_mode="defensive",

@@ -54,6 +54,7 @@ class ServiceArgs:
     container_port: int = 8080
     user: str = "1000:1000"
     health_check_path: str = "/healthz"
+    health_check_command: str = ""  # "" -> curl against health_check_path (the image needs curl)
     environment: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # env name -> ARN
     cache: Optional[CacheLink] = None
@@ -94,7 +95,7 @@ class Service(pulumi.ComponentResource):
             settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value="enabled")],
             opts=p,
         )
-        aws.ecs.ClusterCapacityProviders(
+        self.capacity = aws.ecs.ClusterCapacityProviders(
             f"{name}-capacity", cluster_name=self.cluster.name,
             capacity_providers=["FARGATE", "FARGATE_SPOT"], opts=p,
         )
@@ -266,7 +267,9 @@ class Service(pulumi.ComponentResource):
             health_check_grace_period_seconds=args.health_check_grace_seconds,
             enable_execute_command=args.execute_command, availability_zone_rebalancing="ENABLED",
             propagate_tags="SERVICE", enable_ecs_managed_tags=True,
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=ignore),
+            # A strategy naming a provider not yet associated with the cluster is refused.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=ignore,
+                                        depends_on=[self.capacity]),
         )
 
     def _autoscaling(self, name: str, args: ServiceArgs) -> None:
@@ -321,8 +324,8 @@ def container_definitions(args: ServiceArgs, log_group: str, env: dict[str, str]
         "secrets": [{"name": k, "valueFrom": v} for k, v in sorted(secrets.items())],
         "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}],  # noqa: S108
         "healthCheck": {
-            "command": ["CMD-SHELL", f"curl -fsS http://localhost:{port}{args.health_check_path}"
-                                     " || exit 1"],
+            "command": ["CMD-SHELL", args.health_check_command
+                        or f"curl -fsS http://localhost:{port}{args.health_check_path} || exit 1"],
             "interval": 15, "timeout": 5, "retries": 3, "startPeriod": 30,
         },
         # ECS waits this long after SIGTERM before SIGKILL, so open streams can finish.

@@ -124,6 +124,8 @@ class ServiceConfig(_Section):
     architecture: Literal["ARM64", "X86_64"] = "ARM64"
     container_port: int = Field(8080, ge=1024, le=65535)
     user: str = "1000:1000"
+    # Run inside the container; "" means `curl -fsS http://localhost:<port><healthCheckPath>`.
+    health_check_command: str = ""
     min_tasks: int = Field(1, ge=0)
     max_tasks: int = Field(4, ge=1)
     desired_tasks: int = Field(1, ge=0)
@@ -166,6 +168,11 @@ class ServiceConfig(_Section):
                 _key("service.desiredTasks"), self.desired_tasks,
                 f"must lie between service.minTasks ({self.min_tasks}) "
                 f"and service.maxTasks ({self.max_tasks})",
+            )
+        if self.spot_weight and self.architecture == "ARM64":
+            raise ConfigError(
+                _key("service.spotWeight"), self.spot_weight,
+                "Fargate Spot runs X86_64 tasks only: use 0 with ARM64, or architecture X86_64",
             )
         if self.fargate_weight + self.spot_weight == 0:
             raise ConfigError(

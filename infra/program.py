@@ -119,7 +119,7 @@ def main() -> None:
         request_count_label=pulumi.Output.concat(alb.arn_suffix, "/", alb.target_group_arn_suffix),
         kms_key_arn=secrets.key_arn, cpu=svc.cpu, memory=svc.memory,
         architecture=svc.architecture, container_port=svc.container_port, user=svc.user,
-        health_check_path=lbc.health_check_path,
+        health_check_path=lbc.health_check_path, health_check_command=svc.health_check_command,
         environment={
             "APP_ENV": cfg.environment, "PORT": str(svc.container_port),
             "OPENAI_ORG_ID": llm.org_id, "OPENAI_PROJECT_ID": llm.project_id,

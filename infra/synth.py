@@ -40,6 +40,7 @@ class Declared:
     protect: bool = False
     ignore_changes: list[str] = field(default_factory=list)
     provider: str = ""  # the provider reference the engine would use ("<urn>::<id>")
+    depends_on: list[str] = field(default_factory=list)  # logical names
 
 
 @dataclass
@@ -160,6 +161,9 @@ def synthesize(
             d.parent = (parent._type, parent._name)
         d.protect = bool(args.opts and args.opts.protect)
         d.ignore_changes = list((args.opts and args.opts.ignore_changes) or [])
+        deps = (args.opts and args.opts.depends_on) or []
+        d.depends_on = [r._name for r in (deps if isinstance(deps, list) else [deps])
+                        if isinstance(r, pulumi.Resource)]
         return None
 
     pulumi.runtime.register_stack_transformation(record_options)

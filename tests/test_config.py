@@ -45,6 +45,8 @@ BAD = [
      "llm-service:monitoring.alertEmails", "email"),
     ("cidr-too-small", "staging", {"network__cidr": "10.20.0.0/22"},
      "llm-service:network.cidr", "12 subnets of /20"),
+    ("spot-on-arm64", "staging", {"service__architecture": "ARM64"},
+     "llm-service:service.spotWeight", "Fargate Spot runs X86_64 tasks only"),
     ("typo-key", "staging", {"service__maxTask": 4},
      "llm-service:service.maxTask", "unknown key"),
     ("bad-engine-version", "staging", {"cache__engineVersion": "6.0"},

@@ -105,6 +105,7 @@ def test_alb_attributes_suit_streamed_responses(stack):
     assert lb.inputs["enableHttp2"] is True
     assert lb.inputs["enableDeletionProtection"] is (stack.stack == "prod")
     assert lb.inputs["internal"] is False
+    assert lb.inputs["ipAddressType"] == "ipv4", "the VPC has no IPv6 CIDR for dualstack"
     assert lb.inputs["subnets"] == stack.outputs["publicSubnetIds"]
     assert lb.inputs["accessLogs"]["enabled"] is True
 
@@ -138,7 +139,7 @@ def test_task_size_and_container_hardening(stack):
     task = stack.one("aws:ecs/taskDefinition:TaskDefinition")
     cfg = _cfg(stack)
     assert (int(task.inputs["cpu"]), int(task.inputs["memory"])) == (cfg.service.cpu, cfg.service.memory)
-    assert task.inputs["runtimePlatform"]["cpuArchitecture"] == "ARM64"
+    assert task.inputs["runtimePlatform"]["cpuArchitecture"] == cfg.service.architecture
     app = container(stack)
     assert app["readonlyRootFilesystem"] is True and app["privileged"] is False
     assert app["user"] not in ("root", "0", "0:0")
@@ -175,10 +176,24 @@ def test_service_runs_private_with_rollback(stack):
     assert svc.inputs["loadBalancers"][0]["targetGroupArn"] == stack.outputs["targetGroupArn"]
 
 
-def test_capacity_providers_staging_spot_prod_on_demand_base(staging, prod):
+def test_capacity_providers_staging_spot_prod_on_demand_graviton(staging, prod):
     strat = lambda s: {x["capacityProvider"]: x for x in s.one(SVC).inputs["capacityProviderStrategies"]}  # noqa: E731
-    assert strat(staging)["FARGATE_SPOT"]["weight"] >= 1
-    assert strat(prod)["FARGATE"]["base"] >= 3
+    arch = lambda s: s.one("aws:ecs/taskDefinition:TaskDefinition").inputs["runtimePlatform"]["cpuArchitecture"]  # noqa: E731
+    assert strat(staging)["FARGATE_SPOT"]["weight"] >= 1 and arch(staging) == "X86_64"
+    assert set(strat(prod)) == {"FARGATE"} and strat(prod)["FARGATE"]["base"] >= 3
+    assert arch(prod) == "ARM64"
+
+
+def test_service_waits_for_the_capacity_providers(stack):
+    assert "service-capacity" in stack.one(SVC).depends_on
+    cap = stack.one("aws:ecs/clusterCapacityProviders:ClusterCapacityProviders")
+    assert set(cap.inputs["capacityProviders"]) == {"FARGATE", "FARGATE_SPOT"}
+
+
+def test_health_check_command_from_config(synth):
+    s = synth("staging", service__healthCheckCommand="python -c 'import urllib.request as u; "
+              "u.urlopen(\"http://localhost:8080/healthz\")'")
+    assert container(s)["healthCheck"]["command"][1].startswith("python -c")
 
 
 def test_scaling_bounds_and_three_signals(stack):
