@@ -71,3 +71,9 @@ def container(stack: Synthesis) -> dict:
     task = stack.one("aws:ecs/taskDefinition:TaskDefinition")
     (app,) = json.loads(task.inputs["containerDefinitions"])
     return app
+
+
+def config_of(stack: Synthesis):
+    """The validated config of a synthesized stack's file."""
+    from infra.config import load
+    return load(*stack_config(stack.stack))

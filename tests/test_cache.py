@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from infra.config import load
-from tests.conftest import stack_config
+from tests.conftest import config_of
 
 RG = "aws:elasticache/replicationGroup:ReplicationGroup"
 
-
-def _cfg(stack):
-    return load(*stack_config(stack.stack))
 
 
 def test_encrypted_in_transit_and_at_rest_with_the_stack_key(stack):
@@ -64,7 +60,7 @@ def test_logs_delivered_to_retained_log_groups(stack):
     for kind, d in deliveries.items():
         group = stack.one("aws:cloudwatch/logGroup:LogGroup", f"cache-{kind}")
         assert d["destination"] == group.inputs["name"]
-        assert group.inputs["retentionInDays"] == _cfg(stack).cache.log_retention_days
+        assert group.inputs["retentionInDays"] == config_of(stack).cache.log_retention_days
         assert group.inputs["kmsKeyId"] == stack.outputs["kmsKeyArn"]
 
 

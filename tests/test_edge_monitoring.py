@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 
-from infra.config import load
-from tests.conftest import policy, stack_config
+from tests.conftest import config_of, policy
 
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 
-
-def _cfg(stack):
-    return load(*stack_config(stack.stack))
 
 
 def _rules(stack):
@@ -29,7 +25,7 @@ def test_acl_is_associated_with_this_stacks_alb(stack):
 def test_rate_limit_per_client_ip_from_config(stack, staging, prod):
     rate = _rules(stack)["rate-per-client-ip"]
     statement = rate["statement"]["rateBasedStatement"]
-    cfg = _cfg(stack).edge
+    cfg = config_of(stack).edge
     assert statement["aggregateKeyType"] == "IP"
     assert (statement["limit"], statement["evaluationWindowSec"]) == (cfg.rate_limit, cfg.rate_window_seconds)
     assert "block" in rate["action"]
@@ -49,7 +45,7 @@ def test_managed_groups_with_body_size_rule_counted_only(stack):
 def test_waf_logs_to_a_prefixed_retained_group_without_authorization(stack):
     group = stack.one("aws:cloudwatch/logGroup:LogGroup", "edge-logs")
     assert group.inputs["name"].startswith("aws-waf-logs-")
-    assert group.inputs["retentionInDays"] == _cfg(stack).edge.log_retention_days
+    assert group.inputs["retentionInDays"] == config_of(stack).edge.log_retention_days
     logging = stack.one("aws:wafv2/webAclLoggingConfiguration:WebAclLoggingConfiguration")
     assert logging.inputs["logDestinationConfigs"] == [
         f"arn:aws:logs:us-east-1:123456789012:log-group:{group.inputs['name']}"]
@@ -63,7 +59,7 @@ def test_alarm_topic_is_encrypted_and_publishable_by_cloudwatch_and_budgets(stac
     assert set(statement["Principal"]["Service"]) == {"cloudwatch.amazonaws.com", "budgets.amazonaws.com"}
     assert statement["Resource"] == stack.outputs["alarmTopicArn"]
     subs = stack.of_type("aws:sns/topicSubscription:TopicSubscription")
-    assert sorted(s.inputs["endpoint"] for s in subs) == sorted(_cfg(stack).monitoring.alert_emails)
+    assert sorted(s.inputs["endpoint"] for s in subs) == sorted(config_of(stack).monitoring.alert_emails)
 
 
 def _alarm(stack, suffix):
@@ -71,11 +67,11 @@ def _alarm(stack, suffix):
 
 
 def test_every_alarm_has_both_actions_and_its_stacks_threshold(stack):
-    t = _cfg(stack).monitoring
+    t = config_of(stack).monitoring
     expected = {
         "alb-5xx": t.alb_5xx_per_minute, "target-5xx": t.target_5xx_per_minute,
         "latency-p95": t.p95_latency_seconds, "latency-p99": t.p99_latency_seconds,
-        "unhealthy-hosts": 0, "tasks-below-minimum": _cfg(stack).service.min_tasks,
+        "unhealthy-hosts": 0, "tasks-below-minimum": config_of(stack).service.min_tasks,
         "service-cpu": t.cpu_high_percent, "service-memory": t.memory_high_percent,
         "waf-blocked-spike": t.waf_blocked_per_5min, "cache-cpu": t.cache_cpu_percent,
         "cache-memory": t.cache_memory_percent, "cache-evictions": t.cache_evictions_per_5min,
@@ -102,7 +98,7 @@ def test_alarm_dimensions_name_this_stacks_resources(stack):
     assert tasks["treatMissingData"] == "breaching", "no task reporting is the outage itself"
     queries = _alarm(stack, "cache-evictions")["metricQueries"]
     members = [q["metric"]["dimensions"]["CacheClusterId"] for q in queries if "metric" in q]
-    nodes = _cfg(stack).cache.nodes
+    nodes = config_of(stack).cache.nodes
     assert members == [f"{stack.outputs['cacheReplicationGroupId']}-{i + 1:03d}" for i in range(nodes)]
 
 
@@ -121,7 +117,7 @@ def test_dashboard_is_json_and_names_this_stacks_ids(stack):
         "WebACL": f"llm-service-{stack.stack}", "Region": "us-east-1", "Rule": "ALL",
     }
     members = {f"{stack.outputs['cacheReplicationGroupId']}-{i + 1:03d}"
-               for i in range(_cfg(stack).cache.nodes)}
+               for i in range(config_of(stack).cache.nodes)}
     titles, seen = set(), set()
     for title, metric in _dashboard_metrics(stack):
         titles.add(title)
@@ -141,7 +137,7 @@ def test_dashboard_is_json_and_names_this_stacks_ids(stack):
 
 def test_budget_filters_on_this_environment_with_each_threshold(stack):
     budget = stack.one("aws:budgets/budget:Budget").inputs
-    cfg = _cfg(stack).budget
+    cfg = config_of(stack).budget
     assert budget["costFilters"] == [{"name": "TagKeyValue", "values": [f"user:Environment${stack.stack}"]}]
     assert float(budget["limitAmount"]) == cfg.monthly_limit_usd and budget["timeUnit"] == "MONTHLY"
     got = sorted((n["notificationType"], n["threshold"]) for n in budget["notifications"])
@@ -150,14 +146,14 @@ def test_budget_filters_on_this_environment_with_each_threshold(stack):
     assert got == want
     for n in budget["notifications"]:
         assert n["subscriberSnsTopicArns"] == [stack.outputs["alarmTopicArn"]]
-        assert sorted(n["subscriberEmailAddresses"]) == sorted(_cfg(stack).monitoring.alert_emails)
+        assert sorted(n["subscriberEmailAddresses"]) == sorted(config_of(stack).monitoring.alert_emails)
 
 
 def test_every_aws_resource_gets_the_required_tags_from_the_provider(stack):
     provider = stack.one("pulumi:providers:aws", "aws")
     tags = provider.inputs["defaultTags"]
     tags = json.loads(tags)["tags"] if isinstance(tags, str) else tags["tags"]
-    cfg = _cfg(stack)
+    cfg = config_of(stack)
     assert tags == {"Project": "llm-service", "Environment": stack.stack, "ManagedBy": "pulumi",
                     **cfg.tags}
     assert {"Owner", "CostCenter"} <= set(tags)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import ipaddress
 from itertools import combinations
 
-from infra.config import load
-from tests.conftest import stack_config
+from tests.conftest import config_of
 
 SUBNET = "aws:ec2/subnet:Subnet"
 ROUTE = "aws:ec2/route:Route"
@@ -15,9 +14,6 @@ NAT = "aws:ec2/natGateway:NatGateway"
 ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
 
 
-def _cfg(stack):
-    return load(*stack_config(stack.stack))
-
 
 def _tier(stack, tier):
     return [s for s in stack.of_type(SUBNET) if s.inputs["tags"]["Tier"] == tier]
@@ -25,14 +21,14 @@ def _tier(stack, tier):
 
 def test_subnets_lie_inside_the_vpc_and_never_overlap(stack):
     vpc = ipaddress.ip_network(stack.one("aws:ec2/vpc:Vpc").inputs["cidrBlock"])
-    assert str(vpc) == _cfg(stack).network.cidr
+    assert str(vpc) == config_of(stack).network.cidr
     nets = [ipaddress.ip_network(s.inputs["cidrBlock"]) for s in stack.of_type(SUBNET)]
     assert all(n.subnet_of(vpc) for n in nets)
     assert not any(a.overlaps(b) for a, b in combinations(nets, 2))
 
 
 def test_each_tier_has_one_subnet_per_az_in_distinct_azs(stack):
-    azs = _cfg(stack).network.az_count
+    azs = config_of(stack).network.az_count
     for tier in ("public", "private", "isolated"):
         subnets = _tier(stack, tier)
         assert len(subnets) == azs
@@ -89,13 +85,13 @@ def test_endpoints_only_where_enabled(stack):
     s3 = stack.one(ENDPOINT, "network-s3")
     assert s3.inputs["vpcEndpointType"] == "Gateway"
     interface = [e for e in stack.of_type(ENDPOINT) if e.inputs["vpcEndpointType"] == "Interface"]
-    if _cfg(stack).network.interface_endpoints:
+    if config_of(stack).network.interface_endpoints:
         assert services == ["ecr.api", "ecr.dkr", "kms", "logs", "s3", "secretsmanager"]
         sg = stack.one("aws:ec2/securityGroup:SecurityGroup", "network-endpoints-sg")
         (rule,) = [r for r in stack.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
                    if r.inputs["securityGroupId"] == f"{sg.name}-id"]
         assert (rule.inputs["fromPort"], rule.inputs["toPort"]) == (443, 443)
-        assert rule.inputs["cidrIpv4"] == _cfg(stack).network.cidr
+        assert rule.inputs["cidrIpv4"] == config_of(stack).network.cidr
         assert all(e.inputs["privateDnsEnabled"] for e in interface)
     else:
         assert interface == []
@@ -113,7 +109,7 @@ def test_flow_logs_are_on_with_retention_and_the_stack_key(stack):
     group = stack.one("aws:cloudwatch/logGroup:LogGroup", "network-flow-logs")
     assert flow.inputs["trafficType"] == "ALL"
     assert flow.inputs["logDestination"] == f"arn:aws:logs:us-east-1:123456789012:log-group:{group.name}-0a1b2c3"
-    assert group.inputs["retentionInDays"] == _cfg(stack).network.flow_log_retention_days
+    assert group.inputs["retentionInDays"] == config_of(stack).network.flow_log_retention_days
     assert group.inputs["kmsKeyId"] == stack.outputs["kmsKeyArn"]
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from infra.config import ConfigError, load
-from tests.conftest import container, policy, stack_config
+from infra.config import ConfigError
+from tests.conftest import config_of, container, policy
 
 SG = "aws:ec2/securityGroup:SecurityGroup"
 IN = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
@@ -15,9 +15,6 @@ OUT = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 LISTENER = "aws:lb/listener:Listener"
 SVC = "aws:ecs/service:Service"
 
-
-def _cfg(stack):
-    return load(*stack_config(stack.stack))
 
 
 def _rules(stack, typ, sg_name):
@@ -33,7 +30,7 @@ def test_alb_accepts_443_only_from_configured_cidrs(stack):
 
 def test_alb_egress_goes_only_to_the_tasks_on_the_container_port(stack):
     (rule,) = _rules(stack, OUT, "alb-sg")
-    port = _cfg(stack).service.container_port
+    port = config_of(stack).service.container_port
     assert rule.inputs["referencedSecurityGroupId"] == "service-sg-id"
     assert (rule.inputs["fromPort"], rule.inputs["toPort"]) == (port, port)
 
@@ -42,7 +39,7 @@ def test_tasks_admit_only_the_load_balancer(stack):
     (rule,) = _rules(stack, IN, "service-sg")
     assert rule.inputs["referencedSecurityGroupId"] == "alb-sg-id"
     assert "cidrIpv4" not in rule.inputs and "cidrIpv6" not in rule.inputs
-    assert rule.inputs["fromPort"] == _cfg(stack).service.container_port
+    assert rule.inputs["fromPort"] == config_of(stack).service.container_port
 
 
 def test_no_group_but_the_load_balancer_is_open_to_the_world(stack):
@@ -63,7 +60,7 @@ def test_https_listener_only_by_default(stack):
     (listener,) = stack.of_type(LISTENER)
     assert listener.inputs["port"] == 443 and listener.inputs["protocol"] == "HTTPS"
     assert listener.inputs["sslPolicy"].startswith("ELBSecurityPolicy-TLS13")
-    assert listener.inputs["certificateArn"] == _cfg(stack).load_balancer.certificate_arn
+    assert listener.inputs["certificateArn"] == config_of(stack).load_balancer.certificate_arn
     assert listener.inputs["defaultActions"][0]["targetGroupArn"] == stack.outputs["targetGroupArn"]
     assert stack.outputs["serviceUrl"].startswith("https://")
 
@@ -99,7 +96,7 @@ def test_acm_certificate_with_dns_validation(synth):
 
 def test_alb_attributes_suit_streamed_responses(stack):
     lb = stack.one("aws:lb/loadBalancer:LoadBalancer")
-    cfg = _cfg(stack)
+    cfg = config_of(stack)
     assert lb.inputs["idleTimeout"] == cfg.load_balancer.idle_timeout_seconds >= 300
     assert lb.inputs["dropInvalidHeaderFields"] is True
     assert lb.inputs["enableHttp2"] is True
@@ -119,7 +116,7 @@ def test_access_log_bucket_is_sse_s3_private_expiring_and_writable_by_elb(stack)
                                          "ignorePublicAcls", "restrictPublicBuckets"))
     life = stack.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
     assert life.inputs["rules"][0]["expiration"]["days"] == \
-        _cfg(stack).load_balancer.access_log_retention_days
+        config_of(stack).load_balancer.access_log_retention_days
     statements = policy(stack.one("aws:s3/bucketPolicy:BucketPolicy"))["Statement"]
     principals = [s["Principal"] for s in statements if s["Effect"] == "Allow"]
     assert {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"} in principals
@@ -127,7 +124,7 @@ def test_access_log_bucket_is_sse_s3_private_expiring_and_writable_by_elb(stack)
 
 def test_target_group_health_check_and_routing(stack):
     tg = stack.one("aws:lb/targetGroup:TargetGroup")
-    cfg = _cfg(stack)
+    cfg = config_of(stack)
     assert tg.inputs["targetType"] == "ip"
     assert tg.inputs["loadBalancingAlgorithmType"] == "least_outstanding_requests"
     assert tg.inputs["healthCheck"]["path"] == cfg.load_balancer.health_check_path == "/healthz"
@@ -137,7 +134,7 @@ def test_target_group_health_check_and_routing(stack):
 
 def test_task_size_and_container_hardening(stack):
     task = stack.one("aws:ecs/taskDefinition:TaskDefinition")
-    cfg = _cfg(stack)
+    cfg = config_of(stack)
     assert (int(task.inputs["cpu"]), int(task.inputs["memory"])) == (cfg.service.cpu, cfg.service.memory)
     assert task.inputs["runtimePlatform"]["cpuArchitecture"] == cfg.service.architecture
     app = container(stack)
@@ -197,7 +194,7 @@ def test_health_check_command_from_config(synth):
 
 
 def test_scaling_bounds_and_three_signals(stack):
-    cfg = _cfg(stack).service
+    cfg = config_of(stack).service
     target = stack.one("aws:appautoscaling/target:Target")
     assert (target.inputs["minCapacity"], target.inputs["maxCapacity"]) == (cfg.min_tasks, cfg.max_tasks)
     assert target.inputs["resourceId"] == f"service/llm-service-{stack.stack}/llm-service-{stack.stack}"
@@ -216,7 +213,7 @@ def test_scaling_bounds_and_three_signals(stack):
 def test_autoscaling_owns_desired_count(stack):
     svc = stack.one(SVC)
     assert svc.ignore_changes == ["desired_count"]
-    assert svc.inputs["desiredCount"] == _cfg(stack).service.min_tasks
+    assert svc.inputs["desiredCount"] == config_of(stack).service.min_tasks
 
 
 def test_without_autoscaling_config_owns_desired_count(synth):
@@ -258,4 +255,4 @@ def test_execution_role_scoped_to_own_log_group_and_repository(stack):
 def test_task_log_group_is_encrypted_with_retention(stack):
     group = stack.one("aws:cloudwatch/logGroup:LogGroup", "service-logs")
     assert group.inputs["kmsKeyId"] == stack.outputs["kmsKeyArn"]
-    assert group.inputs["retentionInDays"] == _cfg(stack).service.log_retention_days
+    assert group.inputs["retentionInDays"] == config_of(stack).service.log_retention_days
