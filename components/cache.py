@@ -60,6 +60,7 @@ class Cache(pulumi.ComponentResource):
     port: int
     security_group_id: pulumi.Output[str]
     replication_group_id: pulumi.Output[str]
+    member_ids: list[str]
 
     def __init__(self, name: str, args: CacheArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:cache:Cache", name, None, opts)
@@ -123,6 +124,9 @@ class Cache(pulumi.ComponentResource):
         self.port = args.port
         self.security_group_id = self.security_group.id
         self.replication_group_id = self.group.id
+        # ElastiCache names a replication group's nodes <id>-001, <id>-002, ...: the
+        # dimension of every per-node metric.
+        self.member_ids = [f"{args.replication_group_id}-{i + 1:03d}" for i in range(args.nodes)]
         self.register_outputs({
             "primary_endpoint": self.primary_endpoint, "reader_endpoint": self.reader_endpoint,
             "port": self.port, "security_group_id": self.security_group_id,

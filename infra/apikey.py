@@ -26,7 +26,7 @@ from typing import Optional, TextIO
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from infra.config import PROJECT, load
+from infra.config import load, physical_prefix, secret_prefix
 from infra.outputs import read_outputs
 from infra.synth import ROOT, read_stack_file
 
@@ -54,9 +54,9 @@ def resolve(stack: str, name: str, outputs: Optional[Path], region: Optional[str
             root: Path = ROOT) -> Target:
     cfg = load(*read_stack_file(stack, root))
     target = Target(
-        stack=stack, region=region or cfg.region, secret_id=f"{PROJECT}/{stack}/{name}",
+        stack=stack, region=region or cfg.region, secret_id=f"{secret_prefix(stack)}/{name}",
         name=name, rotation_age_days=cfg.secrets.rotation_age_days,
-        cluster=f"{PROJECT}-{stack}", service=f"{PROJECT}-{stack}",
+        cluster=physical_prefix(stack), service=physical_prefix(stack),
     )
     if outputs is not None:
         out = read_outputs(outputs, ["secretArns", "clusterName", "serviceName"])
@@ -163,7 +163,8 @@ def explain(e: Exception, t: Optional[Target]) -> str:
         code = e.response.get("Error", {}).get("Code", "")
         msg = e.response.get("Error", {}).get("Message", "")
         if code == "ResourceNotFoundException":
-            return f"{where} does not exist; deploy the stack first (pulumi up --stack {t.stack})"
+            stack = f" --stack {t.stack}" if t else ""
+            return f"{where} does not exist; deploy the stack first (pulumi up{stack})"
         if code in ("AccessDeniedException", "AccessDenied", "UnrecognizedClientException"):
             return f"access denied to {where}: {msg}"
         if code in ("ThrottlingException", "Throttling", "TooManyRequestsException"):

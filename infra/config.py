@@ -45,6 +45,16 @@ FARGATE_SIZES: dict[int, list[int]] = {
 KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}")
 
 
+def physical_prefix(stack: str) -> str:
+    """Names AWS shows: cluster, service, cache, WAF ACL, alarms, dashboard, budget."""
+    return f"{PROJECT}-{stack}"
+
+
+def secret_prefix(stack: str) -> str:
+    """Secrets Manager names (`<prefix>/<name>`) and the KMS alias."""
+    return f"{PROJECT}/{stack}"
+
+
 class ConfigError(Exception):
     """Bad stack config: one message naming the key, the value given and what is allowed."""
 

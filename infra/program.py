@@ -26,7 +26,7 @@ from components.monitoring import Monitoring, MonitoringArgs, Thresholds
 from components.network import Network, NetworkArgs
 from components.secrets import Secrets, SecretsArgs, env_var_name
 from components.service import CacheLink, Service, ServiceArgs
-from infra.config import PROJECT, StackConfig, load
+from infra.config import PROJECT, StackConfig, load, physical_prefix, secret_prefix
 
 
 def read_config() -> tuple[dict[str, Any], set[str]]:
@@ -55,7 +55,7 @@ def main() -> None:
     raw, secret_keys = read_config()
     cfg = load(raw, secret_keys)  # raises ConfigError before anything is declared
     stack = pulumi.get_stack()
-    prefix = f"{PROJECT}-{stack}"  # physical names: cluster, service, cache, log groups
+    prefix = physical_prefix(stack)
     provider = aws.Provider(
         "aws", region=cfg.region,
         default_tags=aws.ProviderDefaultTagsArgs(tags=tags_for(cfg)),
@@ -64,7 +64,7 @@ def main() -> None:
     protect = cfg.is_prod
 
     secrets = Secrets("secrets", SecretsArgs(
-        prefix=f"{PROJECT}/{stack}", region=cfg.region, names=list(cfg.secrets.names),
+        prefix=secret_prefix(stack), region=cfg.region, names=list(cfg.secrets.names),
         source=cfg.secrets.source,
         values={n: pulumi.Config().require_secret(n) for n in cfg.secrets.names}
         if cfg.secrets.source == "pulumi" else {},
@@ -96,10 +96,7 @@ def main() -> None:
         "cache-auth-token", length=64, special=False,
         opts=pulumi.ResourceOptions(additional_secret_outputs=["result"]),
     )
-    auth_secret_arn = secrets.add_secret(
-        "secrets-cache-auth-token", "cache-auth-token", auth_token.result,
-        prefix=f"{PROJECT}/{stack}", recovery_window_days=cfg.secrets.recovery_window_days,
-    )
+    auth_secret_arn = secrets.add_secret("cache-auth-token", auth_token.result)
     cache = Cache("cache", CacheArgs(
         vpc_id=network.vpc_id, subnet_ids=network.isolated_subnet_ids,
         kms_key_arn=secrets.key_arn, auth_token=auth_token.result, replication_group_id=prefix,
@@ -154,8 +151,7 @@ def main() -> None:
         name=prefix, region=cfg.region, kms_key_arn=secrets.key_arn,
         lb_arn_suffix=alb.arn_suffix, target_group_arn_suffix=alb.target_group_arn_suffix,
         cluster_name=service.cluster_name, service_name=service.service_name,
-        # ElastiCache names the nodes of a replication group <id>-001, <id>-002, ...
-        cache_member_ids=[f"{prefix}-{i + 1:03d}" for i in range(c.nodes)],
+        cache_member_ids=cache.member_ids,
         web_acl_name=edge.web_acl_name, min_tasks=svc.min_tasks, max_tasks=svc.max_tasks,
         alert_emails=emails,
         thresholds=Thresholds(**mon.model_dump(exclude={"alert_emails"})),

@@ -64,6 +64,10 @@ def test_logs_delivered_to_retained_log_groups(stack):
         assert group.inputs["kmsKeyId"] == stack.outputs["kmsKeyArn"]
 
 
-def test_endpoints_are_exported(stack):
-    assert stack.outputs["cachePrimaryEndpoint"].startswith("master.")
-    assert stack.outputs["cachePort"] == 6379
+def test_one_port_from_config_to_group_rule_and_container(stack):
+    port = config_of(stack).cache.port
+    assert stack.one(RG).inputs["port"] == port
+    assert stack.outputs["cachePort"] == port
+    egress = [r for r in stack.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+              if r.inputs.get("referencedSecurityGroupId") == "cache-sg-id"]
+    assert [(r.inputs["fromPort"], r.inputs["toPort"]) for r in egress] == [(port, port)]

@@ -87,8 +87,16 @@ def test_acm_certificate_with_dns_validation(synth):
     s = synth("staging", loadBalancer__certificateArn="", loadBalancer__domainName="api.example.com",
               loadBalancer__hostedZoneId="Z123")
     cert = s.one("aws:acm/certificate:Certificate")
-    assert cert.inputs["validationMethod"] == "DNS"
-    assert s.one("aws:acm/certificateValidation:CertificateValidation")
+    assert cert.inputs["validationMethod"] == "DNS" and cert.inputs["domainName"] == "api.example.com"
+    validation = s.one("aws:acm/certificateValidation:CertificateValidation")
+    record = s.one("aws:route53/record:Record", "alb-cert-validation")
+    assert record.inputs["zoneId"] == "Z123" and record.inputs["type"] == "CNAME"
+    assert validation.inputs["validationRecordFqdns"] == [record.inputs["name"].rstrip(".")]
+    # The ARN is the validated certificate's (that it is read from the validation's output, which
+    # makes the listener wait for issuance, is by construction; mocked values cannot show order).
+    (listener,) = s.of_type(LISTENER)
+    assert listener.inputs["certificateArn"] == validation.inputs["certificateArn"] == \
+        "arn:aws:acm:us-east-1:123456789012:certificate/alb-cert"
     alias = s.one("aws:route53/record:Record", "alb-alias")
     assert alias.inputs["name"] == "api.example.com" and alias.inputs["zoneId"] == "Z123"
     assert s.outputs["serviceUrl"] == "https://api.example.com"
@@ -240,8 +248,12 @@ def test_ecr_repository_is_immutable_scanned_encrypted(stack):
     assert repo.inputs["imageScanningConfiguration"]["scanOnPush"] is True
     assert repo.inputs["encryptionConfigurations"][0] == {
         "encryptionType": "KMS", "kmsKey": stack.outputs["kmsKeyArn"]}
-    rules = json.loads(stack.one("aws:ecr/lifecyclePolicy:LifecyclePolicy").inputs["policy"])["rules"]
-    assert rules
+    lifecycle = stack.one("aws:ecr/lifecyclePolicy:LifecyclePolicy")
+    assert lifecycle.inputs["repository"] == f"llm-service-{stack.stack}"
+    rules = {r["selection"]["tagStatus"]: r for r in json.loads(lifecycle.inputs["policy"])["rules"]}
+    assert rules["untagged"]["selection"]["countUnit"] == "days"
+    assert rules["any"]["selection"]["countType"] == "imageCountMoreThan"
+    assert all(r["action"]["type"] == "expire" for r in rules.values())
 
 
 def test_execution_role_scoped_to_own_log_group_and_repository(stack):
