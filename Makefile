@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK ?= staging
 
-.PHONY: plan test lint bench clean
+.PHONY: plan test lint bench clean venvs verify
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,17 @@ test: $(VENV)/.installed  ## the whole suite: config, stacks, commands against m
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
+venvs:  ## what `pulumi up --policy-pack policy` needs: .venv (runtime) and policy/.venv (used by the CI workflows)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	test -x policy/.venv/bin/python || $(PYTHON) -m venv policy/.venv
+	policy/.venv/bin/python -m pip install --quiet -r policy/requirements.txt
+
+verify:  ## check the deployed STACK against AWS: make verify STACK=staging OUTPUTS=outputs.json [WAIT=600]
+	$(PY) -m infra.verify --stack $(STACK) --outputs $(or $(OUTPUTS),outputs.json) --wait $(or $(WAIT),0)
+
 bench: $(VENV)/.installed  ## wall time of the offline plan per stack
 	$(PY) bench/plan_time.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) policy/.venv .pytest_cache .ruff_cache

@@ -1,0 +1,364 @@
+"""Check a deployed stack against AWS: did the deploy really work?
+
+    pulumi stack output --stack staging --json > outputs.json
+    python -m infra.verify --stack staging --outputs outputs.json [--wait 600]
+
+One line per check, PASS or FAIL and why: the load balancer and its listeners, healthy targets,
+a steady ECS service, every secret (metadata only, never the value), the cache, the alarms, the
+budget, the WAF association, and an HTTPS request to the health path. Expectations (listeners,
+minimum tasks, cache failover, budget limit, health path) come from the stack's config file.
+`--wait` re-runs the checks until all pass or the time is up, for the minutes after `pulumi up`.
+
+Exit codes: 0 all passed, 1 a check failed, 2 could not check (bad config, a missing output, no
+AWS credentials): one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from infra.config import ConfigError, StackConfig, load
+from infra.outputs import read_outputs
+from infra.synth import ROOT, read_stack_file
+
+REQUIRED_OUTPUTS = [
+    "albArn", "targetGroupArn", "clusterName", "serviceName", "kmsKeyArn", "secretArns",
+    "cacheAuthSecretArn", "cacheReplicationGroupId", "alarmNames", "budgetName", "webAclArn",
+    "serviceUrl",
+]
+POLL_SECONDS = 15
+NO_CREDENTIALS = "no AWS credentials found: set AWS_PROFILE or assume the stack's deploy role"
+
+
+class CannotCheck(Exception):
+    """The checks could not run at all; exit code 2."""
+
+
+@dataclass(frozen=True)
+class Result:
+    check: str
+    ok: bool
+    detail: str
+
+    @property
+    def line(self) -> str:
+        return f"{'PASS' if self.ok else 'FAIL'} {self.check}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the stack's config says the live environment should look like."""
+
+    stack: str
+    min_tasks: int
+    listeners: frozenset[tuple[str, int]]
+    health_path: str
+    failover: bool
+    multi_az: bool
+    budget_usd: float
+
+    @classmethod
+    def from_config(cls, stack: str, cfg: StackConfig) -> Expect:
+        mode = cfg.load_balancer.http_mode
+        listeners = {("HTTP", 80)} if mode == "plain" else {("HTTPS", 443)}
+        if mode == "redirect":
+            listeners.add(("HTTP", 80))
+        return cls(stack=stack, min_tasks=cfg.service.min_tasks, listeners=frozenset(listeners),
+                   health_path=cfg.load_balancer.health_check_path,
+                   failover=cfg.cache.automatic_failover, multi_az=cfg.cache.multi_az,
+                   budget_usd=float(cfg.budget.monthly_limit_usd))
+
+
+def _client(service: str, region: str):
+    return boto3.client(service, region_name=region)
+
+
+def _listeners(items: Iterable[tuple[str, int]]) -> str:
+    return ", ".join(f"{p}:{n}" for p, n in sorted(items, key=lambda x: (x[1], x[0]))) or "none"
+
+
+def check_alb(out: dict, exp: Expect, region: str) -> Result:
+    elb = _client("elbv2", region)
+    lb = elb.describe_load_balancers(LoadBalancerArns=[out["albArn"]])["LoadBalancers"][0]
+    state = lb.get("State", {}).get("Code")
+    found = {(x["Protocol"], x["Port"]) for x in
+             elb.describe_listeners(LoadBalancerArn=out["albArn"])["Listeners"]}
+    if state != "active":
+        return Result("alb", False, f"{lb['LoadBalancerName']} is {state}, not active")
+    if found != exp.listeners:
+        return Result("alb", False, f"listeners {_listeners(found)}; expected {_listeners(exp.listeners)}")
+    return Result("alb", True, f"{lb['LoadBalancerName']} active, listeners {_listeners(found)}")
+
+
+def check_targets(out: dict, exp: Expect, region: str) -> Result:
+    elb = _client("elbv2", region)
+    health = elb.describe_target_health(TargetGroupArn=out["targetGroupArn"])["TargetHealthDescriptions"]
+    healthy = sum(1 for t in health if t["TargetHealth"]["State"] == "healthy")
+    ok = healthy >= exp.min_tasks
+    detail = f"{healthy} healthy (minimum {exp.min_tasks})"
+    others = [t for t in health if t["TargetHealth"]["State"] != "healthy"]
+    if not health:
+        detail += "; no targets registered"
+    elif others:
+        detail += "; " + ", ".join(
+            f"{t['Target']['Id']} {t['TargetHealth']['State']}"
+            + (f" ({t['TargetHealth']['Reason']})" if t["TargetHealth"].get("Reason") else "")
+            for t in others)
+    return Result("targets", ok, detail)
+
+
+def check_ecs(out: dict, exp: Expect, region: str) -> Result:
+    ecs = _client("ecs", region)
+    found = ecs.describe_services(cluster=out["clusterName"], services=[out["serviceName"]])
+    services = [s for s in found.get("services", []) if s.get("status") == "ACTIVE"]
+    if not services:
+        return Result("ecs", False, f"service {out['clusterName']}/{out['serviceName']} not found")
+    svc = services[0]
+    deployments = svc.get("deployments", [])
+    running, desired = svc.get("runningCount"), svc.get("desiredCount")
+    breaker = (svc.get("deploymentConfiguration") or {}).get("deploymentCircuitBreaker") or {}
+    if len(deployments) != 1:
+        states = ", ".join(f"{d.get('status')} {d.get('rolloutState')}" for d in deployments)
+        return Result("ecs", False, f"{len(deployments)} deployments ({states}); a rollout is not finished")
+    d = deployments[0]
+    if d.get("status") != "PRIMARY" or d.get("rolloutState") != "COMPLETED":
+        reason = d.get("rolloutStateReason", "")
+        return Result("ecs", False, f"deployment {d.get('status')} {d.get('rolloutState')}"
+                      + (f": {reason}" if reason else ""))
+    if running != desired:
+        return Result("ecs", False, f"running {running} of {desired} tasks")
+    if not (breaker.get("enable") and breaker.get("rollback")):
+        return Result("ecs", False, "deployment circuit breaker with rollback is off; "
+                      "a failed rollout would not roll back")
+    return Result("ecs", True, f"running {running} of {desired} tasks, one PRIMARY deployment "
+                  "COMPLETED, circuit breaker with rollback")
+
+
+def _same_key(sm_key: str, key_arn: str, kms) -> bool:
+    if sm_key in (key_arn, key_arn.rsplit("/", 1)[-1]):
+        return True
+    # An alias or another spelling: ask KMS which key it is.
+    return kms.describe_key(KeyId=sm_key)["KeyMetadata"]["Arn"] == key_arn
+
+
+def check_secrets(out: dict, exp: Expect, region: str) -> list[Result]:
+    sm, kms = _client("secretsmanager", region), _client("kms", region)
+    arns = dict(out["secretArns"])
+    arns["cache-auth-token"] = out["cacheAuthSecretArn"]
+    results = []
+    for name, arn in sorted(arns.items()):
+        check = f"secret {name}"
+        try:
+            d = sm.describe_secret(SecretId=arn)  # metadata only; the value is never read
+        except ClientError as e:
+            results.append(Result(check, False, _aws_error(e)))
+            continue
+        current = any("AWSCURRENT" in s for s in d.get("VersionIdsToStages", {}).values())
+        key = d.get("KmsKeyId")
+        if not current:
+            hint = f"; run `python -m infra.apikey put --stack {exp.stack} --name {name}`" \
+                if name in out["secretArns"] else ""
+            results.append(Result(check, False, f"no current version{hint}"))
+        elif not key:
+            results.append(Result(check, False, "encrypted with the AWS-managed key, not the stack's"))
+        elif not _same_key(key, out["kmsKeyArn"], kms):
+            results.append(Result(check, False, f"encrypted with {key}, not the stack's key"))
+        else:
+            results.append(Result(check, True, "current version present, encrypted with the stack's key"))
+    return results
+
+
+def check_cache(out: dict, exp: Expect, region: str) -> Result:
+    ec = _client("elasticache", region)
+    rg_id = out["cacheReplicationGroupId"]
+    rg = ec.describe_replication_groups(ReplicationGroupId=rg_id)["ReplicationGroups"][0]
+    problems = []
+    if rg.get("Status") != "available":
+        problems.append(f"status {rg.get('Status')}")
+    for flag, label in (("TransitEncryptionEnabled", "in-transit encryption"),
+                        ("AtRestEncryptionEnabled", "at-rest encryption"),
+                        ("AuthTokenEnabled", "AUTH token")):
+        if not rg.get(flag):
+            problems.append(f"{label} off")
+    failover, multi_az = rg.get("AutomaticFailover") == "enabled", rg.get("MultiAZ") == "enabled"
+    if exp.failover and not failover:
+        problems.append(f"automatic failover {rg.get('AutomaticFailover')}, config wants enabled")
+    if exp.multi_az and not multi_az:
+        problems.append(f"multi-AZ {rg.get('MultiAZ')}, config wants enabled")
+    if problems:
+        return Result("cache", False, f"{rg_id}: " + "; ".join(problems))
+    return Result("cache", True, f"{rg_id} available, TLS, at-rest encryption and AUTH on, "
+                  f"failover {'on' if failover else 'off'}, multi-AZ {'on' if multi_az else 'off'}")
+
+
+def check_alarms(out: dict, exp: Expect, region: str) -> Result:
+    cw = _client("cloudwatch", region)
+    names = list(out["alarmNames"])
+    found: dict[str, str] = {}
+    for i in range(0, len(names), 100):  # DescribeAlarms takes at most 100 names
+        for page in cw.get_paginator("describe_alarms").paginate(AlarmNames=names[i:i + 100]):
+            found.update({a["AlarmName"]: a["StateValue"] for a in page["MetricAlarms"]})
+    missing = [n for n in names if n not in found]
+    firing = [n for n in names if found.get(n) == "ALARM"]
+    if missing:
+        return Result("alarms", False, f"missing: {', '.join(missing)}")
+    if firing:
+        return Result("alarms", False, f"in ALARM: {', '.join(firing)}")
+    states = Counter(found.values())
+    return Result("alarms", True, f"{len(names)} present, none in ALARM ("
+                  + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")")
+
+
+def check_budget(out: dict, exp: Expect, region: str, account: str) -> Result:
+    budgets = _client("budgets", region)
+    name = out["budgetName"]
+    try:
+        b = budgets.describe_budget(AccountId=account, BudgetName=name)["Budget"]
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "NotFoundException":
+            return Result("budget", False, f"{name} not found in account {account}")
+        raise
+    limit = float(b["BudgetLimit"]["Amount"])
+    if abs(limit - exp.budget_usd) > 0.005:
+        return Result("budget", False, f"{name} limit {limit:g} {b['BudgetLimit']['Unit']}; "
+                      f"config says {exp.budget_usd:g}")
+    return Result("budget", True, f"{name} present, {limit:g} {b['BudgetLimit']['Unit']} a month")
+
+
+def check_waf(out: dict, exp: Expect, region: str) -> Result:
+    waf = _client("wafv2", region)
+    acl = waf.get_web_acl_for_resource(ResourceArn=out["albArn"]).get("WebACL")
+    if not acl:
+        return Result("waf", False, "no web ACL associated with the load balancer")
+    if acl["ARN"] != out["webAclArn"]:
+        return Result("waf", False, f"the load balancer has web ACL {acl['Name']}, not the stack's")
+    return Result("waf", True, f"web ACL {acl['Name']} associated with the load balancer")
+
+
+def check_health(out: dict, exp: Expect, timeout: float = 10.0) -> Result:
+    url = out["serviceUrl"].rstrip("/") + exp.health_path
+    if not url.startswith(("https://", "http://")):
+        return Result("health", False, f"serviceUrl {out['serviceUrl']!r} is not an http(s) URL")
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+        url, method="GET", headers={"User-Agent": "llm-service-verify"})
+    try:
+        # Certificates are verified: a name mismatch is a real fault for API clients too.
+        with urllib.request.urlopen(request, timeout=timeout,  # noqa: S310 - the scheme is checked above
+                                    context=ssl.create_default_context()) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        hint = ("; set loadBalancer.domainName to the certificate's name"
+                if isinstance(reason, ssl.SSLCertVerificationError) else "")
+        return Result("health", False, f"GET {url}: {reason}{hint}")
+    return Result("health", status == 200, f"GET {url} answered {status}")
+
+
+def _aws_error(e: ClientError) -> str:
+    err = e.response.get("Error", {})
+    return f"{err.get('Code', 'error')}: {err.get('Message', '')}"
+
+
+def _guarded(check: str, fn: Callable[[], Any]) -> list[Result]:
+    """One check's results; an AWS error fails that check only (credentials aside)."""
+    try:
+        got = fn()
+    except NoCredentialsError:
+        raise
+    except ClientError as e:
+        return [Result(check, False, _aws_error(e))]
+    except BotoCoreError as e:
+        return [Result(check, False, str(e))]
+    return got if isinstance(got, list) else [got]
+
+
+def run_checks(out: dict, exp: Expect, region: str, account: str) -> list[Result]:
+    checks: list[tuple[str, Callable[[], Any]]] = [
+        ("alb", lambda: check_alb(out, exp, region)),
+        ("targets", lambda: check_targets(out, exp, region)),
+        ("ecs", lambda: check_ecs(out, exp, region)),
+        ("secrets", lambda: check_secrets(out, exp, region)),
+        ("cache", lambda: check_cache(out, exp, region)),
+        ("alarms", lambda: check_alarms(out, exp, region)),
+        ("budget", lambda: check_budget(out, exp, region, account)),
+        ("waf", lambda: check_waf(out, exp, region)),
+        ("health", lambda: check_health(out, exp)),
+    ]
+    return [r for name, fn in checks for r in _guarded(name, fn)]
+
+
+def account_id(region: str) -> str:
+    """Who we are; the first call, so missing or expired credentials fail here in one line."""
+    try:
+        return _client("sts", region).get_caller_identity()["Account"]
+    except NoCredentialsError:
+        raise CannotCheck(NO_CREDENTIALS) from None
+    except ClientError as e:
+        raise CannotCheck(f"AWS credentials refused ({_aws_error(e)})") from None
+
+
+def verify(stack: str, outputs: Path, wait: int = 0, region: Optional[str] = None, root: Path = ROOT,
+           sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+           log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[Result]:
+    try:
+        cfg = load(*read_stack_file(stack, root))
+        out = read_outputs(outputs, REQUIRED_OUTPUTS)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise CannotCheck(str(e)) from None
+    exp = Expect.from_config(stack, cfg)
+    region = region or out.get("region") or cfg.region
+    account = account_id(region)
+    deadline = clock() + wait
+    while True:
+        results = run_checks(out, exp, region, account)
+        failing = [r.check for r in results if not r.ok]
+        left = deadline - clock()
+        if not failing or left <= 0:
+            return results
+        log(f"waiting: {len(failing)} failing ({', '.join(failing)}); "
+            f"next try in {min(POLL_SECONDS, left):.0f} s, {left:.0f} s left")
+        sleep(min(POLL_SECONDS, left))
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m infra.verify", description=__doc__.split("\n")[0])
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--outputs", type=Path, required=True,
+                        help="`pulumi stack output --json` saved to a file")
+    parser.add_argument("--wait", type=int, default=0, metavar="SECONDS",
+                        help="retry failing checks until they pass or SECONDS have passed")
+    parser.add_argument("--region", help="override the stack's region")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        results = verify(args.stack, args.outputs, wait=args.wait, region=args.region)
+    except (CannotCheck, NoCredentialsError) as e:
+        print(f"error: {e if isinstance(e, CannotCheck) else NO_CREDENTIALS}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(r.line)
+    failed = sum(1 for r in results if not r.ok)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,514 @@
+"""`python -m infra.verify` against moto in server mode on 127.0.0.1.
+
+A fixture builds what `pulumi up` leaves behind, shaped by the stack's own config and
+synthesized outputs (the same alarm names, secret names, budget limit and listeners), then
+each test breaks one thing and asserts the exact line that reports it.
+
+moto does not produce every runtime state (../shared/notes/moto.md): it keeps ECS runningCount
+at 0 and rolloutState IN_PROGRESS, and drops deploymentConfiguration from describe_services.
+The `ecs_runtime` fixture sets those fields on moto's real describe_services answer at the
+boto3 boundary; every test that changes them says so. Everything else is moto's own state.
+The health request goes to a real HTTP(S) server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import ipaddress
+import json
+import ssl
+import threading
+from dataclasses import dataclass, field
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from infra import verify
+from infra.config import load
+from infra.synth import read_stack_file
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+
+
+# --- the health endpoint: a real server on 127.0.0.1 ---------------------------------------
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def _serve(server):
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def health_server():
+    server = _serve(http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health))
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture
+def health(health_server):
+    _Health.status = 200
+    yield _Health
+    _Health.status = 200
+
+
+@pytest.fixture(scope="session")
+def self_signed_server(tmp_path_factory):
+    """HTTPS with a certificate no CA signed: what a wrong or missing certificate looks like."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    d = tmp_path_factory.mktemp("tls")
+    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                  serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    _serve(server)
+    yield f"https://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+# --- a deployed stack in moto ----------------------------------------------------------------
+
+@dataclass
+class Live:
+    stack: str
+    outputs: dict
+    path: object
+    ids: dict = field(default_factory=dict)
+
+    def client(self, service):
+        return boto3.client(service, region_name=REGION)
+
+    def write(self, **changes):
+        self.path.write_text(json.dumps({**self.outputs, **changes}))
+        return self.path
+
+
+def build(stack, synthesized, tmp_path, health_url, *, secret_value=True, cache_failover=None,
+          cache_tls=True) -> Live:
+    """What `pulumi up --stack <stack>` leaves behind, as far as the checks look."""
+    cfg = load(*read_stack_file(stack))
+    c = lambda s: boto3.client(s, region_name=REGION)  # noqa: E731
+    ec2, elb, ecs = c("ec2"), c("elbv2"), c("ecs")
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24",
+                                 AvailabilityZone=f"{REGION}{az}")["Subnet"]["SubnetId"]
+               for i, az in enumerate("abc")]
+    lb = elb.create_load_balancer(Name=f"{stack}-alb", Subnets=subnets, Type="application")
+    lb_arn = lb["LoadBalancers"][0]["LoadBalancerArn"]
+    tg_arn = elb.create_target_group(
+        Name=f"{stack}-tg", Protocol="HTTP", Port=cfg.service.container_port, VpcId=vpc,
+        TargetType="ip", HealthCheckPath=cfg.load_balancer.health_check_path,
+    )["TargetGroups"][0]["TargetGroupArn"]
+    cert = c("acm").request_certificate(DomainName="api.example.com")["CertificateArn"]
+    elb.create_listener(LoadBalancerArn=lb_arn, Protocol="HTTPS", Port=443,
+                        Certificates=[{"CertificateArn": cert}],
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg_arn}])
+    targets = [{"Id": f"10.20.{i % 3}.{10 + i}", "Port": cfg.service.container_port}
+               for i in range(cfg.service.min_tasks)]
+    elb.register_targets(TargetGroupArn=tg_arn, Targets=targets)
+
+    name = synthesized.outputs["serviceName"]
+    ecs.create_cluster(clusterName=synthesized.outputs["clusterName"])
+    ecs.register_task_definition(family=name, containerDefinitions=[
+        {"name": "app", "image": cfg.service.image, "memory": cfg.service.memory}])
+    ecs.create_service(
+        cluster=synthesized.outputs["clusterName"], serviceName=name, taskDefinition=name,
+        desiredCount=cfg.service.desired_tasks, launchType="FARGATE",
+        deploymentConfiguration={"deploymentCircuitBreaker": {"enable": True, "rollback": True},
+                                 "maximumPercent": 200, "minimumHealthyPercent": 100})
+
+    key_arn = c("kms").create_key(Description=f"{stack} key")["KeyMetadata"]["Arn"]
+    sm = c("secretsmanager")
+    secret_arns = {}
+    for secret in cfg.secrets.names:
+        arn = sm.create_secret(Name=f"llm-service/{stack}/{secret}", KmsKeyId=key_arn)["ARN"]
+        if secret_value:
+            sm.put_secret_value(SecretId=arn, SecretString="sk-proj-" + "x" * 40)
+        secret_arns[secret] = arn
+    auth_arn = sm.create_secret(Name=f"llm-service/{stack}/cache-auth-token", KmsKeyId=key_arn,
+                                SecretString="t" * 32)["ARN"]
+
+    failover = cfg.cache.automatic_failover if cache_failover is None else cache_failover
+    rg_id = synthesized.outputs["cacheReplicationGroupId"]
+    c("elasticache").create_replication_group(
+        ReplicationGroupId=rg_id, ReplicationGroupDescription="cache", Engine=cfg.cache.engine,
+        CacheNodeType=cfg.cache.node_type, NumCacheClusters=cfg.cache.nodes,
+        AutomaticFailoverEnabled=failover, MultiAZEnabled=failover and cfg.cache.multi_az,
+        AtRestEncryptionEnabled=True, KmsKeyId=key_arn, TransitEncryptionEnabled=cache_tls,
+        **({"AuthToken": "t" * 32} if cache_tls else {}))
+
+    cw = c("cloudwatch")
+    for alarm in synthesized.outputs["alarmNames"]:
+        cw.put_metric_alarm(AlarmName=alarm, MetricName="M", Namespace="N", Statistic="Average",
+                            Period=60, EvaluationPeriods=1, Threshold=1,
+                            ComparisonOperator="GreaterThanThreshold")
+
+    budget = synthesized.outputs["budgetName"]
+    c("budgets").create_budget(AccountId=ACCOUNT, Budget={
+        "BudgetName": budget, "TimeUnit": "MONTHLY", "BudgetType": "COST",
+        "BudgetLimit": {"Amount": str(cfg.budget.monthly_limit_usd), "Unit": "USD"}})
+
+    waf = c("wafv2")
+    acl_arn = waf.create_web_acl(
+        Name=name, Scope="REGIONAL", DefaultAction={"Allow": {}}, Rules=[],
+        VisibilityConfig={"SampledRequestsEnabled": True, "CloudWatchMetricsEnabled": True,
+                          "MetricName": name})["Summary"]["ARN"]
+    waf.associate_web_acl(WebACLArn=acl_arn, ResourceArn=lb_arn)
+
+    outputs = {
+        **synthesized.outputs, "cacheAuthToken": "[secret]", "region": REGION,
+        "albArn": lb_arn, "targetGroupArn": tg_arn, "kmsKeyArn": key_arn,
+        "secretArns": secret_arns, "cacheAuthSecretArn": auth_arn, "webAclArn": acl_arn,
+        "serviceUrl": health_url,
+    }
+    live = Live(stack, outputs, tmp_path / "outputs.json",
+                {"lb": lb_arn, "tg": tg_arn, "targets": targets, "acl": acl_arn, "vpc": vpc})
+    live.write()
+    return live
+
+
+@pytest.fixture
+def ecs_runtime(mocker):
+    """What a finished ECS rollout reports, set on moto's real describe_services answer.
+
+    moto keeps runningCount 0 and rolloutState IN_PROGRESS and drops deploymentConfiguration;
+    a test changes these keys to inject the runtime state it needs.
+    """
+    state = {"running": "desired", "rollout": "COMPLETED", "extra": [],
+             "breaker": {"enable": True, "rollback": True}}
+    make = verify._client
+
+    def client(service, region):
+        real = make(service, region)
+        if service == "ecs":
+            describe = real.describe_services
+
+            def describe_services(**kw):
+                answer = describe(**kw)
+                for svc in answer["services"]:
+                    running = svc["desiredCount"] if state["running"] == "desired" else state["running"]
+                    svc["runningCount"] = running
+                    svc["deployments"][0].update(rolloutState=state["rollout"], runningCount=running)
+                    svc["deployments"] += state["extra"]
+                    svc["deploymentConfiguration"] = {"deploymentCircuitBreaker": state["breaker"]}
+                return answer
+
+            mocker.patch.object(real, "describe_services", side_effect=describe_services)
+        return real
+
+    mocker.patch("infra.verify._client", side_effect=client)
+    return state
+
+
+@pytest.fixture
+def live(aws, staging, tmp_path, health_server, health, ecs_runtime) -> Live:
+    return build("staging", staging, tmp_path, health_server)
+
+
+def run(live: Live, capsys, *extra):
+    code = verify.main(["--stack", live.stack, "--outputs", str(live.path), *extra])
+    out = capsys.readouterr()
+    return code, out.out.splitlines(), out.err
+
+
+def failing(lines):
+    return [line for line in lines if line.startswith("FAIL")]
+
+
+# --- a healthy stack -------------------------------------------------------------------------
+
+def test_a_healthy_staging_stack_passes_every_check(live, capsys):
+    code, lines, err = run(live, capsys)
+    assert code == 0, lines + [err]
+    checks = [line.split(":")[0] for line in lines[:-1]]
+    assert checks == ["PASS alb", "PASS targets", "PASS ecs", "PASS secret cache-auth-token",
+                      "PASS secret openai-api-key", "PASS cache", "PASS alarms", "PASS budget",
+                      "PASS waf", "PASS health"]
+    assert "PASS alb: staging-alb active, listeners HTTPS:443" in lines
+    assert "PASS targets: 1 healthy (minimum 1)" in lines
+    assert "PASS alarms: 13 present, none in ALARM (13 OK)" in lines
+    assert "PASS budget: llm-service-staging present, 150 USD a month" in lines
+    assert lines[-1] == "10 passed, 0 failed"
+
+
+def test_a_healthy_prod_stack_passes_with_its_own_minimum_and_failover(
+        aws, prod, tmp_path, health_server, health, ecs_runtime, capsys):
+    live = build("prod", prod, tmp_path, health_server)
+    code, lines, _ = run(live, capsys)
+    assert code == 0, lines
+    assert "PASS targets: 3 healthy (minimum 3)" in lines
+    assert ("PASS cache: llm-service-prod available, TLS, at-rest encryption and AUTH on, "
+            "failover on, multi-AZ on") in lines
+
+
+# --- one thing broken at a time --------------------------------------------------------------
+
+def test_deregistered_targets_fail_the_target_check(live, capsys):
+    live.client("elbv2").deregister_targets(TargetGroupArn=live.ids["tg"], Targets=live.ids["targets"])
+    code, lines, _ = run(live, capsys)
+    assert code == 1
+    assert failing(lines) == ["FAIL targets: 0 healthy (minimum 1); no targets registered"]
+
+
+def test_prod_needs_three_healthy_targets(aws, prod, tmp_path, health_server, health, ecs_runtime, capsys):
+    live = build("prod", prod, tmp_path, health_server)
+    live.client("elbv2").deregister_targets(TargetGroupArn=live.ids["tg"], Targets=live.ids["targets"][:1])
+    code, lines, _ = run(live, capsys)
+    assert code == 1
+    assert failing(lines) == ["FAIL targets: 2 healthy (minimum 3)"]
+
+
+def test_a_secret_without_a_value_fails_and_says_how_to_set_it(
+        aws, staging, tmp_path, health_server, health, ecs_runtime, capsys):
+    live = build("staging", staging, tmp_path, health_server, secret_value=False)
+    code, lines, _ = run(live, capsys)
+    assert code == 1
+    assert failing(lines) == ["FAIL secret openai-api-key: no current version; run "
+                              "`python -m infra.apikey put --stack staging --name openai-api-key`"]
+
+
+def test_a_secret_under_another_kms_key_fails(live, capsys):
+    other = live.client("kms").create_key(Description="not the stack's")["KeyMetadata"]["Arn"]
+    live.client("secretsmanager").update_secret(
+        SecretId=live.outputs["secretArns"]["openai-api-key"], KmsKeyId=other)
+    code, lines, _ = run(live, capsys)
+    assert code == 1
+    assert failing(lines) == [f"FAIL secret openai-api-key: encrypted with {other}, not the stack's key"]
+
+
+def test_the_secret_value_is_never_read(live, capsys, mocker):
+    sm = boto3.client("secretsmanager", region_name=REGION)
+    get = mocker.patch.object(sm, "get_secret_value")
+    make = verify._client  # ecs_runtime's wrapper: keep its ECS answers
+    mocker.patch("infra.verify._client",
+                 side_effect=lambda s, r: sm if s == "secretsmanager" else make(s, r))
+    code, lines, _ = run(live, capsys)
+    assert code == 0, lines
+    get.assert_not_called()
+
+
+def test_an_alarm_in_alarm_fails(live, capsys):
+    live.client("cloudwatch").set_alarm_state(AlarmName="llm-service-staging-alb-5xx",
+                                              StateValue="ALARM", StateReason="test")
+    code, lines, _ = run(live, capsys)
+    assert code == 1
+    assert failing(lines) == ["FAIL alarms: in ALARM: llm-service-staging-alb-5xx"]
+
+
+def test_a_missing_alarm_fails(live, capsys):
+    live.client("cloudwatch").delete_alarms(AlarmNames=["llm-service-staging-cache-evictions"])
+    code, lines, _ = run(live, capsys)
+    assert failing(lines) == ["FAIL alarms: missing: llm-service-staging-cache-evictions"]
+
+
+def test_waf_not_associated_fails(live, capsys):
+    live.client("wafv2").disassociate_web_acl(ResourceArn=live.ids["lb"])
+    code, lines, _ = run(live, capsys)
+    assert code == 1
+    assert failing(lines) == ["FAIL waf: no web ACL associated with the load balancer"]
+
+
+def test_an_unexpected_listener_fails(live, capsys):
+    # Staging's httpMode is none: a plain HTTP listener would take API keys in clear.
+    live.client("elbv2").create_listener(
+        LoadBalancerArn=live.ids["lb"], Protocol="HTTP", Port=80,
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": live.ids["tg"]}])
+    code, lines, _ = run(live, capsys)
+    assert failing(lines) == ["FAIL alb: listeners HTTP:80, HTTPS:443; expected HTTPS:443"]
+
+
+def test_a_missing_budget_fails(live, capsys):
+    live.client("budgets").delete_budget(AccountId=ACCOUNT, BudgetName="llm-service-staging")
+    code, lines, _ = run(live, capsys)
+    assert failing(lines) == [f"FAIL budget: llm-service-staging not found in account {ACCOUNT}"]
+
+
+def test_a_budget_that_drifted_from_config_fails(live, capsys):
+    # moto has no update_budget: delete and create it again with another limit.
+    budgets = live.client("budgets")
+    budgets.delete_budget(AccountId=ACCOUNT, BudgetName="llm-service-staging")
+    budgets.create_budget(AccountId=ACCOUNT, Budget={
+        "BudgetName": "llm-service-staging", "TimeUnit": "MONTHLY", "BudgetType": "COST",
+        "BudgetLimit": {"Amount": "5000", "Unit": "USD"}})
+    code, lines, _ = run(live, capsys)
+    assert failing(lines) == ["FAIL budget: llm-service-staging limit 5000 USD; config says 150"]
+
+
+def test_prod_cache_without_failover_fails(aws, prod, tmp_path, health_server, health, ecs_runtime, capsys):
+    live = build("prod", prod, tmp_path, health_server, cache_failover=False)
+    code, lines, _ = run(live, capsys)
+    assert failing(lines) == ["FAIL cache: llm-service-prod: automatic failover disabled, config wants "
+                              "enabled; multi-AZ disabled, config wants enabled"]
+
+
+def test_a_cache_without_tls_fails(aws, staging, tmp_path, health_server, health, ecs_runtime, capsys):
+    # moto accepts a group without transit encryption, as an older hand-made cluster would be.
+    live = build("staging", staging, tmp_path, health_server, cache_tls=False)
+    code, lines, _ = run(live, capsys)
+    assert failing(lines) == ["FAIL cache: llm-service-staging: in-transit encryption off; AUTH token off"]
+
+
+def test_a_second_deployment_in_progress_fails(live, capsys, ecs_runtime):
+    # Injected: moto never shows two deployments (see the module docstring).
+    ecs_runtime["rollout"] = "IN_PROGRESS"
+    ecs_runtime["extra"] = [{"id": "ecs-svc/1", "status": "ACTIVE", "rolloutState": "COMPLETED"}]
+    code, lines, _ = run(live, capsys)
+    assert code == 1
+    assert failing(lines) == ["FAIL ecs: 2 deployments (PRIMARY IN_PROGRESS, ACTIVE COMPLETED); "
+                              "a rollout is not finished"]
+
+
+def test_fewer_running_tasks_than_desired_fails(live, capsys, ecs_runtime):
+    # Injected: the rollout is done, and moto's own runningCount (0) is kept.
+    ecs_runtime["running"] = 0
+    code, lines, _ = run(live, capsys)
+    assert failing(lines) == ["FAIL ecs: running 0 of 1 tasks"]
+
+
+def test_a_failed_rollout_fails_with_its_reason(live, capsys, ecs_runtime, mocker):
+    # Injected: a rollout the circuit breaker stopped.
+    ecs_runtime["rollout"] = "FAILED"
+    code, lines, _ = run(live, capsys)
+    assert failing(lines)[0].startswith("FAIL ecs: deployment PRIMARY FAILED")
+
+
+def test_a_service_without_the_circuit_breaker_fails(live, capsys, ecs_runtime):
+    # Injected: moto drops deploymentConfiguration from describe_services.
+    ecs_runtime["breaker"] = {"enable": False, "rollback": False}
+    code, lines, _ = run(live, capsys)
+    assert failing(lines) == ["FAIL ecs: deployment circuit breaker with rollback is off; "
+                              "a failed rollout would not roll back"]
+
+
+def test_a_health_path_not_answering_200_fails(live, capsys, health, health_server):
+    health.status = 503
+    code, lines, _ = run(live, capsys)
+    assert code == 1
+    assert failing(lines) == [f"FAIL health: GET {health_server}/healthz answered 503"]
+
+
+def test_the_health_request_verifies_the_certificate(live, capsys, self_signed_server):
+    live.write(serviceUrl=self_signed_server)
+    code, lines, _ = run(live, capsys)
+    [line] = failing(lines)
+    assert line.startswith(f"FAIL health: GET {self_signed_server}/healthz: [SSL: CERTIFICATE_VERIFY_FAILED]")
+    assert line.endswith("; set loadBalancer.domainName to the certificate's name")
+
+
+def test_access_denied_on_one_service_fails_that_check_only(live, capsys, mocker):
+    # Injected: moto has no IAM enforcement by default.
+    denied = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}},
+                         "GetWebACLForResource")
+    make = verify._client
+
+    def client(service, region):
+        real = make(service, region)
+        if service == "wafv2":
+            mocker.patch.object(real, "get_web_acl_for_resource", side_effect=denied)
+        return real
+
+    mocker.patch("infra.verify._client", side_effect=client)
+    code, lines, _ = run(live, capsys)
+    assert failing(lines) == ["FAIL waf: AccessDeniedException: not allowed"]
+    assert lines[-1] == "9 passed, 1 failed"
+
+
+# --- waiting ---------------------------------------------------------------------------------
+
+class FakeTime:
+    def __init__(self):
+        self.now, self.sleeps = 0.0, []
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_wait_retries_until_the_targets_turn_healthy(live):
+    elb = live.client("elbv2")
+    elb.deregister_targets(TargetGroupArn=live.ids["tg"], Targets=live.ids["targets"])
+    t, logged = FakeTime(), []
+
+    def sleep(seconds):
+        t.sleep(seconds)
+        if len(t.sleeps) == 2:  # the new task registers after the second wait
+            elb.register_targets(TargetGroupArn=live.ids["tg"], Targets=live.ids["targets"])
+
+    results = verify.verify("staging", live.path, wait=300, sleep=sleep, clock=t.clock, log=logged.append)
+    assert all(r.ok for r in results)
+    assert t.sleeps == [verify.POLL_SECONDS, verify.POLL_SECONDS]
+    assert logged[0] == "waiting: 1 failing (targets); next try in 15 s, 300 s left"
+
+
+def test_wait_gives_up_at_the_limit_with_the_failing_lines(live):
+    live.client("wafv2").disassociate_web_acl(ResourceArn=live.ids["lb"])
+    t = FakeTime()
+    results = verify.verify("staging", live.path, wait=40, sleep=t.sleep, clock=t.clock, log=lambda m: None)
+    assert t.sleeps == [15, 15, 10]
+    assert [r.line for r in results if not r.ok] == ["FAIL waf: no web ACL associated with the load balancer"]
+
+
+# --- cannot check at all: one line, exit 2 ----------------------------------------------------
+
+def test_missing_credentials_is_one_line(live, capsys, monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it caches the credentials it found
+    code, lines, err = run(live, capsys)
+    assert code == 2
+    assert lines == []
+    assert err.splitlines() == ["error: no AWS credentials found: set AWS_PROFILE or assume the "
+                                "stack's deploy role"]
+
+
+def test_a_missing_output_is_one_line(live, capsys):
+    outputs = dict(live.outputs)
+    del outputs["webAclArn"]
+    live.path.write_text(json.dumps(outputs))
+    code, lines, err = run(live, capsys)
+    assert code == 2
+    assert err.splitlines() == [f"error: {live.path} has no output 'webAclArn'; run "
+                                f"`pulumi stack output --json > {live.path}` after `pulumi up`"]
+
+
+def test_an_unknown_stack_is_one_line(live, capsys):
+    code = verify.main(["--stack", "qa", "--outputs", str(live.path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "qa" in err

@@ -1,0 +1,209 @@
+"""The GitHub workflows, checked offline: GitHub's schema, zizmor, and what the pipeline promises
+(pinned actions, OIDC only, least privilege, staging before a gated prod, verify after each up,
+a drift check per stack)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from infra import verify
+from infra.synth import ROOT, list_stacks
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+BIN = Path(sys.executable).parent
+SHA_PIN = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
+
+
+def load(name: str) -> dict:
+    # PyYAML reads the `on:` key as True.
+    doc = yaml.safe_load((WORKFLOWS / name).read_text())
+    doc["on"] = doc.pop(True, doc.get("on"))
+    return doc
+
+
+ALL = sorted(p.name for p in WORKFLOWS.glob("*.yml"))
+
+
+def jobs():
+    for name in ALL:
+        for job_id, job in load(name)["jobs"].items():
+            yield name, job_id, job
+
+
+def steps(job: dict) -> list[dict]:
+    return job.get("steps", [])
+
+
+def runs(job: dict) -> str:
+    return "\n".join(s.get("run", "") for s in steps(job))
+
+
+def action(step: dict) -> str:
+    return step.get("uses", "").split("@")[0]
+
+
+def test_the_workflows_exist():
+    assert ALL == ["checks.yml", "deploy-stack.yml", "deploy.yml", "drift.yml", "pull-request.yml"]
+
+
+def test_github_workflow_schema():
+    done = subprocess.run([BIN / "check-jsonschema", "--builtin-schema", "vendor.github-workflows",
+                           *[WORKFLOWS / n for n in ALL]], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_zizmor_finds_nothing_even_as_auditor():
+    done = subprocess.run([BIN / "zizmor", "--offline", "--persona", "auditor", "--no-progress", WORKFLOWS],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No findings to report" in done.stdout + done.stderr
+
+
+def test_every_zizmor_suppression_has_a_written_reason():
+    for name in ALL:
+        lines = (WORKFLOWS / name).read_text().splitlines()
+        for i, line in enumerate(lines):
+            if "zizmor: ignore[" in line:
+                above = lines[i - 1].strip()
+                assert above.startswith("#") and len(above) > 20, f"{name}:{i + 1} suppression without a reason"
+
+
+def test_every_action_is_pinned_to_a_commit_with_its_version_noted():
+    for name in ALL:
+        text = (WORKFLOWS / name).read_text()
+        for uses, comment in re.findall(r"uses:\s*(\S+)(.*)", text):
+            if uses.startswith("./"):
+                continue  # this repository's own reusable workflows, at the same commit
+            assert SHA_PIN.match(uses), f"{name}: {uses} is not pinned to a commit SHA"
+            assert re.search(r"# v\d+\.\d+\.\d+", comment), f"{name}: {uses} has no version comment"
+
+
+def test_permissions_are_empty_by_default_and_granted_per_job():
+    for name in ALL:
+        assert load(name)["permissions"] == {}, name
+    for name, job_id, job in jobs():
+        assert "permissions" in job, f"{name}:{job_id} has no permissions block"
+        assert "write-all" not in str(job["permissions"])
+
+
+def test_aws_access_is_oidc_role_assumption_only():
+    for name in ALL:
+        text = (WORKFLOWS / name).read_text()
+        assert "aws-access-key-id" not in text and "AWS_SECRET_ACCESS_KEY" not in text, name
+    assuming = 0
+    for name, job_id, job in jobs():
+        aws = [s for s in steps(job) if action(s) == "aws-actions/configure-aws-credentials"]
+        if aws:
+            assuming += 1
+            assert aws[0]["with"]["role-to-assume"] == "${{ vars.AWS_ROLE_ARN }}", (name, job_id)
+            # The role comes from the job's environment, so its trust policy can name it.
+            assert "environment" in job, (name, job_id)
+        wants_token = job.get("permissions", {}).get("id-token") == "write"
+        calls_deploy = job.get("uses", "").endswith("deploy-stack.yml")
+        assert wants_token == bool(aws or calls_deploy), f"{name}:{job_id}: id-token only where a role is assumed"
+    assert assuming == 3  # preview, deploy, drift
+
+
+def test_checkouts_do_not_keep_the_token():
+    for name, job_id, job in jobs():
+        for s in steps(job):
+            if action(s) == "actions/checkout":
+                assert s["with"]["persist-credentials"] is False, (name, job_id)
+
+
+def test_pull_requests_run_the_checks_then_post_a_staging_preview():
+    pr = load("pull-request.yml")
+    assert set(pr["on"]) == {"pull_request"}  # never pull_request_target
+    assert pr["jobs"]["checks"]["uses"] == "./.github/workflows/checks.yml"
+    preview = pr["jobs"]["preview"]
+    assert preview["needs"] == "checks"
+    assert "head.repo.full_name == github.repository" in preview["if"]
+    assert preview["permissions"]["pull-requests"] == "write"
+    assert preview["environment"] == {"name": "staging-read", "deployment": False}
+    [pulumi] = [s for s in steps(preview) if action(s) == "pulumi/actions"]
+    w = pulumi["with"]
+    assert (w["command"], w["stack-name"], w["diff"], w["comment-on-pr"]) == ("preview", "staging", True, True)
+    assert w["policyPacks"] == "policy"
+    # Only the preview may write to the pull request.
+    for name, job_id, job in jobs():
+        if (name, job_id) != ("pull-request.yml", "preview"):
+            assert "pull-requests" not in job.get("permissions", {}), (name, job_id)
+
+
+def test_checks_run_lint_tests_and_the_offline_plan_for_every_stack():
+    checks = load("checks.yml")
+    assert set(checks["on"]) == {"workflow_call"}
+    text = runs(checks["jobs"]["test"])
+    assert "bash .ci/run" in text
+    for stack in list_stacks(ROOT):
+        assert f"make plan STACK={stack}" in text
+
+
+def test_main_deploys_staging_then_prod_behind_the_production_environment():
+    deploy = load("deploy.yml")
+    assert deploy["on"]["push"]["branches"] == ["main"]
+    j = deploy["jobs"]
+    assert j["staging"]["needs"] == "checks" and j["prod"]["needs"] == "staging"
+    assert j["staging"]["with"] == {"stack": "staging", "environment": "staging"}
+    assert j["prod"]["with"] == {"stack": "prod", "environment": "production"}
+    for job in (j["staging"], j["prod"]):
+        assert job["uses"] == "./.github/workflows/deploy-stack.yml"
+        assert "secrets" not in job  # environment secrets only, never passed through
+
+
+def test_a_stack_deploy_is_serialized_per_stack_then_verified():
+    job = load("deploy-stack.yml")["jobs"]["deploy"]
+    assert job["concurrency"] == {"group": "deploy-${{ inputs.stack }}", "cancel-in-progress": False}
+    assert job["environment"]["name"] == "${{ inputs.environment }}"
+    assert job["env"]["STACK"] == "${{ inputs.stack }}"
+    text = runs(job)
+    up = text.index('pulumi up --stack "$STACK" --yes')
+    out = text.index('pulumi stack output --stack "$STACK" --json > outputs.json')
+    check = text.index("python -m infra.verify")
+    assert up < out < check
+    assert "--policy-pack policy" in text[up:out]
+    assert "${{" not in text  # inputs reach the shell through env, never by template expansion
+
+
+def test_the_verify_command_in_the_workflow_parses():
+    text = runs(load("deploy-stack.yml")["jobs"]["deploy"])
+    line = next(line for line in text.replace("\\\n", " ").splitlines() if "infra.verify" in line)
+    argv = shlex.split(line.split("|")[0].replace('"$STACK"', "staging"))
+    args = verify.parser().parse_args(argv[argv.index("infra.verify") + 1:])
+    assert (args.stack, str(args.outputs)) == ("staging", "outputs.json")
+    assert args.wait >= 300  # new tasks need minutes to pass health checks
+
+
+def test_drift_is_checked_daily_for_every_stack_with_a_read_only_role():
+    drift = load("drift.yml")
+    assert drift["on"]["schedule"]
+    job = drift["jobs"]["drift"]
+    matrix = job["strategy"]["matrix"]["include"]
+    assert sorted(m["stack"] for m in matrix) == sorted(list_stacks(ROOT))
+    assert all(m["environment"].endswith("-read") for m in matrix)
+    assert job["strategy"]["fail-fast"] is False  # one stack's drift does not hide the other's
+    assert job["environment"] == {"name": "${{ matrix.environment }}", "deployment": False}
+    assert 'pulumi preview --stack "$STACK" --refresh --expect-no-changes' in runs(job)
+    report = [s for s in steps(job) if s.get("if") == "failure()"]
+    assert report and "gh issue create" in report[0]["run"]
+
+
+def test_the_cli_version_file_satisfies_the_sdk_requirement():
+    version = (ROOT / ".pulumi-version").read_text().strip()
+    sdk = next(Requirement(line) for line in (ROOT / "requirements.txt").read_text().splitlines()
+               if line.startswith("pulumi>") or line.startswith("pulumi="))
+    assert sdk.specifier.contains(version)
+
+
+@pytest.mark.parametrize("target", ["venvs", "plan"])
+def test_the_make_targets_the_workflows_call_exist(target):
+    done = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
