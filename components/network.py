@@ -38,6 +38,7 @@ class NetworkArgs:
     interface_endpoints: bool = False
     flow_log_retention_days: int = 30
     kms_key_arn: Optional[pulumi.Input[str]] = None
+    iam_path: str = "/"  # e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
 
 
 def subnet_cidrs(cidr: str, prefix_length: int, az_count: int) -> dict[str, list[str]]:
@@ -185,7 +186,7 @@ class Network(pulumi.ComponentResource):
                     "Effect": "Allow", "Action": "sts:AssumeRole",
                     "Principal": {"Service": "vpc-flow-logs.amazonaws.com"},
                 }],
-            }), opts=p,
+            }), path=args.iam_path, opts=p,
         )
         aws.iam.RolePolicy(
             f"{name}-flow-logs", role=role.id,

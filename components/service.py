@@ -76,6 +76,7 @@ class ServiceArgs:
     execute_command: bool = False
     ecr_repository: bool = True
     task_role_statements: list[dict[str, Any]] = field(default_factory=list)
+    iam_path: str = "/"  # e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
     protect: bool = False
 
 
@@ -205,7 +206,7 @@ class Service(pulumi.ComponentResource):
             "Effect": "Allow", "Action": "sts:AssumeRole",
             "Principal": {"Service": "ecs-tasks.amazonaws.com"},
         }]})
-        execution = aws.iam.Role(f"{name}-execution", assume_role_policy=assume, opts=p)
+        execution = aws.iam.Role(f"{name}-execution", assume_role_policy=assume, path=args.iam_path, opts=p)
         aws.iam.RolePolicy(
             f"{name}-execution-runtime", role=execution.id,
             policy=pulumi.Output.all(
@@ -220,7 +221,7 @@ class Service(pulumi.ComponentResource):
                 policy=read_policy(list(args.secrets.values()), args.kms_key_arn, args.region),
                 opts=p,
             )
-        task = aws.iam.Role(f"{name}-task", assume_role_policy=assume, opts=p)
+        task = aws.iam.Role(f"{name}-task", assume_role_policy=assume, path=args.iam_path, opts=p)
         statements = list(args.task_role_statements)
         if args.execute_command:
             statements.append({

@@ -50,6 +50,11 @@ def physical_prefix(stack: str) -> str:
     return f"{PROJECT}-{stack}"
 
 
+def iam_path(stack: str) -> str:
+    """The path of every IAM role the stack creates, so a deploy role's IAM rights can be scoped to it."""
+    return f"/{PROJECT}/{stack}/"
+
+
 def secret_prefix(stack: str) -> str:
     """Secrets Manager names (`<prefix>/<name>`) and the KMS alias."""
     return f"{PROJECT}/{stack}"

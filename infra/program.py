@@ -26,7 +26,7 @@ from components.monitoring import Monitoring, MonitoringArgs, Thresholds
 from components.network import Network, NetworkArgs
 from components.secrets import Secrets, SecretsArgs, env_var_name
 from components.service import CacheLink, Service, ServiceArgs
-from infra.config import PROJECT, StackConfig, load, physical_prefix, secret_prefix
+from infra.config import PROJECT, StackConfig, iam_path, load, physical_prefix, secret_prefix
 
 
 def read_config() -> tuple[dict[str, Any], set[str]]:
@@ -77,6 +77,7 @@ def main() -> None:
         cidr=n.cidr, az_count=n.az_count, region=cfg.region, nat_strategy=n.nat_strategy,
         subnet_prefix_length=n.subnet_prefix_length, interface_endpoints=n.interface_endpoints,
         flow_log_retention_days=n.flow_log_retention_days, kms_key_arn=secrets.key_arn,
+        iam_path=iam_path(stack),
     ), opts=opts)
 
     lbc, svc = cfg.load_balancer, cfg.service
@@ -114,7 +115,7 @@ def main() -> None:
         subnet_ids=network.private_subnet_ids, image=svc.image,
         lb_security_group_id=alb.security_group_id, target_group_arn=alb.target_group_arn,
         request_count_label=pulumi.Output.concat(alb.arn_suffix, "/", alb.target_group_arn_suffix),
-        kms_key_arn=secrets.key_arn, cpu=svc.cpu, memory=svc.memory,
+        kms_key_arn=secrets.key_arn, iam_path=iam_path(stack), cpu=svc.cpu, memory=svc.memory,
         architecture=svc.architecture, container_port=svc.container_port, user=svc.user,
         health_check_path=lbc.health_check_path, health_check_command=svc.health_check_command,
         environment={

@@ -40,6 +40,13 @@ REQUIRED_OUTPUTS = [
     "serviceUrl",
 ]
 POLL_SECONDS = 15
+# Every AWS action the checks call (the deploy role runs them after `pulumi up`); all read-only.
+IAM_ACTIONS = [
+    "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeListeners",
+    "elasticloadbalancing:DescribeTargetHealth", "ecs:DescribeServices",
+    "secretsmanager:DescribeSecret", "kms:DescribeKey", "elasticache:DescribeReplicationGroups",
+    "cloudwatch:DescribeAlarms", "budgets:ViewBudget", "wafv2:GetWebACLForResource", "sts:GetCallerIdentity",
+]
 NO_CREDENTIALS = "no AWS credentials found: set AWS_PROFILE or assume the stack's deploy role"
 
 

@@ -271,6 +271,32 @@ def test_a_healthy_prod_stack_passes_with_its_own_minimum_and_failover(
             "failover on, multi-AZ on") in lines
 
 
+def test_iam_actions_lists_every_call_the_checks_make(live, capsys, mocker):
+    # The deploy role's policy is checked against verify.IAM_ACTIONS (test_ci_roles.py); this
+    # keeps that list honest by recording each AWS operation a full run makes.
+    calls, make = set(), verify._client
+    iam_names = {"monitoring": "cloudwatch", "budgets:DescribeBudget": "budgets:ViewBudget"}
+
+    def record(model, **_):
+        prefix = model.service_model.signing_name
+        action = f"{iam_names.get(prefix, prefix)}:{model.name}"
+        calls.add(iam_names.get(action, action))
+
+    def client(service, region):
+        c = make(service, region)
+        c.meta.events.register("before-call", record)
+        return c
+
+    # A secret that names the stack key by an alias: verify asks KMS which key that is.
+    live.client("kms").create_alias(AliasName="alias/llm-service/staging", TargetKeyId=live.outputs["kmsKeyArn"])
+    live.client("secretsmanager").update_secret(SecretId=live.outputs["secretArns"]["openai-api-key"],
+                                                KmsKeyId="alias/llm-service/staging")
+    mocker.patch("infra.verify._client", side_effect=client)
+    code, lines, _ = run(live, capsys)
+    assert code == 0, lines  # the alias resolves to the stack key
+    assert calls == set(verify.IAM_ACTIONS)
+
+
 # --- one thing broken at a time --------------------------------------------------------------
 
 def test_deregistered_targets_fail_the_target_check(live, capsys):
@@ -415,6 +441,12 @@ def test_a_health_path_not_answering_200_fails(live, capsys, health, health_serv
     code, lines, _ = run(live, capsys)
     assert code == 1
     assert failing(lines) == [f"FAIL health: GET {health_server}/healthz answered 503"]
+
+
+def test_a_service_url_that_is_not_http_fails_without_a_request(live, capsys):
+    live.write(serviceUrl="file:///etc/passwd")
+    code, lines, _ = run(live, capsys)
+    assert failing(lines) == ["FAIL health: serviceUrl 'file:///etc/passwd' is not an http(s) URL"]
 
 
 def test_the_health_request_verifies_the_certificate(live, capsys, self_signed_server):
