@@ -45,3 +45,23 @@ def aws(moto_endpoint):
     req = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
     urllib.request.urlopen(req).read()  # noqa: S310 - loopback only
     return moto_endpoint
+
+
+def at_boundary(mocker, module, service: str, method: str, answer, spy: tuple[str, ...] = ()) -> dict:
+    """Patch `module._client` so the `service` client's `method` answers `answer(real, **kwargs)`,
+    where `real` is the call to moto. For what moto cannot produce (../shared/notes/moto.md):
+    runtime states, refusals. `spy` names methods of that client to record. Returns the clients
+    the module made, by service."""
+    make, made = module._client, {}
+
+    def client(svc, region):
+        c = made[svc] = make(svc, region)
+        if svc == service:
+            real = getattr(c, method)
+            mocker.patch.object(c, method, side_effect=lambda **kw: answer(real, **kw))
+            for name in spy:
+                mocker.spy(c, name)
+        return c
+
+    mocker.patch.object(module, "_client", side_effect=client)
+    return made

@@ -16,6 +16,7 @@ import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
 
 from infra import apikey
+from tests.moto_server import at_boundary
 
 KEY = "sk-proj-" + "A1b2C3d4" * 6
 STACK = "staging"
@@ -112,14 +113,8 @@ def test_check_without_a_value_fails(deployed, capsys):
 
 def test_check_reports_age_and_never_reads_the_value(deployed, capsys, mocker):
     deployed["sm"].put_secret_value(SecretId=SECRET_NAME, SecretString=KEY)
-    real = apikey._client
-
-    def client(service, region):
-        c = real(service, region)
-        mocker.patch.object(c, "get_secret_value", side_effect=AssertionError("check read it"))
-        return c
-
-    mocker.patch("infra.apikey._client", side_effect=client)
+    at_boundary(mocker, apikey, "secretsmanager", "get_secret_value",
+                lambda real, **kw: pytest.fail("check read the value"))
     code, out = run(["check", "--stack", STACK], None, capsys)
     assert code == 0, out.err
     assert out.out.startswith("OK   llm-service/staging/openai-api-key: current value present")
@@ -155,46 +150,26 @@ def test_missing_credentials_is_one_clear_line(deployed, capsys, mocker):
 ])
 def test_denied_and_throttled_write_nothing(deployed, capsys, mocker, code, words):
     # moto grants every call: the refusal is injected at the boto3 boundary.
-    real = apikey._client
+    def refuse(real, **kw):
+        raise ClientError({"Error": {"Code": code, "Message": "no"}}, "PutSecretValue")
 
-    def client(service, region):
-        c = real(service, region)
-        if service == "secretsmanager":
-            err = ClientError({"Error": {"Code": code, "Message": "no"}}, "PutSecretValue")
-            mocker.patch.object(c, "put_secret_value", side_effect=err)
-        return c
-
-    mocker.patch("infra.apikey._client", side_effect=client)
+    at_boundary(mocker, apikey, "secretsmanager", "put_secret_value", refuse)
     rc, out = run(["put", "--stack", STACK], Pipe(KEY), capsys)
     assert rc == 1 and words in out.err and out.err.count("\n") == 1
     assert deployed["sm"].list_secret_version_ids(SecretId=SECRET_NAME)["Versions"] == []
 
 
-def _stable(ecs_client, mocker):
+def _stable(real, **kw):
     # moto never completes a rollout; report the state a real one reaches.
-    real = ecs_client.describe_services
-
-    def describe(**kw):
-        r = real(**kw)
-        for s in r["services"]:
-            s["deployments"] = [{"status": "PRIMARY", "rolloutState": "COMPLETED"}]
-            s["runningCount"] = s["desiredCount"]
-        return r
-    mocker.patch.object(ecs_client, "describe_services", side_effect=describe)
+    r = real(**kw)
+    for s in r["services"]:
+        s["deployments"] = [{"status": "PRIMARY", "rolloutState": "COMPLETED"}]
+        s["runningCount"] = s["desiredCount"]
+    return r
 
 
 def test_rotate_puts_then_redeploys_and_waits(deployed, capsys, mocker):
-    real = apikey._client
-    made = {}
-
-    def client(service, region):
-        c = made[service] = real(service, region)
-        if service == "ecs":
-            _stable(c, mocker)
-            mocker.spy(c, "update_service")
-        return c
-
-    mocker.patch("infra.apikey._client", side_effect=client)
+    made = at_boundary(mocker, apikey, "ecs", "describe_services", _stable, spy=("update_service",))
     code, out = run(["rotate", "--stack", STACK], Pipe(KEY), capsys)
     assert code == 0, out.err
     made["ecs"].update_service.assert_called_once_with(
@@ -216,24 +191,14 @@ def test_rotate_times_out_and_says_the_key_is_stored(deployed):
 
 def test_rotate_reports_a_failed_rollout(deployed, mocker):
     # A circuit-breaker rollback cannot happen in moto: inject the FAILED rollout state.
-    real = apikey._client
+    def failed(real, **kw):
+        r = real(**kw)
+        r["services"][0]["deployments"] = [
+            {"status": "PRIMARY", "rolloutState": "FAILED", "rolloutStateReason": "tasks failed to start"},
+            {"status": "ACTIVE", "rolloutState": "COMPLETED"}]
+        return r
 
-    def client(service, region):
-        c = real(service, region)
-        if service == "ecs":
-            orig = c.describe_services
-
-            def describe(**kw):
-                r = orig(**kw)
-                r["services"][0]["deployments"] = [
-                    {"status": "PRIMARY", "rolloutState": "FAILED",
-                     "rolloutStateReason": "tasks failed to start"},
-                    {"status": "ACTIVE", "rolloutState": "COMPLETED"}]
-                return r
-            mocker.patch.object(c, "describe_services", side_effect=describe)
-        return c
-
-    mocker.patch("infra.apikey._client", side_effect=client)
+    at_boundary(mocker, apikey, "ecs", "describe_services", failed)
     target = apikey.resolve(STACK, "openai-api-key", None, None)
     with pytest.raises(apikey.Failure, match="the new deployment failed \\(tasks failed to start\\)"):
         apikey.rotate(target, KEY, timeout=300, sleep=lambda s: None, log=lambda line: None)

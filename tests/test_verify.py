@@ -28,6 +28,7 @@ from botocore.exceptions import ClientError
 from infra import verify
 from infra.config import load
 from infra.synth import read_stack_file
+from tests.moto_server import at_boundary
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -206,27 +207,18 @@ def ecs_runtime(mocker):
     """
     state = {"running": "desired", "rollout": "COMPLETED", "extra": [],
              "breaker": {"enable": True, "rollback": True}}
-    make = verify._client
 
-    def client(service, region):
-        real = make(service, region)
-        if service == "ecs":
-            describe = real.describe_services
+    def describe_services(real, **kw):
+        answer = real(**kw)
+        for svc in answer["services"]:
+            running = svc["desiredCount"] if state["running"] == "desired" else state["running"]
+            svc["runningCount"] = running
+            svc["deployments"][0].update(rolloutState=state["rollout"], runningCount=running)
+            svc["deployments"] += state["extra"]
+            svc["deploymentConfiguration"] = {"deploymentCircuitBreaker": state["breaker"]}
+        return answer
 
-            def describe_services(**kw):
-                answer = describe(**kw)
-                for svc in answer["services"]:
-                    running = svc["desiredCount"] if state["running"] == "desired" else state["running"]
-                    svc["runningCount"] = running
-                    svc["deployments"][0].update(rolloutState=state["rollout"], runningCount=running)
-                    svc["deployments"] += state["extra"]
-                    svc["deploymentConfiguration"] = {"deploymentCircuitBreaker": state["breaker"]}
-                return answer
-
-            mocker.patch.object(real, "describe_services", side_effect=describe_services)
-        return real
-
-    mocker.patch("infra.verify._client", side_effect=client)
+    at_boundary(mocker, verify, "ecs", "describe_services", describe_services)
     return state
 
 
@@ -333,14 +325,10 @@ def test_a_secret_under_another_kms_key_fails(live, capsys):
 
 
 def test_the_secret_value_is_never_read(live, capsys, mocker):
-    sm = boto3.client("secretsmanager", region_name=REGION)
-    get = mocker.patch.object(sm, "get_secret_value")
-    make = verify._client  # ecs_runtime's wrapper: keep its ECS answers
-    mocker.patch("infra.verify._client",
-                 side_effect=lambda s, r: sm if s == "secretsmanager" else make(s, r))
+    at_boundary(mocker, verify, "secretsmanager", "get_secret_value",
+                lambda real, **kw: pytest.fail("verify read a secret value"))
     code, lines, _ = run(live, capsys)
     assert code == 0, lines
-    get.assert_not_called()
 
 
 def test_an_alarm_in_alarm_fails(live, capsys):
@@ -459,17 +447,11 @@ def test_the_health_request_verifies_the_certificate(live, capsys, self_signed_s
 
 def test_access_denied_on_one_service_fails_that_check_only(live, capsys, mocker):
     # Injected: moto has no IAM enforcement by default.
-    denied = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}},
-                         "GetWebACLForResource")
-    make = verify._client
+    def deny(real, **kw):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}},
+                          "GetWebACLForResource")
 
-    def client(service, region):
-        real = make(service, region)
-        if service == "wafv2":
-            mocker.patch.object(real, "get_web_acl_for_resource", side_effect=denied)
-        return real
-
-    mocker.patch("infra.verify._client", side_effect=client)
+    at_boundary(mocker, verify, "wafv2", "get_web_acl_for_resource", deny)
     code, lines, _ = run(live, capsys)
     assert failing(lines) == ["FAIL waf: AccessDeniedException: not allowed"]
     assert lines[-1] == "9 passed, 1 failed"
