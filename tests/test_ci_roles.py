@@ -147,6 +147,7 @@ def test_trust_names_the_environments_the_workflows_use():
     for stack in ("staging", "prod"):
         p = plan(stack)
         assert deploy[stack]["with"]["environment"] == p.deploy_environment
+        assert deploy[stack]["with"]["read-environment"] == p.read_environment
         assert drift[stack] == p.read_environment
         subjects = {r.environment: r.trust["Statement"][0]["Condition"]["StringEquals"]
                     for r in ci_roles.roles(p)}

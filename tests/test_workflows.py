@@ -86,6 +86,27 @@ def test_every_action_is_pinned_to_a_commit_with_its_version_noted():
             assert re.search(r"# v\d+\.\d+\.\d+", comment), f"{name}: {uses} has no version comment"
 
 
+# The inputs each pinned action declares (its action.yml at that version), so a misspelt `with:`
+# key fails here instead of being ignored by the runner with a warning.
+INPUTS = {
+    "actions/checkout": {"persist-credentials", "fetch-depth", "ref"},
+    "actions/setup-python": {"python-version", "python-version-file"},
+    "aws-actions/configure-aws-credentials": {"role-to-assume", "role-session-name", "aws-region",
+                                              "role-duration-seconds", "audience"},
+    "pulumi/actions": {"command", "stack-name", "diff", "policyPacks", "comment-on-pr", "edit-pr-comment",
+                       "always-include-summary", "pulumi-version-file", "cloud-url", "refresh",
+                       "expect-no-changes", "comment-on-summary"},
+}
+
+
+def test_every_with_key_is_an_input_of_the_action():
+    for name, job_id, job in jobs():
+        for s in steps(job):
+            if "uses" in s:
+                unknown = set(s.get("with", {})) - INPUTS[action(s)]
+                assert not unknown, f"{name}:{job_id}: {action(s)} has no input {sorted(unknown)}"
+
+
 def test_permissions_are_empty_by_default_and_granted_per_job():
     for name in ALL:
         assert load(name)["permissions"] == {}, name
@@ -109,7 +130,7 @@ def test_aws_access_is_oidc_role_assumption_only():
         wants_token = job.get("permissions", {}).get("id-token") == "write"
         calls_deploy = job.get("uses", "").endswith("deploy-stack.yml")
         assert wants_token == bool(aws or calls_deploy), f"{name}:{job_id}: id-token only where a role is assumed"
-    assert assuming == 3  # preview, deploy, drift
+    assert assuming == 4  # pull-request preview, stack preview, deploy, drift
 
 
 def test_checkouts_do_not_keep_the_token():
@@ -152,11 +173,24 @@ def test_main_deploys_staging_then_prod_behind_the_production_environment():
     assert deploy["on"]["push"]["branches"] == ["main"]
     j = deploy["jobs"]
     assert j["staging"]["needs"] == "checks" and j["prod"]["needs"] == "staging"
-    assert j["staging"]["with"] == {"stack": "staging", "environment": "staging"}
-    assert j["prod"]["with"] == {"stack": "prod", "environment": "production"}
+    assert j["staging"]["with"] == {"stack": "staging", "environment": "staging",
+                                    "read-environment": "staging-read"}
+    assert j["prod"]["with"] == {"stack": "prod", "environment": "production",
+                                 "read-environment": "production-read"}
     for job in (j["staging"], j["prod"]):
         assert job["uses"] == "./.github/workflows/deploy-stack.yml"
         assert "secrets" not in job  # environment secrets only, never passed through
+
+
+def test_a_stack_is_previewed_read_only_before_its_gated_deploy():
+    jobs_ = load("deploy-stack.yml")["jobs"]
+    preview, deploy = jobs_["preview"], jobs_["deploy"]
+    assert deploy["needs"] == "preview"
+    assert preview["environment"] == {"name": "${{ inputs.read-environment }}", "deployment": False}
+    [pulumi] = [s for s in steps(preview) if action(s) == "pulumi/actions"]
+    w = pulumi["with"]
+    assert (w["command"], w["stack-name"], w["comment-on-summary"]) == ("preview", "${{ inputs.stack }}", True)
+    assert "pull-requests" not in preview["permissions"]
 
 
 def test_a_stack_deploy_is_serialized_per_stack_then_verified():
