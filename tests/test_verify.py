@@ -205,7 +205,7 @@ def ecs_runtime(mocker):
     moto keeps runningCount 0 and rolloutState IN_PROGRESS and drops deploymentConfiguration;
     a test changes these keys to inject the runtime state it needs.
     """
-    state = {"running": "desired", "rollout": "COMPLETED", "extra": [],
+    state = {"running": "desired", "rollout": "COMPLETED", "reason": "", "extra": [],
              "breaker": {"enable": True, "rollback": True}}
 
     def describe_services(real, **kw):
@@ -213,7 +213,8 @@ def ecs_runtime(mocker):
         for svc in answer["services"]:
             running = svc["desiredCount"] if state["running"] == "desired" else state["running"]
             svc["runningCount"] = running
-            svc["deployments"][0].update(rolloutState=state["rollout"], runningCount=running)
+            svc["deployments"][0].update(rolloutState=state["rollout"], rolloutStateReason=state["reason"],
+                                         runningCount=running)
             svc["deployments"] += state["extra"]
             svc["deploymentConfiguration"] = {"deploymentCircuitBreaker": state["breaker"]}
         return answer
@@ -409,11 +410,11 @@ def test_fewer_running_tasks_than_desired_fails(live, capsys, ecs_runtime):
     assert failing(lines) == ["FAIL ecs: running 0 of 1 tasks"]
 
 
-def test_a_failed_rollout_fails_with_its_reason(live, capsys, ecs_runtime, mocker):
+def test_a_failed_rollout_fails_with_its_reason(live, capsys, ecs_runtime):
     # Injected: a rollout the circuit breaker stopped.
-    ecs_runtime["rollout"] = "FAILED"
+    ecs_runtime["rollout"], ecs_runtime["reason"] = "FAILED", "tasks failed to start"
     code, lines, _ = run(live, capsys)
-    assert failing(lines)[0].startswith("FAIL ecs: deployment PRIMARY FAILED")
+    assert failing(lines) == ["FAIL ecs: deployment PRIMARY FAILED: tasks failed to start"]
 
 
 def test_a_service_without_the_circuit_breaker_fails(live, capsys, ecs_runtime):
