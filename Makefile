@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK ?= staging
 
-.PHONY: plan test lint bench clean venvs verify
+.PHONY: plan test lint bench clean venvs
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,6 @@ venvs:  ## what `pulumi up --policy-pack policy` needs: .venv (runtime) and poli
 	$(PY) -m pip install --quiet -r requirements.txt
 	test -x policy/.venv/bin/python || $(PYTHON) -m venv policy/.venv
 	policy/.venv/bin/python -m pip install --quiet -r policy/requirements.txt
-
-verify:  ## check the deployed STACK against AWS: make verify STACK=staging OUTPUTS=outputs.json [WAIT=600]
-	$(PY) -m infra.verify --stack $(STACK) --outputs $(or $(OUTPUTS),outputs.json) --wait $(or $(WAIT),0)
 
 bench: $(VENV)/.installed  ## wall time of the offline plan per stack
 	$(PY) bench/plan_time.py

@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Optional, TextIO
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from infra.clients import client as _client
 from infra.config import load, physical_prefix, secret_prefix
 from infra.outputs import read_outputs
 from infra.synth import ROOT, read_stack_file
@@ -81,10 +81,6 @@ def read_value(name: str, stdin: TextIO) -> str:
         raise Failure(f"that does not look like a {name} ({len(value)} characters read); "
                       "nothing was written")
     return value
-
-
-def _client(service: str, region: str):
-    return boto3.client(service, region_name=region)
 
 
 def put(t: Target, value: str) -> str:

@@ -31,9 +31,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from infra.clients import client as _client
 from infra.config import ConfigError, StackConfig, iam_path, load, physical_prefix, secret_prefix
 from infra.synth import ROOT, read_stack_file
 
@@ -154,7 +154,7 @@ def _pulumi_statements(plan: Plan, write: bool) -> list[dict[str, Any]]:
 
 
 def deploy_policy(plan: Plan) -> dict[str, Any]:
-    services = sorted(set(SERVICES.values()) - ({"acm"} if not _creates_certificate(plan.cfg) else set()))
+    services = sorted({s for s in SERVICES.values() if s != "acm" or _creates_certificate(plan.cfg)})
     statements: list[dict[str, Any]] = [
         {"Sid": "StackServices", "Effect": "Allow", "Action": [f"{s}:*" for s in services], "Resource": "*"},
         {"Sid": "StackRoles", "Effect": "Allow", "Action": ROLE_ACTIONS,
@@ -214,10 +214,6 @@ def roles(plan: Plan) -> list[Role]:
         Role(plan.role_name("read"), plan.read_environment, trust_policy(plan, plan.read_environment),
              read_policy(plan), (READ_ONLY_POLICY,), 3600),
     ]
-
-
-def _client(service: str, region: str):
-    return boto3.client(service, region_name=region)
 
 
 def ensure_provider(plan: Plan) -> str:

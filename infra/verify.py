@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from infra.clients import client as _client
 from infra.config import ConfigError, StackConfig, load
 from infra.outputs import read_outputs
 from infra.synth import ROOT, read_stack_file
@@ -87,10 +87,6 @@ class Expect:
                    health_path=cfg.load_balancer.health_check_path,
                    failover=cfg.cache.automatic_failover, multi_az=cfg.cache.multi_az,
                    budget_usd=float(cfg.budget.monthly_limit_usd))
-
-
-def _client(service: str, region: str):
-    return boto3.client(service, region_name=region)
 
 
 def _listeners(items: Iterable[tuple[str, int]]) -> str:

@@ -4,13 +4,14 @@ declare and what the workflows expect, and applied to moto's IAM."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from fnmatch import fnmatchcase
 
 import boto3
 import pytest
 
 from infra import ci_roles, verify
-from infra.config import iam_path, load
+from infra.config import iam_path, load, secret_prefix
 from tests.conftest import with_changes
 from tests.test_workflows import load as load_workflow
 
@@ -22,7 +23,7 @@ KEY = "arn:aws:kms:us-east-1:123456789012:key/0b8a1f6e-1c2d-4e5f-8a9b-0c1d2e3f4a
 
 def plan(stack: str, cfg=None) -> ci_roles.Plan:
     p = ci_roles.make_plan(stack, REPO, ACCOUNT, BUCKET, KEY)
-    return p if cfg is None else ci_roles.Plan(**{**p.__dict__, "cfg": cfg})
+    return p if cfg is None else replace(p, cfg=cfg)
 
 
 def allowed(policy: dict, action: str, resource: str) -> bool:
@@ -41,7 +42,7 @@ def allowed(policy: dict, action: str, resource: str) -> bool:
 
 
 def secret(stack: str, name: str) -> str:
-    return f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:llm-service/{stack}/{name}-AbCdEf"
+    return f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:{secret_prefix(stack)}/{name}-AbCdEf"
 
 
 @pytest.fixture(scope="module", params=["staging", "prod"])

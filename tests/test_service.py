@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from infra.config import ConfigError
-from tests.conftest import config_of, container, policy
+from infra.config import ConfigError, load
+from infra.verify import Expect
+from tests.conftest import config_of, container, policy, with_changes
 
 SG = "aws:ec2/securityGroup:SecurityGroup"
 IN = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
@@ -15,6 +16,12 @@ OUT = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 LISTENER = "aws:lb/listener:Listener"
 SVC = "aws:ecs/service:Service"
 
+
+
+def _verify_expects_what_is_declared(s, cfg):
+    """`infra.verify` checks the live listeners against these; they must be what the stack declares."""
+    declared = {(r.inputs["protocol"], r.inputs["port"]) for r in s.of_type(LISTENER)}
+    assert Expect.from_config(s.stack, cfg).listeners == declared
 
 
 def _rules(stack, typ, sg_name):
@@ -63,10 +70,12 @@ def test_https_listener_only_by_default(stack):
     assert listener.inputs["certificateArn"] == config_of(stack).load_balancer.certificate_arn
     assert listener.inputs["defaultActions"][0]["targetGroupArn"] == stack.outputs["targetGroupArn"]
     assert stack.outputs["serviceUrl"].startswith("https://")
+    _verify_expects_what_is_declared(stack, config_of(stack))
 
 
 def test_redirect_mode_adds_port_80_as_a_301_only(synth):
     s = synth("prod", loadBalancer__httpMode="redirect")
+    _verify_expects_what_is_declared(s, load(*with_changes("prod", loadBalancer__httpMode="redirect")))
     http = s.one(LISTENER, "alb-http")
     (action,) = http.inputs["defaultActions"]
     assert action["type"] == "redirect"
@@ -75,7 +84,9 @@ def test_redirect_mode_adds_port_80_as_a_301_only(synth):
 
 
 def test_plain_http_is_staging_only(synth):
-    s = synth("staging", loadBalancer__httpMode="plain", loadBalancer__certificateArn="")
+    changes = {"loadBalancer__httpMode": "plain", "loadBalancer__certificateArn": ""}
+    s = synth("staging", **changes)
+    _verify_expects_what_is_declared(s, load(*with_changes("staging", **changes)))
     (listener,) = s.of_type(LISTENER)
     assert listener.inputs["protocol"] == "HTTP"
     assert s.outputs["serviceUrl"].startswith("http://")

@@ -26,7 +26,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from infra import verify
-from infra.config import load
+from infra.config import load, secret_prefix
 from infra.synth import read_stack_file
 from tests.moto_server import at_boundary
 
@@ -152,11 +152,11 @@ def build(stack, synthesized, tmp_path, health_url, *, secret_value=True, cache_
     sm = c("secretsmanager")
     secret_arns = {}
     for secret in cfg.secrets.names:
-        arn = sm.create_secret(Name=f"llm-service/{stack}/{secret}", KmsKeyId=key_arn)["ARN"]
+        arn = sm.create_secret(Name=f"{secret_prefix(stack)}/{secret}", KmsKeyId=key_arn)["ARN"]
         if secret_value:
             sm.put_secret_value(SecretId=arn, SecretString="sk-proj-" + "x" * 40)
         secret_arns[secret] = arn
-    auth_arn = sm.create_secret(Name=f"llm-service/{stack}/cache-auth-token", KmsKeyId=key_arn,
+    auth_arn = sm.create_secret(Name=f"{secret_prefix(stack)}/cache-auth-token", KmsKeyId=key_arn,
                                 SecretString="t" * 32)["ARN"]
 
     failover = cfg.cache.automatic_failover if cache_failover is None else cache_failover
