@@ -51,6 +51,9 @@ class CacheArgs:
     apply_immediately: bool = True
     log_retention_days: int = 14
     port: int = 6379
+    # Appended to the final snapshot's name, so a second destroy (after a re-create) does not
+    # collide with the first one's snapshot; the stack passes a random id made with the cache.
+    final_snapshot_suffix: pulumi.Input[str] = ""
     protect: bool = False
 
 
@@ -71,7 +74,8 @@ class Cache(pulumi.ComponentResource):
 
         self.security_group = aws.ec2.SecurityGroup(
             f"{name}-sg", vpc_id=args.vpc_id,
-            description="Cache: in from its clients' groups only (rules added by the clients)",
+            # EC2 accepts only a-zA-Z0-9, spaces and ._-:/()#,@[]+=&;{}!$* here (no apostrophe).
+            description="Cache: in from the client groups only (each client adds its rule)",
             opts=p,
         )
         subnets = aws.elasticache.SubnetGroup(
@@ -108,7 +112,8 @@ class Cache(pulumi.ComponentResource):
             snapshot_window=args.snapshot_window, maintenance_window=args.maintenance_window,
             apply_immediately=args.apply_immediately, auto_minor_version_upgrade=True,
             final_snapshot_identifier=(
-                f"{args.replication_group_id}-final" if args.snapshot_retention_days else None
+                pulumi.Output.concat(args.replication_group_id, "-final-", args.final_snapshot_suffix)
+                if args.snapshot_retention_days else None
             ),
             log_delivery_configurations=[
                 aws.elasticache.ReplicationGroupLogDeliveryConfigurationArgs(

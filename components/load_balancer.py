@@ -1,10 +1,11 @@
 """An internet-facing Application Load Balancer tuned for streamed LLM responses.
 
 Creates: the ALB in the public subnets; its security group (443 from the given CIDRs, 80 only for
-the optional redirect or the explicit plain-HTTP mode; egress is added by whoever owns the
-targets, see `Service`); an HTTPS listener with a TLS 1.3 policy and an ACM certificate (given,
-or issued with DNS validation in a Route 53 zone, plus an alias record); an `ip` target group
-with least-outstanding-requests routing; an access-log bucket (SSE-S3, private, expiring).
+the optional redirect; egress is added by whoever owns the targets, see `Service`); an HTTPS
+listener with a TLS 1.3 policy and an ACM certificate (given, or issued with DNS validation in a
+Route 53 zone, plus an alias record); an `ip` target group with least-outstanding-requests
+routing; an access-log bucket (SSE-S3, private, versioned, expiring). There is no plain-HTTP
+forwarding mode: API clients send a bearer key with every request.
 
 Cost: about $16/month plus $5.84 per LCU-month; the log bucket costs S3 storage.
 
@@ -30,7 +31,7 @@ class LoadBalancerArgs:
     certificate_arn: str = ""
     domain_name: str = ""
     hosted_zone_id: str = ""
-    http_mode: Literal["none", "redirect", "plain"] = "none"
+    http_mode: Literal["none", "redirect"] = "none"  # redirect: 80 answers 301 to HTTPS
     ingress_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
     ingress_ipv6_cidrs: list[str] = field(default_factory=lambda: ["::/0"])
     # Streamed completions hold a connection open for minutes; AWS's 60 s default cuts them off.
@@ -43,6 +44,9 @@ class LoadBalancerArgs:
 
 
 class LoadBalancer(pulumi.ComponentResource):
+    # The listener that forwards to the target group: an ECS service registering targets must
+    # wait for it (a target group joins a load balancer only through a listener).
+    listener: aws.lb.Listener
     arn: pulumi.Output[str]
     arn_suffix: pulumi.Output[str]
     dns_name: pulumi.Output[str]
@@ -55,13 +59,12 @@ class LoadBalancer(pulumi.ComponentResource):
                  opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:load_balancer:LoadBalancer", name, None, opts)
         p = pulumi.ResourceOptions(parent=self)
-        https = args.http_mode != "plain" or bool(args.certificate_arn or args.domain_name)
 
         self.security_group = aws.ec2.SecurityGroup(
             f"{name}-sg", vpc_id=args.vpc_id, description="Load balancer: listener ports only",
             opts=p,
         )
-        ports = ([443] if https else []) + ([80] if args.http_mode != "none" else [])
+        ports = [443] + ([80] if args.http_mode == "redirect" else [])
         for port in ports:
             for i, cidr in enumerate(args.ingress_cidrs):
                 aws.vpc.SecurityGroupIngressRule(
@@ -106,13 +109,11 @@ class LoadBalancer(pulumi.ComponentResource):
         forward = [aws.lb.ListenerDefaultActionArgs(
             type="forward", target_group_arn=self.target_group.arn
         )]
-        if https:
-            certificate_arn = self._certificate(name, args)
-            self.https_listener = aws.lb.Listener(
-                f"{name}-https", load_balancer_arn=self.lb.arn, port=443, protocol="HTTPS",
-                ssl_policy=args.ssl_policy, certificate_arn=certificate_arn,
-                default_actions=forward, opts=p,
-            )
+        self.listener = aws.lb.Listener(
+            f"{name}-https", load_balancer_arn=self.lb.arn, port=443, protocol="HTTPS",
+            ssl_policy=args.ssl_policy, certificate_arn=self._certificate(name, args),
+            default_actions=forward, opts=p,
+        )
         if args.http_mode == "redirect":
             # For browser-facing use only: API clients have sent their key in clear by now.
             aws.lb.Listener(
@@ -124,11 +125,6 @@ class LoadBalancer(pulumi.ComponentResource):
                     ),
                 )],
                 opts=p,
-            )
-        elif args.http_mode == "plain":
-            aws.lb.Listener(
-                f"{name}-http", load_balancer_arn=self.lb.arn, port=80, protocol="HTTP",
-                default_actions=forward, opts=p,
             )
 
         host = args.domain_name or self.lb.dns_name
@@ -146,7 +142,7 @@ class LoadBalancer(pulumi.ComponentResource):
         self.security_group_id = self.security_group.id
         self.target_group_arn = self.target_group.arn
         self.target_group_arn_suffix = self.target_group.arn_suffix
-        self.url = pulumi.Output.concat("https://" if https else "http://", host)
+        self.url = pulumi.Output.concat("https://", host)
         self.register_outputs({
             "arn": self.arn, "dns_name": self.dns_name, "url": self.url,
             "security_group_id": self.security_group_id,
@@ -196,20 +192,42 @@ class LoadBalancer(pulumi.ComponentResource):
             )],
             opts=p,
         )
+        # Versioned, so a log object cannot be overwritten or deleted without a trace; the old
+        # versions expire after the same retention as the logs themselves.
+        versioning = aws.s3.BucketVersioning(
+            f"{name}-logs", bucket=bucket.id,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+            opts=p,
+        )
+        everything = aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix="")
         aws.s3.BucketLifecycleConfiguration(
             f"{name}-logs", bucket=bucket.id,
-            rules=[aws.s3.BucketLifecycleConfigurationRuleArgs(
-                id="expire-access-logs", status="Enabled",
-                filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
-                expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(
-                    days=args.access_log_retention_days
+            rules=[
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    id="expire-access-logs", status="Enabled", filter=everything,
+                    expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(
+                        days=args.access_log_retention_days
+                    ),
+                    noncurrent_version_expiration=aws.s3.
+                    BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                        noncurrent_days=args.access_log_retention_days
+                    ),
+                    abort_incomplete_multipart_upload=aws.s3.
+                    BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                        days_after_initiation=7
+                    ),
                 ),
-                abort_incomplete_multipart_upload=aws.s3.
-                BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
-                    days_after_initiation=7
+                # S3 refuses Days and ExpiredObjectDeleteMarker in one rule: a rule of its own
+                # removes the markers left once every version under them has expired.
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    id="remove-expired-delete-markers", status="Enabled", filter=everything,
+                    expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(
+                        expired_object_delete_marker=True
+                    ),
                 ),
-            )],
-            opts=p,
+            ],
+            # S3 applies noncurrent-version rules only to a versioned bucket.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]),
         )
         elb_account = aws.elb.get_service_account_output(
             opts=pulumi.InvokeOutputOptions(parent=self)

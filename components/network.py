@@ -7,7 +7,7 @@ endpoints for Secrets Manager, ECR, CloudWatch Logs and KMS; the default securit
 flow logs to an encrypted CloudWatch log group.
 
 Cost: each NAT gateway about $33/month plus $0.045/GB; each interface endpoint about $7.30/month
-per AZ ($88/month for 4 endpoints in 3 AZs); flow logs $0.50/GB ingested.
+per AZ ($110/month for the 5 endpoints in 3 AZs); flow logs $0.50/GB ingested.
 
     net = Network("network", NetworkArgs(cidr="10.20.0.0/16", az_count=2, nat_strategy="single"))
     net.private_subnet_ids  # for the tasks
@@ -67,8 +67,13 @@ class Network(pulumi.ComponentResource):
         super().__init__("llm-service:network:Network", name, None, opts)
         p = pulumi.ResourceOptions(parent=self)
         self.cidr = args.cidr
+        # Standard AZs only: where an account has opted in to Local Zones, they are returned too
+        # (and their names sort first), and opting in later would move every subnet.
         zones = aws.get_availability_zones_output(
-            state="available", opts=pulumi.InvokeOutputOptions(parent=self)
+            state="available",
+            filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status",
+                                                        values=["opt-in-not-required"])],
+            opts=pulumi.InvokeOutputOptions(parent=self),
         ).names
         azs = [zones[i] for i in range(args.az_count)]
         cidrs = subnet_cidrs(args.cidr, args.subnet_prefix_length, args.az_count)
@@ -175,20 +180,19 @@ class Network(pulumi.ComponentResource):
 
     def _flow_logs(self, name: str, args: NetworkArgs) -> None:
         p = pulumi.ResourceOptions(parent=self)
+        ident = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        part = aws.get_partition_output(opts=pulumi.InvokeOutputOptions(parent=self))
         group = aws.cloudwatch.LogGroup(
             f"{name}-flow-logs", retention_in_days=args.flow_log_retention_days,
             kms_key_id=args.kms_key_arn, opts=p,
         )
         role = aws.iam.Role(
-            f"{name}-flow-logs", assume_role_policy=json.dumps({
-                "Version": "2012-10-17",
-                "Statement": [{
-                    "Effect": "Allow", "Action": "sts:AssumeRole",
-                    "Principal": {"Service": "vpc-flow-logs.amazonaws.com"},
-                }],
-            }), path=args.iam_path, opts=p,
+            f"{name}-flow-logs", assume_role_policy=pulumi.Output.all(
+                ident.account_id, part.partition
+            ).apply(lambda a: flow_log_trust(a[0], a[1], args.region)),
+            path=args.iam_path, opts=p,
         )
-        aws.iam.RolePolicy(
+        role_policy = aws.iam.RolePolicy(
             f"{name}-flow-logs", role=role.id,
             policy=group.arn.apply(lambda arn: json.dumps({
                 "Version": "2012-10-17",
@@ -203,5 +207,23 @@ class Network(pulumi.ComponentResource):
         aws.ec2.FlowLog(
             f"{name}-flow-log", vpc_id=self.vpc.id, traffic_type="ALL",
             log_destination_type="cloud-watch-logs", log_destination=group.arn,
-            iam_role_arn=role.arn, max_aggregation_interval=60, opts=p,
+            iam_role_arn=role.arn, max_aggregation_interval=60,
+            # CreateFlowLogs checks the role can write at once; without its policy it fails.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
         )
+
+
+def flow_log_trust(account: str, partition: str, region: str) -> str:
+    """VPC Flow Logs may assume the role only for flow logs of this account and region
+    (the confused-deputy guard AWS documents for the service)."""
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow", "Action": "sts:AssumeRole",
+            "Principal": {"Service": "vpc-flow-logs.amazonaws.com"},
+            "Condition": {
+                "StringEquals": {"aws:SourceAccount": account},
+                "ArnLike": {"aws:SourceArn": f"arn:{partition}:ec2:{region}:{account}:vpc-flow-log/*"},
+            },
+        }],
+    })

@@ -50,6 +50,9 @@ class Secrets(pulumi.ComponentResource):
     key_arn: pulumi.Output[str]
     secret_arns: dict[str, pulumi.Output[str]]
     read_policy: pulumi.Output[str]
+    # The secret values the stack itself writes: whoever reads them at start-up (the service)
+    # depends on these, so its first tasks never find a secret without a value.
+    values: list[pulumi.Resource]
 
     def __init__(self, name: str, args: SecretsArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:secrets:Secrets", name, None, opts)
@@ -75,6 +78,7 @@ class Secrets(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.key_arn = self.key.arn
+        self.values = []
         self.secret_arns = {}
         for secret_name in args.names:
             secret = aws.secretsmanager.Secret(
@@ -87,12 +91,12 @@ class Secrets(pulumi.ComponentResource):
                 opts=child,
             )
             if args.source == "pulumi":
-                aws.secretsmanager.SecretVersion(
+                self.values.append(aws.secretsmanager.SecretVersion(
                     f"{name}-{secret_name}-value",
                     secret_id=secret.id,
                     secret_string=pulumi.Output.secret(args.values[secret_name]),
                     opts=pulumi.ResourceOptions(parent=self),
-                )
+                ))
             self.secret_arns[secret_name] = secret.arn
         self.read_policy = read_policy(
             list(self.secret_arns.values()), self.key.arn, args.region
@@ -115,12 +119,12 @@ class Secrets(pulumi.ComponentResource):
             recovery_window_in_days=a.recovery_window_days,
             opts=pulumi.ResourceOptions(parent=self, protect=a.protect),
         )
-        aws.secretsmanager.SecretVersion(
+        self.values.append(aws.secretsmanager.SecretVersion(
             f"{self._name}-{secret_name}-value",
             secret_id=secret.id,
             secret_string=pulumi.Output.secret(value),
             opts=pulumi.ResourceOptions(parent=self),
-        )
+        ))
         return secret.arn
 
 
@@ -157,8 +161,7 @@ def key_policy(account: str, partition: str, region: str) -> str:
                 "Effect": "Allow",
                 "Principal": {"Service": f"logs.{region}.amazonaws.com"},
                 "Action": [
-                    "kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*",
-                    "kms:GenerateDataKey*", "kms:Describe*",
+                    "kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*",
                 ],
                 "Resource": "*",
                 "Condition": {
@@ -167,6 +170,16 @@ def key_policy(account: str, partition: str, region: str) -> str:
                             f"arn:{partition}:logs:{region}:{account}:log-group:*"
                     }
                 },
+            },
+            {
+                # DescribeKey carries no encryption context, so under the condition above it
+                # would never be allowed. It reveals key metadata only; AWS's own policies for
+                # CloudTrail and CloudWatch Logs grant it in a statement of its own like this.
+                "Sid": "CloudWatchLogsDescribesTheKey",
+                "Effect": "Allow",
+                "Principal": {"Service": f"logs.{region}.amazonaws.com"},
+                "Action": "kms:DescribeKey",
+                "Resource": "*",
             },
             {
                 "Sid": "AlarmAndBudgetPublishersUseTheTopicKey",

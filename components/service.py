@@ -27,6 +27,14 @@ import pulumi_aws as aws
 from components.secrets import read_policy
 
 TMP_VOLUME = "tmp"
+# ECS Exec's managed SSM agent writes under these paths; with a read-only root file system it
+# crashes unless each is a writable volume (aws/containers-roadmap#1359,
+# aws-containers/amazon-ecs-exec-checker#21 and #71). Mounted only while execute_command is on.
+EXEC_AGENT_PATHS = {
+    "exec-managed-agents": "/managed-agents",
+    "exec-ssm-lib": "/var/lib/amazon/ssm",
+    "exec-ssm-log": "/var/log/amazon/ssm",
+}
 
 
 @dataclass
@@ -77,7 +85,19 @@ class ServiceArgs:
     ecr_repository: bool = True
     task_role_statements: list[dict[str, Any]] = field(default_factory=list)
     iam_path: str = "/"  # e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
+    # What the service must be created after: the listener forwarding to target_group_arn (ECS
+    # refuses a target group that belongs to no load balancer) and the secret values its tasks
+    # read at start-up.
+    wait_for: list[pulumi.Resource] = field(default_factory=list)
     protect: bool = False
+
+
+def volumes(args: ServiceArgs) -> dict[str, str]:
+    """The task's writable volumes, name -> path in the container (the root file system is read-only)."""
+    found = {TMP_VOLUME: "/tmp"}  # noqa: S108 - the container's own scratch space
+    if args.execute_command:
+        found.update(EXEC_AGENT_PATHS)
+    return found
 
 
 class Service(pulumi.ComponentResource):
@@ -107,7 +127,7 @@ class Service(pulumi.ComponentResource):
         self.repository = self._repository(name, args) if args.ecr_repository else None
         self.repository_url = self.repository.repository_url if self.repository else None
         self.security_group = self._security_groups(name, args)
-        execution_role, task_role = self._roles(name, args)
+        execution_role, task_role, self._secrets_policy = self._roles(name, args)
         self.task_definition = aws.ecs.TaskDefinition(
             f"{name}-task", family=args.name, cpu=str(args.cpu), memory=str(args.memory),
             network_mode="awsvpc", requires_compatibilities=["FARGATE"],
@@ -115,7 +135,7 @@ class Service(pulumi.ComponentResource):
                 cpu_architecture=args.architecture, operating_system_family="LINUX"
             ),
             execution_role_arn=execution_role.arn, task_role_arn=task_role.arn,
-            volumes=[aws.ecs.TaskDefinitionVolumeArgs(name=TMP_VOLUME)],
+            volumes=[aws.ecs.TaskDefinitionVolumeArgs(name=v) for v in volumes(args)],
             container_definitions=pulumi.Output.all(
                 self.log_group.name, dict(args.environment), dict(args.secrets)
             ).apply(lambda a: container_definitions(args, a[0], a[1], a[2])),
@@ -196,11 +216,12 @@ class Service(pulumi.ComponentResource):
             aws.vpc.SecurityGroupIngressRule(
                 f"{name}-cache-in-from-tasks", security_group_id=args.cache.security_group_id,
                 referenced_security_group_id=sg.id, ip_protocol="tcp",
-                from_port=cport, to_port=cport, description="the service's tasks", opts=p,
+                from_port=cport, to_port=cport, description="from the service tasks", opts=p,
             )
         return sg
 
-    def _roles(self, name: str, args: ServiceArgs) -> tuple[aws.iam.Role, aws.iam.Role]:
+    def _roles(self, name: str, args: ServiceArgs
+               ) -> tuple[aws.iam.Role, aws.iam.Role, Optional[aws.iam.RolePolicy]]:
         p = pulumi.ResourceOptions(parent=self)
         assume = json.dumps({"Version": "2012-10-17", "Statement": [{
             "Effect": "Allow", "Action": "sts:AssumeRole",
@@ -215,8 +236,9 @@ class Service(pulumi.ComponentResource):
             ).apply(lambda a: execution_policy(a[0], a[1])),
             opts=p,
         )
+        secrets_policy = None
         if args.secrets:
-            aws.iam.RolePolicy(
+            secrets_policy = aws.iam.RolePolicy(
                 f"{name}-execution-secrets", role=execution.id,
                 policy=read_policy(list(args.secrets.values()), args.kms_key_arn, args.region),
                 opts=p,
@@ -235,7 +257,7 @@ class Service(pulumi.ComponentResource):
                 f"{name}-task", role=task.id,
                 policy=json.dumps({"Version": "2012-10-17", "Statement": statements}), opts=p,
             )
-        return execution, task
+        return execution, task, secrets_policy
 
     def _service(self, name: str, args: ServiceArgs) -> aws.ecs.Service:
         # With autoscaling on, the autoscaler owns the task count: an update that reset
@@ -268,10 +290,22 @@ class Service(pulumi.ComponentResource):
             health_check_grace_period_seconds=args.health_check_grace_seconds,
             enable_execute_command=args.execute_command, availability_zone_rebalancing="ENABLED",
             propagate_tags="SERVICE", enable_ecs_managed_tags=True,
-            # A strategy naming a provider not yet associated with the cluster is refused.
+            # The provider accepts a changed capacity-provider strategy only with a forced
+            # deployment (its docstring; terraform-provider-aws#43533); any other update rolls
+            # the tasks out anyway.
+            force_new_deployment=True,
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=ignore,
-                                        depends_on=[self.capacity]),
+                                        depends_on=self._create_after(args)),
         )
+
+    def _create_after(self, args: ServiceArgs) -> list[pulumi.Resource]:
+        """What must exist before the first task starts: the capacity providers its strategy
+        names, the right to read its secrets (else the first tasks fail to start and the circuit
+        breaker stops the rollout), and whatever the caller adds (listener, secret values)."""
+        found: list[pulumi.Resource] = [self.capacity]
+        if self._secrets_policy is not None:
+            found.append(self._secrets_policy)
+        return found + list(args.wait_for)
 
     def _autoscaling(self, name: str, args: ServiceArgs) -> None:
         p = pulumi.ResourceOptions(parent=self)
@@ -323,7 +357,8 @@ def container_definitions(args: ServiceArgs, log_group: str, env: dict[str, str]
         # Only ARNs here: ECS fetches the values at task start, so they never sit in the
         # task definition, in Pulumi state or in the logs.
         "secrets": [{"name": k, "valueFrom": v} for k, v in sorted(secrets.items())],
-        "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}],  # noqa: S108
+        "mountPoints": [{"sourceVolume": v, "containerPath": path, "readOnly": False}
+                        for v, path in volumes(args).items()],
         "healthCheck": {
             "command": ["CMD-SHELL", args.health_check_command
                         or f"curl -fsS http://localhost:{port}{args.health_check_path} || exit 1"],

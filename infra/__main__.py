@@ -9,6 +9,13 @@ _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 sys.path.insert(0, str(_here.parent))
 
+import pulumi  # noqa: E402
+
+from infra.config import ConfigError  # noqa: E402
 from infra.program import main  # noqa: E402
 
-main()
+try:
+    main()
+except ConfigError as e:
+    # One line per bad value and no traceback: RunError is Pulumi's clean stop.
+    raise pulumi.RunError("config error: " + str(e).replace("\n", "\nconfig error: ")) from None

@@ -4,6 +4,12 @@
     python -m infra.apikey check  --stack staging          # is there a current value, and how old
     python -m infra.apikey rotate --stack prod --timeout 900
 
+`put` and `rotate` both roll the ECS service out after writing, so every task reads the new
+value, and wait until it is stable. That is what makes the first deploy work: `pulumi up` creates
+the secret without a value, the first tasks cannot start, the circuit breaker stops the rollout,
+and `put` then starts a new one. `rotate` differs only in refusing to write when the service does
+not exist yet.
+
 The secret is found by the stack's naming convention (`llm-service/<stack>/<name>`, region from
 the stack file) or, with `--outputs FILE`, from `pulumi stack output --json > FILE`. The value is
 never taken from argv or the environment, never printed, and never read back by `check`.
@@ -83,11 +89,23 @@ def read_value(name: str, stdin: TextIO) -> str:
     return value
 
 
-def put(t: Target, value: str) -> str:
+def _store(t: Target, value: str) -> str:
     sm = _client("secretsmanager", t.region)
-    sm.describe_secret(SecretId=t.secret_id)  # fails clearly before anything is written
     version = sm.put_secret_value(SecretId=t.secret_id, SecretString=value)["VersionId"]
     return f"stored a new current version of {t.secret_id} (version {version})"
+
+
+def put(t: Target, value: str, timeout: int = 600, sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print) -> None:
+    """Store the value; where the service exists, roll it out and wait until it is stable."""
+    _client("secretsmanager", t.region).describe_secret(SecretId=t.secret_id)  # fails before writing
+    ecs = _client("ecs", t.region)
+    exists = _find_service(ecs, t) is not None
+    log(_store(t, value))
+    if not exists:
+        log(f"no ECS service {t.cluster}/{t.service} yet: its first tasks will read this value")
+        return
+    _roll_out(ecs, t, timeout, sleep, clock, log)
 
 
 def check(t: Target, now: Optional[datetime] = None) -> tuple[list[str], bool]:
@@ -117,10 +135,15 @@ def check(t: Target, now: Optional[datetime] = None) -> tuple[list[str], bool]:
 
 def rotate(t: Target, value: str, timeout: int, sleep: Callable[[float], None] = time.sleep,
            clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print) -> None:
-    ecs = _client("ecs", t.region)
     # Check the service exists before writing, so a wrong target writes nothing.
-    _service(ecs, t)
-    log(put(t, value))
+    _service(_client("ecs", t.region), t)
+    put(t, value, timeout, sleep, clock, log)
+
+
+def _roll_out(ecs, t: Target, timeout: int, sleep: Callable[[float], None],
+              clock: Callable[[], float], log: Callable[[str], None]) -> None:
+    """A new deployment, so running tasks (and a rollout the circuit breaker stopped for want of
+    the value) start again with it; then wait for one COMPLETED deployment at full count."""
     ecs.update_service(cluster=t.cluster, service=t.service, forceNewDeployment=True)
     log(f"forced a new deployment of {t.cluster}/{t.service}; waiting up to {timeout} s")
     deadline = clock() + timeout
@@ -142,13 +165,23 @@ def rotate(t: Target, value: str, timeout: int, sleep: Callable[[float], None] =
         sleep(10)
 
 
-def _service(ecs, t: Target) -> dict:
-    found = ecs.describe_services(cluster=t.cluster, services=[t.service])
+def _find_service(ecs, t: Target) -> Optional[dict]:
+    try:
+        found = ecs.describe_services(cluster=t.cluster, services=[t.service])
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "ClusterNotFoundException":
+            return None
+        raise
     services = [s for s in found.get("services", []) if s.get("status") == "ACTIVE"]
-    if not services:
+    return services[0] if services else None
+
+
+def _service(ecs, t: Target) -> dict:
+    service = _find_service(ecs, t)
+    if service is None:
         raise Failure(f"ECS service {t.cluster}/{t.service} not found in {t.region}; "
                       "deploy the stack first (pulumi up)")
-    return services[0]
+    return service
 
 
 def explain(e: Exception, t: Optional[Target]) -> str:
@@ -178,7 +211,8 @@ def main(argv: Optional[list[str]] = None, stdin: TextIO = sys.stdin) -> int:
     parser.add_argument("--name", default="openai-api-key", help="which secret (default %(default)s)")
     parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` saved to a file")
     parser.add_argument("--region", help="override the stack's region")
-    parser.add_argument("--timeout", type=int, default=600, help="rotate: seconds to wait")
+    parser.add_argument("--timeout", type=int, default=600,
+                        help="seconds to wait for the service to be stable after writing")
     args = parser.parse_args(argv)
     target = None
     try:
@@ -189,7 +223,7 @@ def main(argv: Optional[list[str]] = None, stdin: TextIO = sys.stdin) -> int:
             return 0 if ok else 1
         value = read_value(args.name, stdin)
         if args.action == "put":
-            print(put(target, value))
+            put(target, value, args.timeout)
         else:
             rotate(target, value, args.timeout)
         return 0

@@ -165,6 +165,10 @@ def deploy_policy(plan: Plan) -> dict[str, Any]:
         {"Sid": "SecretsList", "Effect": "Allow",
          "Action": ["secretsmanager:ListSecrets", "secretsmanager:GetRandomPassword"], "Resource": "*"},
     ]
+    if "acm" not in services:
+        # infra.verify reads which names the listener's certificate covers.
+        statements.append({"Sid": "ReadCertificates", "Effect": "Allow",
+                           "Action": "acm:DescribeCertificate", "Resource": "*"})
     zone = plan.cfg.load_balancer.hosted_zone_id
     if zone:
         statements.append({"Sid": "DnsZone", "Effect": "Allow", "Resource": f"arn:aws:route53:::hostedzone/{zone}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from pydantic import (
     BaseModel,
@@ -43,6 +43,11 @@ FARGATE_SIZES: dict[int, list[int]] = {
 
 # Shapes of LLM API keys that must never sit in a plain-text config value.
 KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}")
+# ACM certificate ARNs: arn:<partition>:acm:<region>:<account>:certificate/<uuid>.
+CERTIFICATE_ARN = re.compile(
+    r"arn:(?P<partition>aws|aws-cn|aws-us-gov):acm:(?P<region>[a-z]{2}(-[a-z]+)+-\d):"
+    r"(?P<account>\d{12}):certificate/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+)
 
 
 def physical_prefix(stack: str) -> str:
@@ -184,11 +189,11 @@ class ServiceConfig(_Section):
                 f"must lie between service.minTasks ({self.min_tasks}) "
                 f"and service.maxTasks ({self.max_tasks})",
             )
-        if self.spot_weight and self.architecture == "ARM64":
-            raise ConfigError(
-                _key("service.spotWeight"), self.spot_weight,
-                "Fargate Spot runs X86_64 tasks only: use 0 with ARM64, or architecture X86_64",
-            )
+        # No Spot/architecture rule: the ECS API reference (CapacityProviderStrategyItem, as
+        # carried in botocore 1.44's ECS model) says FARGATE_SPOT runs ARM64 Linux tasks on
+        # platform version 1.4.0 or later, and the service asks for LATEST. (The developer
+        # guide's "Fargate capacity providers" page still says X86_64 only; the API reference
+        # is the newer text.) tests/test_service.py pins that sentence in botocore's model.
         if self.fargate_weight + self.spot_weight == 0:
             raise ConfigError(
                 _key("service.fargateWeight"), 0,
@@ -201,7 +206,9 @@ class LoadBalancerConfig(_Section):
     certificate_arn: str = ""
     domain_name: str = ""
     hosted_zone_id: str = ""
-    http_mode: Literal["none", "redirect", "plain"] = "none"
+    # No plain-HTTP mode: API clients send a bearer key with every request, and the policy
+    # pack refuses a listener that forwards HTTP, so config never offers one.
+    http_mode: Literal["none", "redirect"] = "none"
     ingress_cidrs: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"])
     ingress_ipv6_cidrs: list[str] = Field(default_factory=lambda: ["::/0"])
     idle_timeout_seconds: int = Field(600, ge=1, le=4000)
@@ -210,14 +217,23 @@ class LoadBalancerConfig(_Section):
     ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
     access_log_retention_days: int = Field(90, ge=1)
 
+    @field_validator("certificate_arn")
+    @classmethod
+    def _certificate_shape(cls, v: str) -> str:
+        if v and not CERTIFICATE_ARN.fullmatch(v):
+            raise ValueError(
+                "an ACM certificate ARN is arn:<partition>:acm:<region>:<12-digit account>:"
+                "certificate/<uuid>; copy it from `aws acm list-certificates`")
+        return v
+
     @model_validator(mode="after")
     def _tls_source(self) -> LoadBalancerConfig:
         has_dns = bool(self.domain_name and self.hosted_zone_id)
-        if self.http_mode != "plain" and not (self.certificate_arn or has_dns):
+        if not (self.certificate_arn or has_dns):
             raise ConfigError(
                 _key("loadBalancer.certificateArn"), self.certificate_arn,
                 "HTTPS needs certificateArn, or domainName with hostedZoneId "
-                "(or httpMode: plain, staging only)",
+                "(the stack issues and validates the certificate in that Route 53 zone)",
             )
         return self
 
@@ -310,9 +326,8 @@ class StackConfig(BaseModel):
     llm: LlmConfig = LlmConfig()
     secrets: SecretsConfig = SecretsConfig()
     service: ServiceConfig = ServiceConfig()
-    load_balancer: LoadBalancerConfig = Field(
-        default_factory=lambda: LoadBalancerConfig(http_mode="plain"), alias="loadBalancer"
-    )
+    # No default: an omitted section must still say where the certificate comes from.
+    load_balancer: LoadBalancerConfig = Field(alias="loadBalancer")
     cache: CacheConfig = CacheConfig()
     edge: EdgeConfig = EdgeConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
@@ -325,6 +340,7 @@ class StackConfig(BaseModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> StackConfig:
         _network_fits(self.network)
+        _certificate_in_region(self.load_balancer.certificate_arn, self.region)
         if self.is_prod:
             _prod_rules(self)
         return self
@@ -343,6 +359,17 @@ def _network_fits(n: NetworkConfig) -> None:
         ) from None
 
 
+def _certificate_in_region(arn: str, region: str) -> None:
+    """An ALB listener can only use a certificate from ACM in its own region."""
+    m = CERTIFICATE_ARN.fullmatch(arn)
+    if m and m["region"] != region:
+        raise ConfigError(
+            _key("loadBalancer.certificateArn"), arn,
+            f"the certificate is in {m['region']}, the stack in {region}: a load balancer uses "
+            f"ACM certificates of its own region only; request or import one in {region}",
+        )
+
+
 def _prod_rules(c: StackConfig) -> None:
     """What production must have; staging may go without."""
     rules = [
@@ -355,8 +382,6 @@ def _prod_rules(c: StackConfig) -> None:
         ("cache.nodes", c.cache.nodes, c.cache.nodes >= 2, "prod needs at least 2 nodes"),
         ("cache.snapshotRetentionDays", c.cache.snapshot_retention_days,
          c.cache.snapshot_retention_days >= 7, "prod needs at least 7 days"),
-        ("loadBalancer.httpMode", c.load_balancer.http_mode, c.load_balancer.http_mode != "plain",
-         "prod allows none or redirect; plain HTTP would send API keys in clear"),
         ("service.executeCommand", c.service.execute_command, not c.service.execute_command,
          "prod needs false (no shell into production tasks)"),
         ("service.minTasks", c.service.min_tasks, c.service.min_tasks >= 2,
@@ -369,6 +394,12 @@ def _prod_rules(c: StackConfig) -> None:
     for path, value, ok, allowed in rules:
         if not ok:
             raise ConfigError(_key(path), value, allowed)
+
+
+REQUIRED_HINTS = {
+    f"{PROJECT}:loadBalancer": "required: say where the HTTPS certificate comes from "
+                               "(certificateArn, or domainName with hostedZoneId)",
+}
 
 
 def _loc_to_key(loc: tuple) -> str:
@@ -397,6 +428,9 @@ def load(raw: dict[str, Any], secret_keys: set[str] = frozenset()) -> StackConfi
     except ValidationError as e:
         err = e.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            raise ConfigError(_loc_to_key(err["loc"]), None, REQUIRED_HINTS.get(
+                _loc_to_key(err["loc"]), "required")) from None
         if err["type"] == "extra_forbidden":
             msg = "unknown key; check the spelling against infra/config.py"
         elif err["type"] == "literal_error" and "ctx" in err:
@@ -457,3 +491,65 @@ def _leaves(path: str, value: Any):
             yield from _leaves(f"{path}[{i}]", v)
     else:
         yield path, value
+
+
+# --- example values ------------------------------------------------------------------------------
+# The shipped stack files carry example values so that the offline plan runs as they are. A real
+# preview or up refuses them before anything is declared: each would fail minutes into a deploy
+# (a certificate in a placeholder account) or fail silently (alerts to a domain nobody reads).
+
+# Account ids AWS documentation uses in examples (never a real account).
+EXAMPLE_ACCOUNTS = {"123456789012", "111122223333", "444455556666", "000000000000"}
+# RFC 2606 / RFC 6761 names reserved for documentation and testing.
+EXAMPLE_DOMAIN = re.compile(
+    r"(^|[.@/])(example\.(com|net|org)|[a-z0-9-]+\.(example|test|invalid|localhost))(\b|$)", re.I)
+EXAMPLE_WORD = re.compile(r"(^|[-_])example($|[-_])", re.I)
+_SET_INSTEAD = {
+    "loadBalancer.certificateArn": "set the ARN of your ACM certificate in this region "
+                                   "(`aws acm list-certificates`), or domainName with hostedZoneId",
+    "loadBalancer.domainName": "set a domain you own, in the Route 53 zone hostedZoneId",
+    "monitoring.alertEmails": "set addresses someone reads: alarms and budget alerts go there",
+    "llm.orgId": "set your organization id from the LLM provider's settings, or \"\" to send none",
+    "llm.projectId": "set the project id of this stack's LLM-API project, or \"\" to send none",
+    "llm.baseUrl": "set the LLM API's base URL",
+}
+
+
+def example_values(raw: dict[str, Any]) -> list[ConfigError]:
+    """Every example value in a stack's raw config, one error each, keyed as written."""
+    found = []
+    for key, value in raw.items():
+        for path, leaf in _leaves(key, value):
+            if isinstance(leaf, str) and _is_example(leaf):
+                short = re.sub(r"\[\d+\]$", "", path.partition(":")[2])
+                found.append(ConfigError(path, leaf, "an example value from the shipped stack file; "
+                                         + _SET_INSTEAD.get(short, "replace it with your own")))
+    return found
+
+
+def _is_example(text: str) -> bool:
+    accounts = re.findall(r"(?<!\d)\d{12}(?!\d)", text)
+    return (any(a in EXAMPLE_ACCOUNTS for a in accounts) or bool(EXAMPLE_DOMAIN.search(text))
+            or bool(EXAMPLE_WORD.search(text)))
+
+
+def certificate_account_error(cfg: StackConfig, account: str) -> Optional[ConfigError]:
+    """A listener can only use a certificate of the load balancer's own account."""
+    m = CERTIFICATE_ARN.fullmatch(cfg.load_balancer.certificate_arn)
+    if m and m["account"] != account and m["account"] not in EXAMPLE_ACCOUNTS:
+        return ConfigError(
+            _key("loadBalancer.certificateArn"), cfg.load_balancer.certificate_arn,
+            f"the certificate is in account {m['account']}, the stack deploys to {account}: "
+            "a load balancer uses certificates of its own account only",
+        )
+    return None
+
+
+class ConfigErrors(ConfigError):
+    """Several config errors at once, one line each."""
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = errors
+        first = errors[0]
+        Exception.__init__(self, "\n".join(str(e) for e in errors))
+        self.key, self.value, self.allowed = first.key, first.value, first.allowed

@@ -7,10 +7,33 @@ be asserted. They invent nothing the program itself decides.
 
 from __future__ import annotations
 
+import hashlib
+
 import pulumi
 from pulumi.runtime import rpc
 
 ACCOUNT = "123456789012"
+
+# Standard AZ letters per region (what DescribeAvailabilityZones lists with opt-in-not-required),
+# and a Local Zone where one exists: an account that has opted in gets it too, sorted first,
+# unless the program filters on opt-in-status. Regions not listed answer with three AZs.
+AZ_LETTERS = {"us-east-1": "abcdef", "us-east-2": "abc", "us-west-1": "bc", "us-west-2": "abcd",
+              "eu-west-1": "abc", "eu-central-1": "abc", "ap-northeast-1": "acd"}
+LOCAL_ZONES = {"us-east-1": ["us-east-1-bos-1a", "us-east-1-mia-1a"],
+               "us-west-2": ["us-west-2-lax-1a"]}
+
+
+def _stable(text: str, digits: int) -> str:
+    """An id derived from a name: identical runs give identical plans (never Python's hash())."""
+    return str(int(hashlib.sha256(text.encode()).hexdigest(), 16) % 10**digits).zfill(digits)
+
+
+def availability_zones(region: str, args: dict) -> dict:
+    standard = [f"{region}{c}" for c in AZ_LETTERS.get(region, "abc")]
+    filters = {f.get("name"): f.get("values") for f in args.get("filters") or []}
+    opted_in_only = filters.get("opt-in-status") == ["opt-in-not-required"]
+    names = sorted(standard + ([] if opted_in_only else LOCAL_ZONES.get(region, [])))
+    return {"names": names, "zoneIds": [f"{region}-az{i + 1}" for i in range(len(names))], "id": region}
 
 # Resource types whose ARN AWS writes as `<service>:<region>:<account>:<kind>:<name>`.
 _COLON_ARNS = {"aws:cloudwatch/logGroup:LogGroup": "log-group", "aws:sns/topic:Topic": None}
@@ -42,12 +65,7 @@ class AwsMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs):
         token = args.token
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            letters = "abcdef"
-            return {
-                "names": [f"{self.region}{c}" for c in letters],
-                "zoneIds": [f"use1-az{i + 1}" for i in range(len(letters))],
-                "id": self.region,
-            }, []
+            return availability_zones(self.region, dict(args.args)), []
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT,
@@ -73,7 +91,7 @@ def _topic(m: AwsMocks, s: dict, name: str):
 
 
 def _kms_key(m: AwsMocks, s: dict, name: str):
-    key_id = f"mrk-{abs(hash(name)) % 10**12:012d}"
+    key_id = f"mrk-{_stable(name, 12)}"
     s["arn"] = f"arn:aws:kms:{m.region}:{ACCOUNT}:key/{key_id}"
     s["keyId"] = key_id
     return key_id
@@ -135,6 +153,10 @@ def _random_password(m: AwsMocks, s: dict, name: str):
     s["result"] = rpc.wrap_rpc_secret("mock-generated-password-0123456789")
 
 
+def _random_id(m: AwsMocks, s: dict, name: str):
+    s["hex"] = _stable(name, 2 * int(s.get("byteLength", 4)))
+
+
 def _bucket(m: AwsMocks, s: dict, name: str):
     bucket = s.get("bucket", name)
     s["arn"] = f"arn:aws:s3:::{bucket}"
@@ -172,5 +194,6 @@ _EXTRAS = {
     "aws:wafv2/webAcl:WebAcl": _web_acl,
     "aws:ecr/repository:Repository": _ecr,
     "random:index/randomPassword:RandomPassword": _random_password,
+    "random:index/randomId:RandomId": _random_id,
     "aws:s3/bucket:Bucket": _bucket,
 }

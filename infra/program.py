@@ -26,7 +26,17 @@ from components.monitoring import Monitoring, MonitoringArgs, Thresholds
 from components.network import Network, NetworkArgs
 from components.secrets import Secrets, SecretsArgs, env_var_name
 from components.service import CacheLink, Service, ServiceArgs
-from infra.config import PROJECT, StackConfig, iam_path, load, physical_prefix, secret_prefix
+from infra.config import (
+    PROJECT,
+    ConfigErrors,
+    StackConfig,
+    certificate_account_error,
+    example_values,
+    iam_path,
+    load,
+    physical_prefix,
+    secret_prefix,
+)
 
 
 def read_config() -> tuple[dict[str, Any], set[str]]:
@@ -51,9 +61,26 @@ def tags_for(cfg: StackConfig) -> dict[str, str]:
     return {"Project": PROJECT, "Environment": cfg.environment, "ManagedBy": "pulumi", **cfg.tags}
 
 
-def main() -> None:
+def refuse_examples(raw: dict[str, Any], cfg: StackConfig) -> None:
+    """A real preview or up stops here, before anything is declared, on every example value
+    of the shipped stack files and on a certificate of another account (one line each)."""
+    errors = example_values(raw)
+    # A synchronous invoke, not a resource: who is deploying, so the certificate can be checked.
+    account = aws.get_caller_identity().account_id
+    wrong_account = certificate_account_error(cfg, account)
+    if wrong_account:
+        errors.append(wrong_account)
+    if errors:
+        raise ConfigErrors(errors)
+
+
+def main(offline: bool = False) -> None:
+    """`offline` is the plan's mode (mocks, shipped example values accepted); `pulumi up` runs
+    the default, which refuses example values."""
     raw, secret_keys = read_config()
     cfg = load(raw, secret_keys)  # raises ConfigError before anything is declared
+    if not offline:
+        refuse_examples(raw, cfg)
     stack = pulumi.get_stack()
     prefix = physical_prefix(stack)
     provider = aws.Provider(
@@ -98,6 +125,8 @@ def main() -> None:
         opts=pulumi.ResourceOptions(additional_secret_outputs=["result"]),
     )
     auth_secret_arn = secrets.add_secret("cache-auth-token", auth_token.result)
+    # Created and destroyed with the stack: each life of the cache names its final snapshot anew.
+    snapshot_suffix = random.RandomId("cache-final-snapshot", byte_length=4)
     cache = Cache("cache", CacheArgs(
         vpc_id=network.vpc_id, subnet_ids=network.isolated_subnet_ids,
         kms_key_arn=secrets.key_arn, auth_token=auth_token.result, replication_group_id=prefix,
@@ -106,7 +135,7 @@ def main() -> None:
         snapshot_retention_days=c.snapshot_retention_days,
         maintenance_window=c.maintenance_window, snapshot_window=c.snapshot_window,
         apply_immediately=not cfg.is_prod, log_retention_days=c.log_retention_days, port=c.port,
-        protect=protect,
+        final_snapshot_suffix=snapshot_suffix.hex, protect=protect,
     ), opts=opts)
 
     llm = cfg.llm
@@ -137,7 +166,8 @@ def main() -> None:
         fargate_weight=svc.fargate_weight, spot_weight=svc.spot_weight,
         health_check_grace_seconds=svc.health_check_grace_seconds,
         stop_timeout_seconds=svc.stop_timeout_seconds, log_retention_days=svc.log_retention_days,
-        execute_command=svc.execute_command, ecr_repository=svc.ecr_repository, protect=protect,
+        execute_command=svc.execute_command, ecr_repository=svc.ecr_repository,
+        wait_for=[alb.listener, *secrets.values], protect=protect,
     ), opts=opts)
 
     edge = Edge("edge", EdgeArgs(

@@ -144,7 +144,10 @@ def synthesize(
         secret_keys = file_secret_keys if secret_keys is None else secret_keys
     secret_keys = set(secret_keys or ())
     if program is None:
-        from infra.program import main as program
+        from infra.program import main
+
+        def program() -> None:
+            main(offline=True)
 
     recorder = _Recorder(str(raw.get("aws:region", "us-east-1")))
     settings.ROOT.set(None)

@@ -16,16 +16,17 @@ AWS credentials): one line on stderr.
 from __future__ import annotations
 
 import argparse
+import http.client
+import socket
 import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -46,6 +47,7 @@ IAM_ACTIONS = [
     "elasticloadbalancing:DescribeTargetHealth", "ecs:DescribeServices",
     "secretsmanager:DescribeSecret", "kms:DescribeKey", "elasticache:DescribeReplicationGroups",
     "cloudwatch:DescribeAlarms", "budgets:ViewBudget", "wafv2:GetWebACLForResource", "sts:GetCallerIdentity",
+    "acm:DescribeCertificate",
 ]
 NO_CREDENTIALS = "no AWS credentials found: set AWS_PROFILE or assume the stack's deploy role"
 
@@ -79,9 +81,8 @@ class Expect:
 
     @classmethod
     def from_config(cls, stack: str, cfg: StackConfig) -> Expect:
-        mode = cfg.load_balancer.http_mode
-        listeners = {("HTTP", 80)} if mode == "plain" else {("HTTPS", 443)}
-        if mode == "redirect":
+        listeners = {("HTTPS", 443)}
+        if cfg.load_balancer.http_mode == "redirect":
             listeners.add(("HTTP", 80))
         return cls(stack=stack, min_tasks=cfg.service.min_tasks, listeners=frozenset(listeners),
                    health_path=cfg.load_balancer.health_check_path,
@@ -251,25 +252,76 @@ def check_waf(out: dict, exp: Expect, region: str) -> Result:
     return Result("waf", True, f"web ACL {acl['Name']} associated with the load balancer")
 
 
-def check_health(out: dict, exp: Expect, timeout: float = 10.0) -> Result:
-    url = out["serviceUrl"].rstrip("/") + exp.health_path
-    if not url.startswith(("https://", "http://")):
-        return Result("health", False, f"serviceUrl {out['serviceUrl']!r} is not an http(s) URL")
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
-        url, method="GET", headers={"User-Agent": "llm-service-verify"})
+def certificate_names(out: dict, region: str) -> list[str]:
+    """The names the HTTPS listener's certificate was issued for (domain first, then SANs)."""
+    elb, acm = _client("elbv2", region), _client("acm", region)
+    for listener in elb.describe_listeners(LoadBalancerArn=out["albArn"])["Listeners"]:
+        for cert in listener.get("Certificates") or []:
+            c = acm.describe_certificate(CertificateArn=cert["CertificateArn"])["Certificate"]
+            names = [c["DomainName"], *c.get("SubjectAlternativeNames", [])]
+            return list(dict.fromkeys(names))
+    return []
+
+
+def _covers(pattern: str, host: str) -> bool:
+    pattern, host = pattern.lower().rstrip("."), host.lower().rstrip(".")
+    if pattern.startswith("*."):
+        return "." in host and host.split(".", 1)[1] == pattern[2:]
+    return pattern == host
+
+
+def tls_name_for(host: str, names: list[str]) -> str:
+    """The name to verify the certificate against: the URL's host if the certificate covers it;
+    otherwise (serviceUrl is the ALB's own DNS name) the name the certificate was issued for."""
+    if not names or any(_covers(n, host) for n in names):
+        return host
+    return names[0].replace("*.", "verify.", 1)
+
+
+class _HttpsTo(http.client.HTTPSConnection):
+    """HTTPS to one host, with SNI and certificate verification for another name."""
+
+    def __init__(self, host: str, port: Optional[int], tls_name: str, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.tls_name = tls_name
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.tls_name)
+
+
+def _get(url: str, tls_name: str, timeout: float) -> int:
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = _HttpsTo(parts.hostname, parts.port, tls_name, timeout)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
-        # Certificates are verified: a name mismatch is a real fault for API clients too.
-        with urllib.request.urlopen(request, timeout=timeout,  # noqa: S310 - the scheme is checked above
-                                    context=ssl.create_default_context()) as resp:
-            status = resp.status
-    except urllib.error.HTTPError as e:
-        status = e.code
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        hint = ("; set loadBalancer.domainName to the certificate's name"
-                if isinstance(reason, ssl.SSLCertVerificationError) else "")
-        return Result("health", False, f"GET {url}: {reason}{hint}")
-    return Result("health", status == 200, f"GET {url} answered {status}")
+        conn.request("GET", parts.path or "/", headers={
+            "Host": tls_name + (f":{parts.port}" if parts.port else ""),
+            "User-Agent": "llm-service-verify"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def check_health(out: dict, exp: Expect, region: str, timeout: float = 10.0) -> Result:
+    url = out["serviceUrl"].rstrip("/") + exp.health_path
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return Result("health", False, f"serviceUrl {out['serviceUrl']!r} is not an http(s) URL")
+    tls_name = parts.hostname
+    if parts.scheme == "https":
+        tls_name = tls_name_for(parts.hostname, certificate_names(out, region))
+    shown = f"GET {url}" + (f" (TLS name {tls_name})" if tls_name != parts.hostname else "")
+    try:
+        # The certificate is always verified, against the name it was issued for.
+        status = _get(url, tls_name, timeout)
+    except (OSError, http.client.HTTPException) as e:
+        hint = ("; the certificate does not match the load balancer's or is not trusted"
+                if isinstance(e, ssl.SSLCertVerificationError) else "")
+        return Result("health", False, f"{shown}: {e}{hint}")
+    return Result("health", status == 200, f"{shown} answered {status}")
 
 
 def _aws_error(e: ClientError) -> str:
@@ -300,7 +352,7 @@ def run_checks(out: dict, exp: Expect, region: str, account: str) -> list[Result
         ("alarms", lambda: check_alarms(out, exp, region)),
         ("budget", lambda: check_budget(out, exp, region, account)),
         ("waf", lambda: check_waf(out, exp, region)),
-        ("health", lambda: check_health(out, exp)),
+        ("health", lambda: check_health(out, exp, region)),
     ]
     return [r for name, fn in checks for r in _guarded(name, fn)]
 

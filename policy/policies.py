@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -200,6 +202,133 @@ def _prod_invariants(args: StackValidationArgs, report: ReportViolation) -> None
                 report(f"prod tasks must spread over at least 3 AZs, not {len(subnets)}", r.urn)
 
 
+# --- names and text AWS accepts -----------------------------------------------------------------
+# Mocks and moto accept any string; AWS refuses a name or description outside its character set or
+# length, and the deploy stops at that resource. Each rule names the API reference it comes from.
+
+@dataclass(frozen=True)
+class Text:
+    pattern: str  # what the whole value must match
+    max_len: int
+    source: str
+    min_len: int = 1
+    forbidden: tuple[str, ...] = ()  # prefixes or substrings AWS reserves
+
+
+SG_TEXT = Text(r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]*", 255,
+               "EC2 API, CreateSecurityGroup and SecurityGroupRule: description", min_len=0)
+LB_NAME = Text(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?", 32,
+               "ELBv2 API, CreateLoadBalancer / CreateTargetGroup: Name", forbidden=("internal-",))
+ECS_NAME = Text(r"[a-zA-Z0-9_-]+", 255, "ECS API, CreateCluster / CreateService / RegisterTaskDefinition")
+TEXT_RULES: dict[str, dict[str, Text]] = {
+    "aws:ec2/securityGroup:SecurityGroup": {
+        "description": SG_TEXT, "name": Text(SG_TEXT.pattern, 255, SG_TEXT.source, forbidden=("sg-",))},
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": {"description": SG_TEXT},
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": {"description": SG_TEXT},
+    "aws:lb/loadBalancer:LoadBalancer": {"name": LB_NAME},
+    "aws:lb/targetGroup:TargetGroup": {"name": LB_NAME},
+    "aws:ecs/cluster:Cluster": {"name": ECS_NAME},
+    "aws:ecs/service:Service": {"name": ECS_NAME},
+    "aws:ecs/taskDefinition:TaskDefinition": {"family": ECS_NAME},
+    "aws:ecr/repository:Repository": {"name": Text(
+        r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*", 256,
+        "ECR API, CreateRepository: repositoryName", min_len=2)},
+    "aws:secretsmanager/secret:Secret": {
+        "name": Text(r"[A-Za-z0-9/_+=.@-]+", 512, "Secrets Manager API, CreateSecret: Name"),
+        "description": Text(r"[\s\S]*", 2048, "Secrets Manager API, CreateSecret: Description", min_len=0)},
+    "aws:kms/key:Key": {"description": Text(r"[\s\S]*", 8192, "KMS API, CreateKey: Description", min_len=0)},
+    "aws:kms/alias:Alias": {"name": Text(r"alias/[a-zA-Z0-9/_-]+", 256, "KMS API, CreateAlias: AliasName",
+                                         forbidden=("alias/aws/",))},
+    "aws:cloudwatch/logGroup:LogGroup": {"name": Text(r"[.\-_/#A-Za-z0-9]+", 512,
+                                                      "CloudWatch Logs API, CreateLogGroup: logGroupName")},
+    "aws:cloudwatch/metricAlarm:MetricAlarm": {
+        "name": Text(r"[^\x00-\x1f\x7f]+", 255, "CloudWatch API, PutMetricAlarm: AlarmName"),
+        "alarmDescription": Text(r"[\s\S]*", 1024, "CloudWatch API, PutMetricAlarm: AlarmDescription",
+                                 min_len=0)},
+    "aws:cloudwatch/dashboard:Dashboard": {"dashboardName": Text(
+        r"[A-Za-z0-9_-]+", 255, "CloudWatch API, PutDashboard: DashboardName")},
+    "aws:sns/topic:Topic": {"name": Text(r"[A-Za-z0-9_-]+", 256, "SNS API, CreateTopic: Name")},
+    "aws:iam/role:Role": {
+        "name": Text(r"[\w+=,.@-]+", 64, "IAM API, CreateRole: RoleName"),
+        "path": Text(r"/|/[\x21-\x7e]+/", 512, "IAM API, CreateRole: Path")},
+    "aws:elasticache/replicationGroup:ReplicationGroup": {"replicationGroupId": Text(
+        r"[a-z](?:[a-z0-9]|-(?!-))*(?<!-)", 40,
+        "ElastiCache API, CreateReplicationGroup: ReplicationGroupId (lower case, as AWS stores it)")},
+    "aws:wafv2/webAcl:WebAcl": {
+        "name": Text(r"[\w-]+", 128, "WAFV2 API, CreateWebACL: Name"),
+        "visibilityConfig.metricName": Text(r"[\w#:.\-/]+", 255, "WAFV2 API, VisibilityConfig: MetricName"),
+        "rules[].visibilityConfig.metricName": Text(r"[\w#:.\-/]+", 255,
+                                                    "WAFV2 API, VisibilityConfig: MetricName"),
+        "rules[].name": Text(r"[\w-]+", 128, "WAFV2 API, Rule: Name")},
+    "aws:budgets/budget:Budget": {"name": Text(r"[^:\\]+", 100, "Budgets API, Budget: BudgetName",
+                                               forbidden=("/action/",))},
+    "aws:s3/bucket:Bucket": {"bucket": Text(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", 63,
+                                            "S3 bucket naming rules", min_len=3)},
+}
+TAG_SOURCE = "Tagging AWS resources: tag keys up to 128 and values up to 256 Unicode letters, digits, " \
+             "spaces and _ . : / = + - @; keys may not start with aws:"
+
+
+def text_problem(value: str, rule: Text) -> Optional[str]:
+    if not rule.min_len <= len(value) <= rule.max_len:
+        return f"length {len(value)}, allowed {rule.min_len} to {rule.max_len}"
+    if not re.fullmatch(rule.pattern, value):
+        bad = sorted({c for c in value if not re.fullmatch(rule.pattern, c)} or {"(the order)"})
+        return f"characters outside {rule.pattern}: {' '.join(repr(c) for c in bad)}"
+    for word in rule.forbidden:
+        if value.startswith(word) or (word.startswith("/") and word in value):
+            return f"may not contain or start with {word!r}"
+    return None
+
+
+def _values_at(props: Any, path: str) -> list[Any]:
+    """Values under a dotted path; `name[]` walks each element of a list."""
+    found = [props]
+    for part in path.split("."):
+        step = []
+        for node in found:
+            if not isinstance(node, dict):
+                continue
+            value = node.get(part.removesuffix("[]"))
+            if part.endswith("[]"):
+                step.extend(value or [])
+            elif value is not None:
+                step.append(value)
+        found = step
+    return found
+
+
+def _tag_text_ok(text: str) -> bool:
+    return all(unicodedata.category(c)[0] in "LNZ" or c.isspace() or c in "_.:/=+-@" for c in text)
+
+
+def tag_problems(tags: dict[str, Any]) -> list[str]:
+    problems = []
+    for key, value in tags.items():
+        value = str(value)
+        if not 1 <= len(key) <= 128 or not _tag_text_ok(key) or key.lower().startswith("aws:"):
+            problems.append(f"tag key {key!r} is not a valid tag key ({TAG_SOURCE})")
+        if len(value) > 256 or not _tag_text_ok(value):
+            problems.append(f"tag {key}={value!r} is not a valid tag value ({TAG_SOURCE})")
+    return problems
+
+
+def _aws_text(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    props = args.props
+    for path, rule in TEXT_RULES.get(args.resource_type, {}).items():
+        for value in _values_at(props, path):
+            problem = text_problem(str(value), rule) if isinstance(value, str) else None
+            if problem:
+                report(f"{path} {value!r}: {problem} ({rule.source})")
+    tags = props.get("tags")
+    default_tags = props.get("defaultTags")
+    if isinstance(default_tags, str):  # a provider's inputs arrive as JSON
+        default_tags = json.loads(default_tags)
+    for source in (tags, (default_tags or {}).get("tags")):
+        for problem in tag_problems(source or {}):
+            report(problem)
+
+
 POLICIES = [
     _policy("cache-encrypted", "ElastiCache.4, ElastiCache.5",
             "caches are encrypted at rest with a customer key and in transit",
@@ -228,6 +357,11 @@ POLICIES = [
             "aws:ecs/taskDefinition:TaskDefinition", _task_definition),
     _policy("iam-no-admin-role-policy", "IAM.1", "no Allow of * on *", "aws:iam/rolePolicy:RolePolicy", _no_admin),
     _policy("iam-no-admin-policy", "IAM.1", "no Allow of * on *", "aws:iam/policy:Policy", _no_admin),
+    ResourceValidationPolicy(
+        name="aws-names-and-text",
+        description="names, descriptions and tags within the characters and lengths AWS accepts",
+        enforcement_level=MANDATORY, validate=_aws_text,
+    ),
     StackValidationPolicy(
         name="prod-availability-and-protection",
         description="prod: ALB deletion protection (ELB.6), multi-AZ cache with failover "

@@ -1,5 +1,5 @@
 """A moto server on 127.0.0.1 for the boto3 commands: a real emulation of the AWS APIs,
-reset between tests. See ../shared/notes/moto.md for what it does not emulate."""
+reset between tests. What it does not emulate is listed in tests/MOTO.md."""
 
 from __future__ import annotations
 
@@ -25,9 +25,11 @@ def moto_endpoint():
     endpoint = f"http://127.0.0.1:{port}"
     saved = {k: os.environ.get(k) for k in
              ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-              "AWS_PROFILE", "AWS_DEFAULT_REGION")}
+              "AWS_PROFILE", "AWS_DEFAULT_REGION", "MOTO_EC2_LOAD_DEFAULT_AMIS")}
     os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       # No test uses AMIs; loading moto's catalogue costs ~1 s after every reset.
+                       "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"})
     os.environ.pop("AWS_PROFILE", None)
     os.environ.pop("AWS_SESSION_TOKEN", None)
     yield endpoint
@@ -49,7 +51,7 @@ def aws(moto_endpoint):
 
 def at_boundary(mocker, module, service: str, method: str, answer, spy: tuple[str, ...] = ()) -> dict:
     """Patch `module._client` so the `service` client's `method` answers `answer(real, **kwargs)`,
-    where `real` is the call to moto. For what moto cannot produce (../shared/notes/moto.md):
+    where `real` is the call to moto. For what moto cannot produce (tests/MOTO.md):
     runtime states, refusals. `spy` names methods of that client to record. Returns the clients
     the module made, by service."""
     make, made = module._client, {}

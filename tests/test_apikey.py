@@ -49,21 +49,94 @@ def deployed(aws):
     return {"arn": arn, "key_id": key_id, "sm": sm, "ecs": ecs}
 
 
+def _stable(real, **kw):
+    # moto never completes a rollout; report the state a real one reaches.
+    r = real(**kw)
+    for s in r["services"]:
+        s["deployments"] = [{"status": "PRIMARY", "rolloutState": "COMPLETED"}]
+        s["runningCount"] = s["desiredCount"]
+    return r
+
+
+@pytest.fixture
+def rolls_out(mocker):
+    """Injected: moto's rollouts never finish; here every one does. Returns the clients made."""
+    return at_boundary(mocker, apikey, "ecs", "describe_services", _stable, spy=("update_service",))
+
+
 def run(argv, stdin=None, capsys=None):
     code = apikey.main(argv, stdin=stdin or Pipe(""))
     out = capsys.readouterr() if capsys else None
     return code, out
 
 
-def test_put_from_a_pipe_stores_a_current_version(deployed, capsys):
+def test_put_from_a_pipe_stores_a_current_version_and_rolls_out(deployed, capsys, rolls_out):
     code, out = run(["put", "--stack", STACK], Pipe(KEY + "\n"), capsys)
     assert code == 0, out.err
     assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == KEY
     assert KEY not in out.out + out.err
     assert "stored a new current version of llm-service/staging/openai-api-key" in out.out
+    rolls_out["ecs"].update_service.assert_called_once_with(
+        cluster="llm-service-staging", service="llm-service-staging", forceNewDeployment=True)
+    assert "llm-service-staging is stable: 1 tasks run the new key" in out.out
 
 
-def test_put_from_a_hidden_prompt(deployed, capsys, mocker):
+def test_first_deploy_order_ends_in_a_healthy_service(deployed, capsys, mocker):
+    """`pulumi up` leaves the secret empty: the first tasks fail, the circuit breaker marks the
+    first deployment FAILED with nothing to roll back to. `put` must start a rollout again.
+    Injected: the FAILED first deployment, then the new rollout completing (moto does neither)."""
+    clients: list[dict] = []
+
+    def runtime(real, **kw):
+        r = real(**kw)
+        forced = clients[0]["ecs"].update_service.call_count > 0
+        for svc in r["services"]:
+            svc["deployments"] = [{"status": "PRIMARY", "rolloutState": "COMPLETED"}] if forced else [
+                {"status": "PRIMARY", "rolloutState": "FAILED",
+                 "rolloutStateReason": "ECS deployment circuit breaker: tasks failed to start."}]
+            svc["runningCount"] = svc["desiredCount"] if forced else 0
+        return r
+
+    clients.append(at_boundary(mocker, apikey, "ecs", "describe_services", runtime,
+                               spy=("update_service",)))
+    assert run(["check", "--stack", STACK], None, capsys)[0] == 1  # no value yet
+    code, out = run(["put", "--stack", STACK], Pipe(KEY), capsys)
+    assert code == 0, out.err
+    clients[0]["ecs"].update_service.assert_called_once()
+    assert out.out.splitlines()[1:] == [
+        "forced a new deployment of llm-service-staging/llm-service-staging; waiting up to 600 s",
+        "llm-service-staging is stable: 1 tasks run the new key"]
+    assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == KEY
+    assert run(["check", "--stack", STACK], None, capsys)[0] == 0
+
+
+def test_put_before_the_service_exists_stores_and_says_so(deployed, capsys, mocker):
+    deployed["ecs"].delete_service(cluster="llm-service-staging", service="llm-service-staging",
+                                   force=True)
+    spy = mocker.spy(apikey, "_roll_out")
+    code, out = run(["put", "--stack", STACK], Pipe(KEY), capsys)
+    assert code == 0, out.err
+    assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == KEY
+    assert out.out.splitlines()[-1] == ("no ECS service llm-service-staging/llm-service-staging yet: "
+                                        "its first tasks will read this value")
+    spy.assert_not_called()
+
+
+def test_put_reports_a_rollout_that_fails_even_with_the_value(deployed, capsys, mocker):
+    # Injected: a rollout the circuit breaker stops (a wrong key, say); moto cannot fail one.
+    def failed(real, **kw):
+        r = real(**kw)
+        r["services"][0]["deployments"] = [
+            {"status": "PRIMARY", "rolloutState": "FAILED", "rolloutStateReason": "tasks failed to start"}]
+        return r
+
+    at_boundary(mocker, apikey, "ecs", "describe_services", failed)
+    code, out = run(["put", "--stack", STACK, "--timeout", "5"], Pipe(KEY), capsys)
+    assert code == 1
+    assert out.err.startswith("error: the new deployment failed (tasks failed to start)")
+
+
+def test_put_from_a_hidden_prompt(deployed, capsys, mocker, rolls_out):
     prompt = mocker.patch("infra.apikey.getpass.getpass", return_value=KEY)
     code, out = run(["put", "--stack", STACK], Tty(""), capsys)
     assert code == 0
@@ -86,7 +159,7 @@ def test_value_is_never_taken_from_argv():
         apikey.main(["put", "--stack", STACK, KEY], stdin=Pipe(""))
 
 
-def test_put_via_outputs_file(deployed, capsys, tmp_path):
+def test_put_via_outputs_file(deployed, capsys, tmp_path, rolls_out):
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps({
         "secretArns": {"openai-api-key": deployed["arn"]}, "region": "us-east-1",
@@ -159,17 +232,8 @@ def test_denied_and_throttled_write_nothing(deployed, capsys, mocker, code, word
     assert deployed["sm"].list_secret_version_ids(SecretId=SECRET_NAME)["Versions"] == []
 
 
-def _stable(real, **kw):
-    # moto never completes a rollout; report the state a real one reaches.
-    r = real(**kw)
-    for s in r["services"]:
-        s["deployments"] = [{"status": "PRIMARY", "rolloutState": "COMPLETED"}]
-        s["runningCount"] = s["desiredCount"]
-    return r
-
-
-def test_rotate_puts_then_redeploys_and_waits(deployed, capsys, mocker):
-    made = at_boundary(mocker, apikey, "ecs", "describe_services", _stable, spy=("update_service",))
+def test_rotate_puts_then_redeploys_and_waits(deployed, capsys, rolls_out):
+    made = rolls_out
     code, out = run(["rotate", "--stack", STACK], Pipe(KEY), capsys)
     assert code == 0, out.err
     made["ecs"].update_service.assert_called_once_with(

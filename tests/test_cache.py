@@ -54,6 +54,16 @@ def test_nodes_failover_and_snapshots_per_stack(staging, prod):
     assert prod.one(RG).protect and not staging.one(RG).protect
 
 
+def test_final_snapshot_name_is_new_for_each_life_of_the_cache(prod, staging):
+    """A fixed name collides on the second destroy; the suffix comes from a random id created and
+    destroyed with the stack."""
+    rid = prod.one("random:index/randomId:RandomId", "cache-final-snapshot")
+    from infra.mocks import _stable
+    suffix = _stable("cache-final-snapshot", 2 * int(rid.inputs["byteLength"]))
+    assert prod.one(RG).inputs["finalSnapshotIdentifier"] == f"llm-service-prod-final-{suffix}"
+    assert "finalSnapshotIdentifier" not in staging.one(RG).inputs, "no snapshots, no final one"
+
+
 def test_logs_delivered_to_retained_log_groups(stack):
     deliveries = {d["logType"]: d for d in stack.one(RG).inputs["logDeliveryConfigurations"]}
     assert set(deliveries) == {"slow-log", "engine-log"}

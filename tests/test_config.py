@@ -31,8 +31,18 @@ BAD = [
     ("prod-one-cache-node", "prod",
      {"cache__nodes": 1, "cache__multiAz": False, "cache__automaticFailover": False},
      "llm-service:cache.multiAz", "prod needs true"),
-    ("prod-plain-http", "prod", {"loadBalancer__httpMode": "plain"},
-     "llm-service:loadBalancer.httpMode", "plain HTTP"),
+    ("plain-http", "staging", {"loadBalancer__httpMode": "plain"},
+     "llm-service:loadBalancer.httpMode", "allowed: 'none' or 'redirect'"),
+    ("certificate-not-an-arn", "staging",
+     {"loadBalancer__certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/staging"},
+     "llm-service:loadBalancer.certificateArn", "certificate/<uuid>"),
+    ("certificate-other-service", "staging",
+     {"loadBalancer__certificateArn": "arn:aws:iam::123456789012:server-certificate/x"},
+     "llm-service:loadBalancer.certificateArn", "arn:<partition>:acm:"),
+    ("certificate-other-region", "staging",
+     {"loadBalancer__certificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/"
+                                      "5f0c2a3e-1b7d-4c9a-8e21-0a5b6c7d8e9f"},
+     "llm-service:loadBalancer.certificateArn", "the certificate is in eu-west-1, the stack in us-east-1"),
     ("prod-single-nat", "prod", {"network__natStrategy": "single"},
      "llm-service:network.natStrategy", "per_az"),
     ("prod-short-snapshots", "prod", {"cache__snapshotRetentionDays": 1},
@@ -45,8 +55,6 @@ BAD = [
      "llm-service:monitoring.alertEmails", "email"),
     ("cidr-too-small", "staging", {"network__cidr": "10.20.0.0/22"},
      "llm-service:network.cidr", "12 subnets of /20"),
-    ("spot-on-arm64", "staging", {"service__architecture": "ARM64"},
-     "llm-service:service.spotWeight", "Fargate Spot runs X86_64 tasks only"),
     ("typo-key", "staging", {"service__maxTask": 4},
      "llm-service:service.maxTask", "unknown key"),
     ("bad-engine-version", "staging", {"cache__engineVersion": "6.0"},
@@ -133,3 +141,19 @@ def test_stack_files_hold_no_secret_in_plain_text():
         assert "sk-" not in text
         raw, secret_keys = stack_config(stack)
         assert not any(k.endswith("api-key") for k in raw), "external mode: no key in config"
+
+
+def test_an_omitted_load_balancer_section_is_refused_not_plain_http(synth):
+    raw, keys = stack_config("staging")
+    del raw["llm-service:loadBalancer"]
+    with pytest.raises(ConfigError) as err:
+        synth("staging", raw=raw, secret_keys=keys)
+    assert str(err.value) == ("llm-service:loadBalancer: got None; required: say where the HTTPS "
+                              "certificate comes from (certificateArn, or domainName with hostedZoneId)")
+    assert err.value.declared == []
+
+
+def test_spot_with_arm64_is_accepted():
+    """Fargate Spot runs ARM64 on platform 1.4.0+ (the rule's source: test_service.py)."""
+    cfg = load(*with_changes("staging", service__architecture="ARM64", service__spotWeight=1))
+    assert (cfg.service.architecture, cfg.service.spot_weight) == ("ARM64", 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from itertools import combinations
 
 from tests.conftest import config_of
@@ -114,6 +115,29 @@ def test_flow_logs_are_on_with_retention_and_the_stack_key(stack):
 
 
 def test_azs_come_from_the_provider_not_the_code(synth):
-    synthesis = synth("staging", **{"aws:region": "eu-west-1"})
+    synthesis = synth("staging", **{"aws:region": "eu-west-1"}, loadBalancer__certificateArn=(
+        "arn:aws:acm:eu-west-1:123456789012:certificate/5f0c2a3e-1b7d-4c9a-8e21-0a5b6c7d8e9f"))
     azs = {s.inputs["availabilityZone"] for s in synthesis.of_type(SUBNET)}
     assert azs == {"eu-west-1a", "eu-west-1b"}
+
+
+def test_only_standard_azs_never_local_zones(stack):
+    """The mocks answer like an account opted in to Local Zones (us-east-1-bos-1a sorts first):
+    only a query filtered on opt-in-status keeps them out."""
+    azs = {s.inputs["availabilityZone"] for s in stack.of_type(SUBNET)}
+    assert azs == {f"us-east-1{c}" for c in "abc"[:config_of(stack).network.az_count]}
+
+
+def test_flow_log_role_trusts_only_this_accounts_flow_logs(stack):
+    role = stack.one("aws:iam/role:Role", "network-flow-logs")
+    (statement,) = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+    assert statement["Principal"] == {"Service": "vpc-flow-logs.amazonaws.com"}
+    assert statement["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": "123456789012"},
+        "ArnLike": {"aws:SourceArn": "arn:aws:ec2:us-east-1:123456789012:vpc-flow-log/*"}}
+
+
+def test_flow_log_is_created_after_its_role_can_write(stack):
+    assert stack.one("aws:ec2/flowLog:FlowLog").depends_on == ["network-flow-logs"]
+    policy = stack.one("aws:iam/rolePolicy:RolePolicy", "network-flow-logs")
+    assert policy.inputs["role"] == "network-flow-logs-id"

@@ -25,6 +25,8 @@ def _hits(typ, inputs, stack="staging"):
 
 
 TD = "aws:ecs/taskDefinition:TaskDefinition"
+SG = "aws:ec2/securityGroup:SecurityGroup"
+ENCRYPTED_CACHE = {"atRestEncryptionEnabled": True, "kmsKeyId": "k", "transitEncryptionEnabled": True}
 GOOD_CONTAINER = {"name": "app", "readonlyRootFilesystem": True, "privileged": False, "user": "1000",
                   "environment": [{"name": "CACHE_HOST", "value": "h"}],
                   "secrets": [{"name": "OPENAI_API_KEY", "valueFrom": "arn:..."}]}
@@ -84,6 +86,32 @@ CASES = [
     ("iam-no-admin-policy", "aws:iam/policy:Policy",
      {"policy": {"Statement": [{"Effect": "Allow", "Action": ["*"], "Resource": ["*"]}]}},
      {"policy": {"Statement": [{"Effect": "Deny", "Action": "*", "Resource": "*"}]}}),
+    # AWS's character sets and lengths: one bad case per kind of rule.
+    ("aws-names-and-text", SG, {"description": "Cache: in from its clients' groups only"},
+     {"description": "Cache: in from the client groups only (each client adds its rule)"}),
+    ("aws-names-and-text", SG, {"description": "x" * 256}, {"description": "x" * 255}),
+    ("aws-names-and-text", SG, {"name": "sg-tasks"}, {"name": "tasks-sg"}),
+    ("aws-names-and-text", "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+     {"description": "the service's tasks"}, {"description": "from the service tasks"}),
+    ("aws-names-and-text", "aws:lb/loadBalancer:LoadBalancer", {"name": "internal-api"}, {"name": "api-lb"}),
+    ("aws-names-and-text", "aws:lb/targetGroup:TargetGroup", {"name": "t" * 33}, {"name": "t" * 32}),
+    ("aws-names-and-text", "aws:elasticache/replicationGroup:ReplicationGroup",
+     {"replicationGroupId": "llm--staging", **ENCRYPTED_CACHE},
+     {"replicationGroupId": "llm-staging", **ENCRYPTED_CACHE}),
+    ("aws-names-and-text", "aws:elasticache/replicationGroup:ReplicationGroup",
+     {"replicationGroupId": "llm-service-staging-with-a-long-name-0123", **ENCRYPTED_CACHE},
+     {"replicationGroupId": "llm-service-staging-with-a-long-name-012", **ENCRYPTED_CACHE}),
+    ("aws-names-and-text", "aws:wafv2/webAcl:WebAcl",
+     {"name": "acl", "rules": [{"name": "rate limit", "visibilityConfig": {"metricName": "rate"}}]},
+     {"name": "acl", "rules": [{"name": "rate-limit", "visibilityConfig": {"metricName": "rate"}}]}),
+    ("aws-names-and-text", "aws:kms/alias:Alias", {"name": "alias/aws/mine"}, {"name": "alias/llm/staging"}),
+    ("aws-names-and-text", "aws:budgets/budget:Budget", {"name": "llm:staging"}, {"name": "llm-staging"}),
+    ("aws-names-and-text", "aws:ec2/subnet:Subnet", {"tags": {"Owner": "team (ops)"}},
+     {"tags": {"Owner": "team-ops"}}),
+    ("aws-names-and-text", "aws:ec2/subnet:Subnet", {"tags": {"aws:owner": "ops"}}, {"tags": {"owner": "ops"}}),
+    ("aws-names-and-text", "pulumi:providers:aws",
+     {"defaultTags": json.dumps({"tags": {"CostCenter": "x" * 257}})},
+     {"defaultTags": json.dumps({"tags": {"CostCenter": "x" * 256}})}),
 ]
 
 

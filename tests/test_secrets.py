@@ -36,6 +36,27 @@ def test_key_policy_lets_the_publishers_and_services_use_it(stack):
     assert logs["Principal"]["Service"] == "logs.us-east-1.amazonaws.com"
 
 
+def test_logs_key_statements_grant_nothing_a_condition_can_never_allow(stack):
+    """DescribeKey carries no encryption context: under the context condition it would never be
+    allowed, so it has its own statement; the crypto actions keep the condition."""
+    statements = {s["Sid"]: s for s in policy(stack.one(KEY))["Statement"]}
+    crypto, describe = (statements["CloudWatchLogsEncryptsThisAccountsGroups"],
+                        statements["CloudWatchLogsDescribesTheKey"])
+    assert not any(a.startswith("kms:Describe") for a in crypto["Action"])
+    assert crypto["Condition"] == {"ArnLike": {"kms:EncryptionContext:aws:logs:arn":
+                                               "arn:aws:logs:us-east-1:123456789012:log-group:*"}}
+    assert describe["Action"] == "kms:DescribeKey" and "Condition" not in describe
+    assert describe["Principal"] == crypto["Principal"] == {"Service": "logs.us-east-1.amazonaws.com"}
+
+
+def test_staging_secrets_are_deleted_at_once_so_a_re_create_can_reuse_the_names(staging, prod):
+    """A recovery window keeps a deleted secret's name taken: `destroy` then `up` would fail with
+    "scheduled for deletion". Staging deletes at once; prod keeps 30 days and protection."""
+    assert {s.inputs["recoveryWindowInDays"] for s in staging.of_type(SECRET)} == {0}
+    assert {s.inputs["recoveryWindowInDays"] for s in prod.of_type(SECRET)} == {30}
+    assert all(s.protect for s in prod.of_type(SECRET))
+
+
 def test_every_secret_uses_the_stack_key_and_a_per_stack_name(stack):
     key_arn = stack.outputs["kmsKeyArn"]
     secrets = stack.of_type(SECRET)

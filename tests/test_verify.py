@@ -4,18 +4,17 @@ A fixture builds what `pulumi up` leaves behind, shaped by the stack's own confi
 synthesized outputs (the same alarm names, secret names, budget limit and listeners), then
 each test breaks one thing and asserts the exact line that reports it.
 
-moto does not produce every runtime state (../shared/notes/moto.md): it keeps ECS runningCount
+moto does not produce every runtime state (tests/MOTO.md): it keeps ECS runningCount
 at 0 and rolloutState IN_PROGRESS, and drops deploymentConfiguration from describe_services.
 The `ecs_runtime` fixture sets those fields on moto's real describe_services answer at the
 boto3 boundary; every test that changes them says so. Everything else is moto's own state.
-The health request goes to a real HTTP(S) server on 127.0.0.1.
+The health request goes to a real HTTPS server on 127.0.0.1 whose certificate (from a test CA)
+covers the listener certificate's name, not the address it is reached at.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import http.server
-import ipaddress
 import json
 import ssl
 import threading
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 
 import boto3
 import pytest
+import trustme
 from botocore.exceptions import ClientError
 
 from infra import verify
@@ -52,49 +52,52 @@ def _serve(server):
     return server
 
 
+# The load balancer's certificate is for this name; serviceUrl without a domain is the ALB's own
+# DNS name (here 127.0.0.1), which no certificate covers: verify must check against this name.
+CERT_NAME = "api.llm-service.internal"
+LISTENER_CERT = trustme.CA().issue_cert(CERT_NAME, common_name=CERT_NAME)
+
+
+def _https(cert) -> str:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(ctx)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    _serve(server)
+    return f"https://127.0.0.1:{server.server_port}"
+
+
 @pytest.fixture(scope="session")
-def health_server():
-    server = _serve(http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health))
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+def tls_ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def health_server(tls_ca):
+    """HTTPS on 127.0.0.1 with a certificate from a trusted CA for CERT_NAME only."""
+    return _https(tls_ca.issue_cert(CERT_NAME))
 
 
 @pytest.fixture
-def health(health_server):
+def health(health_server, tls_ca, tmp_path, monkeypatch):
+    ca = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # what OpenSSL's default context trusts
     _Health.status = 200
     yield _Health
     _Health.status = 200
 
 
 @pytest.fixture(scope="session")
-def self_signed_server(tmp_path_factory):
-    """HTTPS with a certificate no CA signed: what a wrong or missing certificate looks like."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+def self_signed_server():
+    """HTTPS with a certificate for the right name from a CA nobody trusts."""
+    return _https(trustme.CA().issue_cert(CERT_NAME))
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    d = tmp_path_factory.mktemp("tls")
-    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                  serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    _serve(server)
-    yield f"https://127.0.0.1:{server.server_port}"
-    server.shutdown()
+
+@pytest.fixture(scope="session")
+def wrong_name_server(tls_ca):
+    """HTTPS with a trusted certificate for another name than the listener's."""
+    return _https(tls_ca.issue_cert("other.llm-service.internal"))
 
 
 # --- a deployed stack in moto ----------------------------------------------------------------
@@ -130,7 +133,9 @@ def build(stack, synthesized, tmp_path, health_url, *, secret_value=True, cache_
         Name=f"{stack}-tg", Protocol="HTTP", Port=cfg.service.container_port, VpcId=vpc,
         TargetType="ip", HealthCheckPath=cfg.load_balancer.health_check_path,
     )["TargetGroups"][0]["TargetGroupArn"]
-    cert = c("acm").request_certificate(DomainName="api.example.com")["CertificateArn"]
+    # Imported, not requested: moto makes an RSA key for a request, ~0.1 to 0.4 s a test.
+    cert = c("acm").import_certificate(Certificate=LISTENER_CERT.cert_chain_pems[0].bytes(),
+                                       PrivateKey=LISTENER_CERT.private_key_pem.bytes())["CertificateArn"]
     elb.create_listener(LoadBalancerArn=lb_arn, Protocol="HTTPS", Port=443,
                         Certificates=[{"CertificateArn": cert}],
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": tg_arn}])
@@ -429,7 +434,12 @@ def test_a_health_path_not_answering_200_fails(live, capsys, health, health_serv
     health.status = 503
     code, lines, _ = run(live, capsys)
     assert code == 1
-    assert failing(lines) == [f"FAIL health: GET {health_server}/healthz answered 503"]
+    assert failing(lines) == [f"FAIL health: GET {health_server}/healthz (TLS name {CERT_NAME}) answered 503"]
+
+
+def test_health_is_checked_against_the_certificate_name_at_the_alb_address(live, capsys, health_server):
+    code, lines, _ = run(live, capsys)
+    assert f"PASS health: GET {health_server}/healthz (TLS name {CERT_NAME}) answered 200" in lines
 
 
 def test_a_service_url_that_is_not_http_fails_without_a_request(live, capsys):
@@ -438,12 +448,31 @@ def test_a_service_url_that_is_not_http_fails_without_a_request(live, capsys):
     assert failing(lines) == ["FAIL health: serviceUrl 'file:///etc/passwd' is not an http(s) URL"]
 
 
-def test_the_health_request_verifies_the_certificate(live, capsys, self_signed_server):
+def test_an_untrusted_certificate_fails(live, capsys, self_signed_server):
     live.write(serviceUrl=self_signed_server)
     code, lines, _ = run(live, capsys)
     [line] = failing(lines)
-    assert line.startswith(f"FAIL health: GET {self_signed_server}/healthz: [SSL: CERTIFICATE_VERIFY_FAILED]")
-    assert line.endswith("; set loadBalancer.domainName to the certificate's name")
+    assert line.startswith(f"FAIL health: GET {self_signed_server}/healthz (TLS name {CERT_NAME}): "
+                           "[SSL: CERTIFICATE_VERIFY_FAILED]")
+    assert line.endswith("; the certificate does not match the load balancer's or is not trusted")
+
+
+def test_a_certificate_for_another_name_fails(live, capsys, wrong_name_server):
+    live.write(serviceUrl=wrong_name_server)
+    code, lines, _ = run(live, capsys)
+    [line] = failing(lines)
+    assert "[SSL: CERTIFICATE_VERIFY_FAILED]" in line and "Hostname mismatch" in line, line
+
+
+@pytest.mark.parametrize("host,names,expected", [
+    ("api.acme.io", ["api.acme.io"], "api.acme.io"),          # serviceUrl is the domain
+    ("api.acme.io", ["*.acme.io"], "api.acme.io"),            # a wildcard covers it
+    ("alb-1.elb.amazonaws.com", ["api.acme.io"], "api.acme.io"),
+    ("alb-1.elb.amazonaws.com", ["*.acme.io"], "verify.acme.io"),
+    ("a.b.acme.io", ["*.acme.io"], "verify.acme.io"),          # a wildcard covers one label only
+])
+def test_the_tls_name_is_the_url_host_only_where_the_certificate_covers_it(host, names, expected):
+    assert verify.tls_name_for(host, names) == expected
 
 
 def test_access_denied_on_one_service_fails_that_check_only(live, capsys, mocker):
