@@ -4,9 +4,10 @@ Creates: an SNS topic under the stack's KMS key (the key policy must let CloudWa
 use it; see `components.secrets.key_policy`), a topic policy for those publishers, e-mail
 subscriptions; CloudWatch alarms with alarm and OK actions (5xx, p95/p99 latency, unhealthy hosts,
 running tasks below the minimum, service CPU and memory, cache CPU, memory, evictions and hit
-rate, WAF blocked spike); a dashboard rendered from `templates/dashboard.json.j2`.
+rate, WAF blocked spike, and from the gateway's own metrics: time to first token p95 and the LLM
+API's 429s); a dashboard rendered from `templates/dashboard.json.j2`.
 
-Cost: $0.10 per alarm-month (16 here; the percentile alarms $0.30), $3/month for the dashboard,
+Cost: $0.10 per alarm-month (15 here; the percentile alarms $0.30), $3/month for the dashboard,
 SNS e-mail free up to 1,000 a month.
 """
 
@@ -40,6 +41,8 @@ class Thresholds:
     cache_evictions_per_5min: int = 100
     cache_hit_rate_min_percent: int = 20
     waf_blocked_per_5min: int = 500
+    ttft_p95_seconds: float = 10.0  # the gateway's time to first token, streamed requests
+    upstream_429_per_5min: int = 20  # the LLM API refusing for rate limits, retries included
 
 
 @dataclass
@@ -57,6 +60,9 @@ class MonitoringArgs:
     max_tasks: int
     alert_emails: list[str] = field(default_factory=list)
     thresholds: Thresholds = field(default_factory=Thresholds)
+    # The gateway's metrics (Embedded Metric Format in its logs): namespace and Service dimension.
+    metrics_namespace: str = "LLMService"
+    gateway_service: pulumi.Input[str] = ""
 
 
 @dataclass
@@ -109,12 +115,14 @@ class Monitoring(pulumi.ComponentResource):
             f"{name}-dashboard", dashboard_name=args.name,
             dashboard_body=pulumi.Output.all(
                 args.lb_arn_suffix, args.target_group_arn_suffix, args.cluster_name,
-                args.service_name, args.web_acl_name,
+                args.service_name, args.web_acl_name, args.gateway_service,
             ).apply(lambda a: render_dashboard(
                 region=args.region, lb=a[0], tg=a[1], cluster=a[2], service=a[3], web_acl=a[4],
+                gateway=a[5], namespace=args.metrics_namespace,
                 cache_members=args.cache_member_ids, min_tasks=args.min_tasks,
                 max_tasks=args.max_tasks, p95=args.thresholds.p95_latency_seconds,
                 p99=args.thresholds.p99_latency_seconds,
+                ttft_p95_ms=args.thresholds.ttft_p95_seconds * 1000,
             )),
             opts=p,
         )
@@ -185,6 +193,7 @@ def alarms(args: MonitoringArgs) -> list[_Alarm]:
     tg = {"LoadBalancer": args.lb_arn_suffix, "TargetGroup": args.target_group_arn_suffix}
     svc = {"ClusterName": args.cluster_name, "ServiceName": args.service_name}
     waf = {"WebACL": args.web_acl_name, "Region": args.region, "Rule": "ALL"}
+    gw = {"Service": args.gateway_service}
     gt, lt = "GreaterThanThreshold", "LessThanThreshold"
     return [
         _Alarm("alb-5xx", "the load balancer itself answers 5xx (no healthy target, timeouts)",
@@ -209,6 +218,13 @@ def alarms(args: MonitoringArgs) -> list[_Alarm]:
         _Alarm("waf-blocked-spike", "WAF blocks many requests: an attack or a client bug",
                "AWS/WAFV2", "BlockedRequests", waf, gt, t.waf_blocked_per_5min, period=300,
                periods=1),
+        # From the gateway's own metrics (EMF in its log lines), in milliseconds.
+        _Alarm("gateway-ttft-p95", "streamed answers start slowly: the LLM API is slow or overloaded",
+               args.metrics_namespace, "TimeToFirstToken", gw, gt, t.ttft_p95_seconds * 1000,
+               stat="p95", period=300),
+        _Alarm("gateway-upstream-429", "the LLM API refuses requests for rate limits: raise the "
+               "project's limits or slow the clients", args.metrics_namespace, "Upstream429", gw, gt,
+               t.upstream_429_per_5min, period=300, periods=1),
     ]
 
 

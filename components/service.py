@@ -1,11 +1,12 @@
-"""The LLM-calling application on ECS Fargate: cluster, task, service, autoscaling, optional ECR.
+"""The LLM-calling application on ECS Fargate: cluster, task, service, autoscaling.
 
 Creates: an ECS cluster (Container Insights on) with FARGATE and FARGATE_SPOT; a task definition
 (read-only root file system, non-root user, health check, secrets injected from Secrets Manager by
-ARN, logs to an encrypted log group); execution and task roles scoped to exact ARNs; the tasks'
-security group (in from the load balancer only; out to 443 and to the cache); the service in
-private subnets behind the target group, with a rollback circuit breaker; target-tracking
-autoscaling on CPU, memory and requests per target; optionally an ECR repository.
+ARN, logs to an encrypted log group); execution and task roles scoped to exact ARNs (the image's
+ECR repository, when given, is the only one it may pull from); the tasks' security group (in from
+the load balancer only; out to 443 and to the cache); the service in private subnets behind the
+target group, with a rollback circuit breaker; target-tracking autoscaling on CPU, memory and
+requests per target.
 
 Cost: Fargate ARM64 about $0.0324/vCPU-hour and $0.0036/GB-hour (x86 about 25 % more; Spot up to
 70 % less): a 0.5 vCPU / 1 GB task runs about $14/month. Container Insights and logs by volume.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import pulumi
 import pulumi_aws as aws
@@ -51,7 +52,7 @@ class ServiceArgs:
     region: str
     vpc_id: pulumi.Input[str]
     subnet_ids: list[pulumi.Input[str]]
-    image: str
+    image: pulumi.Input[str]  # a reference, best by digest (repository@sha256:...)
     lb_security_group_id: pulumi.Input[str]
     target_group_arn: pulumi.Input[str]
     request_count_label: pulumi.Input[str]  # "<alb arn suffix>/<target group arn suffix>"
@@ -62,7 +63,9 @@ class ServiceArgs:
     container_port: int = 8080
     user: str = "1000:1000"
     health_check_path: str = "/healthz"
-    health_check_command: str = ""  # "" -> curl against health_check_path (the image needs curl)
+    # A shell command (CMD-SHELL) or an exec form list (CMD); "" -> curl against
+    # health_check_path, which needs curl in the image.
+    health_check_command: Union[str, list[str]] = ""
     environment: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # env name -> ARN
     cache: Optional[CacheLink] = None
@@ -82,7 +85,7 @@ class ServiceArgs:
     stop_timeout_seconds: int = 120
     log_retention_days: int = 30
     execute_command: bool = False
-    ecr_repository: bool = True
+    repository_arn: Optional[pulumi.Input[str]] = None  # the ECR repository the tasks pull from
     task_role_statements: list[dict[str, Any]] = field(default_factory=list)
     iam_path: str = "/"  # e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
     # What the service must be created after: the listener forwarding to target_group_arn (ECS
@@ -105,7 +108,6 @@ class Service(pulumi.ComponentResource):
     service_name: pulumi.Output[str]
     security_group_id: pulumi.Output[str]
     log_group_name: pulumi.Output[str]
-    repository_url: Optional[pulumi.Output[str]]
 
     def __init__(self, name: str, args: ServiceArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:service:Service", name, None, opts)
@@ -124,8 +126,6 @@ class Service(pulumi.ComponentResource):
             f"{name}-logs", name=f"/ecs/{args.name}", retention_in_days=args.log_retention_days,
             kms_key_id=args.kms_key_arn, opts=p,
         )
-        self.repository = self._repository(name, args) if args.ecr_repository else None
-        self.repository_url = self.repository.repository_url if self.repository else None
         self.security_group = self._security_groups(name, args)
         execution_role, task_role, self._secrets_policy = self._roles(name, args)
         self.task_definition = aws.ecs.TaskDefinition(
@@ -137,8 +137,8 @@ class Service(pulumi.ComponentResource):
             execution_role_arn=execution_role.arn, task_role_arn=task_role.arn,
             volumes=[aws.ecs.TaskDefinitionVolumeArgs(name=v) for v in volumes(args)],
             container_definitions=pulumi.Output.all(
-                self.log_group.name, dict(args.environment), dict(args.secrets)
-            ).apply(lambda a: container_definitions(args, a[0], a[1], a[2])),
+                args.image, self.log_group.name, dict(args.environment), dict(args.secrets)
+            ).apply(lambda a: container_definitions(args, a[0], a[1], a[2], a[3])),
             opts=p,
         )
         self.service = self._service(name, args)
@@ -152,34 +152,7 @@ class Service(pulumi.ComponentResource):
         self.register_outputs({
             "cluster_name": self.cluster_name, "service_name": self.service_name,
             "security_group_id": self.security_group_id, "log_group_name": self.log_group_name,
-            "repository_url": self.repository_url,
         })
-
-    def _repository(self, name: str, args: ServiceArgs) -> aws.ecr.Repository:
-        p = pulumi.ResourceOptions(parent=self, protect=args.protect)
-        repo = aws.ecr.Repository(
-            f"{name}-repo", name=args.name, image_tag_mutability="IMMUTABLE",
-            image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(
-                scan_on_push=True
-            ),
-            encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(
-                encryption_type="KMS", kms_key=args.kms_key_arn
-            )],
-            force_delete=not args.protect, opts=p,
-        )
-        aws.ecr.LifecyclePolicy(
-            f"{name}-repo", repository=repo.name, policy=json.dumps({"rules": [
-                {"rulePriority": 1, "description": "drop untagged images after 7 days",
-                 "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed",
-                               "countUnit": "days", "countNumber": 7},
-                 "action": {"type": "expire"}},
-                {"rulePriority": 2, "description": "keep the newest 50 images",
-                 "selection": {"tagStatus": "any", "countType": "imageCountMoreThan",
-                               "countNumber": 50},
-                 "action": {"type": "expire"}},
-            ]}), opts=pulumi.ResourceOptions(parent=self),
-        )
-        return repo
 
     def _security_groups(self, name: str, args: ServiceArgs) -> aws.ec2.SecurityGroup:
         """The tasks' group, and both ends of every connection the tasks take part in."""
@@ -230,10 +203,8 @@ class Service(pulumi.ComponentResource):
         execution = aws.iam.Role(f"{name}-execution", assume_role_policy=assume, path=args.iam_path, opts=p)
         aws.iam.RolePolicy(
             f"{name}-execution-runtime", role=execution.id,
-            policy=pulumi.Output.all(
-                self.log_group.arn,
-                self.repository.arn if self.repository else None,
-            ).apply(lambda a: execution_policy(a[0], a[1])),
+            policy=pulumi.Output.all(self.log_group.arn, args.repository_arn).apply(
+                lambda a: execution_policy(a[0], a[1])),
             opts=p,
         )
         secrets_policy = None
@@ -341,12 +312,20 @@ class Service(pulumi.ComponentResource):
             )
 
 
-def container_definitions(args: ServiceArgs, log_group: str, env: dict[str, str],
+def health_check(args: ServiceArgs) -> list[str]:
+    command = args.health_check_command
+    if isinstance(command, list):
+        return ["CMD", *command]
+    return ["CMD-SHELL", command or
+            f"curl -fsS http://localhost:{args.container_port}{args.health_check_path} || exit 1"]
+
+
+def container_definitions(args: ServiceArgs, image: str, log_group: str, env: dict[str, str],
                           secrets: dict[str, str]) -> str:
     port = args.container_port
     return json.dumps([{
         "name": "app",
-        "image": args.image,
+        "image": image,
         "essential": True,
         "user": args.user,
         "readonlyRootFilesystem": True,
@@ -360,8 +339,7 @@ def container_definitions(args: ServiceArgs, log_group: str, env: dict[str, str]
         "mountPoints": [{"sourceVolume": v, "containerPath": path, "readOnly": False}
                         for v, path in volumes(args).items()],
         "healthCheck": {
-            "command": ["CMD-SHELL", args.health_check_command
-                        or f"curl -fsS http://localhost:{port}{args.health_check_path} || exit 1"],
+            "command": health_check(args),
             "interval": 15, "timeout": 5, "retries": 3, "startPeriod": 30,
         },
         # ECS waits this long after SIGTERM before SIGKILL, so open streams can finish.

@@ -31,47 +31,36 @@ from typing import Optional, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from infra.clients import client as _client
-from infra.config import load, physical_prefix, secret_prefix
-from infra.outputs import read_outputs
-from infra.synth import ROOT, read_stack_file
+from infra import rollout
+from infra.boto import client as _client
+from infra.rollout import Failure, Stack
+from infra.synth import ROOT
 
 # OpenAI keys: sk-..., sk-proj-..., sk-svcacct-...; other names only need to be one token.
 SHAPES = {"openai-api-key": re.compile(r"sk-[A-Za-z0-9_\-]{20,}")}
 ANY_TOKEN = re.compile(r"\S{8,}")
 
 
-class Failure(Exception):
-    """One line for the operator; exit code 1."""
-
-
 @dataclass
 class Target:
-    stack: str
-    region: str
-    secret_id: str
+    stack: Stack
     name: str
+    secret_id: str
     rotation_age_days: int
-    cluster: str
-    service: str
+
+    @property
+    def region(self) -> str:
+        return self.stack.region
 
 
 def resolve(stack: str, name: str, outputs: Optional[Path], region: Optional[str],
             root: Path = ROOT) -> Target:
-    cfg = load(*read_stack_file(stack, root))
-    target = Target(
-        stack=stack, region=region or cfg.region, secret_id=f"{secret_prefix(stack)}/{name}",
-        name=name, rotation_age_days=cfg.secrets.rotation_age_days,
-        cluster=physical_prefix(stack), service=physical_prefix(stack),
-    )
-    if outputs is not None:
-        out = read_outputs(outputs, ["secretArns", "clusterName", "serviceName"])
-        if name not in out["secretArns"]:
-            raise Failure(f"{outputs}: secretArns has no {name!r} (has {sorted(out['secretArns'])})")
-        target.secret_id = out["secretArns"][name]
-        target.cluster, target.service = out["clusterName"], out["serviceName"]
-        target.region = region or out.get("region") or target.region
-    return target
+    s = rollout.resolve(stack, outputs, region, root)
+    if name not in s.cfg.secrets.names:
+        raise Failure(f"{name!r} is not one of the stack's secrets.names {list(s.cfg.secrets.names)}")
+    if name not in s.secrets:
+        raise Failure(f"{outputs}: secretArns has no {name!r} (has {sorted(s.secrets)})")
+    return Target(s, name, s.secrets[name], s.cfg.secrets.rotation_age_days)
 
 
 def read_value(name: str, stdin: TextIO) -> str:
@@ -97,15 +86,11 @@ def _store(t: Target, value: str) -> str:
 
 def put(t: Target, value: str, timeout: int = 600, sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print) -> None:
-    """Store the value; where the service exists, roll it out and wait until it is stable."""
+    """Store the value; where the service exists (and every secret it reads has a value), roll
+    it out and wait until it is stable."""
     _client("secretsmanager", t.region).describe_secret(SecretId=t.secret_id)  # fails before writing
-    ecs = _client("ecs", t.region)
-    exists = _find_service(ecs, t) is not None
     log(_store(t, value))
-    if not exists:
-        log(f"no ECS service {t.cluster}/{t.service} yet: its first tasks will read this value")
-        return
-    _roll_out(ecs, t, timeout, sleep, clock, log)
+    rollout.after_secret_change(t.stack, timeout, sleep, clock, log)
 
 
 def check(t: Target, now: Optional[datetime] = None) -> tuple[list[str], bool]:
@@ -115,7 +100,7 @@ def check(t: Target, now: Optional[datetime] = None) -> tuple[list[str], bool]:
     stages = d.get("VersionIdsToStages", {})
     if not any("AWSCURRENT" in s for s in stages.values()):
         return [f"FAIL {t.secret_id}: no current value; run `python -m infra.apikey put "
-                f"--stack {t.stack}`"], False
+                f"--stack {t.stack.name}`"], False
     lines, ok = [], True
     if not d.get("KmsKeyId"):
         lines.append(f"FAIL {t.secret_id}: encrypted with the AWS-managed key, not the stack's")
@@ -136,64 +121,24 @@ def check(t: Target, now: Optional[datetime] = None) -> tuple[list[str], bool]:
 def rotate(t: Target, value: str, timeout: int, sleep: Callable[[float], None] = time.sleep,
            clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print) -> None:
     # Check the service exists before writing, so a wrong target writes nothing.
-    _service(_client("ecs", t.region), t)
+    rollout.require_service(t.stack)
     put(t, value, timeout, sleep, clock, log)
-
-
-def _roll_out(ecs, t: Target, timeout: int, sleep: Callable[[float], None],
-              clock: Callable[[], float], log: Callable[[str], None]) -> None:
-    """A new deployment, so running tasks (and a rollout the circuit breaker stopped for want of
-    the value) start again with it; then wait for one COMPLETED deployment at full count."""
-    ecs.update_service(cluster=t.cluster, service=t.service, forceNewDeployment=True)
-    log(f"forced a new deployment of {t.cluster}/{t.service}; waiting up to {timeout} s")
-    deadline = clock() + timeout
-    while True:
-        svc = _service(ecs, t)
-        deployments = svc.get("deployments", [])
-        primary = [d for d in deployments if d.get("status") == "PRIMARY"]
-        if (len(deployments) == 1 and primary and primary[0].get("rolloutState") == "COMPLETED"
-                and svc.get("runningCount") == svc.get("desiredCount")):
-            log(f"{t.service} is stable: {svc['runningCount']} tasks run the new key")
-            return
-        if primary and primary[0].get("rolloutState") == "FAILED":
-            raise Failure(f"the new deployment failed ({primary[0].get('rolloutStateReason', '')}); "
-                          "the circuit breaker rolls back to the old tasks, which keep the old key")
-        if clock() >= deadline:
-            raise Failure(f"{t.service} not stable after {timeout} s (running "
-                          f"{svc.get('runningCount')} of {svc.get('desiredCount')}, "
-                          f"{len(deployments)} deployments); the new key is stored")
-        sleep(10)
-
-
-def _find_service(ecs, t: Target) -> Optional[dict]:
-    try:
-        found = ecs.describe_services(cluster=t.cluster, services=[t.service])
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") == "ClusterNotFoundException":
-            return None
-        raise
-    services = [s for s in found.get("services", []) if s.get("status") == "ACTIVE"]
-    return services[0] if services else None
-
-
-def _service(ecs, t: Target) -> dict:
-    service = _find_service(ecs, t)
-    if service is None:
-        raise Failure(f"ECS service {t.cluster}/{t.service} not found in {t.region}; "
-                      "deploy the stack first (pulumi up)")
-    return service
 
 
 def explain(e: Exception, t: Optional[Target]) -> str:
     where = f"{t.secret_id} in {t.region}" if t else "the secret"
+    return explain_aws(e, where, t.stack.name if t else None)
+
+
+def explain_aws(e: Exception, where: str, stack: Optional[str]) -> str:
     if isinstance(e, NoCredentialsError):
         return "no AWS credentials found: set AWS_PROFILE or assume the stack's deploy role"
     if isinstance(e, ClientError):
         code = e.response.get("Error", {}).get("Code", "")
         msg = e.response.get("Error", {}).get("Message", "")
         if code == "ResourceNotFoundException":
-            stack = f" --stack {t.stack}" if t else ""
-            return f"{where} does not exist; deploy the stack first (pulumi up{stack})"
+            flag = f" --stack {stack}" if stack else ""
+            return f"{where} does not exist; deploy the stack first (pulumi up{flag})"
         if code in ("AccessDeniedException", "AccessDenied", "UnrecognizedClientException"):
             return f"access denied to {where}: {msg}"
         if code in ("ThrottlingException", "Throttling", "TooManyRequestsException"):

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from infra.clients import client as _client
+from infra.boto import client as _client
 from infra.config import ConfigError, StackConfig, iam_path, load, physical_prefix, secret_prefix
 from infra.synth import ROOT, read_stack_file
 

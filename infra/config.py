@@ -137,14 +137,20 @@ class SecretsConfig(_Section):
         return v
 
 
+BUILD = "build"  # service.image: build gateway/ and deploy it by digest
+
+
 class ServiceConfig(_Section):
-    image: str = "public.ecr.aws/docker/library/nginx:stable-alpine"
+    # "build": the stack builds gateway/ (Docker with buildx needed where `pulumi up` runs) and
+    # deploys it by digest; anything else is an image reference used as given.
+    image: str = BUILD
     cpu: int = 512
     memory: int = 1024
     architecture: Literal["ARM64", "X86_64"] = "ARM64"
     container_port: int = Field(8080, ge=1024, le=65535)
     user: str = "1000:1000"
-    # Run inside the container; "" means `curl -fsS http://localhost:<port><healthCheckPath>`.
+    # Run inside the container; "" means the gateway's own check (`python -m gateway.healthcheck`)
+    # for the built image, `curl -fsS http://localhost:<port><healthCheckPath>` for any other.
     health_check_command: str = ""
     min_tasks: int = Field(1, ge=0)
     max_tasks: int = Field(4, ge=1)
@@ -238,6 +244,33 @@ class LoadBalancerConfig(_Section):
         return self
 
 
+# AWS NAT gateways drop a flow after 350 s without a packet (VPC user guide, "NAT gateway
+# basics"); a keepalive probe must leave before that, with room for one probe interval (15 s).
+NAT_IDLE_TIMEOUT_SECONDS = 350
+
+
+class GatewayConfig(_Section):
+    """The gateway's request path (gateway/). Become GATEWAY_* environment variables."""
+
+    sse_keepalive_seconds: int = Field(15, ge=1)
+    upstream_tcp_keepalive_seconds: int = Field(60, ge=10)
+    max_attempts: int = Field(3, ge=1, le=10)
+    retry_budget_seconds: int = Field(20, ge=0)
+    max_request_megabytes: int = Field(8, ge=1, le=64)
+    log_prompts: bool = False
+    ttft_p95_alarm_seconds: float = Field(10.0, gt=0)
+    upstream_429_per_5min: int = Field(20, ge=1, alias="upstream429Per5min")
+
+    @field_validator("upstream_tcp_keepalive_seconds")
+    @classmethod
+    def _under_nat_timeout(cls, v: int) -> int:
+        if v + 15 >= NAT_IDLE_TIMEOUT_SECONDS:
+            raise ValueError(f"the first keepalive probe (after {v} s, then every 15 s) must leave "
+                             f"before a NAT gateway drops the idle flow at {NAT_IDLE_TIMEOUT_SECONDS} s: "
+                             f"at most {NAT_IDLE_TIMEOUT_SECONDS - 16}")
+        return v
+
+
 class CacheConfig(_Section):
     engine: Literal["valkey", "redis"] = "valkey"
     engine_version: str = "8.0"
@@ -329,6 +362,7 @@ class StackConfig(BaseModel):
     # No default: an omitted section must still say where the certificate comes from.
     load_balancer: LoadBalancerConfig = Field(alias="loadBalancer")
     cache: CacheConfig = CacheConfig()
+    gateway: GatewayConfig = GatewayConfig()
     edge: EdgeConfig = EdgeConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     budget: BudgetConfig = BudgetConfig()
@@ -341,6 +375,11 @@ class StackConfig(BaseModel):
     def _cross_checks(self) -> StackConfig:
         _network_fits(self.network)
         _certificate_in_region(self.load_balancer.certificate_arn, self.region)
+        _streams_survive_the_idle_timeout(self.gateway, self.load_balancer)
+        if self.service.image == BUILD and not self.service.ecr_repository:
+            raise ConfigError(_key("service.ecrRepository"), False,
+                              "service.image: build pushes to the stack's ECR repository; set true, "
+                              "or set service.image to an image reference")
         if self.is_prod:
             _prod_rules(self)
         return self
@@ -357,6 +396,21 @@ def _network_fits(n: NetworkConfig) -> None:
             f"/{n.subnet_prefix_length}; use a /{n.subnet_prefix_length - 4} or larger VPC, "
             f"or a longer network.subnetPrefixLength",
         ) from None
+
+
+def _streams_survive_the_idle_timeout(g: GatewayConfig, lb: LoadBalancerConfig) -> None:
+    """The ALB closes a connection that carries no byte for idleTimeoutSeconds. While the model
+    thinks, only the gateway's SSE comments cross it (at least three per timeout, so one lost to
+    scheduling still leaves two); while it retries, nothing does."""
+    idle = lb.idle_timeout_seconds
+    if g.sse_keepalive_seconds * 3 > idle:
+        raise ConfigError(_key("gateway.sseKeepaliveSeconds"), g.sse_keepalive_seconds,
+                          f"at most a third of loadBalancer.idleTimeoutSeconds ({idle}): "
+                          f"{idle // 3} or less, or the load balancer cuts streams whose model is thinking")
+    if g.retry_budget_seconds * 2 > idle:
+        raise ConfigError(_key("gateway.retryBudgetSeconds"), g.retry_budget_seconds,
+                          f"at most half of loadBalancer.idleTimeoutSeconds ({idle}): the client "
+                          "receives nothing while the gateway retries")
 
 
 def _certificate_in_region(arn: str, region: str) -> None:

@@ -50,6 +50,9 @@ class AwsMocks(pulumi.runtime.Mocks):
         typ = args.typ
         if not args.custom:
             return rid, state
+        if typ in _EXTRAS and not typ.startswith("aws:"):
+            _EXTRAS[typ](self, state, name)
+            return rid, state
         service = typ.split(":")[1].split("/")[0]
         kind = typ.rsplit(":", 1)[1].lower()
         prefix = f"arn:aws:{service}:{self.region}:{ACCOUNT}"
@@ -75,6 +78,10 @@ class AwsMocks(pulumi.runtime.Mocks):
             }, []
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
+        if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            return {"userName": "AWS", "password": "mock-ecr-token", "authorizationToken": "QVdTOm1vY2s=",
+                    "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{self.region}.amazonaws.com",
+                    "expiresAt": "2026-01-01T00:00:00Z", "id": ACCOUNT}, []
         if token == "aws:elb/getServiceAccount:getServiceAccount":
             return {"arn": "arn:aws:iam::127311923021:root", "id": "127311923021"}, []
         raise NotImplementedError(f"the offline mocks do not answer {token}")
@@ -157,6 +164,12 @@ def _random_id(m: AwsMocks, s: dict, name: str):
     s["hex"] = _stable(name, 2 * int(s.get("byteLength", 4)))
 
 
+def _docker_image(m: AwsMocks, s: dict, name: str):
+    # The digest of what would be pushed: derived from the tags (which carry the content hash).
+    s["digest"] = "sha256:" + hashlib.sha256(repr(s.get("tags")).encode()).hexdigest()
+    s["ref"] = f"{(s.get('tags') or [name])[0].split(':')[0]}@{s['digest']}"
+
+
 def _bucket(m: AwsMocks, s: dict, name: str):
     bucket = s.get("bucket", name)
     s["arn"] = f"arn:aws:s3:::{bucket}"
@@ -195,5 +208,6 @@ _EXTRAS = {
     "aws:ecr/repository:Repository": _ecr,
     "random:index/randomPassword:RandomPassword": _random_password,
     "random:index/randomId:RandomId": _random_id,
+    "docker-build:index:Image": _docker_image,
     "aws:s3/bucket:Bucket": _bucket,
 }

@@ -6,6 +6,7 @@ Nothing is declared until the whole config has passed `infra.config.load`.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -21,12 +22,15 @@ from pulumi.runtime.config import (
 from components.budget import Budget, BudgetArgs
 from components.cache import Cache, CacheArgs
 from components.edge import Edge, EdgeArgs
+from components.image import Image, ImageArgs
 from components.load_balancer import LoadBalancer, LoadBalancerArgs
 from components.monitoring import Monitoring, MonitoringArgs, Thresholds
 from components.network import Network, NetworkArgs
+from components.registry import Registry, RegistryArgs
 from components.secrets import Secrets, SecretsArgs, env_var_name
 from components.service import CacheLink, Service, ServiceArgs
 from infra.config import (
+    BUILD,
     PROJECT,
     ConfigErrors,
     StackConfig,
@@ -55,6 +59,35 @@ def read_config() -> tuple[dict[str, Any], set[str]]:
                 pass
         raw[key] = value
     return raw, set(get_config_secret_keys_env()) | set(_SECRET_KEYS.get())
+
+
+ROOT = Path(__file__).resolve().parents[1]
+GATEWAY_SOURCE = ROOT / "gateway"
+GATEWAY_HEALTH_CHECK = ["python", "-m", "gateway.healthcheck"]
+METRICS_NAMESPACE = "LLMService"
+CLIENT_KEYS = "client-keys"  # the secret holding client-key hashes (python -m infra.clientkeys)
+
+
+def gateway_environment(cfg: StackConfig, prefix: str) -> dict[str, str]:
+    """GATEWAY_* variables for the container, derived from config (gateway/settings.py reads them)."""
+    g, lb, svc = cfg.gateway, cfg.load_balancer, cfg.service
+    return {
+        "GATEWAY_WORKERS": str(max(1, svc.cpu // 1024)),  # one process per whole vCPU
+        "GATEWAY_SSE_KEEPALIVE_SECONDS": str(g.sse_keepalive_seconds),
+        "GATEWAY_TCP_KEEPALIVE_SECONDS": str(g.upstream_tcp_keepalive_seconds),
+        "GATEWAY_MAX_ATTEMPTS": str(g.max_attempts),
+        "GATEWAY_RETRY_BUDGET_SECONDS": str(g.retry_budget_seconds),
+        "GATEWAY_MAX_REQUEST_BYTES": str(g.max_request_megabytes * 1024 * 1024),
+        "GATEWAY_LOG_PROMPTS": "true" if g.log_prompts else "false",
+        # Past the ALB's idle timeout the client is gone anyway.
+        "GATEWAY_READ_TIMEOUT_SECONDS": str(lb.idle_timeout_seconds),
+        # Longer than the ALB's idle timeout, so the ALB, not the target, closes idle connections.
+        "GATEWAY_CLIENT_KEEPALIVE_SECONDS": str(lb.idle_timeout_seconds + 20),
+        # Within the task's stop timeout, with time left to exit before SIGKILL.
+        "GATEWAY_DRAIN_SECONDS": str(max(0, svc.stop_timeout_seconds - 5)),
+        "GATEWAY_SERVICE": prefix,
+        "GATEWAY_METRICS_NAMESPACE": METRICS_NAMESPACE,
+    }
 
 
 def tags_for(cfg: StackConfig) -> dict[str, str]:
@@ -138,24 +171,40 @@ def main(offline: bool = False) -> None:
         final_snapshot_suffix=snapshot_suffix.hex, protect=protect,
     ), opts=opts)
 
+    client_keys_arn = secrets.add_secret(CLIENT_KEYS)  # its value: python -m infra.clientkeys
+
+    registry = Registry("registry", RegistryArgs(
+        name=prefix, kms_key_arn=secrets.key_arn, protect=protect,
+    ), opts=opts) if svc.ecr_repository else None
+    image: Any = svc.image
+    if svc.image == BUILD:
+        image = Image("gateway", ImageArgs(
+            context=str(GATEWAY_SOURCE), repository_url=registry.repository_url,
+            registry_id=registry.registry_id, architecture=svc.architecture,
+        ), opts=opts).ref
+
     llm = cfg.llm
     service = Service("service", ServiceArgs(
         name=prefix, region=cfg.region, vpc_id=network.vpc_id,
-        subnet_ids=network.private_subnet_ids, image=svc.image,
+        subnet_ids=network.private_subnet_ids, image=image,
         lb_security_group_id=alb.security_group_id, target_group_arn=alb.target_group_arn,
         request_count_label=pulumi.Output.concat(alb.arn_suffix, "/", alb.target_group_arn_suffix),
         kms_key_arn=secrets.key_arn, iam_path=iam_path(stack), cpu=svc.cpu, memory=svc.memory,
         architecture=svc.architecture, container_port=svc.container_port, user=svc.user,
-        health_check_path=lbc.health_check_path, health_check_command=svc.health_check_command,
+        health_check_path=lbc.health_check_path,
+        health_check_command=svc.health_check_command or (
+            GATEWAY_HEALTH_CHECK if svc.image == BUILD else ""),
         environment={
             "APP_ENV": cfg.environment, "PORT": str(svc.container_port),
             "OPENAI_ORG_ID": llm.org_id, "OPENAI_PROJECT_ID": llm.project_id,
             "OPENAI_BASE_URL": llm.base_url,
             "CACHE_HOST": cache.primary_endpoint, "CACHE_READER_HOST": cache.reader_endpoint,
             "CACHE_PORT": str(cache.port), "CACHE_TLS": "true",
+            **gateway_environment(cfg, prefix),
         },
         secrets={
             **{env_var_name(name): arn for name, arn in secrets.secret_arns.items()},
+            env_var_name(CLIENT_KEYS): client_keys_arn,
             "CACHE_AUTH_TOKEN": auth_secret_arn,
         },
         cache=CacheLink(security_group_id=cache.security_group_id, port=cache.port),
@@ -166,7 +215,8 @@ def main(offline: bool = False) -> None:
         fargate_weight=svc.fargate_weight, spot_weight=svc.spot_weight,
         health_check_grace_seconds=svc.health_check_grace_seconds,
         stop_timeout_seconds=svc.stop_timeout_seconds, log_retention_days=svc.log_retention_days,
-        execute_command=svc.execute_command, ecr_repository=svc.ecr_repository,
+        execute_command=svc.execute_command,
+        repository_arn=registry.arn if registry else None,
         wait_for=[alb.listener, *secrets.values], protect=protect,
     ), opts=opts)
 
@@ -184,8 +234,10 @@ def main(offline: bool = False) -> None:
         cluster_name=service.cluster_name, service_name=service.service_name,
         cache_member_ids=cache.member_ids,
         web_acl_name=edge.web_acl_name, min_tasks=svc.min_tasks, max_tasks=svc.max_tasks,
-        alert_emails=emails,
-        thresholds=Thresholds(**mon.model_dump(exclude={"alert_emails"})),
+        alert_emails=emails, metrics_namespace=METRICS_NAMESPACE, gateway_service=prefix,
+        thresholds=Thresholds(**mon.model_dump(exclude={"alert_emails"}),
+                              ttft_p95_seconds=cfg.gateway.ttft_p95_alarm_seconds,
+                              upstream_429_per_5min=cfg.gateway.upstream_429_per_5min),
     ), opts=opts)
 
     budget = Budget("budget", BudgetArgs(
@@ -205,6 +257,7 @@ def main(offline: bool = False) -> None:
     pulumi.export("kmsKeyArn", secrets.key_arn)
     pulumi.export("secretArns", secrets.secret_arns)
     pulumi.export("cacheAuthSecretArn", auth_secret_arn)
+    pulumi.export("clientKeysSecretArn", client_keys_arn)
     pulumi.export("cacheAuthToken", pulumi.Output.secret(auth_token.result))
     pulumi.export("cachePrimaryEndpoint", cache.primary_endpoint)
     pulumi.export("cacheReaderEndpoint", cache.reader_endpoint)
@@ -217,7 +270,8 @@ def main(offline: bool = False) -> None:
     pulumi.export("clusterName", service.cluster_name)
     pulumi.export("serviceName", service.service_name)
     pulumi.export("logGroupName", service.log_group_name)
-    pulumi.export("repositoryUrl", service.repository_url)
+    pulumi.export("repositoryUrl", registry.repository_url if registry else None)
+    pulumi.export("image", image)
     pulumi.export("webAclArn", edge.web_acl_arn)
     pulumi.export("alarmTopicArn", monitoring.topic_arn)
     pulumi.export("alarmNames", monitoring.alarm_names)

@@ -30,15 +30,15 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from infra.clients import client as _client
+from infra.boto import client as _client
 from infra.config import ConfigError, StackConfig, load
 from infra.outputs import read_outputs
 from infra.synth import ROOT, read_stack_file
 
 REQUIRED_OUTPUTS = [
     "albArn", "targetGroupArn", "clusterName", "serviceName", "kmsKeyArn", "secretArns",
-    "cacheAuthSecretArn", "cacheReplicationGroupId", "alarmNames", "budgetName", "webAclArn",
-    "serviceUrl",
+    "cacheAuthSecretArn", "clientKeysSecretArn", "cacheReplicationGroupId", "alarmNames", "budgetName",
+    "webAclArn", "serviceUrl",
 ]
 POLL_SECONDS = 15
 # Every AWS action the checks call (the deploy role runs them after `pulumi up`); all read-only.
@@ -162,6 +162,9 @@ def check_secrets(out: dict, exp: Expect, region: str) -> list[Result]:
     sm, kms = _client("secretsmanager", region), _client("kms", region)
     arns = dict(out["secretArns"])
     arns["cache-auth-token"] = out["cacheAuthSecretArn"]
+    arns["client-keys"] = out["clientKeysSecretArn"]
+    hints = {name: f"python -m infra.apikey put --stack {exp.stack} --name {name}" for name in out["secretArns"]}
+    hints["client-keys"] = f"python -m infra.clientkeys add --stack {exp.stack} <client>"
     results = []
     for name, arn in sorted(arns.items()):
         check = f"secret {name}"
@@ -173,8 +176,7 @@ def check_secrets(out: dict, exp: Expect, region: str) -> list[Result]:
         current = any("AWSCURRENT" in s for s in d.get("VersionIdsToStages", {}).values())
         key = d.get("KmsKeyId")
         if not current:
-            hint = f"; run `python -m infra.apikey put --stack {exp.stack} --name {name}`" \
-                if name in out["secretArns"] else ""
+            hint = f"; run `{hints[name]}`" if name in hints else ""
             results.append(Result(check, False, f"no current version{hint}"))
         elif not key:
             results.append(Result(check, False, "encrypted with the AWS-managed key, not the stack's"))

@@ -325,8 +325,9 @@ def _aws_text(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if isinstance(default_tags, str):  # a provider's inputs arrive as JSON
         default_tags = json.loads(default_tags)
     for source in (tags, (default_tags or {}).get("tags")):
-        for problem in tag_problems(source or {}):
-            report(problem)
+        if isinstance(source, dict):  # AWS tags; an image's `tags` is a list of references
+            for problem in tag_problems(source):
+                report(problem)
 
 
 POLICIES = [

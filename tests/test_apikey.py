@@ -15,7 +15,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
 
-from infra import apikey
+from infra import apikey, rollout
 from tests.moto_server import at_boundary
 
 KEY = "sk-proj-" + "A1b2C3d4" * 6
@@ -40,6 +40,10 @@ def deployed(aws):
     key_id = kms.create_key(Description="stack key")["KeyMetadata"]["KeyId"]
     sm = boto3.client("secretsmanager", region_name="us-east-1")
     arn = sm.create_secret(Name=SECRET_NAME, KmsKeyId=key_id)["ARN"]
+    # The other secrets the tasks read: the stack writes the cache token, clientkeys the keys.
+    sm.create_secret(Name="llm-service/staging/cache-auth-token", KmsKeyId=key_id, SecretString="t" * 64)
+    sm.create_secret(Name="llm-service/staging/client-keys", KmsKeyId=key_id,
+                     SecretString='{"version": 1, "clients": {}}')
     ecs = boto3.client("ecs", region_name="us-east-1")
     ecs.create_cluster(clusterName="llm-service-staging")
     ecs.register_task_definition(family="llm-service-staging", containerDefinitions=[
@@ -61,7 +65,7 @@ def _stable(real, **kw):
 @pytest.fixture
 def rolls_out(mocker):
     """Injected: moto's rollouts never finish; here every one does. Returns the clients made."""
-    return at_boundary(mocker, apikey, "ecs", "describe_services", _stable, spy=("update_service",))
+    return at_boundary(mocker, rollout, "ecs", "describe_services", _stable, spy=("update_service",))
 
 
 def run(argv, stdin=None, capsys=None):
@@ -78,7 +82,7 @@ def test_put_from_a_pipe_stores_a_current_version_and_rolls_out(deployed, capsys
     assert "stored a new current version of llm-service/staging/openai-api-key" in out.out
     rolls_out["ecs"].update_service.assert_called_once_with(
         cluster="llm-service-staging", service="llm-service-staging", forceNewDeployment=True)
-    assert "llm-service-staging is stable: 1 tasks run the new key" in out.out
+    assert "llm-service-staging is stable: 1 tasks run the new value" in out.out
 
 
 def test_first_deploy_order_ends_in_a_healthy_service(deployed, capsys, mocker):
@@ -97,7 +101,7 @@ def test_first_deploy_order_ends_in_a_healthy_service(deployed, capsys, mocker):
             svc["runningCount"] = svc["desiredCount"] if forced else 0
         return r
 
-    clients.append(at_boundary(mocker, apikey, "ecs", "describe_services", runtime,
+    clients.append(at_boundary(mocker, rollout, "ecs", "describe_services", runtime,
                                spy=("update_service",)))
     assert run(["check", "--stack", STACK], None, capsys)[0] == 1  # no value yet
     code, out = run(["put", "--stack", STACK], Pipe(KEY), capsys)
@@ -105,7 +109,7 @@ def test_first_deploy_order_ends_in_a_healthy_service(deployed, capsys, mocker):
     clients[0]["ecs"].update_service.assert_called_once()
     assert out.out.splitlines()[1:] == [
         "forced a new deployment of llm-service-staging/llm-service-staging; waiting up to 600 s",
-        "llm-service-staging is stable: 1 tasks run the new key"]
+        "llm-service-staging is stable: 1 tasks run the new value"]
     assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == KEY
     assert run(["check", "--stack", STACK], None, capsys)[0] == 0
 
@@ -113,13 +117,28 @@ def test_first_deploy_order_ends_in_a_healthy_service(deployed, capsys, mocker):
 def test_put_before_the_service_exists_stores_and_says_so(deployed, capsys, mocker):
     deployed["ecs"].delete_service(cluster="llm-service-staging", service="llm-service-staging",
                                    force=True)
-    spy = mocker.spy(apikey, "_roll_out")
+    spy = mocker.spy(rollout, "roll_out")
     code, out = run(["put", "--stack", STACK], Pipe(KEY), capsys)
     assert code == 0, out.err
     assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == KEY
     assert out.out.splitlines()[-1] == ("no ECS service llm-service-staging/llm-service-staging yet: "
                                         "its first tasks will read this value")
     spy.assert_not_called()
+
+
+def test_put_waits_with_the_rollout_until_the_client_keys_have_a_value(deployed, capsys, mocker):
+    """On a first deploy both external secrets are empty: a rollout before both have values
+    would fail again, so put stores and says what is missing."""
+    deployed["sm"].delete_secret(SecretId="llm-service/staging/client-keys", ForceDeleteWithoutRecovery=True)
+    deployed["sm"].create_secret(Name="llm-service/staging/client-keys", KmsKeyId=deployed["key_id"])
+    spy = mocker.spy(rollout, "roll_out")
+    code, out = run(["put", "--stack", STACK], Pipe(KEY), capsys)
+    assert code == 0, out.err
+    assert out.out.splitlines()[-1] == (
+        "not rolling out yet: client-keys has no value, and tasks cannot start without it; run "
+        "python -m infra.clientkeys add --stack staging <client>")
+    spy.assert_not_called()
+    assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == KEY
 
 
 def test_put_reports_a_rollout_that_fails_even_with_the_value(deployed, capsys, mocker):
@@ -130,7 +149,7 @@ def test_put_reports_a_rollout_that_fails_even_with_the_value(deployed, capsys, 
             {"status": "PRIMARY", "rolloutState": "FAILED", "rolloutStateReason": "tasks failed to start"}]
         return r
 
-    at_boundary(mocker, apikey, "ecs", "describe_services", failed)
+    at_boundary(mocker, rollout, "ecs", "describe_services", failed)
     code, out = run(["put", "--stack", STACK, "--timeout", "5"], Pipe(KEY), capsys)
     assert code == 1
     assert out.err.startswith("error: the new deployment failed (tasks failed to start)")
@@ -163,6 +182,8 @@ def test_put_via_outputs_file(deployed, capsys, tmp_path, rolls_out):
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps({
         "secretArns": {"openai-api-key": deployed["arn"]}, "region": "us-east-1",
+        "clientKeysSecretArn": "llm-service/staging/client-keys",
+        "cacheAuthSecretArn": "llm-service/staging/cache-auth-token",
         "clusterName": "llm-service-staging", "serviceName": "llm-service-staging"}))
     code, out = run(["put", "--stack", STACK, "--outputs", str(outputs)], Pipe(KEY), capsys)
     assert code == 0, out.err
@@ -175,7 +196,7 @@ def test_outputs_file_missing_an_output_is_one_line(deployed, capsys, tmp_path):
     code, out = run(["check", "--stack", STACK, "--outputs", str(outputs)], None, capsys)
     assert code == 1
     assert out.err.strip().count("\n") == 0
-    assert "has no output 'clusterName'" in out.err
+    assert "has no output 'clientKeysSecretArn'" in out.err
 
 
 def test_check_without_a_value_fails(deployed, capsys):
@@ -249,7 +270,7 @@ def test_rotate_times_out_and_says_the_key_is_stored(deployed):
     with pytest.raises(apikey.Failure) as err:
         apikey.rotate(target, KEY, timeout=300, sleep=lambda s: None,
                       clock=lambda: next(ticks), log=lambda line: None)
-    assert "not stable after 300 s (running 0 of 1, 1 deployments); the new key is stored" \
+    assert "not stable after 300 s (running 0 of 1, 1 deployments); the new value is stored" \
         in str(err.value)
 
 
@@ -262,7 +283,7 @@ def test_rotate_reports_a_failed_rollout(deployed, mocker):
             {"status": "ACTIVE", "rolloutState": "COMPLETED"}]
         return r
 
-    at_boundary(mocker, apikey, "ecs", "describe_services", failed)
+    at_boundary(mocker, rollout, "ecs", "describe_services", failed)
     target = apikey.resolve(STACK, "openai-api-key", None, None)
     with pytest.raises(apikey.Failure, match="the new deployment failed \\(tasks failed to start\\)"):
         apikey.rotate(target, KEY, timeout=300, sleep=lambda s: None, log=lambda line: None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import config_of, policy
+from tests.conftest import config_of, container, policy
 
 ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 
@@ -76,6 +76,8 @@ def test_every_alarm_has_both_actions_and_its_stacks_threshold(stack):
         "waf-blocked-spike": t.waf_blocked_per_5min, "cache-cpu": t.cache_cpu_percent,
         "cache-memory": t.cache_memory_percent, "cache-evictions": t.cache_evictions_per_5min,
         "cache-hit-rate-low": t.cache_hit_rate_min_percent,
+        "gateway-ttft-p95": config_of(stack).gateway.ttft_p95_alarm_seconds * 1000,
+        "gateway-upstream-429": config_of(stack).gateway.upstream_429_per_5min,
     }
     assert {a.name.removeprefix("monitoring-") for a in stack.of_type(ALARM)} == set(expected)
     topic = stack.outputs["alarmTopicArn"]
@@ -102,6 +104,21 @@ def test_alarm_dimensions_name_this_stacks_resources(stack):
     assert members == [f"{stack.outputs['cacheReplicationGroupId']}-{i + 1:03d}" for i in range(nodes)]
 
 
+def test_gateway_alarms_read_the_metrics_the_gateway_writes(stack):
+    """The alarm's namespace, metric and dimension are what gateway/observe.py puts in each log
+    line, and the Service value is what the task tells the gateway (GATEWAY_SERVICE)."""
+    from gateway.observe import METRICS
+
+    env = {e["name"]: e["value"] for e in container(stack)["environment"]}
+    for suffix, metric, stat in (("gateway-ttft-p95", "TimeToFirstToken", "p95"),
+                                 ("gateway-upstream-429", "Upstream429", "Sum")):
+        a = _alarm(stack, suffix)
+        assert a["namespace"] == env["GATEWAY_METRICS_NAMESPACE"] == "LLMService"
+        assert a["metricName"] == metric and metric in METRICS
+        assert a["dimensions"] == {"Service": env["GATEWAY_SERVICE"]} == {"Service": f"llm-service-{stack.stack}"}
+        assert stat in (a.get("extendedStatistic"), a.get("statistic"))
+
+
 def _dashboard_metrics(stack):
     body = json.loads(stack.one("aws:cloudwatch/dashboard:Dashboard").inputs["dashboardBody"])
     for widget in body["widgets"]:
@@ -115,6 +132,7 @@ def test_dashboard_is_json_and_names_this_stacks_ids(stack):
         "TargetGroup": stack.outputs["targetGroupArn"].split(":")[-1],
         "ClusterName": stack.outputs["clusterName"], "ServiceName": stack.outputs["serviceName"],
         "WebACL": f"llm-service-{stack.stack}", "Region": "us-east-1", "Rule": "ALL",
+        "Service": f"llm-service-{stack.stack}",
     }
     members = {f"{stack.outputs['cacheReplicationGroupId']}-{i + 1:03d}"
                for i in range(config_of(stack).cache.nodes)}
@@ -131,7 +149,8 @@ def test_dashboard_is_json_and_names_this_stacks_ids(stack):
                 assert value == ids[key], (title, key, value)
     assert {"RequestCount", "TargetResponseTime", "HTTPCode_Target_5XX_Count", "HealthyHostCount",
             "RunningTaskCount", "CPUUtilization", "MemoryUtilization", "CacheHitRate", "Evictions",
-            "AllowedRequests", "BlockedRequests"} <= seen
+            "AllowedRequests", "BlockedRequests", "TimeToFirstToken", "Upstream429", "Upstream5xx",
+            "InputTokens", "OutputTokens"} <= seen
     assert stack.outputs["dashboardUrl"].endswith(f"#dashboards:name=llm-service-{stack.stack}")
 
 

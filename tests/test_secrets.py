@@ -61,7 +61,8 @@ def test_every_secret_uses_the_stack_key_and_a_per_stack_name(stack):
     key_arn = stack.outputs["kmsKeyArn"]
     secrets = stack.of_type(SECRET)
     assert {s.inputs["name"] for s in secrets} == {
-        f"llm-service/{stack.stack}/openai-api-key", f"llm-service/{stack.stack}/cache-auth-token"}
+        f"llm-service/{stack.stack}/openai-api-key", f"llm-service/{stack.stack}/cache-auth-token",
+        f"llm-service/{stack.stack}/client-keys"}
     assert all(s.inputs["kmsKeyId"] == key_arn for s in secrets)
 
 

@@ -157,7 +157,8 @@ def test_task_size_and_container_hardening(stack):
     app = container(stack)
     assert app["readonlyRootFilesystem"] is True and app["privileged"] is False
     assert app["user"] not in ("root", "0", "0:0")
-    assert app["healthCheck"]["command"][0] == "CMD-SHELL"
+    # The gateway's own check with the image's interpreter: no curl, no shell needed.
+    assert app["healthCheck"]["command"] == ["CMD", "python", "-m", "gateway.healthcheck"]
     assert app["stopTimeout"] == cfg.service.stop_timeout_seconds
     assert app["logConfiguration"]["options"]["awslogs-group"] == stack.outputs["logGroupName"]
 
@@ -172,6 +173,7 @@ def test_container_env_has_cache_endpoint_and_secrets_by_arn_only(stack):
     secrets = {s["name"]: s["valueFrom"] for s in app["secrets"]}
     assert secrets == {
         "OPENAI_API_KEY": stack.outputs["secretArns"]["openai-api-key"],
+        "CLIENT_KEYS": stack.outputs["clientKeysSecretArn"],
         "CACHE_AUTH_TOKEN": stack.outputs["cacheAuthSecretArn"],
     }
     assert "mock-generated-password" not in json.dumps(app)
@@ -318,7 +320,8 @@ def test_execution_role_scoped_to_own_log_group_and_repository(stack):
     by_sid = {s["Sid"]: s for s in pol["Statement"]}
     assert by_sid["WriteOwnLogs"]["Resource"].startswith(
         f"arn:aws:logs:us-east-1:123456789012:log-group:/ecs/llm-service-{stack.stack}:")
-    assert by_sid["PullOwnImages"]["Resource"].endswith("repository/service-repo")
+    # The ARN the stack's own repository resource (registry-repo) answers with.
+    assert by_sid["PullOwnImages"]["Resource"] == "arn:aws:ecr:us-east-1:123456789012:repository/registry-repo"
 
 
 def test_task_log_group_is_encrypted_with_retention(stack):

@@ -118,7 +118,7 @@ class Live:
 
 
 def build(stack, synthesized, tmp_path, health_url, *, secret_value=True, cache_failover=None,
-          cache_tls=True) -> Live:
+          cache_tls=True, client_keys=True) -> Live:
     """What `pulumi up --stack <stack>` leaves behind, as far as the checks look."""
     cfg = load(*read_stack_file(stack))
     c = lambda s: boto3.client(s, region_name=REGION)  # noqa: E731
@@ -163,6 +163,9 @@ def build(stack, synthesized, tmp_path, health_url, *, secret_value=True, cache_
         secret_arns[secret] = arn
     auth_arn = sm.create_secret(Name=f"{secret_prefix(stack)}/cache-auth-token", KmsKeyId=key_arn,
                                 SecretString="t" * 32)["ARN"]
+    client_keys_arn = sm.create_secret(Name=f"{secret_prefix(stack)}/client-keys", KmsKeyId=key_arn)["ARN"]
+    if client_keys:
+        sm.put_secret_value(SecretId=client_keys_arn, SecretString='{"version": 1, "clients": {}}')
 
     failover = cfg.cache.automatic_failover if cache_failover is None else cache_failover
     rg_id = synthesized.outputs["cacheReplicationGroupId"]
@@ -195,6 +198,7 @@ def build(stack, synthesized, tmp_path, health_url, *, secret_value=True, cache_
         **synthesized.outputs, "cacheAuthToken": "[secret]", "region": REGION,
         "albArn": lb_arn, "targetGroupArn": tg_arn, "kmsKeyArn": key_arn,
         "secretArns": secret_arns, "cacheAuthSecretArn": auth_arn, "webAclArn": acl_arn,
+        "clientKeysSecretArn": client_keys_arn,
         "serviceUrl": health_url,
     }
     live = Live(stack, outputs, tmp_path / "outputs.json",
@@ -250,13 +254,13 @@ def test_a_healthy_staging_stack_passes_every_check(live, capsys):
     assert code == 0, lines + [err]
     checks = [line.split(":")[0] for line in lines[:-1]]
     assert checks == ["PASS alb", "PASS targets", "PASS ecs", "PASS secret cache-auth-token",
-                      "PASS secret openai-api-key", "PASS cache", "PASS alarms", "PASS budget",
-                      "PASS waf", "PASS health"]
+                      "PASS secret client-keys", "PASS secret openai-api-key", "PASS cache",
+                      "PASS alarms", "PASS budget", "PASS waf", "PASS health"]
     assert "PASS alb: staging-alb active, listeners HTTPS:443" in lines
     assert "PASS targets: 1 healthy (minimum 1)" in lines
-    assert "PASS alarms: 13 present, none in ALARM (13 OK)" in lines
+    assert "PASS alarms: 15 present, none in ALARM (15 OK)" in lines
     assert "PASS budget: llm-service-staging present, 150 USD a month" in lines
-    assert lines[-1] == "10 passed, 0 failed"
+    assert lines[-1] == "11 passed, 0 failed"
 
 
 def test_a_healthy_prod_stack_passes_with_its_own_minimum_and_failover(
@@ -319,6 +323,14 @@ def test_a_secret_without_a_value_fails_and_says_how_to_set_it(
     assert code == 1
     assert failing(lines) == ["FAIL secret openai-api-key: no current version; run "
                               "`python -m infra.apikey put --stack staging --name openai-api-key`"]
+
+
+def test_client_keys_without_a_value_fail_and_say_how_to_add_one(
+        aws, staging, tmp_path, health_server, health, ecs_runtime, capsys):
+    live = build("staging", staging, tmp_path, health_server, client_keys=False)
+    code, lines, _ = run(live, capsys)
+    assert failing(lines) == ["FAIL secret client-keys: no current version; run "
+                              "`python -m infra.clientkeys add --stack staging <client>`"]
 
 
 def test_a_secret_under_another_kms_key_fails(live, capsys):
@@ -484,7 +496,7 @@ def test_access_denied_on_one_service_fails_that_check_only(live, capsys, mocker
     at_boundary(mocker, verify, "wafv2", "get_web_acl_for_resource", deny)
     code, lines, _ = run(live, capsys)
     assert failing(lines) == ["FAIL waf: AccessDeniedException: not allowed"]
-    assert lines[-1] == "9 passed, 1 failed"
+    assert lines[-1] == "10 passed, 1 failed"
 
 
 # --- waiting ---------------------------------------------------------------------------------

@@ -93,6 +93,8 @@ INPUTS = {
     "actions/setup-python": {"python-version", "python-version-file"},
     "aws-actions/configure-aws-credentials": {"role-to-assume", "role-session-name", "aws-region",
                                               "role-duration-seconds", "audience"},
+    "docker/setup-qemu-action": {"platforms", "cache-image", "image", "reset"},
+    "docker/setup-buildx-action": {"cache-binary", "version", "driver", "platforms"},
     "pulumi/actions": {"command", "stack-name", "diff", "policyPacks", "comment-on-pr", "edit-pr-comment",
                        "always-include-summary", "pulumi-version-file", "cloud-url", "refresh",
                        "expect-no-changes", "comment-on-summary"},
@@ -241,3 +243,17 @@ def test_the_cli_version_file_satisfies_the_sdk_requirement():
 def test_the_make_targets_the_workflows_call_exist(target):
     done = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_every_job_that_previews_or_deploys_can_build_the_arm64_image():
+    """preview and up build gateway/ (service.image: build); both stacks are ARM64."""
+    for name, job_id, job in jobs():
+        names = [action(s) for s in steps(job)]
+        pulumi_runs = "pulumi/actions" in names or "pulumi up" in runs(job)
+        if not pulumi_runs:
+            continue
+        assert "docker/setup-qemu-action" in names and "docker/setup-buildx-action" in names, (name, job_id)
+        qemu = next(s for s in steps(job) if action(s) == "docker/setup-qemu-action")
+        assert "arm64" in qemu["with"]["platforms"]
+        first_pulumi = min(i for i, n in enumerate(names) if n == "pulumi/actions")
+        assert names.index("docker/setup-buildx-action") < first_pulumi, (name, job_id)

@@ -1,4 +1,4 @@
-"""The boto3 client the operator commands use (apikey, verify, ci_roles).
+"""The boto3 client the operator commands use (apikey, clientkeys, rollout, verify, ci_roles).
 
 Each command binds it as its own `_client`, the seam its tests patch to inject what moto cannot
 produce."""

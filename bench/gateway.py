@@ -1,0 +1,145 @@
+"""What the gateway adds: the same requests straight to a fake upstream and through the gateway,
+side by side in one run.
+
+    python bench/gateway.py [--rounds 5]        # or: make bench-gateway
+
+Pinned with taskset so the three processes share the two cores the same way in both paths: the
+load generator (this process) on CPU 0, the fake upstream and the gateway on CPU 1. Each round
+measures, in alternating order, non-streamed requests at concurrency 1 (latency) and 16
+(throughput) and streamed requests (time to the first event); the report is the median over
+rounds. The gateway's CPU seconds per request (from /proc) give its capacity per vCPU, which is
+what `service.requestsPerTarget` should be set from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.gateway_process import UPSTREAM_KEY, client_keys, free_port  # noqa: E402
+
+BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"temperature":0}'
+STREAM = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"stream":true}'
+
+
+def spawn(cpu: int, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, *args], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def wait_up(url: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(200):
+            try:
+                async with s.get(url) as r:
+                    await r.read()
+                    return
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def latencies(url: str, headers: dict, body: bytes, n: int, c: int, first_event: bool = False):
+    lat: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c), headers=headers) as s:
+        async def one() -> float:
+            t = time.perf_counter()
+            async with s.post(url, data=body) as r:
+                if first_event:
+                    await r.content.readuntil(b"\n\n")
+                    took = time.perf_counter() - t
+                    await r.read()
+                    return took
+                await r.read()
+                return time.perf_counter() - t
+
+        for _ in range(min(200, n)):  # warm the pools
+            await one()
+
+        async def worker(k: int) -> None:
+            for _ in range(k):
+                lat.append(await one())
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(n // c) for _ in range(c)))
+        elapsed = time.perf_counter() - t0
+    lat.sort()
+    return {"p50": lat[len(lat) // 2] * 1e3, "p95": lat[int(len(lat) * 0.95)] * 1e3, "rps": len(lat) / elapsed}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def round_(direct: str, through: str, key: str, gateway_pid: int, reverse: bool) -> dict:
+    paths = [("direct", direct, {"Authorization": f"Bearer {UPSTREAM_KEY}"}),
+             ("gateway", through, {"Authorization": f"Bearer {key}"})]
+    if reverse:
+        paths.reverse()
+    out: dict = {}
+    for name, base, headers in paths:
+        h = {**headers, "Content-Type": "application/json"}
+        url = f"{base}/v1/chat/completions"
+        out[(name, "c1")] = await latencies(url, h, BODY, 2000, 1)
+        before = cpu_seconds(gateway_pid)
+        out[(name, "c16")] = await latencies(url, h, BODY, 6000, 16)
+        if name == "gateway":
+            out["cpu_per_request_ms"] = (cpu_seconds(gateway_pid) - before) / 6000 * 1e3
+        out[(name, "stream")] = await latencies(url, h, STREAM, 500, 1, first_event=True)
+    return out
+
+
+async def main(rounds: int) -> None:
+    os.sched_setaffinity(0, {0})
+    up_port, gw_port = free_port(), free_port()
+    doc, keys = client_keys("bench")
+    upstream = spawn(1, ["-m", "tests.fake_upstream", str(up_port)], {})
+    gateway = spawn(1, ["-m", "gateway"], {
+        "HOST": "127.0.0.1", "PORT": str(gw_port), "OPENAI_API_KEY": UPSTREAM_KEY, "CLIENT_KEYS": doc,
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1"})
+    try:
+        direct, through = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
+        await wait_up(f"{direct}/_requests")
+        await wait_up(f"{through}/healthz")
+        results = [await round_(direct, through, keys["bench"], gateway.pid, reverse=i % 2 == 1)
+                   for i in range(rounds)]
+    finally:
+        for p in (gateway, upstream):
+            p.terminate()
+            p.wait()
+    report(results)
+
+
+def report(results: list[dict]) -> None:
+    med = lambda path, kind, stat: statistics.median(r[(path, kind)][stat] for r in results)  # noqa: E731
+    print(f"gateway benchmark: {len(results)} rounds (medians); load generator on CPU 0, "
+          "fake upstream and gateway on CPU 1")
+    print(f"{'':28}{'direct':>10}{'gateway':>10}{'added':>12}")
+    for kind, label in (("c1", "non-streamed, c=1"), ("stream", "streamed, first event")):
+        for stat in ("p50", "p95"):
+            d, g = med("direct", kind, stat), med("gateway", kind, stat)
+            print(f"{label + ' ' + stat:28}{d:9.3f} ms{g:7.3f} ms{g - d:+9.3f} ms")
+    d, g = med("direct", "c16", "rps"), med("gateway", "c16", "rps")
+    print(f"{'non-streamed, c=16 req/s':28}{d:10.0f}{g:10.0f}{'ratio ' + format(g / d, '.2f'):>12}")
+    cpu = statistics.median(r["cpu_per_request_ms"] for r in results)
+    print(f"gateway CPU per request: {cpu:.3f} ms, about {1000 / cpu:.0f} requests/s per vCPU")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    uvloop.run(main(parser.parse_args().rounds))

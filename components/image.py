@@ -1,0 +1,73 @@
+"""A container image built from a local folder and pushed to ECR, deployed by digest.
+
+Creates: a docker-build Image (BuildKit through buildx) for one platform, pushed to the given
+ECR repository with a tag derived from the folder's content (ECR tags are immutable: the same
+content keeps its tag, new content gets a new one), using a short-lived ECR login token.
+`ref` is `<repository>@sha256:...`, so a task definition names exactly the image that was built.
+
+Needs Docker with buildx wherever `pulumi preview` or `up` runs (previews build too, so a broken
+image fails the preview, not the deploy); building for another architecture needs QEMU
+(docker/setup-qemu-action) or a runner of that architecture.
+
+Cost: nothing beyond the repository's storage.
+
+    image = Image("gateway", ImageArgs(context="gateway", repository_url=registry.repository_url,
+                                       registry_id=registry.registry_id, architecture="ARM64"))
+    image.ref
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_docker_build as docker_build
+
+PLATFORMS = {"ARM64": docker_build.Platform.LINUX_ARM64, "X86_64": docker_build.Platform.LINUX_AMD64}
+IGNORED = {"__pycache__", ".pytest_cache"}
+
+
+@dataclass
+class ImageArgs:
+    context: str  # the folder holding the Dockerfile
+    repository_url: pulumi.Input[str]
+    registry_id: pulumi.Input[str]
+    architecture: Literal["ARM64", "X86_64"] = "ARM64"
+
+
+def content_tag(folder: Path) -> str:
+    """A tag from every file's path and bytes: stable while nothing changes."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not IGNORED & set(p.parts)):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"src-{h.hexdigest()[:16]}"
+
+
+class Image(pulumi.ComponentResource):
+    ref: pulumi.Output[str]
+    tag: str
+
+    def __init__(self, name: str, args: ImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-service:image:Image", name, None, opts)
+        context = Path(args.context)
+        self.tag = content_tag(context)
+        token = aws.ecr.get_authorization_token_output(
+            registry_id=args.registry_id, opts=pulumi.InvokeOutputOptions(parent=self))
+        self.image = docker_build.Image(
+            f"{name}-image",
+            context=docker_build.BuildContextArgs(location=str(context)),
+            dockerfile=docker_build.DockerfileArgs(location=str(context / "Dockerfile")),
+            platforms=[PLATFORMS[args.architecture]],
+            push=True,
+            tags=[pulumi.Output.concat(args.repository_url, ":", self.tag)],
+            registries=[docker_build.RegistryArgs(
+                address=args.repository_url, username=token.user_name,
+                password=pulumi.Output.secret(token.password))],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.ref = pulumi.Output.concat(args.repository_url, "@", self.image.digest)
+        self.register_outputs({"ref": self.ref})

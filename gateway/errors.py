@@ -1,0 +1,64 @@
+"""Errors the gateway itself raises, in OpenAI's shape, so SDKs raise their usual exceptions.
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": null, "code": "..."}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import orjson
+
+
+@dataclass
+class GatewayError(Exception):
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    code: Optional[str] = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": {"message": self.message, "type": self.type,
+                                       "param": None, "code": self.code}})
+
+    def sse_event(self) -> bytes:
+        """The same error as a stream event: after a stream has begun no status can change,
+        and OpenAI's SDKs raise on an event whose data carries `error`."""
+        return b"data: " + self.body() + b"\n\n"
+
+
+def unauthorized(presented: bool) -> GatewayError:
+    if presented:
+        return GatewayError(401, "Incorrect API key provided. Use a client key this gateway issued "
+                                 "(python -m infra.clientkeys add <client>).", code="invalid_api_key")
+    return GatewayError(401, "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+                        code="missing_api_key")
+
+
+def not_found(method: str, path: str) -> GatewayError:
+    return GatewayError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"Request body larger than {limit} bytes.", code="request_too_large")
+
+
+def bad_json() -> GatewayError:
+    return GatewayError(400, "We could not parse the JSON body of your request.", code="invalid_json")
+
+
+def upstream_unavailable(detail: str) -> GatewayError:
+    return GatewayError(502, f"The LLM API could not be reached: {detail}", type="server_error",
+                        code="upstream_unavailable")
+
+
+def upstream_timeout(seconds: float) -> GatewayError:
+    return GatewayError(504, f"The LLM API sent nothing for {seconds:g} s.", type="server_error",
+                        code="upstream_timeout")
+
+
+def stream_interrupted() -> GatewayError:
+    return GatewayError(502, "The LLM API closed the stream before it finished.", type="server_error",
+                        code="upstream_stream_interrupted")

@@ -1,0 +1,77 @@
+"""One JSON line per request on stdout: the request log and, in CloudWatch's Embedded Metric
+Format, the metrics. The awslogs driver ships the line; CloudWatch Logs extracts the metrics from
+it. No SDK calls, no extra IAM, no sidecar.
+
+Dimensions are bounded: `Service` (the stack) and `Service, Client` (the configured client names).
+The model is a log field, not a dimension: clients choose it, so it is unbounded. The line never
+carries a key, and carries the prompt only when GATEWAY_LOG_PROMPTS is on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import orjson
+
+# name -> unit, in the order they appear in the line
+METRICS = {
+    "Requests": "Count", "Latency": "Milliseconds", "TimeToFirstToken": "Milliseconds",
+    "InputTokens": "Count", "OutputTokens": "Count", "Upstream429": "Count", "Upstream5xx": "Count",
+    "Retries": "Count", "GatewayErrors": "Count",
+}
+
+
+@dataclass
+class Record:
+    request_id: str
+    route: str
+    started: float  # time.perf_counter() at arrival
+    client: str = "-"
+    model: Optional[str] = None
+    stream: bool = False
+    status: int = 0
+    ttft_ms: Optional[float] = None
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    retries: int = 0
+    upstream_429: int = 0
+    upstream_5xx: int = 0
+    upstream_request_id: Optional[str] = None
+    error: Optional[str] = None  # the code of an error the gateway raised
+    prompt: Any = None  # only with GATEWAY_LOG_PROMPTS
+
+
+def line(r: Record, service: str, namespace: str, now_ms: Optional[int] = None) -> bytes:
+    values = {
+        "Requests": 1, "Latency": round((time.perf_counter() - r.started) * 1000, 3),
+        "TimeToFirstToken": r.ttft_ms, "InputTokens": r.input_tokens, "OutputTokens": r.output_tokens,
+        "Upstream429": r.upstream_429, "Upstream5xx": r.upstream_5xx, "Retries": r.retries,
+        "GatewayErrors": 1 if r.error else 0,
+    }
+    present = {k: v for k, v in values.items() if v is not None}
+    doc: dict[str, Any] = {
+        "_aws": {
+            "Timestamp": now_ms if now_ms is not None else int(time.time() * 1000),
+            "CloudWatchMetrics": [{
+                "Namespace": namespace,
+                "Dimensions": [["Service"], ["Service", "Client"]],
+                "Metrics": [{"Name": k, "Unit": METRICS[k]} for k in present],
+            }],
+        },
+        "Service": service, "Client": r.client, **present,
+        "request_id": r.request_id, "route": r.route, "model": r.model, "stream": r.stream,
+        "status": r.status, "upstream_request_id": r.upstream_request_id,
+    }
+    if r.error:
+        doc["error"] = r.error
+    if r.prompt is not None:
+        doc["prompt"] = r.prompt
+    return orjson.dumps(doc) + b"\n"
+
+
+def emit(data: bytes) -> None:
+    # One write per line: lines from concurrent requests never interleave.
+    os.write(1, data)

@@ -1,0 +1,114 @@
+"""Relaying a server-sent-event stream from the upstream to the client.
+
+Bytes go out as soon as an event is complete (the upstream writes whole events, so in practice
+each read goes straight out); only a trailing half event waits for its end, so that a keepalive
+comment never lands inside an event. While the upstream is silent the client gets `: keepalive`
+every GATEWAY_SSE_KEEPALIVE_SECONDS, so no idle timeout on the way cuts a stream whose model is
+still thinking.
+
+Usage: chat completions report tokens in a last chunk only when asked
+(`stream_options.include_usage`). The gateway asks on every stream, so that tokens and spend are
+counted, and drops that chunk again when the client had not asked for it. The Responses API
+reports usage in its `response.completed` event, which passes untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Optional
+
+import orjson
+
+KEEPALIVE = b": keepalive\n\n"
+_USAGE_HINTS = (b'"usage":{', b'"usage": {')
+
+
+def split_complete(buf: bytes) -> tuple[bytes, bytes]:
+    """(complete events, the incomplete rest)."""
+    cut = max(buf.rfind(b"\n\n") + 2 if b"\n\n" in buf else 0,
+              buf.rfind(b"\r\n\r\n") + 4 if b"\r\n\r\n" in buf else 0)
+    return buf[:cut], buf[cut:]
+
+
+def _data(event: bytes) -> Optional[bytes]:
+    lines = [line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
+
+
+def usage_of(doc: Any) -> Optional[tuple[int, int]]:
+    """(input, output) tokens from a chat, embeddings or Responses API body or event."""
+    if not isinstance(doc, dict):
+        return None
+    usage = doc.get("usage")
+    if usage is None and isinstance(doc.get("response"), dict):  # response.completed
+        usage = doc["response"].get("usage")
+    if not isinstance(usage, dict):
+        return None
+    inp = usage.get("prompt_tokens", usage.get("input_tokens"))
+    out = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    if not isinstance(inp, int) or not isinstance(out, int):
+        return None
+    return inp, out
+
+
+class UsageFilter:
+    """Reads usage from complete events; drops the usage-only chunk the gateway asked for."""
+
+    def __init__(self, strip_usage_chunk: bool):
+        self.strip = strip_usage_chunk
+        self.usage: Optional[tuple[int, int]] = None
+
+    def __call__(self, events: bytes) -> bytes:
+        if not any(h in events for h in _USAGE_HINTS):
+            return events  # the common case: no parsing at all
+        kept = []
+        for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
+            if not event:
+                continue
+            data = _data(event)
+            doc = _loads(data) if data and any(h in data for h in _USAGE_HINTS) else None
+            found = usage_of(doc)
+            if found:
+                self.usage = found
+                if self.strip and doc.get("choices") == []:
+                    continue  # the client did not ask for this chunk
+            kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def relay(read: Callable[[], Awaitable[bytes]], write: Callable[[bytes], Awaitable[None]],
+                keepalive_seconds: float, on_first: Callable[[], None],
+                transform: Callable[[bytes], bytes] = lambda b: b) -> None:
+    """Copy events from `read` (b"" at the end) to `write` until the upstream ends the stream.
+    Raises what `read` raises (a dropped upstream); the caller tells the client."""
+    buf = b""
+    started = False
+    while True:
+        try:
+            async with asyncio.timeout(keepalive_seconds):
+                chunk = await read()
+        except TimeoutError:
+            if not buf:  # between events only
+                await write(KEEPALIVE)
+            continue
+        if not chunk:
+            break
+        buf += chunk
+        events, buf = split_complete(buf)
+        if events:
+            events = transform(events)
+            if events and not started:
+                started = True
+                on_first()
+            if events:
+                await write(events)
+    if buf:
+        await write(transform(buf))

@@ -1,0 +1,150 @@
+"""Add, list, rotate and revoke the gateway's client keys: what applications send instead of the
+LLM key.
+
+    python -m infra.clientkeys add    --stack staging web-app          # prints the new key, once
+    python -m infra.clientkeys list   --stack staging
+    python -m infra.clientkeys rotate --stack staging web-app [--keep-old]
+    python -m infra.clientkeys revoke --stack staging web-app [--key-id 3f9a0c1e]
+
+Keys live only as SHA-256 hashes in the stack's `client-keys` secret (see gateway/keys.py); the
+key itself is printed once on stdout (progress goes to stderr, so `KEY=$(...)` captures just the
+key) and never stored. Every change then rolls the service out and waits, because ECS hands
+secrets to tasks when they start: a revoked key stops working when the rollout completes.
+`rotate --keep-old` adds a key and keeps the old ones, so clients can move over before `revoke`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from gateway.keys import KeyDocumentError, add_key, empty_document
+from infra import rollout
+from infra.apikey import explain_aws
+from infra.boto import client as _client
+from infra.rollout import CLIENT_KEYS, Failure, Stack
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def read(s: Stack) -> tuple[dict[str, Any], Optional[str]]:
+    """The current document and its version id; an empty document before the first key."""
+    sm = _client("secretsmanager", s.region)
+    secret_id = s.secrets[CLIENT_KEYS]
+    stages = sm.describe_secret(SecretId=secret_id).get("VersionIdsToStages", {})
+    current = next((v for v, labels in stages.items() if "AWSCURRENT" in labels), None)
+    if current is None:
+        return empty_document(), None
+    text = sm.get_secret_value(SecretId=secret_id, VersionId=current)["SecretString"]
+    try:
+        doc = json.loads(text)
+        if doc.get("version") != 1 or not isinstance(doc.get("clients"), dict):
+            raise KeyDocumentError("unexpected shape")
+    except (json.JSONDecodeError, AttributeError, KeyDocumentError):
+        raise Failure(f"{secret_id} does not hold a client-keys document; nothing was changed") from None
+    return doc, current
+
+
+def write(s: Stack, doc: dict[str, Any], read_version: Optional[str]) -> None:
+    sm = _client("secretsmanager", s.region)
+    secret_id = s.secrets[CLIENT_KEYS]
+    stages = sm.describe_secret(SecretId=secret_id).get("VersionIdsToStages", {})
+    current = next((v for v, labels in stages.items() if "AWSCURRENT" in labels), None)
+    if current != read_version:
+        raise Failure(f"{secret_id} changed while this command ran (someone else edited the keys); "
+                      "nothing was written, run it again")
+    sm.put_secret_value(SecretId=secret_id, SecretString=json.dumps(doc, indent=1, sort_keys=True))
+
+
+def add(s: Stack, client: str, keep_old: bool = True, must_exist: bool = False) -> str:
+    doc, version = read(s)
+    if must_exist and client not in doc["clients"]:
+        raise Failure(f"no client {client!r} (clients: {', '.join(sorted(doc['clients'])) or 'none'})")
+    if not must_exist and client in doc["clients"]:
+        raise Failure(f"client {client!r} exists; use `rotate` for a new key")
+    try:
+        key = add_key(doc, client, keep_old=keep_old)
+    except KeyDocumentError as e:
+        raise Failure(str(e)) from None
+    write(s, doc, version)
+    return key
+
+
+def revoke(s: Stack, client: str, key_id: Optional[str] = None) -> str:
+    doc, version = read(s)
+    entry = doc["clients"].get(client)
+    if entry is None:
+        raise Failure(f"no client {client!r}")
+    if key_id is None:
+        del doc["clients"][client]
+        what = f"client {client} and its {len(entry['keys'])} key(s)"
+    else:
+        kept = [k for k in entry["keys"] if k["id"] != key_id]
+        if len(kept) == len(entry["keys"]):
+            ids = ", ".join(k["id"] for k in entry["keys"])
+            raise Failure(f"client {client!r} has no key {key_id} (has {ids})")
+        entry["keys"] = kept
+        if not kept:
+            del doc["clients"][client]
+        what = f"key {key_id} of {client}"
+    write(s, doc, version)
+    return what
+
+
+def listing(s: Stack) -> list[str]:
+    doc, _ = read(s)
+    lines = []
+    for name, entry in sorted(doc["clients"].items()):
+        keys = ", ".join(f"{k['id']} (created {k['created'][:10]})" for k in entry["keys"])
+        lines.append(f"{name}: {keys}")
+    return lines or ["no clients yet: python -m infra.clientkeys add --stack <stack> <client>"]
+
+
+def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time.sleep) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.clientkeys", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["add", "list", "rotate", "revoke"])
+    parser.add_argument("client", nargs="?", help="the client's name (add, rotate, revoke)")
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--keep-old", action="store_true", help="rotate: keep the old keys valid")
+    parser.add_argument("--key-id", help="revoke: one key of the client instead of the client")
+    parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` saved to a file")
+    parser.add_argument("--region", help="override the stack's region")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds to wait for the rollout")
+    args = parser.parse_args(argv)
+    if args.action != "list" and not args.client:
+        parser.error(f"{args.action} needs a client name")
+    where = f"the client-keys secret of {args.stack}"
+    try:
+        s = rollout.resolve(args.stack, args.outputs, args.region)
+        if args.action == "list":
+            print("\n".join(listing(s)))
+            return 0
+        if args.action == "revoke":
+            _err(f"revoked {revoke(s, args.client, args.key_id)}; it stops working when the rollout completes")
+        else:
+            key = add(s, args.client, keep_old=args.keep_old or args.action == "add",
+                      must_exist=args.action == "rotate")
+            _err(f"new key for {args.client} (shown once, stored only as a hash):")
+            print(key, flush=True)
+        rollout.after_secret_change(s, args.timeout, sleep=sleep, log=_err)
+        return 0
+    except Failure as e:
+        _err(f"error: {e}")
+    except (ClientError, BotoCoreError) as e:
+        _err(f"error: {explain_aws(e, where, args.stack)}")
+    except (FileNotFoundError, ValueError) as e:
+        _err(f"error: {e}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""What the operator commands share: finding a stack's service and secrets, and rolling the
+service out after a secret changed.
+
+ECS reads secrets when a task starts, so a new value reaches running tasks only through a new
+deployment. A deployment started while some secret the tasks read still has no value fails
+(ResourceInitializationError) and the circuit breaker stops it; so a command rolls out only when
+every secret has a value, and otherwise says which one is missing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from botocore.exceptions import ClientError
+
+from infra.boto import client as _client
+from infra.config import StackConfig, load, physical_prefix, secret_prefix
+from infra.outputs import read_outputs
+from infra.synth import ROOT, read_stack_file
+
+CLIENT_KEYS = "client-keys"
+CACHE_AUTH_TOKEN = "cache-auth-token"  # noqa: S105 - a secret's name
+
+
+class Failure(Exception):
+    """One line for the operator; exit code 1."""
+
+
+@dataclass
+class Stack:
+    name: str
+    region: str
+    cluster: str
+    service: str
+    secrets: dict[str, str]  # every secret the tasks read: name -> id (name or ARN)
+    cfg: StackConfig
+
+
+def resolve(stack: str, outputs: Optional[Path] = None, region: Optional[str] = None,
+            root: Path = ROOT) -> Stack:
+    """From the stack file's naming convention, or from `pulumi stack output --json` saved to a file."""
+    cfg = load(*read_stack_file(stack, root))
+    names = [*cfg.secrets.names, CLIENT_KEYS, CACHE_AUTH_TOKEN]
+    found = Stack(stack, region or cfg.region, physical_prefix(stack), physical_prefix(stack),
+                  {n: f"{secret_prefix(stack)}/{n}" for n in names}, cfg)
+    if outputs is not None:
+        out = read_outputs(outputs, ["secretArns", "clientKeysSecretArn", "cacheAuthSecretArn",
+                                     "clusterName", "serviceName"])
+        found.secrets = {**out["secretArns"], CLIENT_KEYS: out["clientKeysSecretArn"],
+                         CACHE_AUTH_TOKEN: out["cacheAuthSecretArn"]}
+        found.cluster, found.service = out["clusterName"], out["serviceName"]
+        found.region = region or out.get("region") or found.region
+    return found
+
+
+def find_service(ecs, s: Stack) -> Optional[dict]:
+    try:
+        found = ecs.describe_services(cluster=s.cluster, services=[s.service])
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "ClusterNotFoundException":
+            return None
+        raise
+    services = [x for x in found.get("services", []) if x.get("status") == "ACTIVE"]
+    return services[0] if services else None
+
+
+def require_service(s: Stack) -> dict:
+    service = find_service(_client("ecs", s.region), s)
+    if service is None:
+        raise Failure(f"ECS service {s.cluster}/{s.service} not found in {s.region}; "
+                      "deploy the stack first (pulumi up)")
+    return service
+
+
+def without_value(s: Stack) -> list[str]:
+    """The names of the service's secrets that have no current value (metadata only)."""
+    sm = _client("secretsmanager", s.region)
+    missing = []
+    for name, secret_id in s.secrets.items():
+        stages = sm.describe_secret(SecretId=secret_id).get("VersionIdsToStages", {})
+        if not any("AWSCURRENT" in v for v in stages.values()):
+            missing.append(name)
+    return missing
+
+
+HOW_TO_SET = {CLIENT_KEYS: "python -m infra.clientkeys add --stack {stack} <client>"}
+
+
+def after_secret_change(s: Stack, timeout: int, sleep: Callable[[float], None] = time.sleep,
+                        clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print) -> None:
+    """Roll the service out so every task reads the new value; wait until it is stable."""
+    ecs = _client("ecs", s.region)
+    if find_service(ecs, s) is None:
+        log(f"no ECS service {s.cluster}/{s.service} yet: its first tasks will read this value")
+        return
+    missing = without_value(s)
+    if missing:
+        steps = "; ".join(HOW_TO_SET.get(n, "python -m infra.apikey put --stack {stack} --name " + n)
+                          .format(stack=s.name) for n in missing)
+        log(f"not rolling out yet: {', '.join(missing)} has no value, and tasks cannot start without it; "
+            f"run {steps}")
+        return
+    roll_out(ecs, s, timeout, sleep, clock, log)
+
+
+def roll_out(ecs, s: Stack, timeout: int, sleep: Callable[[float], None],
+             clock: Callable[[], float], log: Callable[[str], None]) -> None:
+    """A new deployment, so running tasks (and a rollout the circuit breaker stopped for want of
+    a value) start again; then wait for one COMPLETED deployment at full count."""
+    ecs.update_service(cluster=s.cluster, service=s.service, forceNewDeployment=True)
+    log(f"forced a new deployment of {s.cluster}/{s.service}; waiting up to {timeout} s")
+    deadline = clock() + timeout
+    while True:
+        svc = find_service(ecs, s) or {}
+        deployments = svc.get("deployments", [])
+        primary = [d for d in deployments if d.get("status") == "PRIMARY"]
+        if (len(deployments) == 1 and primary and primary[0].get("rolloutState") == "COMPLETED"
+                and svc.get("runningCount") == svc.get("desiredCount")):
+            log(f"{s.service} is stable: {svc['runningCount']} tasks run the new value")
+            return
+        if primary and primary[0].get("rolloutState") == "FAILED":
+            raise Failure(f"the new deployment failed ({primary[0].get('rolloutStateReason', '')}); "
+                          "the circuit breaker rolls back to the old tasks, which keep the old value")
+        if clock() >= deadline:
+            raise Failure(f"{s.service} not stable after {timeout} s (running "
+                          f"{svc.get('runningCount')} of {svc.get('desiredCount')}, "
+                          f"{len(deployments)} deployments); the new value is stored")
+        sleep(10)

@@ -1,0 +1,164 @@
+"""A fake OpenAI-compatible API on 127.0.0.1, for the gateway's tests and benchmark.
+
+Each request takes the next step of a script (`POST /_script`, a list; when it runs out, every
+request is answered normally), and is recorded (`GET /_requests`): what reached the upstream is
+what the tests assert on. Steps:
+
+    {"kind": "ok"}                                    a normal answer for the path, with usage
+    {"kind": "status", "status": 429, "headers": {"retry-after-ms": "50"}}
+    {"kind": "drop"}                                  close the connection without an answer
+    {"kind": "slow", "delay": 1.0}                    a normal answer, late
+    {"kind": "stream", "first_delay": 0.5, "delay": 0.01, "chunks": ["Hel", "lo"], "drop_after": 1}
+
+Run alone for the benchmark: `python -m tests.fake_upstream 9001`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+from typing import Any
+
+from aiohttp import web
+
+CHAT = {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there."},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}
+EMBEDDING = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+             "model": "text-embedding-3-small", "usage": {"prompt_tokens": 5, "total_tokens": 5}}
+RESPONSE = {"id": "resp_fake", "object": "response", "status": "completed", "model": "gpt-4o-mini",
+            "output": [{"type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": "Hello there."}]}],
+            "usage": {"input_tokens": 12, "output_tokens": 3, "total_tokens": 15}}
+MODELS = {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "owned_by": "openai"}]}
+RATE_HEADERS = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "499",
+                "x-request-id": "req_fake_upstream"}
+USAGE = {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}
+
+
+class FakeUpstream:
+    def __init__(self):
+        self.script: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.router.add_post("/_script", self._set_script)
+        self.app.router.add_get("/_requests", self._get_requests)
+        self.app.router.add_post("/_reset", self._reset)
+        self.app.router.add_route("*", "/{tail:.*}", self._handle)
+
+    async def _set_script(self, request: web.Request) -> web.Response:
+        self.script = list(await request.json())
+        return web.json_response({"ok": True})
+
+    async def _get_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(self.requests)
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.script, self.requests = [], []
+        return web.json_response({"ok": True})
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        body = json.loads(raw) if raw else None
+        self.requests.append({"method": request.method, "path": request.path_qs,
+                              "headers": dict(request.headers), "body": body, "raw": raw.decode()})
+        step = self.script.pop(0) if self.script else {"kind": "ok"}
+        kind = step["kind"]
+        if kind == "drop":
+            request.transport.close()
+            raise asyncio.CancelledError  # the handler ends with the connection, no answer
+        if kind == "status":
+            return web.json_response(step.get("body") or {"error": {"message": f"fake {step['status']}",
+                                                                   "type": "server_error", "code": None}},
+                                     status=step["status"], headers={**RATE_HEADERS, **step.get("headers", {})})
+        if kind == "slow":
+            await asyncio.sleep(step["delay"])
+        if kind == "stream" or (body or {}).get("stream") is True:
+            return await self._stream(request, body or {}, step)
+        return web.json_response(self._answer(request.path), headers=RATE_HEADERS)
+
+    def _answer(self, path: str) -> dict[str, Any]:
+        return {"/v1/embeddings": EMBEDDING, "/v1/responses": RESPONSE, "/v1/models": MODELS}.get(path, CHAT)
+
+    async def _stream(self, request: web.Request, body: dict, step: dict) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **RATE_HEADERS})
+        await resp.prepare(request)
+        await asyncio.sleep(step.get("first_delay", 0))
+        chunks = step.get("chunks", ["Hel", "lo", "."])
+        responses_api = request.path == "/v1/responses"
+        for i, text in enumerate(chunks):
+            if step.get("drop_after") is not None and i >= step["drop_after"]:
+                request.transport.close()
+                return resp
+            await resp.write(_event(_delta(text, responses_api), "response.output_text.delta"
+                                    if responses_api else None))
+            await asyncio.sleep(step.get("delay", 0))
+        if responses_api:
+            done = {"type": "response.completed", "response": {**RESPONSE, "usage": {
+                "input_tokens": 12, "output_tokens": len(chunks), "total_tokens": 12 + len(chunks)}}}
+            await resp.write(_event(done, "response.completed"))
+        else:
+            await resp.write(_event(_chunk({}, "stop")))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                await resp.write(_event({**_chunk(None, None), "choices": [], "usage": USAGE}))
+            await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+def _chunk(delta: Any, finish: Any) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
+            "model": "gpt-4o-mini", "choices": [choice], "usage": None}
+
+
+def _delta(text: str, responses_api: bool) -> dict[str, Any]:
+    if responses_api:
+        return {"type": "response.output_text.delta", "delta": text}
+    return _chunk({"content": text}, None)
+
+
+def _event(doc: dict[str, Any], name: str | None = None) -> bytes:
+    head = f"event: {name}\n".encode() if name else b""
+    return head + b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
+
+
+class Running:
+    """The fake upstream served from a thread of this process."""
+
+    def __init__(self, port: int = 0):
+        self.fake = FakeUpstream()
+        self._ready = threading.Event()
+        self._port = port
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        runner = web.AppRunner(self.fake.app, access_log=None)
+        self.loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", self._port)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self.loop.run_forever()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def main() -> None:
+    import uvloop
+
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 9001
+    web.run_app(FakeUpstream().app, host="127.0.0.1", port=port, access_log=None, print=None,
+                loop=uvloop.new_event_loop())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Start the real gateway (`python -m gateway`) as a process on 127.0.0.1, for the tests.
+
+Test client keys are made with the gateway's own key module; the process's stdout (one JSON line
+per request) goes to a file the tests read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from gateway.keys import add_key, empty_document
+from infra.synth import ROOT
+
+UPSTREAM_KEY = "sk-upstream-" + "u" * 32  # what only the gateway may send upstream
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client_keys(*names: str) -> tuple[str, dict[str, str]]:
+    """A client-keys document and each client's key."""
+    doc, keys = empty_document(), {}
+    for name in names:
+        keys[name] = add_key(doc, name)
+    return json.dumps(doc), keys
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen
+    port: int
+    log: Path
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def start(upstream: str, tmp: Path, env: Optional[dict[str, str]] = None, port: Optional[int] = None,
+          clients: tuple[str, ...] = ("web-app", "batch"), user: Optional[tuple[int, int]] = None,
+          wait: bool = True) -> Gateway:
+    port = port or free_port()
+    doc, keys = client_keys(*clients)
+    full = {"PATH": os.environ["PATH"], "HOST": "127.0.0.1", "PORT": str(port),
+            "OPENAI_BASE_URL": f"{upstream}/v1", "OPENAI_API_KEY": UPSTREAM_KEY, "CLIENT_KEYS": doc,
+            "OPENAI_ORG_ID": "org-test", "OPENAI_PROJECT_ID": "proj_test",
+            "GATEWAY_BACKOFF_BASE_SECONDS": "0.02", "GATEWAY_BACKOFF_MAX_SECONDS": "0.1",
+            "GATEWAY_SSE_KEEPALIVE_SECONDS": "0.2", "GATEWAY_RETRY_BUDGET_SECONDS": "3",
+            "PYTHONPATH": str(ROOT), **(env or {})}
+    log = tmp / f"gateway-{port}.log"
+    extra = {}
+    if user is not None:
+        extra = {"user": user[0], "group": user[1], "extra_groups": []}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=full, cwd=ROOT,
+                            stdout=log.open("wb"), stderr=subprocess.PIPE, **extra)
+    gw = Gateway(proc, port, log, keys)
+    if wait:
+        wait_healthy(gw)
+    return gw
+
+
+def wait_healthy(gw: Gateway, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gw.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited {gw.proc.returncode}: {gw.proc.stderr.read().decode()}")
+        try:
+            with urllib.request.urlopen(f"{gw.url}/healthz", timeout=1) as r:  # noqa: S310 - loopback
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("gateway did not become healthy")

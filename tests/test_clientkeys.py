@@ -1,0 +1,162 @@
+"""`python -m infra.clientkeys` against moto in server mode; the keys it prints are checked with
+the gateway's own code (gateway/keys.py) against what it stored.
+
+moto never finishes an ECS rollout: where a test needs one finished, `rolls_out` injects that
+state at the boto3 boundary (tests/MOTO.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from gateway.keys import KEY_SHAPE, ClientKeys
+from infra import clientkeys, rollout
+from tests.moto_server import at_boundary
+
+STACK = "staging"
+PREFIX = "llm-service/staging"
+
+
+@pytest.fixture
+def deployed(aws):
+    """What `pulumi up` leaves, with the API key already put."""
+    kms = boto3.client("kms", region_name="us-east-1")
+    key_id = kms.create_key(Description="stack key")["KeyMetadata"]["KeyId"]
+    sm = boto3.client("secretsmanager", region_name="us-east-1")
+    sm.create_secret(Name=f"{PREFIX}/openai-api-key", KmsKeyId=key_id, SecretString="sk-proj-" + "k" * 40)
+    sm.create_secret(Name=f"{PREFIX}/cache-auth-token", KmsKeyId=key_id, SecretString="t" * 64)
+    sm.create_secret(Name=f"{PREFIX}/client-keys", KmsKeyId=key_id)
+    ecs = boto3.client("ecs", region_name="us-east-1")
+    ecs.create_cluster(clusterName="llm-service-staging")
+    ecs.register_task_definition(family="llm-service-staging", containerDefinitions=[
+        {"name": "app", "image": "x", "memory": 512}])
+    ecs.create_service(cluster="llm-service-staging", serviceName="llm-service-staging",
+                       taskDefinition="llm-service-staging", desiredCount=1)
+    return sm
+
+
+def _stable(real, **kw):
+    r = real(**kw)
+    for s in r["services"]:
+        s["deployments"] = [{"status": "PRIMARY", "rolloutState": "COMPLETED"}]
+        s["runningCount"] = s["desiredCount"]
+    return r
+
+
+@pytest.fixture
+def rolls_out(mocker):
+    # Injected: a finished rollout (moto keeps every rollout IN_PROGRESS).
+    return at_boundary(mocker, rollout, "ecs", "describe_services", _stable, spy=("update_service",))
+
+
+def run(capsys, *argv):
+    code = clientkeys.main([*argv, "--stack", STACK], sleep=lambda s: None)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def stored(sm) -> ClientKeys:
+    return ClientKeys.from_json(sm.get_secret_value(SecretId=f"{PREFIX}/client-keys")["SecretString"])
+
+
+def test_add_prints_the_key_once_stores_its_hash_and_rolls_out(deployed, capsys, rolls_out):
+    code, out, err = run(capsys, "add", "web-app")
+    assert code == 0, err
+    key = out.strip()
+    assert KEY_SHAPE.fullmatch(key), "stdout is the key alone"
+    raw = deployed.get_secret_value(SecretId=f"{PREFIX}/client-keys")["SecretString"]
+    assert key not in raw and key not in err
+    assert stored(deployed).client_for(f"Bearer {key}".encode()).name == "web-app"
+    rolls_out["ecs"].update_service.assert_called_once_with(
+        cluster="llm-service-staging", service="llm-service-staging", forceNewDeployment=True)
+    assert err.splitlines()[-1] == "llm-service-staging is stable: 1 tasks run the new value"
+
+
+def test_the_first_client_before_the_api_key_stores_but_does_not_roll_out(deployed, capsys, mocker):
+    deployed.delete_secret(SecretId=f"{PREFIX}/openai-api-key", ForceDeleteWithoutRecovery=True)
+    deployed.create_secret(Name=f"{PREFIX}/openai-api-key")
+    spy = mocker.spy(rollout, "roll_out")
+    code, out, err = run(capsys, "add", "web-app")
+    assert code == 0 and KEY_SHAPE.fullmatch(out.strip())
+    assert err.splitlines()[-1] == (
+        "not rolling out yet: openai-api-key has no value, and tasks cannot start without it; "
+        "run python -m infra.apikey put --stack staging --name openai-api-key")
+    spy.assert_not_called()
+
+
+def test_list_names_clients_and_key_ids_never_hashes(deployed, capsys, rolls_out):
+    run(capsys, "add", "web-app")
+    run(capsys, "add", "batch")
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["batch", "web-app"]
+    doc = json.loads(deployed.get_secret_value(SecretId=f"{PREFIX}/client-keys")["SecretString"])
+    assert all(k["sha256"] not in out for c in doc["clients"].values() for k in c["keys"])
+    assert doc["clients"]["batch"]["keys"][0]["id"] in lines[0]
+
+
+def test_rotate_replaces_the_key_and_keep_old_overlaps(deployed, capsys, rolls_out):
+    old = run(capsys, "add", "web-app")[1].strip()
+    new = run(capsys, "rotate", "web-app")[1].strip()
+    keys = stored(deployed)
+    assert keys.client_for(f"Bearer {old}".encode()) is None
+    assert keys.client_for(f"Bearer {new}".encode()).name == "web-app"
+    newer = run(capsys, "rotate", "web-app", "--keep-old")[1].strip()
+    keys = stored(deployed)
+    assert keys.client_for(f"Bearer {new}".encode()) and keys.client_for(f"Bearer {newer}".encode())
+
+
+def test_revoke_a_client_or_one_of_its_keys(deployed, capsys, rolls_out):
+    first = run(capsys, "add", "web-app")[1].strip()
+    second = run(capsys, "rotate", "web-app", "--keep-old")[1].strip()
+    key_id = KEY_SHAPE.fullmatch(first)["id"]
+    code, _, err = run(capsys, "revoke", "web-app", "--key-id", key_id)
+    assert code == 0 and f"revoked key {key_id} of web-app" in err
+    keys = stored(deployed)
+    assert keys.client_for(f"Bearer {first}".encode()) is None
+    assert keys.client_for(f"Bearer {second}".encode()).name == "web-app"
+    assert run(capsys, "revoke", "web-app")[0] == 0
+    assert len(stored(deployed)) == 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("rotate", "nobody"), "error: no client 'nobody' (clients: web-app)"),
+    (("revoke", "nobody"), "error: no client 'nobody'"),
+    (("add", "web-app"), "error: client 'web-app' exists; use `rotate` for a new key"),
+    (("add", "Web App"), "error: client name 'Web App': lower-case letters"),
+    (("revoke", "web-app", "--key-id", "00000000"), "error: client 'web-app' has no key 00000000"),
+])
+def test_mistakes_change_nothing_and_say_why_in_one_line(deployed, capsys, rolls_out, argv, message):
+    run(capsys, "add", "web-app")
+    before = deployed.get_secret_value(SecretId=f"{PREFIX}/client-keys")["VersionId"]
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and out == "" and err.startswith(message) and err.count("\n") == 1
+    assert deployed.get_secret_value(SecretId=f"{PREFIX}/client-keys")["VersionId"] == before
+
+
+def test_an_edit_by_someone_else_meanwhile_is_not_overwritten(deployed, capsys, rolls_out, mocker):
+    run(capsys, "add", "web-app")
+    real_read = clientkeys.read
+
+    def read_then_someone_else_writes(s):
+        doc, version = real_read(s)
+        deployed.put_secret_value(SecretId=f"{PREFIX}/client-keys",
+                                  SecretString=json.dumps({"version": 1, "clients": {}}))
+        return doc, version
+
+    mocker.patch.object(clientkeys, "read", side_effect=read_then_someone_else_writes)
+    code, out, err = run(capsys, "add", "batch")
+    assert code == 1 and out == ""
+    assert "changed while this command ran" in err
+    assert "batch" not in deployed.get_secret_value(SecretId=f"{PREFIX}/client-keys")["SecretString"]
+
+
+def test_a_missing_secret_is_one_line(aws, capsys):
+    code, out, err = run(capsys, "add", "web-app")
+    assert code == 1 and out == ""
+    assert err == ("error: the client-keys secret of staging does not exist; "
+                   "deploy the stack first (pulumi up --stack staging)\n")

@@ -1,0 +1,118 @@
+"""The contract between the stack and the gateway: start the gateway with exactly what the
+synthesized task definition declares (environment, container port, user, health-check command)
+and check that the target group's health check and a client request both work. Only what cannot
+be real here is replaced: secret values by test values, and OPENAI_BASE_URL by the fake upstream.
+Changing the task definition or the gateway alone breaks this test.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from infra.synth import ROOT
+from tests.conftest import container
+from tests.fake_upstream import Running
+from tests.gateway_process import UPSTREAM_KEY, Gateway, client_keys, wait_healthy
+
+# The gateway's runtime alone (gateway/requirements.txt), as in the image, from an interpreter
+# the task's user can run (`make test` builds it).
+GATEWAY_PYTHON = ROOT / ".venv-gateway" / "bin" / "python"
+
+
+def image_env() -> dict[str, str]:
+    """The ENV lines of gateway/Dockerfile: part of what the container runs with."""
+    text = (ROOT / "gateway" / "Dockerfile").read_text().replace("\\\n", " ")
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(pair.split("=", 1) for pair in line[4:].split())
+    return env
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))  # noqa: S104 - where the task binds
+            return True
+        except OSError:
+            return False
+
+
+@pytest.fixture(scope="module")
+def task(staging):
+    app = container(staging)
+    tg = staging.one("aws:lb/targetGroup:TargetGroup").inputs
+    (mapping,) = app["portMappings"]
+    return {"app": app, "port": mapping["containerPort"], "health_path": tg["healthCheck"]["path"],
+            "matcher": tg["healthCheck"]["matcher"], "tg_port": tg["port"]}
+
+
+@pytest.fixture(scope="module")
+def running(task, tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("running as the task's user needs root")
+    assert GATEWAY_PYTHON.exists(), "the gateway's runtime venv is missing: run `make test`"
+    if not _port_free(task["port"]):
+        pytest.skip(f"port {task['port']} is taken on this machine")
+    upstream = Running()
+    doc, keys = client_keys("web-app")
+    env = {**image_env(), **{e["name"]: e["value"] for e in task["app"]["environment"]}}
+    test_values = {"OPENAI_API_KEY": UPSTREAM_KEY, "CLIENT_KEYS": doc, "CACHE_AUTH_TOKEN": "t" * 64}
+    env.update({s["name"]: test_values[s["name"]] for s in task["app"]["secrets"]})
+    env["OPENAI_BASE_URL"] = f"{upstream.url}/v1"
+    # The image's /usr/local/bin/python is the runtime venv's here, and its /app the repository.
+    env.update(PATH=f"{GATEWAY_PYTHON.parent}:/usr/bin:/bin", PYTHONPATH=str(ROOT))
+    uid, gid = (int(x) for x in task["app"]["user"].split(":"))
+    log = tmp_path_factory.mktemp("contract") / "gateway.log"
+    proc = subprocess.Popen(["python", "-m", "gateway"], env=env, cwd="/", user=uid, group=gid,
+                            extra_groups=[], stdout=log.open("wb"), stderr=subprocess.PIPE)
+    gw = Gateway(proc, task["port"], log, keys)
+    wait_healthy(gw)
+    yield {"gw": gw, "env": env, "uid": uid, "gid": gid, "upstream": upstream}
+    gw.stop()
+
+
+def test_the_target_group_checks_the_port_and_path_the_gateway_serves(task, running):
+    assert task["tg_port"] == task["port"]
+    conn = http.client.HTTPConnection("127.0.0.1", task["port"], timeout=5)
+    conn.request("GET", task["health_path"])
+    assert str(conn.getresponse().status) == task["matcher"]
+
+
+def test_the_container_health_check_command_passes_as_the_task_user(task, running):
+    kind, *command = task["app"]["healthCheck"]["command"]
+    assert kind == "CMD", "exec form: no shell and no curl in the image"
+    result = subprocess.run(command, env=running["env"], cwd="/", user=running["uid"], group=running["gid"],
+                            extra_groups=[], timeout=10, capture_output=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_client_request_goes_through_as_the_task_runs_it(task, running):
+    gw = running["gw"]
+    conn = http.client.HTTPConnection("127.0.0.1", task["port"], timeout=10)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        headers={"Authorization": f"Bearer {gw.keys['web-app']}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read())["choices"][0]["message"]["content"] == "Hello there."
+    seen = running["upstream"].fake.requests[-1]["headers"]
+    assert seen["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_the_image_env_is_read_from_the_dockerfile():
+    env = image_env()
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PORT"] == "8080"
+
+
+def test_the_gateway_runs_as_the_non_root_user_the_task_declares(task, running):
+    status = Path(f"/proc/{running['gw'].proc.pid}/status").read_text()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert uid_line.split()[1:] == [str(running["uid"])] * 4
+    assert running["uid"] != 0
