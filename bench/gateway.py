@@ -1,14 +1,16 @@
 """What the gateway adds: the same requests straight to a fake upstream and through the gateway,
-side by side in one run.
+side by side in one run, and what its cache saves.
 
     python bench/gateway.py [--rounds 5]        # or: make bench-gateway
 
-Pinned with taskset so the three processes share the two cores the same way in both paths: the
-load generator (this process) on CPU 0, the fake upstream and the gateway on CPU 1. Each round
-measures, in alternating order, non-streamed requests at concurrency 1 (latency) and 16
-(throughput) and streamed requests (time to the first event); the report is the median over
-rounds. The gateway's CPU seconds per request (from /proc) give its capacity per vCPU, which is
-what `service.requestsPerTarget` should be set from.
+Pinned with taskset so the processes share the two cores the same way in every path: the load
+generator (this process) on CPU 0; the fake upstream, the gateway and the cache server (Valkey or
+Redis with TLS and AUTH, as ElastiCache runs it) on CPU 1. Each round measures, in alternating
+order: direct and through the gateway (a request the gateway does not cache), non-streamed at
+concurrency 1 (latency) and 16 (throughput), streamed (time to the first event); then cache hits,
+and cache misses (`Cache-Control: no-cache`: lookup, upstream, fill). The report is the median
+over rounds. The gateway's CPU seconds per request (from /proc) give its capacity per vCPU,
+which is what `service.requestsPerTarget` should be set from.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,10 +32,13 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests import valkey_server  # noqa: E402
 from tests.gateway_process import UPSTREAM_KEY, client_keys, free_port  # noqa: E402
 
-BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"temperature":0}'
+# Sampled (no temperature 0): the gateway forwards it without the cache.
+BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}]}'
 STREAM = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"stream":true}'
+CACHED = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"temperature":0}'
 
 
 def spawn(cpu: int, args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -100,6 +107,11 @@ async def round_(direct: str, through: str, key: str, gateway_pid: int, reverse:
         if name == "gateway":
             out["cpu_per_request_ms"] = (cpu_seconds(gateway_pid) - before) / 6000 * 1e3
         out[(name, "stream")] = await latencies(url, h, STREAM, 500, 1, first_event=True)
+    h = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    url = f"{through}/v1/chat/completions"
+    out[("hit", "c1")] = await latencies(url, h, CACHED, 2000, 1)
+    out[("hit", "c16")] = await latencies(url, h, CACHED, 6000, 16)
+    out[("miss", "c1")] = await latencies(url, {**h, "Cache-Control": "no-cache"}, CACHED, 1000, 1)
     return out
 
 
@@ -107,10 +119,13 @@ async def main(rounds: int) -> None:
     os.sched_setaffinity(0, {0})
     up_port, gw_port = free_port(), free_port()
     doc, keys = client_keys("bench")
+    folder = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    cache = valkey_server.start(folder)
+    subprocess.run(["taskset", "-cp", "1", str(cache.proc.pid)], check=True, capture_output=True)
     upstream = spawn(1, ["-m", "tests.fake_upstream", str(up_port)], {})
     gateway = spawn(1, ["-m", "gateway"], {
         "HOST": "127.0.0.1", "PORT": str(gw_port), "OPENAI_API_KEY": UPSTREAM_KEY, "CLIENT_KEYS": doc,
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1"})
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1", **cache.env()})
     try:
         direct, through = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
         await wait_up(f"{direct}/_requests")
@@ -121,6 +136,8 @@ async def main(rounds: int) -> None:
         for p in (gateway, upstream):
             p.terminate()
             p.wait()
+        cache.stop()
+        shutil.rmtree(folder, ignore_errors=True)
     report(results)
 
 
@@ -135,6 +152,12 @@ def report(results: list[dict]) -> None:
             print(f"{label + ' ' + stat:28}{d:9.3f} ms{g:7.3f} ms{g - d:+9.3f} ms")
     d, g = med("direct", "c16", "rps"), med("gateway", "c16", "rps")
     print(f"{'non-streamed, c=16 req/s':28}{d:10.0f}{g:10.0f}{'ratio ' + format(g / d, '.2f'):>12}")
+    print("through the gateway's cache (Valkey-compatible server with TLS and AUTH):")
+    for kind, stat, label in (("hit", "p50", "cache hit, c=1 p50"), ("hit", "p95", "cache hit, c=1 p95"),
+                              ("miss", "p50", "cache miss, c=1 p50"), ("miss", "p95", "cache miss, c=1 p95")):
+        print(f"{label:28}{'':10}{med(kind, 'c1', stat):7.3f} ms")
+    hits = med("hit", "c16", "rps")
+    print(f"{'cache hit, c=16 req/s':28}{'':10}{hits:10.0f}{'  vs direct ' + format(hits / d, '.2f'):>14}")
     cpu = statistics.median(r["cpu_per_request_ms"] for r in results)
     print(f"gateway CPU per request: {cpu:.3f} ms, about {1000 / cpu:.0f} requests/s per vCPU")
 

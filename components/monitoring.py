@@ -4,11 +4,12 @@ Creates: an SNS topic under the stack's KMS key (the key policy must let CloudWa
 use it; see `components.secrets.key_policy`), a topic policy for those publishers, e-mail
 subscriptions; CloudWatch alarms with alarm and OK actions (5xx, p95/p99 latency, unhealthy hosts,
 running tasks below the minimum, service CPU and memory, cache CPU, memory, evictions and hit
-rate, WAF blocked spike, and from the gateway's own metrics: time to first token p95 and the LLM
-API's 429s); a dashboard rendered from `templates/dashboard.json.j2`.
+rate... and from the gateway's own metrics: time to first token p95, the LLM API's 429s, the cache
+hit ratio and cache errors, estimated spend per hour); a dashboard rendered from
+`templates/dashboard.json.j2`.
 
-Cost: $0.10 per alarm-month (15 here; the percentile alarms $0.30), $3/month for the dashboard,
-SNS e-mail free up to 1,000 a month.
+Cost: $0.10 per alarm-month (17 here; the percentile alarms $0.30, metric-math ones $0.10 per
+metric), $3/month for the dashboard, SNS e-mail free up to 1,000 a month.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Thresholds:
     waf_blocked_per_5min: int = 500
     ttft_p95_seconds: float = 10.0  # the gateway's time to first token, streamed requests
     upstream_429_per_5min: int = 20  # the LLM API refusing for rate limits, retries included
+    cache_errors_per_5min: int = 10  # requests the gateway served without its cache
+    spend_per_hour_usd: float = 10.0  # the gateway's estimate of LLM spend, all clients
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Monitoring(pulumi.ComponentResource):
                                       endpoint=email, opts=p)
         self.alarm_names = [self._alarm(name, args.name, a) for a in alarms(args)]
         self.alarm_names += self._cache_alarms(name, args)
+        self.alarm_names.append(self._hit_ratio_alarm(name, args))
 
         dashboard = aws.cloudwatch.Dashboard(
             f"{name}-dashboard", dashboard_name=args.name,
@@ -123,6 +127,7 @@ class Monitoring(pulumi.ComponentResource):
                 max_tasks=args.max_tasks, p95=args.thresholds.p95_latency_seconds,
                 p99=args.thresholds.p99_latency_seconds,
                 ttft_p95_ms=args.thresholds.ttft_p95_seconds * 1000,
+                spend_alarm=args.thresholds.spend_per_hour_usd,
             )),
             opts=p,
         )
@@ -158,9 +163,6 @@ class Monitoring(pulumi.ComponentResource):
             ("cache-evictions", "Evictions", "Sum", "SUM", 300, 3,
              "GreaterThanThreshold", t.cache_evictions_per_5min,
              "the cache evicts answers faster than they are reused: size it up"),
-            ("cache-hit-rate-low", "CacheHitRate", "Average", "AVG", 900, 4,
-             "LessThanThreshold", t.cache_hit_rate_min_percent,
-             "few requests are served from the cache: check keys and TTLs"),
         ]
         names = []
         for suffix, metric, stat, fn, period, periods, comparison, threshold, why in specs:
@@ -185,6 +187,30 @@ class Monitoring(pulumi.ComponentResource):
             )
             names.append(alarm.name)
         return names
+
+
+    def _hit_ratio_alarm(self, name: str, args: MonitoringArgs) -> pulumi.Output[str]:
+        """The share of cacheable requests the gateway served from its cache, over an hour; an
+        hour with fewer than 20 cacheable requests counts as fine (too few to judge)."""
+        def metric(qid: str, metric_name: str) -> aws.cloudwatch.MetricAlarmMetricQueryArgs:
+            return aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                id=qid, return_data=False, metric=aws.cloudwatch.MetricAlarmMetricQueryMetricArgs(
+                    namespace=args.metrics_namespace, metric_name=metric_name, stat="Sum", period=900,
+                    dimensions={"Service": args.gateway_service}))
+        ratio = aws.cloudwatch.MetricAlarmMetricQueryArgs(
+            id="ratio", expression="IF(hits + misses >= 20, 100 * hits / (hits + misses), 100)",
+            label="cache hit ratio (%)", return_data=True)
+        alarm = aws.cloudwatch.MetricAlarm(
+            f"{name}-cache-hit-rate-low", name=f"{args.name}-cache-hit-rate-low",
+            alarm_description="few cacheable requests are served from the cache: check TTLs, keys, "
+                              "and whether clients send what they used to",
+            metric_queries=[metric("hits", "CacheHits"), metric("misses", "CacheMisses"), ratio],
+            evaluation_periods=4, datapoints_to_alarm=4, comparison_operator="LessThanThreshold",
+            threshold=args.thresholds.cache_hit_rate_min_percent, treat_missing_data="notBreaching",
+            alarm_actions=[self.topic.arn], ok_actions=[self.topic.arn],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return alarm.name
 
 
 def alarms(args: MonitoringArgs) -> list[_Alarm]:
@@ -225,6 +251,13 @@ def alarms(args: MonitoringArgs) -> list[_Alarm]:
         _Alarm("gateway-upstream-429", "the LLM API refuses requests for rate limits: raise the "
                "project's limits or slow the clients", args.metrics_namespace, "Upstream429", gw, gt,
                t.upstream_429_per_5min, period=300, periods=1),
+        _Alarm("gateway-cache-errors", "the gateway serves without its cache (Valkey does not answer): "
+               "answers are not cached and client limits are not enforced", args.metrics_namespace,
+               "CacheErrors", gw, gt, t.cache_errors_per_5min, period=300, periods=1),
+        # An early warning, hours before the monthly budget or the provider's own limit.
+        _Alarm("gateway-spend-per-hour", "estimated LLM spend in the last hour is above the threshold "
+               "(USD): see the spend per client on the dashboard", args.metrics_namespace,
+               "EstimatedCostUSD", gw, gt, t.spend_per_hour_usd, period=3600, periods=1),
     ]
 
 

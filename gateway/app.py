@@ -4,23 +4,32 @@ Routes: `POST /v1/chat/completions`, `POST /v1/responses`, `POST /v1/embeddings`
 (to OPENAI_BASE_URL with the stack's key), `GET /healthz` and `GET /readyz` (no key needed).
 Request and response bodies pass through as bytes; the request is parsed once (for `model` and
 `stream`) and re-serialised only to ask a stream for its token usage.
+
+A request's way: client key; one round trip to the store for the cache entry and the client's
+limits (gateway/store.py); a hit is served from the entry; a miss that another request is already
+filling waits for that entry; otherwise the upstream, with the answer recorded for the cache and
+the reserved tokens and spend settled with the usage it reports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from typing import Any, Optional
 
 import aiohttp
 import orjson
 
-from gateway import errors, observe
+from gateway import cache, errors, observe
 from gateway.errors import GatewayError
+from gateway.keys import Client
+from gateway.limits import Limits, estimate, rejection, windows
 from gateway.observe import Record
 from gateway.relay import UsageFilter, relay, usage_of
 from gateway.settings import Settings
+from gateway.store import Gate, LocalStore, StoreUnavailable, ValkeyStore
 from gateway.upstream import Upstream
 
 ROUTES = {
@@ -42,6 +51,10 @@ class App:
     def __init__(self, settings: Settings):
         self.s = settings
         self.upstream = Upstream(settings)
+        self.store = ValkeyStore(
+            settings.cache_host, settings.cache_reader_host, settings.cache_port, settings.cache_auth_token,
+            settings.cache_tls, settings.cache_ca_file or None, settings.service, settings.cache_timeout_seconds,
+        ) if settings.cache_host else LocalStore()
         self.draining = False  # set on SIGTERM: /healthz fails from then on
 
     async def __call__(self, scope: dict, receive, send) -> None:
@@ -55,9 +68,13 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.upstream.start()
+                where = (f"Valkey at {self.s.cache_host}:{self.s.cache_port}" if self.s.cache_host else
+                         "this process only (no CACHE_HOST): nothing is shared with other processes")
+                print(f"gateway: cache and limits in {where}", file=sys.stderr, flush=True)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.upstream.close()
+                await self.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -82,7 +99,7 @@ class App:
 
     async def ready(self, send) -> None:
         checks = {"llm_key": bool(self.s.api_key), "client_keys": len(self.s.clients) > 0,
-                  "not_draining": not self.draining}
+                  "cache": await self.store.ping(), "not_draining": not self.draining}
         ok = all(checks.values())
         await _respond(send, 200 if ok else 503, JSON, orjson.dumps({"ready": ok, "checks": checks}))
 
@@ -92,10 +109,105 @@ class App:
         if client is None:
             raise errors.unauthorized(b"authorization" in headers)
         rec.client = client.name
-        body, doc = None, None
+        body, doc = None, {}
         if scope["method"] == "POST":
             body = await _read_body(receive, headers, self.s.max_request_bytes)
             body, doc = self.prepare(route, body, rec)
+        policy = cache.policy(route, doc, headers) if body is not None else cache.BYPASS
+        gate = await self.gate(client, route, doc, len(body or b""), policy, rec)
+        settled = False
+
+        async def finish() -> None:
+            nonlocal settled
+            if not settled:
+                settled = True
+                await self.settle(client, gate, rec)
+
+        try:
+            if gate is not None and gate.entry is not None and await self.from_cache(send, gate.entry, route, rec):
+                return
+            if gate is not None and gate.outcome == "miss" and policy.read and not gate.holds_lock:
+                if await self.coalesce(send, gate, route, rec):
+                    return
+            rec.cache = (policy.label or "MISS") if body is not None else None
+            await self.forward(scope, send, receive, route, headers, body, doc, rec, gate, policy, finish)
+        finally:
+            await finish()
+
+    async def gate(self, client: Client, route: str, doc: dict, size: int, policy: cache.Policy,
+                   rec: Record) -> Optional[Gate]:
+        """One round trip: the entry and the client's limits. None: nothing to check, or the
+        store did not answer (then the request goes on without cache and limits)."""
+        limits = Limits.from_json(client.limits, self.s.default_limits)
+        limited = limits.requests_per_minute or limits.tokens_per_minute or limits.usd_per_day
+        if not policy.used and not limited:
+            return None
+        tokens_in, tokens_out = estimate(route, doc, size, self.s.output_tokens_estimate)
+        nano = self.s.prices.of(rec.model).nano(tokens_in, tokens_out) if limits.usd_per_day else 0
+        tokens = tokens_in + tokens_out if limits.tokens_per_minute else 0
+        key = cache.key(route, doc, self.s.org_id, self.s.project_id) if policy.used else ""
+        try:
+            gate = await self.store.gate(client.name, limits, key, policy.read, policy.write, tokens, nano,
+                                         int(self.s.coalesce_wait_seconds * 1000))
+        except StoreUnavailable:
+            rec.cache_error = True
+            return None
+        if not gate.admitted:
+            rec.rejected = gate.outcome
+            _, _, to_minute, to_day = windows()
+            raise rejection(gate.outcome, limits, gate.used, to_day if gate.outcome == "spend" else to_minute)
+        return gate
+
+    async def from_cache(self, send, entry: bytes, route: str, rec: Record, coalesced: bool = False) -> bool:
+        served = cache.serve(entry, route, rec.stream)
+        if served is None:
+            return False  # stored the other way and not convertible: ask the upstream
+        rec.cache, rec.coalesced, rec.status = "HIT", coalesced, 200
+        headers = [(b"x-gateway-cache", b"HIT"), (b"x-gateway-request-id", rec.request_id.encode())]
+        if rec.stream:
+            events = UsageFilter(strip_usage_chunk=not rec.asked_usage)(served)
+            headers += [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+            await _respond(send, 200, headers, events)
+        else:
+            await _respond(send, 200, headers + JSON, served)
+        rec.ttft_ms = round((time.perf_counter() - rec.started) * 1000, 3) if rec.stream else None
+        return True
+
+    async def coalesce(self, send, gate: Gate, route: str, rec: Record) -> bool:
+        """Another request is filling this entry: wait for it, within the bound."""
+        try:
+            entry = await self.store.wait(gate, self.s.coalesce_wait_seconds)
+        except StoreUnavailable:
+            rec.cache_error = True
+            return False
+        if entry is None or not await self.from_cache(send, entry, route, rec, coalesced=True):
+            return False
+        return True
+
+    async def settle(self, client: Client, gate: Optional[Gate], rec: Record) -> None:
+        """Charge what the upstream really used instead of the estimate (nothing for a hit,
+        an error, or a request served from another's entry)."""
+        if rec.input_tokens is not None:
+            rec.cost_nano = self.s.prices.of(rec.model).nano(rec.input_tokens, rec.output_tokens or 0)
+        r = gate.reservation if gate is not None else None
+        if r is None:
+            return
+        if rec.cache == "HIT" or rec.status != 200:
+            used_tokens, used_nano = 0, 0
+        elif rec.input_tokens is None:
+            used_tokens, used_nano = r.tokens, r.nano  # no usage reported: the estimate stands
+        else:
+            used_tokens = (rec.input_tokens + (rec.output_tokens or 0)) if r.tokens else 0
+            used_nano = rec.cost_nano if r.nano else 0
+        try:
+            await self.store.settle(client.name, r, used_tokens, used_nano)
+        except StoreUnavailable:
+            rec.cache_error = True
+
+    async def forward(self, scope: dict, send, receive, route: str, headers: dict, body: Optional[bytes],
+                      doc: dict, rec: Record, gate: Optional[Gate], policy: cache.Policy, finish) -> None:
+        """The upstream's answer to the client. The entry is filled and the reservation settled
+        (`finish`) before the answer's last byte goes out: whoever asks next sees both."""
         forward = {name: headers[raw].decode("latin-1") for raw, name in FORWARDED.items() if raw in headers}
         forward["X-Client-Request-Id"] = rec.request_id
         if body is not None:
@@ -103,23 +215,54 @@ class App:
         # OPENAI_BASE_URL ends in /v1, as the SDKs expect: append what follows the client's /v1.
         path = scope["path"][3:] + (f"?{scope['query_string'].decode('latin-1')}"
                                     if scope.get("query_string") else "")
-        resp = await self.upstream.send(scope["method"], path, body, forward, rec)
+        store = gate is not None and policy.write
+        filled = False
         try:
-            rec.status = resp.status
-            rec.upstream_request_id = resp.headers.get("x-request-id")
-            out = _passed(resp.headers) + [(b"x-gateway-request-id", rec.request_id.encode())]
-            if rec.stream and resp.status == 200 and resp.content_type == "text/event-stream":
-                strip = route == "chat.completions" and not _asked_usage(doc)
-                await self.stream(resp, send, receive, out, rec, UsageFilter(strip))
-            else:
-                data = await resp.read()
-                if resp.status == 200:
-                    found = usage_of(_loads(data))
-                    if found:
-                        rec.input_tokens, rec.output_tokens = found
-                await _respond(send, resp.status, out, data)
+            resp = await self.upstream.send(scope["method"], path, body, forward, rec)
+            try:
+                rec.status = resp.status
+                rec.upstream_request_id = resp.headers.get("x-request-id")
+                out = _passed(resp.headers) + [(b"x-gateway-request-id", rec.request_id.encode())]
+                if rec.cache:
+                    out.append((b"x-gateway-cache", rec.cache.encode()))
+                if rec.stream and resp.status == 200 and resp.content_type == "text/event-stream":
+                    recorded: list[bytes] = []
+                    completed = await self.stream(resp, send, receive, out, rec,
+                                                  UsageFilter(route == "chat.completions" and not rec.asked_usage),
+                                                  recorded.append if store else None)
+                    if completed is None:
+                        return  # the client left
+                    entry = b"".join(recorded)
+                    if store and completed and cache.complete_stream(route, entry):
+                        filled = await self.fill(gate, cache.encode(cache.SSE_ENTRY, entry), rec)
+                    await finish()
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                else:
+                    data = await resp.read()
+                    if resp.status == 200:
+                        found = usage_of(_loads(data))
+                        if found:
+                            rec.input_tokens, rec.output_tokens = found
+                        if store:
+                            filled = await self.fill(gate, cache.encode(cache.JSON_ENTRY, data), rec)
+                    await finish()
+                    await _respond(send, resp.status, out, data)
+            finally:
+                resp.release()
         finally:
-            resp.release()
+            if gate is not None and gate.holds_lock and not filled:
+                try:
+                    await self.store.release(gate)  # waiters stop waiting and ask the upstream
+                except StoreUnavailable:
+                    rec.cache_error = True
+
+    async def fill(self, gate: Gate, entry: bytes, rec: Record) -> bool:
+        try:
+            await self.store.fill(gate, entry, self.s.cache_ttl_seconds)
+            return True
+        except StoreUnavailable:
+            rec.cache_error = True
+            return False
 
     def prepare(self, route: str, body: bytes, rec: Record) -> tuple[bytes, dict]:
         """Parse once for the log and the stream flag; ask a chat stream for its usage."""
@@ -129,6 +272,7 @@ class App:
         model = doc.get("model")
         rec.model = model if isinstance(model, str) else None
         rec.stream = doc.get("stream") is True
+        rec.asked_usage = _asked_usage(doc)
         if self.s.log_prompts:
             rec.prompt = doc.get("messages", doc.get("input"))
         if rec.stream and route == "chat.completions" and not _asked_usage(doc):
@@ -137,7 +281,9 @@ class App:
         return body, doc
 
     async def stream(self, resp: aiohttp.ClientResponse, send, receive, headers: list, rec: Record,
-                     usage: UsageFilter) -> None:
+                     usage: UsageFilter, tap=None) -> Optional[bool]:
+        """Relay the stream, all but its end. True: the upstream finished it; False: it broke off
+        (the client got an error event); None: the client went away (nothing more to send)."""
         await send({"type": "http.response.start", "status": 200, "headers": headers + [
             (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})
 
@@ -149,7 +295,7 @@ class App:
 
         # A client that goes away stops the upstream too: nobody pays for tokens no one reads.
         copying = asyncio.ensure_future(relay(resp.content.readany, write, self.s.sse_keepalive_seconds,
-                                              first, usage))
+                                              first, usage, tap))
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait({copying, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -157,16 +303,17 @@ class App:
                 copying.cancel()
                 resp.close()
                 rec.status, rec.error = 499, "client_disconnected"
-                return
+                return None
+            completed = True
             try:
                 copying.result()
             except (TimeoutError, aiohttp.ClientError):
                 failure = errors.stream_interrupted()
-                rec.error = failure.code
+                rec.error, completed = failure.code, False
                 await write(failure.sse_event())
             if usage.usage:
                 rec.input_tokens, rec.output_tokens = usage.usage
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return completed
         finally:
             gone.cancel()
             if not copying.done():

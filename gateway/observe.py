@@ -20,8 +20,11 @@ import orjson
 METRICS = {
     "Requests": "Count", "Latency": "Milliseconds", "TimeToFirstToken": "Milliseconds",
     "InputTokens": "Count", "OutputTokens": "Count", "Upstream429": "Count", "Upstream5xx": "Count",
-    "Retries": "Count", "GatewayErrors": "Count",
+    "Retries": "Count", "GatewayErrors": "Count", "CacheHits": "Count", "CacheMisses": "Count",
+    "CacheCoalesced": "Count", "CacheErrors": "Count", "RejectedRequests": "Count",
+    "RejectedTokens": "Count", "RejectedSpend": "Count", "EstimatedCostUSD": "None",
 }
+REJECTED = {"requests": "RejectedRequests", "tokens": "RejectedTokens", "spend": "RejectedSpend"}
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Record:
     client: str = "-"
     model: Optional[str] = None
     stream: bool = False
+    asked_usage: bool = False  # the client asked a stream for its usage chunk
     status: int = 0
     ttft_ms: Optional[float] = None
     input_tokens: Optional[int] = None
@@ -42,6 +46,11 @@ class Record:
     upstream_request_id: Optional[str] = None
     error: Optional[str] = None  # the code of an error the gateway raised
     prompt: Any = None  # only with GATEWAY_LOG_PROMPTS
+    cache: Optional[str] = None  # HIT, MISS, BYPASS, REFRESH; None when the route is not cached
+    coalesced: bool = False  # served from an entry another request was filling
+    cache_error: bool = False  # the store did not answer: no cache, no limits for this request
+    rejected: Optional[str] = None  # the limit that refused it: requests, tokens, spend
+    cost_nano: Optional[int] = None  # priced usage, nano-USD
 
 
 def line(r: Record, service: str, namespace: str, now_ms: Optional[int] = None) -> bytes:
@@ -49,7 +58,11 @@ def line(r: Record, service: str, namespace: str, now_ms: Optional[int] = None) 
         "Requests": 1, "Latency": round((time.perf_counter() - r.started) * 1000, 3),
         "TimeToFirstToken": r.ttft_ms, "InputTokens": r.input_tokens, "OutputTokens": r.output_tokens,
         "Upstream429": r.upstream_429, "Upstream5xx": r.upstream_5xx, "Retries": r.retries,
-        "GatewayErrors": 1 if r.error else 0,
+        "GatewayErrors": 1 if r.error and not r.rejected else 0,
+        "CacheHits": 1 if r.cache == "HIT" else 0, "CacheMisses": 1 if r.cache in ("MISS", "REFRESH") else 0,
+        "CacheCoalesced": 1 if r.coalesced else 0, "CacheErrors": 1 if r.cache_error else 0,
+        "EstimatedCostUSD": r.cost_nano / 1e9 if r.cost_nano is not None else None,
+        **{metric: 1 if r.rejected == reason else 0 for reason, metric in REJECTED.items()},
     }
     present = {k: v for k, v in values.items() if v is not None}
     doc: dict[str, Any] = {
@@ -67,6 +80,8 @@ def line(r: Record, service: str, namespace: str, now_ms: Optional[int] = None) 
     }
     if r.error:
         doc["error"] = r.error
+    if r.cache:
+        doc["cache"] = r.cache
     if r.prompt is not None:
         doc["prompt"] = r.prompt
     return orjson.dumps(doc) + b"\n"

@@ -86,9 +86,11 @@ def _loads(data: bytes) -> Any:
 
 async def relay(read: Callable[[], Awaitable[bytes]], write: Callable[[bytes], Awaitable[None]],
                 keepalive_seconds: float, on_first: Callable[[], None],
-                transform: Callable[[bytes], bytes] = lambda b: b) -> None:
-    """Copy events from `read` (b"" at the end) to `write` until the upstream ends the stream.
-    Raises what `read` raises (a dropped upstream); the caller tells the client."""
+                transform: Callable[[bytes], bytes] = lambda b: b,
+                tap: Optional[Callable[[bytes], None]] = None) -> None:
+    """Copy events from `read` (b"" at the end) to `write` until the upstream ends the stream;
+    `tap` sees them as the upstream sent them (for the cache). Raises what `read` raises (a
+    dropped upstream); the caller tells the client."""
     buf = b""
     started = False
     while True:
@@ -104,6 +106,8 @@ async def relay(read: Callable[[], Awaitable[bytes]], write: Callable[[bytes], A
         buf += chunk
         events, buf = split_complete(buf)
         if events:
+            if tap:
+                tap(events)
             events = transform(events)
             if events and not started:
                 started = True
@@ -111,4 +115,6 @@ async def relay(read: Callable[[], Awaitable[bytes]], write: Callable[[bytes], A
             if events:
                 await write(events)
     if buf:
+        if tap:
+            tap(buf)
         await write(transform(buf))

@@ -13,7 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import orjson
+
 from gateway.keys import ClientKeys, KeyDocumentError, add_key, empty_document
+from gateway.limits import Limits, Prices
 
 T = TypeVar("T")
 
@@ -53,6 +56,19 @@ class Settings:
     service: str = "llm-service-local"  # the metrics' Service dimension
     namespace: str = "LLMService"
     environment: str = "local"
+    # The cache and the limits (gateway/store.py): Valkey when CACHE_HOST is set, else this process.
+    cache_host: str = ""
+    cache_reader_host: str = ""
+    cache_port: int = 6379
+    cache_tls: bool = True
+    cache_auth_token: str = field(default="", repr=False)
+    cache_ca_file: str = ""  # only where the server's CA is not in the system's bundle (tests)
+    cache_timeout_seconds: float = 0.25
+    cache_ttl_seconds: int = 3600
+    coalesce_wait_seconds: float = 30.0
+    default_limits: Limits = Limits()
+    prices: Prices = field(default_factory=lambda: Prices({}))
+    output_tokens_estimate: int = 1000
 
     @property
     def upstream(self) -> str:
@@ -117,7 +133,33 @@ def from_env(env: Mapping[str, str] = os.environ, log: Callable[[str], None] = p
         service=env.get("GATEWAY_SERVICE") or "llm-service-local",
         namespace=env.get("GATEWAY_METRICS_NAMESPACE") or "LLMService",
         environment=env.get("APP_ENV") or "local",
+        cache_host=env.get("CACHE_HOST", ""), cache_reader_host=env.get("CACHE_READER_HOST", ""),
+        cache_port=_get(env, "CACHE_PORT", 6379, pos_i, "a port number"),
+        cache_tls=_get(env, "CACHE_TLS", True, _bool, "true or false"),
+        cache_auth_token=env.get("CACHE_AUTH_TOKEN", ""), cache_ca_file=env.get("CACHE_TLS_CA_FILE", ""),
+        cache_timeout_seconds=_get(env, "GATEWAY_CACHE_TIMEOUT_SECONDS", 0.25, pos_f, "seconds > 0"),
+        cache_ttl_seconds=_get(env, "GATEWAY_CACHE_TTL_SECONDS", 3600, pos_i, "whole seconds > 0"),
+        coalesce_wait_seconds=_get(env, "GATEWAY_COALESCE_WAIT_SECONDS", 30.0, num, "seconds >= 0"),
+        default_limits=_get(env, "GATEWAY_DEFAULT_LIMITS", Limits(), _limits,
+                            'JSON such as {"requestsPerMinute": 600, "tokensPerMinute": 200000, "usdPerDay": 50}'),
+        prices=_get(env, "GATEWAY_PRICES", Prices({}), _prices,
+                    'JSON such as {"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6}}'),
+        output_tokens_estimate=_get(env, "GATEWAY_OUTPUT_TOKENS_ESTIMATE", 1000, pos_i, "tokens > 0"),
     )
+
+
+def _limits(raw: str) -> Limits:
+    try:
+        return Limits.from_json(orjson.loads(raw))
+    except (orjson.JSONDecodeError, TypeError, AttributeError) as e:
+        raise ValueError(str(e)) from None
+
+
+def _prices(raw: str) -> Prices:
+    try:
+        return Prices.from_json(raw)
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(str(e)) from None
 
 
 def _clients(env: Mapping[str, str], host: str, log: Callable[[str], None]) -> ClientKeys:

@@ -1,8 +1,9 @@
 """Add, list, rotate and revoke the gateway's client keys: what applications send instead of the
 LLM key.
 
-    python -m infra.clientkeys add    --stack staging web-app          # prints the new key, once
+    python -m infra.clientkeys add    --stack staging web-app [--rpm 600 --tpm 200000 --usd-per-day 50]
     python -m infra.clientkeys list   --stack staging
+    python -m infra.clientkeys limits --stack staging web-app --usd-per-day 20   # 0: none; --defaults: the stack's
     python -m infra.clientkeys rotate --stack staging web-app [--keep-old]
     python -m infra.clientkeys revoke --stack staging web-app [--key-id 3f9a0c1e]
 
@@ -11,6 +12,8 @@ key itself is printed once on stdout (progress goes to stderr, so `KEY=$(...)` c
 key) and never stored. Every change then rolls the service out and waits, because ECS hands
 secrets to tasks when they start: a revoked key stops working when the rollout completes.
 `rotate --keep-old` adds a key and keeps the old ones, so clients can move over before `revoke`.
+A client's limits (requests and tokens per minute, USD per day) sit beside its keys and override
+the stack's `gateway.defaultLimits` field by field.
 """
 
 from __future__ import annotations
@@ -65,7 +68,21 @@ def write(s: Stack, doc: dict[str, Any], read_version: Optional[str]) -> None:
     sm.put_secret_value(SecretId=secret_id, SecretString=json.dumps(doc, indent=1, sort_keys=True))
 
 
-def add(s: Stack, client: str, keep_old: bool = True, must_exist: bool = False) -> str:
+LIMIT_FLAGS = {"rpm": "requestsPerMinute", "tpm": "tokensPerMinute", "usd_per_day": "usdPerDay"}
+
+
+def set_limits(s: Stack, client: str, limits: dict[str, Any], defaults: bool = False) -> dict[str, Any]:
+    doc, version = read(s)
+    entry = doc["clients"].get(client)
+    if entry is None:
+        raise Failure(f"no client {client!r}")
+    entry["limits"] = {} if defaults else {**entry.get("limits", {}), **limits}
+    write(s, doc, version)
+    return entry["limits"]
+
+
+def add(s: Stack, client: str, keep_old: bool = True, must_exist: bool = False,
+        limits: Optional[dict[str, Any]] = None) -> str:
     doc, version = read(s)
     if must_exist and client not in doc["clients"]:
         raise Failure(f"no client {client!r} (clients: {', '.join(sorted(doc['clients'])) or 'none'})")
@@ -75,6 +92,8 @@ def add(s: Stack, client: str, keep_old: bool = True, must_exist: bool = False) 
         key = add_key(doc, client, keep_old=keep_old)
     except KeyDocumentError as e:
         raise Failure(str(e)) from None
+    if limits:
+        doc["clients"][client]["limits"] = {**doc["clients"][client].get("limits", {}), **limits}
     write(s, doc, version)
     return key
 
@@ -105,17 +124,37 @@ def listing(s: Stack) -> list[str]:
     lines = []
     for name, entry in sorted(doc["clients"].items()):
         keys = ", ".join(f"{k['id']} (created {k['created'][:10]})" for k in entry["keys"])
-        lines.append(f"{name}: {keys}")
+        own = sorted(entry.get("limits", {}).items())
+        limits = ", ".join(f"{k} {v}" for k, v in own) or "the stack's defaults"
+        lines.append(f"{name}: {keys}; limits: {limits}")
     return lines or ["no clients yet: python -m infra.clientkeys add --stack <stack> <client>"]
+
+
+def _count(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError("0 or more")
+    return value
+
+
+def _usd(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError("0 or more")
+    return value
 
 
 def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time.sleep) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.clientkeys", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=["add", "list", "rotate", "revoke"])
+    parser.add_argument("action", choices=["add", "list", "limits", "rotate", "revoke"])
     parser.add_argument("client", nargs="?", help="the client's name (add, rotate, revoke)")
     parser.add_argument("--stack", required=True)
     parser.add_argument("--keep-old", action="store_true", help="rotate: keep the old keys valid")
     parser.add_argument("--key-id", help="revoke: one key of the client instead of the client")
+    parser.add_argument("--rpm", type=_count, help="add, limits: requests per minute (0: none)")
+    parser.add_argument("--tpm", type=_count, help="add, limits: tokens per minute (0: none)")
+    parser.add_argument("--usd-per-day", type=_usd, help="add, limits: spend per UTC day (0: none)")
+    parser.add_argument("--defaults", action="store_true", help="limits: back to the stack's defaults")
     parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` saved to a file")
     parser.add_argument("--region", help="override the stack's region")
     parser.add_argument("--timeout", type=int, default=600, help="seconds to wait for the rollout")
@@ -128,11 +167,18 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
         if args.action == "list":
             print("\n".join(listing(s)))
             return 0
+        limits = {field: getattr(args, flag) for flag, field in LIMIT_FLAGS.items()
+                  if getattr(args, flag) is not None}
         if args.action == "revoke":
             _err(f"revoked {revoke(s, args.client, args.key_id)}; it stops working when the rollout completes")
+        elif args.action == "limits":
+            if not limits and not args.defaults:
+                parser.error("limits needs --rpm, --tpm, --usd-per-day or --defaults")
+            now = set_limits(s, args.client, limits, args.defaults)
+            _err(f"limits of {args.client}: {now or 'the stack defaults'}; they apply when the rollout completes")
         else:
             key = add(s, args.client, keep_old=args.keep_old or args.action == "add",
-                      must_exist=args.action == "rotate")
+                      must_exist=args.action == "rotate", limits=limits)
             _err(f"new key for {args.client} (shown once, stored only as a hash):")
             print(key, flush=True)
         rollout.after_secret_change(s, args.timeout, sleep=sleep, log=_err)

@@ -104,12 +104,36 @@ class NetworkConfig(_Section):
         return v
 
 
+class PriceConfig(_Section):
+    input_per_million: float = Field(ge=0)  # USD per million input tokens
+    output_per_million: float = Field(ge=0)
+
+
+DEFAULT_PRICES = {
+    # USD per million tokens, from openai.com/api/pricing (standard tier); check yours.
+    "gpt-4o-mini": PriceConfig(input_per_million=0.15, output_per_million=0.60),
+    "gpt-4o": PriceConfig(input_per_million=2.50, output_per_million=10.00),
+    "text-embedding-3-small": PriceConfig(input_per_million=0.02, output_per_million=0.0),
+    "default": PriceConfig(input_per_million=2.50, output_per_million=10.00),
+}
+
+
 class LlmConfig(_Section):
     """Non-secret LLM API settings; they become plain environment variables."""
 
     org_id: str = ""
     project_id: str = ""
     base_url: str = "https://api.openai.com/v1"
+    # What the gateway's spend limits and the cost estimate price tokens at. A model not listed
+    # (dated snapshots count as their family) is priced as `default`.
+    prices: dict[str, PriceConfig] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+    @field_validator("prices")
+    @classmethod
+    def _has_default(cls, v: dict[str, PriceConfig]) -> dict[str, PriceConfig]:
+        if "default" not in v:
+            raise ValueError("needs a `default` entry: what a model not listed is priced at")
+        return v
 
 
 class SecretsConfig(_Section):
@@ -249,6 +273,14 @@ class LoadBalancerConfig(_Section):
 NAT_IDLE_TIMEOUT_SECONDS = 350
 
 
+class LimitsConfig(_Section):
+    """Per-client limits (0: none); each client's own, in the client-keys secret, override these."""
+
+    requests_per_minute: int = Field(0, ge=0)
+    tokens_per_minute: int = Field(0, ge=0)
+    usd_per_day: float = Field(0.0, ge=0)
+
+
 class GatewayConfig(_Section):
     """The gateway's request path (gateway/). Become GATEWAY_* environment variables."""
 
@@ -260,6 +292,12 @@ class GatewayConfig(_Section):
     log_prompts: bool = False
     ttft_p95_alarm_seconds: float = Field(10.0, gt=0)
     upstream_429_per_5min: int = Field(20, ge=1, alias="upstream429Per5min")
+    cache_ttl_seconds: int = Field(3600, ge=1, le=30 * 86400)
+    coalesce_wait_seconds: int = Field(30, ge=0, le=300)
+    output_tokens_estimate: int = Field(1000, ge=1)  # reserved when a request sets no max tokens
+    default_limits: LimitsConfig = LimitsConfig()
+    spend_per_hour_alarm_usd: float = Field(10.0, gt=0)  # estimated spend, all clients
+    cache_errors_per_5min: int = Field(10, ge=1, alias="cacheErrorsPer5min")  # served without the cache
 
     @field_validator("upstream_tcp_keepalive_seconds")
     @classmethod
@@ -411,6 +449,11 @@ def _streams_survive_the_idle_timeout(g: GatewayConfig, lb: LoadBalancerConfig) 
         raise ConfigError(_key("gateway.retryBudgetSeconds"), g.retry_budget_seconds,
                           f"at most half of loadBalancer.idleTimeoutSeconds ({idle}): the client "
                           "receives nothing while the gateway retries")
+    if (g.retry_budget_seconds + g.coalesce_wait_seconds) * 2 > idle:
+        raise ConfigError(_key("gateway.coalesceWaitSeconds"), g.coalesce_wait_seconds,
+                          f"with retryBudgetSeconds ({g.retry_budget_seconds}) at most half of "
+                          f"loadBalancer.idleTimeoutSeconds ({idle}): a request waiting for another's "
+                          "answer, then retrying, receives nothing meanwhile")
 
 
 def _certificate_in_region(arn: str, region: str) -> None:

@@ -87,6 +87,12 @@ def gateway_environment(cfg: StackConfig, prefix: str) -> dict[str, str]:
         "GATEWAY_DRAIN_SECONDS": str(max(0, svc.stop_timeout_seconds - 5)),
         "GATEWAY_SERVICE": prefix,
         "GATEWAY_METRICS_NAMESPACE": METRICS_NAMESPACE,
+        "GATEWAY_CACHE_TTL_SECONDS": str(g.cache_ttl_seconds),
+        "GATEWAY_COALESCE_WAIT_SECONDS": str(g.coalesce_wait_seconds),
+        "GATEWAY_OUTPUT_TOKENS_ESTIMATE": str(g.output_tokens_estimate),
+        "GATEWAY_DEFAULT_LIMITS": json.dumps(g.default_limits.model_dump(by_alias=True), sort_keys=True),
+        "GATEWAY_PRICES": json.dumps({m: p.model_dump(by_alias=True) for m, p in cfg.llm.prices.items()},
+                                     sort_keys=True),
     }
 
 
@@ -237,7 +243,9 @@ def main(offline: bool = False) -> None:
         alert_emails=emails, metrics_namespace=METRICS_NAMESPACE, gateway_service=prefix,
         thresholds=Thresholds(**mon.model_dump(exclude={"alert_emails"}),
                               ttft_p95_seconds=cfg.gateway.ttft_p95_alarm_seconds,
-                              upstream_429_per_5min=cfg.gateway.upstream_429_per_5min),
+                              upstream_429_per_5min=cfg.gateway.upstream_429_per_5min,
+                              cache_errors_per_5min=cfg.gateway.cache_errors_per_5min,
+                              spend_per_hour_usd=cfg.gateway.spend_per_hour_alarm_usd),
     ), opts=opts)
 
     budget = Budget("budget", BudgetArgs(

@@ -9,6 +9,7 @@ test suite both call it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,6 +133,17 @@ def _unwrap(v: Any) -> Any:
     return v
 
 
+def _ensure_event_loop() -> None:
+    """Pulumi's SDK creates futures on the thread's current loop; asyncio.run() elsewhere in the
+    same process leaves none, so synthesis installs a fresh one when it has to."""
+    try:
+        usable = not asyncio.get_event_loop_policy().get_event_loop().is_closed()
+    except RuntimeError:
+        usable = False
+    if not usable:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def synthesize(
     stack: str,
     raw: Optional[dict[str, Any]] = None,
@@ -149,6 +161,7 @@ def synthesize(
         def program() -> None:
             main(offline=True)
 
+    _ensure_event_loop()
     recorder = _Recorder(str(raw.get("aws:region", "us-east-1")))
     settings.ROOT.set(None)
     pulumi.runtime.set_all_config(_as_pulumi_config(raw), sorted(secret_keys))

@@ -26,7 +26,9 @@ from pulumi_policy import (
 
 MANDATORY = EnforcementLevel.MANDATORY
 TLS_POLICIES = re.compile(r"^ELBSecurityPolicy-TLS13-")
-SECRET_NAME = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD)", re.I)
+# A secret's name: one of these words as a whole part of the variable name (CACHE_AUTH_TOKEN,
+# OPENAI_API_KEY), not inside another word (GATEWAY_OUTPUT_TOKENS_ESTIMATE).
+SECRET_NAME = re.compile(r"(^|_)(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD)(_|$)", re.I)
 KEY_VALUE = re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}")
 WORLD = ("0.0.0.0/0", "::/0")
 

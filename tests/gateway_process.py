@@ -30,11 +30,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def client_keys(*names: str) -> tuple[str, dict[str, str]]:
-    """A client-keys document and each client's key."""
+def client_keys(*names: str, limits: Optional[dict[str, dict]] = None) -> tuple[str, dict[str, str]]:
+    """A client-keys document and each client's key; `limits` per client name."""
     doc, keys = empty_document(), {}
     for name in names:
         keys[name] = add_key(doc, name)
+        if limits and name in limits:
+            doc["clients"][name]["limits"] = limits[name]
     return json.dumps(doc), keys
 
 
@@ -60,9 +62,9 @@ class Gateway:
 
 def start(upstream: str, tmp: Path, env: Optional[dict[str, str]] = None, port: Optional[int] = None,
           clients: tuple[str, ...] = ("web-app", "batch"), user: Optional[tuple[int, int]] = None,
-          wait: bool = True) -> Gateway:
+          wait: bool = True, keys_doc: Optional[tuple[str, dict[str, str]]] = None) -> Gateway:
     port = port or free_port()
-    doc, keys = client_keys(*clients)
+    doc, keys = keys_doc or client_keys(*clients)
     full = {"PATH": os.environ["PATH"], "HOST": "127.0.0.1", "PORT": str(port),
             "OPENAI_BASE_URL": f"{upstream}/v1", "OPENAI_API_KEY": UPSTREAM_KEY, "CLIENT_KEYS": doc,
             "OPENAI_ORG_ID": "org-test", "OPENAI_PROJECT_ID": "proj_test",
@@ -77,7 +79,11 @@ def start(upstream: str, tmp: Path, env: Optional[dict[str, str]] = None, port: 
                             stdout=log.open("wb"), stderr=subprocess.PIPE, **extra)
     gw = Gateway(proc, port, log, keys)
     if wait:
-        wait_healthy(gw)
+        try:
+            wait_healthy(gw)
+        except RuntimeError:
+            proc.kill()
+            raise
     return gw
 
 

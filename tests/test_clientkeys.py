@@ -99,6 +99,28 @@ def test_list_names_clients_and_key_ids_never_hashes(deployed, capsys, rolls_out
     assert doc["clients"]["batch"]["keys"][0]["id"] in lines[0]
 
 
+def test_limits_sit_beside_the_keys_and_the_gateway_reads_them(deployed, capsys, rolls_out):
+    code, _, err = run(capsys, "add", "web-app", "--rpm", "100", "--usd-per-day", "2.5")
+    assert code == 0, err
+    client = next(iter(stored(deployed)._by_id.values()))[1]
+    assert client.limits == {"requestsPerMinute": 100, "usdPerDay": 2.5}
+    from gateway.limits import Limits
+
+    merged = Limits.from_json(client.limits, Limits(requests_per_minute=60, tokens_per_minute=9000, usd_per_day=5))
+    assert merged == Limits(requests_per_minute=100, tokens_per_minute=9000, usd_per_day=2.5)
+    assert run(capsys, "limits", "web-app", "--tpm", "0")[0] == 0
+    client = next(iter(stored(deployed)._by_id.values()))[1]
+    assert client.limits == {"requestsPerMinute": 100, "usdPerDay": 2.5, "tokensPerMinute": 0}
+    assert "limits: requestsPerMinute 100, tokensPerMinute 0, usdPerDay 2.5" in run(capsys, "list")[1]
+    assert run(capsys, "limits", "web-app", "--defaults")[0] == 0
+    assert "limits: the stack's defaults" in run(capsys, "list")[1]
+
+
+def test_a_negative_limit_is_refused_by_the_command_line(deployed, capsys):
+    with pytest.raises(SystemExit):
+        run(capsys, "add", "web-app", "--rpm", "-5")
+
+
 def test_rotate_replaces_the_key_and_keep_old_overlaps(deployed, capsys, rolls_out):
     old = run(capsys, "add", "web-app")[1].strip()
     new = run(capsys, "rotate", "web-app")[1].strip()

@@ -78,6 +78,8 @@ def test_every_alarm_has_both_actions_and_its_stacks_threshold(stack):
         "cache-hit-rate-low": t.cache_hit_rate_min_percent,
         "gateway-ttft-p95": config_of(stack).gateway.ttft_p95_alarm_seconds * 1000,
         "gateway-upstream-429": config_of(stack).gateway.upstream_429_per_5min,
+        "gateway-cache-errors": config_of(stack).gateway.cache_errors_per_5min,
+        "gateway-spend-per-hour": config_of(stack).gateway.spend_per_hour_alarm_usd,
     }
     assert {a.name.removeprefix("monitoring-") for a in stack.of_type(ALARM)} == set(expected)
     topic = stack.outputs["alarmTopicArn"]
@@ -111,7 +113,9 @@ def test_gateway_alarms_read_the_metrics_the_gateway_writes(stack):
 
     env = {e["name"]: e["value"] for e in container(stack)["environment"]}
     for suffix, metric, stat in (("gateway-ttft-p95", "TimeToFirstToken", "p95"),
-                                 ("gateway-upstream-429", "Upstream429", "Sum")):
+                                 ("gateway-upstream-429", "Upstream429", "Sum"),
+                                 ("gateway-cache-errors", "CacheErrors", "Sum"),
+                                 ("gateway-spend-per-hour", "EstimatedCostUSD", "Sum")):
         a = _alarm(stack, suffix)
         assert a["namespace"] == env["GATEWAY_METRICS_NAMESPACE"] == "LLMService"
         assert a["metricName"] == metric and metric in METRICS
@@ -124,6 +128,20 @@ def _dashboard_metrics(stack):
     for widget in body["widgets"]:
         for metric in widget["properties"]["metrics"]:
             yield widget["properties"]["title"], metric
+
+
+def test_the_cache_hit_ratio_alarm_reads_the_gateways_hits_and_misses(stack):
+    from gateway.observe import METRICS
+
+    a = _alarm(stack, "cache-hit-rate-low")
+    queries = {q["id"]: q for q in a["metricQueries"]}
+    assert {queries[i]["metric"]["metricName"] for i in ("hits", "misses")} == {"CacheHits", "CacheMisses"}
+    assert {"CacheHits", "CacheMisses"} <= set(METRICS)
+    service = {"Service": f"llm-service-{stack.stack}"}
+    assert all(queries[i]["metric"]["dimensions"] == service for i in ("hits", "misses"))
+    assert queries["ratio"]["expression"] == "IF(hits + misses >= 20, 100 * hits / (hits + misses), 100)"
+    assert a["comparisonOperator"] == "LessThanThreshold"
+    assert a["threshold"] == config_of(stack).monitoring.cache_hit_rate_min_percent
 
 
 def test_dashboard_is_json_and_names_this_stacks_ids(stack):
@@ -139,6 +157,12 @@ def test_dashboard_is_json_and_names_this_stacks_ids(stack):
     titles, seen = set(), set()
     for title, metric in _dashboard_metrics(stack):
         titles.add(title)
+        if isinstance(metric[0], dict):  # a SEARCH expression: the spend of each client
+            expression = metric[0]["expression"]
+            assert f'Service="llm-service-{stack.stack}"' in expression
+            assert "{LLMService,Service,Client}" in expression
+            seen.add(expression.split('MetricName="')[1].split('"')[0])
+            continue
         parts = [p for p in metric if isinstance(p, str)]
         dims = dict(zip(parts[2::2], parts[3::2], strict=True))
         seen.add(parts[1])
@@ -148,9 +172,10 @@ def test_dashboard_is_json_and_names_this_stacks_ids(stack):
             else:
                 assert value == ids[key], (title, key, value)
     assert {"RequestCount", "TargetResponseTime", "HTTPCode_Target_5XX_Count", "HealthyHostCount",
-            "RunningTaskCount", "CPUUtilization", "MemoryUtilization", "CacheHitRate", "Evictions",
+            "RunningTaskCount", "CPUUtilization", "MemoryUtilization", "Evictions",
             "AllowedRequests", "BlockedRequests", "TimeToFirstToken", "Upstream429", "Upstream5xx",
-            "InputTokens", "OutputTokens"} <= seen
+            "InputTokens", "OutputTokens", "CacheHits", "CacheMisses", "CacheCoalesced", "CacheErrors",
+            "EstimatedCostUSD", "RejectedRequests", "RejectedTokens", "RejectedSpend"} <= seen
     assert stack.outputs["dashboardUrl"].endswith(f"#dashboards:name=llm-service-{stack.stack}")
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from infra.synth import ROOT
+from tests import valkey_server
 from tests.conftest import container
 from tests.fake_upstream import Running
 from tests.gateway_process import UPSTREAM_KEY, Gateway, client_keys, wait_healthy
@@ -37,7 +40,9 @@ def image_env() -> dict[str, str]:
 
 
 def _port_free(port: int) -> bool:
+    """Free for a bind as the gateway binds (SO_REUSEADDR: sockets in TIME_WAIT do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("0.0.0.0", port))  # noqa: S104 - where the task binds
             return True
@@ -59,14 +64,24 @@ def running(task, tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("running as the task's user needs root")
     assert GATEWAY_PYTHON.exists(), "the gateway's runtime venv is missing: run `make test`"
-    if not _port_free(task["port"]):
-        pytest.skip(f"port {task['port']} is taken on this machine")
+    env = {**image_env(), **{e["name"]: e["value"] for e in task["app"]["environment"]}}
+    for port in (task["port"], int(env["CACHE_PORT"])):
+        if not _port_free(port):
+            pytest.skip(f"port {port} is taken on this machine")
     upstream = Running()
     doc, keys = client_keys("web-app")
-    env = {**image_env(), **{e["name"]: e["value"] for e in task["app"]["environment"]}}
     test_values = {"OPENAI_API_KEY": UPSTREAM_KEY, "CLIENT_KEYS": doc, "CACHE_AUTH_TOKEN": "t" * 64}
     env.update({s["name"]: test_values[s["name"]] for s in task["app"]["secrets"]})
     env["OPENAI_BASE_URL"] = f"{upstream.url}/v1"
+    # Valkey on the task's CACHE_PORT with TLS (CACHE_TLS) and the AUTH token from the secret;
+    # only the ElastiCache names, unresolvable here, and the test CA are replaced.
+    assert env["CACHE_TLS"] == "true"
+    # Outside pytest's 0700 temp tree: the task's user reads the CA, as it reads the system's bundle.
+    folder = Path(tempfile.mkdtemp(prefix="llm-service-contract-"))
+    folder.chmod(0o755)
+    cache = valkey_server.start(folder, port=int(env["CACHE_PORT"]), auth=env["CACHE_AUTH_TOKEN"])
+    cache.ca_file.chmod(0o644)
+    env.update(CACHE_HOST="127.0.0.1", CACHE_READER_HOST="localhost", CACHE_TLS_CA_FILE=str(cache.ca_file))
     # The image's /usr/local/bin/python is the runtime venv's here, and its /app the repository.
     env.update(PATH=f"{GATEWAY_PYTHON.parent}:/usr/bin:/bin", PYTHONPATH=str(ROOT))
     uid, gid = (int(x) for x in task["app"]["user"].split(":"))
@@ -77,6 +92,8 @@ def running(task, tmp_path_factory):
     wait_healthy(gw)
     yield {"gw": gw, "env": env, "uid": uid, "gid": gid, "upstream": upstream}
     gw.stop()
+    cache.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_the_target_group_checks_the_port_and_path_the_gateway_serves(task, running):
@@ -94,16 +111,24 @@ def test_the_container_health_check_command_passes_as_the_task_user(task, runnin
     assert result.returncode == 0, result.stderr
 
 
-def test_a_client_request_goes_through_as_the_task_runs_it(task, running):
-    gw = running["gw"]
+def _ask(task, gw):
     conn = http.client.HTTPConnection("127.0.0.1", task["port"], timeout=10)
     conn.request("POST", "/v1/chat/completions", body=json.dumps(
-        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}),
         headers={"Authorization": f"Bearer {gw.keys['web-app']}", "Content-Type": "application/json"})
     resp = conn.getresponse()
-    assert resp.status == 200 and json.loads(resp.read())["choices"][0]["message"]["content"] == "Hello there."
+    return resp, resp.read()
+
+
+def test_a_client_request_goes_through_and_the_cache_answers_the_second(task, running):
+    gw = running["gw"]
+    first, body = _ask(task, gw)
+    assert first.status == 200 and json.loads(body)["choices"][0]["message"]["content"] == "Hello there."
     seen = running["upstream"].fake.requests[-1]["headers"]
     assert seen["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    second, _ = _ask(task, gw)
+    assert (first.getheader("x-gateway-cache"), second.getheader("x-gateway-cache")) == ("MISS", "HIT")
+    assert len(running["upstream"].fake.requests) == 1
 
 
 def test_the_image_env_is_read_from_the_dockerfile():

@@ -129,7 +129,8 @@ def test_the_image_is_multi_stage_from_ecr_public_and_starts_the_gateway():
     froms = re.findall(r"^FROM (\S+)", DOCKERFILE, re.M)
     assert len(froms) == 2, "dependencies are built in a stage of their own"
     assert re.search(r"^ARG PYTHON=public\.ecr\.aws/docker/library/python:\S+$", DOCKERFILE, re.M)
-    assert 'ENTRYPOINT ["python", "-m", "gateway"]' in DOCKERFILE
+    assert 'CMD ["python", "-m", "gateway"]' in DOCKERFILE
+    assert not re.search(r"^ENTRYPOINT", DOCKERFILE, re.M), "infra.cache overrides the command"
     assert "COPY requirements.txt" in DOCKERFILE and "--only-binary=:all:" in DOCKERFILE
 
 

@@ -77,6 +77,8 @@ CASES = [
     ("task-definition-hardened", TD, _td(readonlyRootFilesystem=False), _td()),
     ("task-definition-hardened", TD, _td(user="root"), _td()),
     ("task-definition-hardened", TD, _td(environment=[{"name": "OPENAI_API_KEY", "value": "x"}]), _td()),
+    ("task-definition-hardened", TD, _td(environment=[{"name": "CACHE_AUTH_TOKEN", "value": "x"}]),
+     _td(environment=[{"name": "GATEWAY_OUTPUT_TOKENS_ESTIMATE", "value": "1000"}])),
     ("task-definition-hardened", TD,
      _td(environment=[{"name": "SETTING", "value": "sk-proj-abcdefghijklmnopqrstuv"}]), _td()),
     ("iam-no-admin-role-policy", "aws:iam/rolePolicy:RolePolicy",

@@ -258,7 +258,7 @@ def test_a_healthy_staging_stack_passes_every_check(live, capsys):
                       "PASS alarms", "PASS budget", "PASS waf", "PASS health"]
     assert "PASS alb: staging-alb active, listeners HTTPS:443" in lines
     assert "PASS targets: 1 healthy (minimum 1)" in lines
-    assert "PASS alarms: 15 present, none in ALARM (15 OK)" in lines
+    assert "PASS alarms: 17 present, none in ALARM (17 OK)" in lines
     assert "PASS budget: llm-service-staging present, 150 USD a month" in lines
     assert lines[-1] == "11 passed, 0 failed"
 

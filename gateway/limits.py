@@ -1,0 +1,132 @@
+"""Per-client limits: requests and tokens per minute, spend per day in USD.
+
+Each client's limits come from its entry in the client-keys document (`limits`), field by field
+over the stack's defaults (GATEWAY_DEFAULT_LIMITS); 0 means no limit. They are checked and
+charged atomically in Valkey (gateway/store.py), so they hold across every task:
+
+- requests per minute: every request, cache hits included (a fixed window per UTC minute);
+- tokens per minute and USD per day: only what reaches the LLM API. Before the call an estimate
+  is reserved (input about a token per 4 bytes of body, output the request's max tokens or
+  GATEWAY_OUTPUT_TOKENS_ESTIMATE); after it, the reservation is settled with the usage the
+  upstream reports, priced by the per-model table (GATEWAY_PRICES, USD per million tokens).
+
+Money is counted in nano-dollars (integers): exact, and far from overflowing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import orjson
+
+from gateway.errors import GatewayError
+
+NANO = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    usd_per_day: float = 0.0
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], base: Optional[Limits] = None) -> Limits:
+        base = base or cls()
+        return cls(
+            requests_per_minute=int(doc.get("requestsPerMinute", base.requests_per_minute)),
+            tokens_per_minute=int(doc.get("tokensPerMinute", base.tokens_per_minute)),
+            usd_per_day=float(doc.get("usdPerDay", base.usd_per_day)),
+        )
+
+    @property
+    def nano_per_day(self) -> int:
+        return round(self.usd_per_day * NANO)
+
+
+@dataclass(frozen=True)
+class Price:
+    input_per_million: float
+    output_per_million: float
+
+    def nano(self, input_tokens: int, output_tokens: int) -> int:
+        # USD per million tokens = nano-USD per token / 1000.
+        return round(input_tokens * self.input_per_million * 1000 + output_tokens * self.output_per_million * 1000)
+
+
+class Prices:
+    """Per-model prices; a model not in the table is priced as `default`."""
+
+    def __init__(self, table: dict[str, Any]):
+        self.table = {m: Price(float(p["inputPerMillion"]), float(p["outputPerMillion"]))
+                      for m, p in table.items()}
+        self.default = self.table.get("default", Price(0.0, 0.0))
+
+    @classmethod
+    def from_json(cls, text: str) -> Prices:
+        return cls(orjson.loads(text) if text else {})
+
+    def of(self, model: Optional[str]) -> Price:
+        if not model:
+            return self.default
+        # Dated snapshots (gpt-4o-mini-2024-07-18) are priced as their family.
+        while model not in self.table and "-" in model:
+            model = model.rsplit("-", 1)[0]
+        return self.table.get(model, self.default)
+
+
+@dataclass
+class Reservation:
+    tokens: int
+    nano: int
+    minute: int  # the windows the reservation was charged to
+    day: str
+
+
+def estimate(route: str, doc: dict[str, Any], body_size: int, default_output: int) -> tuple[int, int]:
+    """(input, output) tokens reserved before the call: about a token per 4 bytes of the body in,
+    and the request's own output limit (or the default) out; embeddings have no output."""
+    out = 0 if route == "embeddings" else default_output
+    for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        if isinstance(doc.get(field), int):
+            out = doc[field]
+            break
+    return math.ceil(body_size / 4), out
+
+
+def windows(now: Optional[float] = None) -> tuple[int, str, float, float]:
+    """(minute number, UTC day, seconds to the next minute, seconds to the next day)."""
+    now = time.time() if now is None else now
+    minute = int(now // 60)
+    day = time.strftime("%Y%m%d", time.gmtime(now))
+    return minute, day, 60 - now % 60, 86400 - now % 86400
+
+
+def rejection(reason: str, limits: Limits, used: int, retry_after: float) -> GatewayError:
+    """A 429 like OpenAI's own, with the headers its SDKs back off by."""
+    wait = max(1, math.ceil(retry_after))
+    if reason == "requests":
+        message = (f"Rate limit reached for requests per minute: limit {limits.requests_per_minute}, "
+                   f"used {used}. Try again in {wait}s.")
+        headers = {"x-ratelimit-limit-requests": limits.requests_per_minute,
+                   "x-ratelimit-remaining-requests": max(0, limits.requests_per_minute - used),
+                   "x-ratelimit-reset-requests": f"{wait}s"}
+        code, kind = "rate_limit_exceeded", "requests"
+    elif reason == "tokens":
+        message = (f"Rate limit reached for tokens per minute: limit {limits.tokens_per_minute}, "
+                   f"used {used}. Try again in {wait}s.")
+        headers = {"x-ratelimit-limit-tokens": limits.tokens_per_minute,
+                   "x-ratelimit-remaining-tokens": max(0, limits.tokens_per_minute - used),
+                   "x-ratelimit-reset-tokens": f"{wait}s"}
+        code, kind = "rate_limit_exceeded", "tokens"
+    else:
+        message = (f"Daily spend limit of ${limits.usd_per_day:g} reached (${used / NANO:.4f} spent "
+                   f"today, UTC). It resets in {wait}s.")
+        headers = {}
+        code, kind = "insufficient_quota", "insufficient_quota"
+    headers["retry-after"] = wait
+    return GatewayError(429, message, type=kind, code=code,
+                        headers=[(k.encode(), str(v).encode()) for k, v in headers.items()])

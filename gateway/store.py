@@ -1,0 +1,302 @@
+"""Where the cache and the limits live: Valkey (shared by every task) or, for a local run without
+CACHE_HOST, this process.
+
+One server-side script per request (`gate`) does, in one round trip and atomically: read the
+namespace versions and the entry (a hit), check and charge the client's limits, and take the
+short-lived lock that makes concurrent identical misses reach the upstream once. The lock holder
+fills the entry (`fill`); the others poll for it (`wait`, on the reader endpoint) until it is
+there, the lock is gone (its holder failed or died) or GATEWAY_COALESCE_WAIT_SECONDS have passed,
+and then go to the upstream themselves. Invalidation raises a namespace version (the whole stack's
+or one client's): every older entry becomes unreachable at once and expires by its TTL.
+
+Keys, under `llmgw:<service>:`: `ver`, `ver:<client>` (versions); `e:<client>:<ver>:<ver>:<hash>`
+(entries) and `…:lock`; `rpm:<client>:<minute>`, `tpm:<client>:<minute>`, `usd:<client>:<day>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from gateway.limits import Limits, Reservation, windows
+
+WINDOW_TTL_MS = 120_000  # a minute window outlives its minute, then goes
+DAY_TTL_S = 2 * 86400
+
+GATE = """
+local entry_key = ''
+if ARGV[2] ~= '' then
+  local gv = redis.call('GET', KEYS[1]) or '0'
+  local cv = redis.call('GET', KEYS[2]) or '0'
+  entry_key = ARGV[1] .. gv .. ':' .. cv .. ':' .. ARGV[2]
+end
+local rpm_used = tonumber(redis.call('GET', KEYS[3]) or '0')
+if tonumber(ARGV[5]) > 0 and rpm_used >= tonumber(ARGV[5]) then
+  return {'requests', rpm_used, entry_key}
+end
+local function count_request()
+  if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[12]) end
+end
+if ARGV[3] == '1' and entry_key ~= '' then
+  local entry = redis.call('GET', entry_key)
+  if entry then
+    count_request()
+    return {'hit', 0, entry_key, entry}
+  end
+end
+if tonumber(ARGV[6]) > 0 then
+  local used = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if used + tonumber(ARGV[8]) > tonumber(ARGV[6]) then return {'tokens', used, entry_key} end
+end
+if tonumber(ARGV[7]) > 0 then
+  local spent = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if spent + tonumber(ARGV[9]) > tonumber(ARGV[7]) then return {'spend', spent, entry_key} end
+end
+count_request()
+if ARGV[8] ~= '0' then
+  redis.call('INCRBY', KEYS[4], ARGV[8])
+  redis.call('PEXPIRE', KEYS[4], ARGV[12])
+end
+if ARGV[9] ~= '0' then
+  redis.call('INCRBY', KEYS[5], ARGV[9])
+  redis.call('EXPIRE', KEYS[5], ARGV[13])
+end
+local holds = 0
+if ARGV[4] == '1' and entry_key ~= '' then
+  if redis.call('SET', entry_key .. ':lock', ARGV[11], 'NX', 'PX', ARGV[10]) then holds = 1 end
+end
+return {'miss', holds, entry_key}
+"""
+
+FILL = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+SETTLE = """
+if ARGV[1] ~= '0' then
+  redis.call('INCRBY', KEYS[1], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+if ARGV[2] ~= '0' then
+  redis.call('INCRBY', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return 1
+"""
+
+
+@dataclass
+class Gate:
+    outcome: str  # hit, miss, or the limit refused: requests, tokens, spend
+    used: int = 0  # for a refusal: what the window already holds
+    entry: Optional[bytes] = None
+    entry_key: str = ""
+    holds_lock: bool = False
+    lock_token: str = ""
+    reservation: Optional[Reservation] = None
+
+    @property
+    def admitted(self) -> bool:
+        return self.outcome in ("hit", "miss")
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer; the request goes on without cache or limits."""
+
+
+class ValkeyStore:
+    """The shared store. Every call is bounded by a short timeout; after a failure the store is
+    skipped for a second, so an outage costs each request nothing but the skip."""
+
+    kind = "valkey"
+
+    def __init__(self, host: str, reader_host: str, port: int, password: str, tls: bool,
+                 ca_file: Optional[str], service: str, timeout: float):
+        self.prefix = f"llmgw:{service}:"
+        kwargs = dict(port=port, password=password or None, socket_timeout=timeout,
+                      socket_connect_timeout=timeout, max_connections=512, retry_on_timeout=False)
+        if tls:
+            kwargs.update(ssl=True, ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_ca_certs=ca_file)
+        self.primary = redis.Redis(host=host, **kwargs)
+        self.reader = redis.Redis(host=reader_host, **kwargs) if reader_host and reader_host != host \
+            else self.primary
+        self._gate = self.primary.register_script(GATE)
+        self._fill = self.primary.register_script(FILL)
+        self._release = self.primary.register_script(RELEASE)
+        self._settle = self.primary.register_script(SETTLE)
+        self.down_until = 0.0
+
+    async def close(self) -> None:
+        await self.primary.aclose()
+        if self.reader is not self.primary:
+            await self.reader.aclose()
+
+    async def _call(self, coro):
+        if time.monotonic() < self.down_until:
+            coro.close()
+            raise StoreUnavailable("skipped after a recent failure")
+        try:
+            return await coro
+        except (TimeoutError, RedisError, OSError) as e:
+            self.down_until = time.monotonic() + 1.0
+            raise StoreUnavailable(f"{type(e).__name__}: {e}") from None
+
+    def _keys(self, client: str, minute: int, day: str) -> list[str]:
+        p = self.prefix
+        return [f"{p}ver", f"{p}ver:{client}", f"{p}rpm:{client}:{minute}", f"{p}tpm:{client}:{minute}",
+                f"{p}usd:{client}:{day}"]
+
+    async def gate(self, client: str, limits: Limits, cache_hash: str, read: bool, lock: bool,
+                   tokens: int, nano: int, lock_ms: int) -> Gate:
+        minute, day, _, _ = windows()
+        token = os.urandom(8).hex()
+        reply = await self._call(self._gate(keys=self._keys(client, minute, day), args=[
+            f"{self.prefix}e:{client}:", cache_hash, int(read), int(lock), limits.requests_per_minute,
+            limits.tokens_per_minute, limits.nano_per_day, tokens, nano, lock_ms, token,
+            WINDOW_TTL_MS, DAY_TTL_S]))
+        outcome = reply[0].decode()
+        gate = Gate(outcome, entry_key=reply[2].decode() if len(reply) > 2 else "")
+        if outcome == "hit":
+            gate.entry = reply[3]
+        elif outcome == "miss":
+            gate.holds_lock, gate.lock_token = bool(reply[1]), token
+            gate.reservation = Reservation(tokens, nano, minute, day)
+        else:
+            gate.used = int(reply[1])
+        return gate
+
+    async def fill(self, gate: Gate, entry: bytes, ttl: int) -> None:
+        await self._call(self._fill(keys=[gate.entry_key, gate.entry_key + ":lock"],
+                                    args=[entry, ttl, gate.lock_token]))
+
+    async def release(self, gate: Gate) -> None:
+        await self._call(self._release(keys=[gate.entry_key + ":lock"], args=[gate.lock_token]))
+
+    async def settle(self, client: str, r: Reservation, tokens: int, nano: int) -> None:
+        if tokens == r.tokens and nano == r.nano:
+            return
+        p = self.prefix
+        await self._call(self._settle(keys=[f"{p}tpm:{client}:{r.minute}", f"{p}usd:{client}:{r.day}"],
+                                      args=[tokens - r.tokens, nano - r.nano, WINDOW_TTL_MS, DAY_TTL_S]))
+
+    async def wait(self, gate: Gate, bound: float) -> Optional[bytes]:
+        """The entry another request is filling, or None (its holder failed, or the bound)."""
+        deadline, pause, polls = time.monotonic() + bound, 0.005, 0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(pause)
+            entry = await self._call(self.reader.get(gate.entry_key))
+            if entry is not None:
+                return entry
+            polls += 1
+            if polls % 4 == 0 and not await self._call(self.primary.exists(gate.entry_key + ":lock")):
+                # Gone without an entry: the holder failed. One more look at the primary, in
+                # case the reader lags behind the fill.
+                return await self._call(self.primary.get(gate.entry_key))
+            pause = min(pause * 1.5, 0.1)
+        return None
+
+    async def invalidate(self, client: Optional[str] = None) -> int:
+        return await self._call(self.primary.incr(f"{self.prefix}ver" + (f":{client}" if client else "")))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(self.primary.ping()))
+        except StoreUnavailable:
+            return False
+
+
+class LocalStore:
+    """This process only (`make serve` without CACHE_HOST): the same rules, nothing shared."""
+
+    kind = "in-process"
+
+    def __init__(self):
+        self.values: dict[str, tuple[float, object]] = {}
+        self.waiters: dict[str, asyncio.Event] = {}
+
+    def _get(self, key: str):
+        found = self.values.get(key)
+        if found is None or found[0] < time.monotonic():
+            self.values.pop(key, None)
+            return None
+        return found[1]
+
+    def _set(self, key: str, value, ttl: float) -> None:
+        self.values[key] = (time.monotonic() + ttl, value)
+
+    def _add(self, key: str, n: int, ttl: float) -> int:
+        total = int(self._get(key) or 0) + n
+        self._set(key, total, ttl)
+        return total
+
+    async def close(self) -> None:
+        pass
+
+    async def gate(self, client: str, limits: Limits, cache_hash: str, read: bool, lock: bool,
+                   tokens: int, nano: int, lock_ms: int) -> Gate:
+        minute, day, _, _ = windows()
+        rpm, tpm, usd = f"rpm:{client}:{minute}", f"tpm:{client}:{minute}", f"usd:{client}:{day}"
+        entry_key = ""
+        if cache_hash:
+            entry_key = f"e:{client}:{self._get('ver') or 0}:{self._get('ver:' + client) or 0}:{cache_hash}"
+        used = int(self._get(rpm) or 0)
+        if limits.requests_per_minute and used >= limits.requests_per_minute:
+            return Gate("requests", used, entry_key=entry_key)
+        if read and entry_key and self._get(entry_key) is not None:
+            self._add(rpm, 1, 120)
+            return Gate("hit", entry=self._get(entry_key), entry_key=entry_key)
+        if limits.tokens_per_minute and int(self._get(tpm) or 0) + tokens > limits.tokens_per_minute:
+            return Gate("tokens", int(self._get(tpm) or 0), entry_key=entry_key)
+        if limits.nano_per_day and int(self._get(usd) or 0) + nano > limits.nano_per_day:
+            return Gate("spend", int(self._get(usd) or 0), entry_key=entry_key)
+        self._add(rpm, 1, 120)
+        self._add(tpm, tokens, 120)
+        self._add(usd, nano, DAY_TTL_S)
+        holds = bool(lock and entry_key and entry_key not in self.waiters)
+        if holds:
+            self.waiters[entry_key] = asyncio.Event()
+        return Gate("miss", entry_key=entry_key, holds_lock=holds,
+                    reservation=Reservation(tokens, nano, minute, day))
+
+    async def fill(self, gate: Gate, entry: bytes, ttl: int) -> None:
+        self._set(gate.entry_key, entry, ttl)
+        await self.release(gate)
+
+    async def release(self, gate: Gate) -> None:
+        if gate.holds_lock:
+            event = self.waiters.pop(gate.entry_key, None)
+            if event:
+                event.set()
+
+    async def settle(self, client: str, r: Reservation, tokens: int, nano: int) -> None:
+        self._add(f"tpm:{client}:{r.minute}", tokens - r.tokens, 120)
+        self._add(f"usd:{client}:{r.day}", nano - r.nano, DAY_TTL_S)
+
+    async def wait(self, gate: Gate, bound: float) -> Optional[bytes]:
+        event = self.waiters.get(gate.entry_key)
+        if event is not None:
+            try:
+                await asyncio.wait_for(event.wait(), bound)
+            except TimeoutError:
+                return None
+        return self._get(gate.entry_key)
+
+    async def invalidate(self, client: Optional[str] = None) -> int:
+        return self._add("ver" + (f":{client}" if client else ""), 1, 10 * 365 * 86400)
+
+    async def ping(self) -> bool:
+        return True

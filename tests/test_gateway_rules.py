@@ -1,0 +1,137 @@
+"""The gateway's cache and limit rules as functions: what is cached and under which key, how an
+entry is served the other way, how tokens and money are estimated and priced, what a refusal
+says, and the in-process store a local run uses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from gateway import cache
+from gateway.limits import Limits, Price, Prices, estimate, rejection
+from gateway.store import LocalStore
+
+CHAT = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("route,doc,headers,expected", [
+    ("chat.completions", CHAT, {}, (True, True, "")),
+    ("chat.completions", {**CHAT, "temperature": 0.7}, {}, (False, False, "BYPASS")),
+    ("chat.completions", {k: v for k, v in CHAT.items() if k != "temperature"}, {}, (False, False, "BYPASS")),
+    ("chat.completions", {**CHAT, "temperature": 0.7}, {b"x-gateway-cache": b"on"}, (True, True, "")),
+    ("chat.completions", CHAT, {b"cache-control": b"no-store"}, (False, False, "BYPASS")),
+    ("chat.completions", CHAT, {b"cache-control": b"no-cache"}, (False, True, "REFRESH")),
+    ("embeddings", {"model": "text-embedding-3-small", "input": "x"}, {}, (True, True, "")),
+    ("responses", {"model": "gpt-4o-mini", "input": "x", "temperature": 0}, {}, (True, True, "")),
+])
+def test_what_is_cached(route, doc, headers, expected):
+    p = cache.policy(route, doc, headers)
+    assert (p.read, p.write, p.label) == expected
+
+
+def test_the_key_is_the_meaning_of_the_request():
+    base = cache.key("chat.completions", CHAT, "org", "proj")
+    reordered = json.loads('{"messages": [{"content": "hi", "role": "user"}],\n "temperature": 0, '
+                           '"model": "gpt-4o-mini"}')
+    assert cache.key("chat.completions", reordered, "org", "proj") == base
+    delivery = {**CHAT, "stream": True, "stream_options": {"include_usage": True}, "user": "u1", "store": True}
+    assert cache.key("chat.completions", delivery, "org", "proj") == base
+    for other in (cache.key("chat.completions", {**CHAT, "max_tokens": 5}, "org", "proj"),
+                  cache.key("chat.completions", CHAT, "org-2", "proj"),
+                  cache.key("chat.completions", CHAT, "org", "proj-2"),
+                  cache.key("responses", CHAT, "org", "proj")):
+        assert other != base
+
+
+ANSWER = {"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Four."}, "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+
+def test_a_plain_answer_served_as_a_stream_and_back():
+    entry = cache.encode(cache.JSON_ENTRY, json.dumps(ANSWER).encode())
+    events = cache.serve(entry, "chat.completions", stream=True)
+    assert events.endswith(b"data: [DONE]\n\n")
+    back = json.loads(cache.serve(cache.encode(cache.SSE_ENTRY, events), "chat.completions", stream=False))
+    assert back["choices"][0]["message"] == {"role": "assistant", "content": "Four."}
+    assert back["choices"][0]["finish_reason"] == "stop" and back["usage"] == ANSWER["usage"]
+
+
+def test_tool_calls_and_other_routes_are_not_converted():
+    tool = {**ANSWER, "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "tool_calls": [{"id": "t", "type": "function",
+                                                              "function": {"name": "f", "arguments": "{}"}}]}}]}
+    assert cache.serve(cache.encode(cache.JSON_ENTRY, json.dumps(tool).encode()), "chat.completions", True) is None
+    assert cache.serve(cache.encode(cache.SSE_ENTRY, b"data: {}\n\n"), "responses", False) is None
+    same = cache.encode(cache.SSE_ENTRY, b"event: x\ndata: {}\n\n")
+    assert cache.serve(same, "responses", True) == b"event: x\ndata: {}\n\n", "the same kind is served as it is"
+
+
+def test_only_finished_streams_count_as_complete():
+    assert cache.complete_stream("chat.completions", b"data: {}\n\ndata: [DONE]\n\n")
+    assert not cache.complete_stream("chat.completions", b"data: {}\n\n")
+    done = b'event: response.completed\ndata: {"type":"response.completed"}\n\n'
+    assert cache.complete_stream("responses", done)
+
+
+def test_prices_by_model_family_else_the_default():
+    prices = Prices({"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6},
+                     "default": {"inputPerMillion": 10, "outputPerMillion": 30}})
+    assert prices.of("gpt-4o-mini-2024-07-18") == Price(0.15, 0.6)
+    assert prices.of("some-new-model") == Price(10, 30) == prices.of(None)
+    assert Price(0.15, 0.6).nano(1_000_000, 1_000_000) == 750_000_000  # $0.75
+
+
+def test_estimates_reserve_the_requests_own_output_limit():
+    assert estimate("chat.completions", {"max_tokens": 50}, 400, 1000) == (100, 50)
+    assert estimate("chat.completions", {"max_completion_tokens": 70}, 4, 1000) == (1, 70)
+    assert estimate("responses", {"max_output_tokens": 9}, 8, 1000) == (2, 9)
+    assert estimate("chat.completions", {}, 10, 1000) == (3, 1000)
+    assert estimate("embeddings", {"input": "x"}, 10, 1000) == (3, 0)
+
+
+def test_client_limits_override_the_defaults_field_by_field():
+    base = Limits(requests_per_minute=60, tokens_per_minute=1000, usd_per_day=5)
+    assert Limits.from_json({"usdPerDay": 1}, base) == Limits(60, 1000, 1.0)
+    assert Limits.from_json({}, base) == base
+
+
+@pytest.mark.parametrize("reason,headers,code", [
+    ("requests", {"x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "0",
+                  "x-ratelimit-reset-requests": "12s", "retry-after": "12"}, "rate_limit_exceeded"),
+    ("tokens", {"x-ratelimit-limit-tokens": "500", "x-ratelimit-remaining-tokens": "0",
+                "x-ratelimit-reset-tokens": "12s", "retry-after": "12"}, "rate_limit_exceeded"),
+    ("spend", {"retry-after": "12"}, "insufficient_quota"),
+])
+def test_a_refusal_is_a_429_with_the_headers_sdks_back_off_by(reason, headers, code):
+    e = rejection(reason, Limits(10, 500, 2.0), {"requests": 10, "tokens": 520, "spend": 2_100_000_000}[reason],
+                  11.2)
+    assert e.status == 429 and e.code == code
+    assert {k.decode(): v.decode() for k, v in e.headers} == headers
+    assert json.loads(e.body())["error"]["code"] == code
+
+
+def test_the_in_process_store_keeps_the_same_rules():
+    async def scenario():
+        store, limits = LocalStore(), Limits(requests_per_minute=2, usd_per_day=0.000001)
+        first = await store.gate("c", limits, "h", True, True, 0, 600, 1000)
+        assert first.outcome == "miss" and first.holds_lock
+        second = await store.gate("c", limits, "h", True, True, 0, 300, 1000)
+        assert second.outcome == "miss" and not second.holds_lock, "one request fills, the other waits"
+        waiting = asyncio.create_task(store.wait(second, 5))
+        await store.fill(first, b"J{}", 60)
+        assert await waiting == b"J{}"
+        assert (await store.gate("c", limits, "h", True, True, 0, 0, 1000)).outcome == "requests"
+        other = await store.gate("d", limits, "", False, False, 0, 1001, 1000)
+        assert other.outcome == "spend", "more than $0.000001 (1000 nano-dollars)"
+        await store.invalidate("c")
+        assert (await store.gate("c", Limits(), "h", True, True, 0, 0, 1000)).entry is None
+    # Its own loop, closed after, never installed: asyncio.run() would leave the main thread
+    # without a current loop, which Pulumi's synthesis in later tests needs.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()

@@ -1,0 +1,69 @@
+"""A real Valkey-compatible server (Debian's redis-server) on 127.0.0.1 with TLS and AUTH, as
+ElastiCache runs it for the stack (transit encryption required, an AUTH token). Certificates come
+from a test CA made with trustme; `.ci/run` installs the server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import trustme
+
+from tests.gateway_process import free_port
+
+AUTH = "test-auth-token-0123456789abcdef0123456789abcdef"  # noqa: S105 - a test server's
+
+
+@dataclass
+class Server:
+    port: int
+    ca_file: Path
+    proc: subprocess.Popen
+    folder: Path
+    auth: str = AUTH
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.auth, ssl=True,
+                           ssl_ca_certs=str(self.ca_file))
+
+    def env(self) -> dict[str, str]:
+        """What the task definition gives the gateway, pointed here."""
+        return {"CACHE_HOST": "127.0.0.1", "CACHE_READER_HOST": "localhost", "CACHE_PORT": str(self.port),
+                "CACHE_TLS": "true", "CACHE_AUTH_TOKEN": self.auth, "CACHE_TLS_CA_FILE": str(self.ca_file)}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def start(folder: Path, port: int = 0, auth: str = AUTH) -> Server:
+    binary = shutil.which("valkey-server") or shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("no valkey-server or redis-server: `apt-get install redis-server` (.ci/run does)")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(folder / "cert.pem"), "--tls-key-file", str(folder / "key.pem"),
+         "--tls-ca-cert-file", str(folder / "ca.pem"), "--tls-auth-clients", "no",
+         "--requirepass", auth, "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Server(port, folder / "ca.pem", proc, folder, auth)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if server.client().ping():
+                return server
+        except (redis.RedisError, OSError):
+            time.sleep(0.05)
+    server.stop()
+    raise RuntimeError("the test cache server did not start")
