@@ -32,6 +32,25 @@ def parameter_group_family(engine: str, version: str) -> Optional[str]:
     return FAMILIES.get(engine, {}).get(version)
 
 
+# Node types a new Valkey or Redis OSS replication group can be created with. Source: the
+# ElastiCache API reference, CacheNode ("Current generation"; botocore's elasticache model carries
+# the same text, and tests/test_config_rules.py checks every entry against it), less T2 (the
+# user guide's "Supported node types": new T2 clusters can no longer be created) and R6gd (data
+# tiering, which needs settings this component does not make).
+_SIZES = ("large", "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge")
+NODE_TYPES = frozenset(
+    [f"cache.{f}.{s}" for f in ("m7g", "m6g", "r7g", "r6g") for s in _SIZES]
+    + [f"cache.{f}.{s}" for f in ("m5", "r5") for s in ("large", "xlarge", "2xlarge", "4xlarge",
+                                                       "12xlarge", "24xlarge")]
+    + [f"cache.m4.{s}" for s in ("large", "xlarge", "2xlarge", "4xlarge", "10xlarge")]
+    + [f"cache.r4.{s}" for s in ("large", "xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")]
+    + [f"cache.{f}.{s}" for f in ("t4g", "t3") for s in ("micro", "small", "medium")]
+)
+# Cluster mode disabled: one primary and up to five replicas (CreateReplicationGroup,
+# NumCacheClusters: "The maximum permitted value ... is 6").
+MAX_NODES = 6
+
+
 @dataclass
 class CacheArgs:
     vpc_id: pulumi.Input[str]

@@ -22,6 +22,29 @@ from typing import Literal, Optional
 import pulumi
 import pulumi_aws as aws
 
+# The ALB's predefined TLS 1.3 security policies (ALBs take no custom ones). Source: the ALB
+# user guide, "Security policies for your Application Load Balancer" (2025-09 edition, with the
+# post-quantum and FIPS policies). Policies without TLS 1.3 (ELBSecurityPolicy-2016-08, the
+# FS-* and TLS-1-* ones) exist but are refused: the policy pack requires TLS 1.3 in transit.
+SSL_POLICIES = frozenset(
+    [f"ELBSecurityPolicy-TLS13-{v}-2021-06"
+     for v in ("1-3", "1-2", "1-2-Res", "1-2-Ext1", "1-2-Ext2", "1-1", "1-0")]
+    + [f"ELBSecurityPolicy-TLS13-{v}-FIPS-2023-04"
+       for v in ("1-3", "1-2", "1-2-Res", "1-2-Ext0", "1-2-Ext1", "1-2-Ext2", "1-1", "1-0")]
+    + [f"ELBSecurityPolicy-TLS13-{v}-PQ-2025-09"
+       for v in ("1-3", "1-2", "1-2-Res", "1-2-Ext1", "1-2-Ext2")]
+    + [f"ELBSecurityPolicy-TLS13-{v}-FIPS-PQ-2025-09"
+       for v in ("1-3", "1-2", "1-2-Res", "1-2-Ext0", "1-2-Ext1", "1-2-Ext2")]
+)
+# Predefined policies that exist but offer no TLS 1.3, named so the refusal can say so.
+SSL_POLICIES_WITHOUT_TLS13 = frozenset([
+    "ELBSecurityPolicy-2016-08", "ELBSecurityPolicy-2015-05", "ELBSecurityPolicy-TLS-1-0-2015-04",
+    "ELBSecurityPolicy-TLS-1-1-2017-01", "ELBSecurityPolicy-TLS-1-2-2017-01",
+    "ELBSecurityPolicy-TLS-1-2-Ext-2018-06", "ELBSecurityPolicy-FS-2018-06",
+    "ELBSecurityPolicy-FS-1-1-2019-08", "ELBSecurityPolicy-FS-1-2-2019-08",
+    "ELBSecurityPolicy-FS-1-2-Res-2019-08", "ELBSecurityPolicy-FS-1-2-Res-2020-10",
+])
+
 
 @dataclass
 class LoadBalancerArgs:

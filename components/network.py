@@ -23,6 +23,8 @@ from typing import Literal, Optional
 import pulumi
 import pulumi_aws as aws
 
+# DescribeAvailabilityZones filter for the region's own AZs, never Local or Wavelength Zones.
+STANDARD_AZS = [aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])]
 AZ_SLOTS = 4  # subnets are carved in fixed slots per tier, so adding an AZ moves nothing
 TIERS = ("public", "private", "isolated")
 INTERFACE_ENDPOINTS = ("secretsmanager", "ecr.api", "ecr.dkr", "logs", "kms")
@@ -70,10 +72,7 @@ class Network(pulumi.ComponentResource):
         # Standard AZs only: where an account has opted in to Local Zones, they are returned too
         # (and their names sort first), and opting in later would move every subnet.
         zones = aws.get_availability_zones_output(
-            state="available",
-            filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status",
-                                                        values=["opt-in-not-required"])],
-            opts=pulumi.InvokeOutputOptions(parent=self),
+            state="available", filters=STANDARD_AZS, opts=pulumi.InvokeOutputOptions(parent=self),
         ).names
         azs = [zones[i] for i in range(args.az_count)]
         cidrs = subnet_cidrs(args.cidr, args.subnet_prefix_length, args.az_count)

@@ -11,11 +11,11 @@ sys.path.insert(0, str(_here.parent))
 
 import pulumi  # noqa: E402
 
-from infra.config import ConfigError  # noqa: E402
+from infra.config import ConfigError, error_lines  # noqa: E402
 from infra.program import main  # noqa: E402
 
 try:
     main()
 except ConfigError as e:
     # One line per bad value and no traceback: RunError is Pulumi's clean stop.
-    raise pulumi.RunError("config error: " + str(e).replace("\n", "\nconfig error: ")) from None
+    raise pulumi.RunError(error_lines(e)) from None

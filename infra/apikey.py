@@ -33,6 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from infra import rollout
 from infra.boto import client as _client
+from infra.config import ConfigError, error_lines
 from infra.rollout import Failure, Stack
 from infra.synth import ROOT
 
@@ -172,6 +173,9 @@ def main(argv: Optional[list[str]] = None, stdin: TextIO = sys.stdin) -> int:
         else:
             rotate(target, value, args.timeout)
         return 0
+    except ConfigError as e:
+        print(error_lines(e), file=sys.stderr)
+        return 2
     except Failure as e:
         print(f"error: {e}", file=sys.stderr)
     except (ClientError, BotoCoreError) as e:

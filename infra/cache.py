@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from infra import rollout
 from infra.apikey import explain_aws
 from infra.boto import client as _client
+from infra.config import ConfigError, error_lines
 from infra.rollout import Failure, Stack
 
 STARTED_BY = "llm-service-cache-invalidate"
@@ -82,6 +83,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         s = rollout.resolve(args.stack, args.outputs, args.region)
         print(invalidate(s, args.client, args.timeout, log=lambda m: print(m, file=sys.stderr, flush=True)))
         return 0
+    except ConfigError as e:
+        print(error_lines(e), file=sys.stderr)
+        return 2
     except Failure as e:
         print(f"error: {e}", file=sys.stderr)
     except (ClientError, BotoCoreError) as e:

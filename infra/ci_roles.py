@@ -34,7 +34,7 @@ from typing import Any, Optional
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from infra.boto import client as _client
-from infra.config import ConfigError, StackConfig, iam_path, load, physical_prefix, secret_prefix
+from infra.config import ConfigError, StackConfig, error_lines, iam_path, load, physical_prefix, secret_prefix
 from infra.synth import ROOT, read_stack_file
 
 OIDC_HOST = "token.actions.githubusercontent.com"
@@ -262,7 +262,7 @@ def make_plan(stack: str, repo: str, account: str, state_bucket: Optional[str],
                       "(arn:aws:kms:REGION:ACCOUNT:key/ID), not an alias")
     try:
         cfg = load(*read_stack_file(stack, ROOT))
-    except (ConfigError, FileNotFoundError) as e:
+    except FileNotFoundError as e:
         raise Invalid(str(e)) from None
     return Plan(stack=stack, repo=repo, account=account, region=region or cfg.region, cfg=cfg,
                 state_bucket=state_bucket, secrets_key_arn=secrets_key_arn)
@@ -293,6 +293,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for role in roles(plan):
             print(apply_role(plan, role))
         return 0
+    except ConfigError as e:
+        print(error_lines(e), file=sys.stderr)
     except Invalid as e:
         print(f"error: {e}", file=sys.stderr)
     except NoCredentialsError:

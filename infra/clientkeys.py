@@ -32,6 +32,7 @@ from gateway.keys import KeyDocumentError, add_key, empty_document
 from infra import rollout
 from infra.apikey import explain_aws
 from infra.boto import client as _client
+from infra.config import ConfigError, error_lines
 from infra.rollout import CLIENT_KEYS, Failure, Stack
 
 
@@ -183,6 +184,9 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
             print(key, flush=True)
         rollout.after_secret_change(s, args.timeout, sleep=sleep, log=_err)
         return 0
+    except ConfigError as e:
+        _err(error_lines(e))
+        return 2
     except Failure as e:
         _err(f"error: {e}")
     except (ClientError, BotoCoreError) as e:

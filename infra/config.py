@@ -8,11 +8,16 @@ allowed. Defaults suit a small staging environment; prod must say more (see `_pr
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
-from typing import Any, Literal, Optional
+import typing
+import urllib.parse
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -23,8 +28,20 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from components.cache import FAMILIES, parameter_group_family
+from components.cache import FAMILIES, MAX_NODES, NODE_TYPES, parameter_group_family
+from components.load_balancer import SSL_POLICIES, SSL_POLICIES_WITHOUT_TLS13
 from components.network import AZ_SLOTS, TIERS, subnet_cidrs
+from infra.aws_rules import (
+    LOG_RETENTION_DAYS,
+    MAX_TAGS,
+    RESERVED_TAG_KEYS,
+    cidr_problem,
+    daily_window,
+    regions,
+    tag_problem,
+    weekly_window,
+    windows_overlap,
+)
 
 PROJECT = "llm-service"
 
@@ -65,39 +82,95 @@ def secret_prefix(stack: str) -> str:
     return f"{PROJECT}/{stack}"
 
 
-class ConfigError(Exception):
-    """Bad stack config: one message naming the key, the value given and what is allowed."""
+class ConfigError(ValueError):
+    """Bad stack config: one line naming the key as written, the value given and what is allowed.
+
+    A ValueError, so that raised inside a validator pydantic carries it to `load` whole."""
 
     def __init__(self, key: str, value: Any, allowed: str):
         self.key = key
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{key}: got {value!r}; {allowed}")
+        super().__init__(f"{key}: got {shown(key, value)}; {allowed}")
+
+    @property
+    def errors(self) -> list[ConfigError]:
+        return [self]
+
+
+class StackFileError(ConfigError):
+    """A stack file that is not readable YAML: the file, line and column, then what is wrong."""
+
+    def __init__(self, where: str, problem: str):
+        self.key, self.value, self.allowed = where, None, problem
+        Exception.__init__(self, f"{where}: {problem}")
+
+
+# Keys whose values are never echoed: authToken, password, openai-api-key (not tokensPerMinute).
+SECRET_WORDS = re.compile(r"(token|password|secret|api[-_]?key)$", re.I)
+
+
+def shown(key: str, value: Any) -> str:
+    """A value as a message shows it: redacted where it looks secret, sections never dumped."""
+    if isinstance(value, str) and (KEY_PATTERN.search(value) or SECRET_WORDS.search(key.rsplit(".", 1)[-1])):
+        return "'(redacted)'"
+    if isinstance(value, dict):
+        return "a section {…}" if value else "{}"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "…"
 
 
 def _key(path: str) -> str:
     return path if ":" in path else f"{PROJECT}:{path}"
 
 
+def allow(text: str) -> dict[str, str]:
+    """What a validator allows, for the generated config reference (infra/config_doc.py)."""
+    return {"allowed": text}
+
+
 class _Section(BaseModel):
+    # Field docstrings are the config reference's descriptions. Numbers are taken where a string
+    # is expected (an unquoted `engineVersion: 8.0` or `user: 1000` in YAML).
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
+        use_attribute_docstrings=True, coerce_numbers_to_str=True,
     )
 
 
+def _retention(v: int) -> int:
+    if v not in LOG_RETENTION_DAYS:
+        raise ValueError("CloudWatch Logs keeps log events for one of "
+                         f"{', '.join(map(str, LOG_RETENTION_DAYS))} days (PutRetentionPolicy)")
+    return v
+
+
+RETENTION = allow("one of " + ", ".join(map(str, LOG_RETENTION_DAYS)))
+Retention = Annotated[int, AfterValidator(_retention)]
+
+
 class NetworkConfig(_Section):
-    cidr: str = "10.20.0.0/16"
+    cidr: str = Field("10.20.0.0/16", json_schema_extra=allow("a private IPv4 CIDR, /16 to /24"))
+    """The VPC's address range. AWS: a VPC is /16 to /28; this stack carves 12 subnets from it."""
     subnet_prefix_length: int = Field(20, ge=16, le=28)
+    """Prefix length of every subnet (AWS: /16 to /28), longer than the VPC's."""
     az_count: int = Field(2, ge=2, le=AZ_SLOTS)
+    """Availability zones used; the region must have this many standard AZs (asked at preview)."""
     nat_strategy: Literal["single", "per_az"] = "single"
+    """One NAT gateway for the VPC, or one per AZ (an AZ outage then cuts no other AZ's egress)."""
     interface_endpoints: bool = False
-    flow_log_retention_days: int = 30
+    """Interface endpoints (ECR, Logs, Secrets Manager, KMS, ECS) in each AZ instead of the NAT."""
+    flow_log_retention_days: Retention = Field(30, json_schema_extra=RETENTION)
+    """Days VPC flow logs are kept in CloudWatch Logs."""
 
     @field_validator("cidr")
     @classmethod
     def _cidr(cls, v: str) -> str:
-        net = ipaddress.ip_network(v, strict=True)  # ValueError names the problem
-        if net.version != 4 or not net.is_private:
+        problem = cidr_problem(v, 4)
+        if problem:
+            raise ValueError(problem)
+        net = ipaddress.ip_network(v)
+        if not net.is_private:
             raise ValueError("must be a private IPv4 CIDR such as 10.20.0.0/16")
         if not 16 <= net.prefixlen <= 24:
             raise ValueError("VPC prefix length must be between /16 and /24")
@@ -105,8 +178,10 @@ class NetworkConfig(_Section):
 
 
 class PriceConfig(_Section):
-    input_per_million: float = Field(ge=0)  # USD per million input tokens
+    input_per_million: float = Field(ge=0)
+    """USD per million input tokens."""
     output_per_million: float = Field(ge=0)
+    """USD per million output tokens."""
 
 
 DEFAULT_PRICES = {
@@ -116,17 +191,33 @@ DEFAULT_PRICES = {
     "text-embedding-3-small": PriceConfig(input_per_million=0.02, output_per_million=0.0),
     "default": PriceConfig(input_per_million=2.50, output_per_million=10.00),
 }
+# An HTTP header value: visible ASCII, no spaces (OpenAI-Organization, OpenAI-Project).
+HEADER_VALUE = r"^[\x21-\x7e]*$"
 
 
 class LlmConfig(_Section):
     """Non-secret LLM API settings; they become plain environment variables."""
 
-    org_id: str = ""
-    project_id: str = ""
-    base_url: str = "https://api.openai.com/v1"
-    # What the gateway's spend limits and the cost estimate price tokens at. A model not listed
-    # (dated snapshots count as their family) is priced as `default`.
-    prices: dict[str, PriceConfig] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    org_id: str = Field("", pattern=HEADER_VALUE)
+    """Sent as the OpenAI-Organization header; "" sends none."""
+    project_id: str = Field("", pattern=HEADER_VALUE)
+    """Sent as the OpenAI-Project header; "" sends none."""
+    base_url: str = Field("https://api.openai.com/v1", json_schema_extra=allow("an https:// URL"))
+    """The LLM API the gateway calls (any OpenAI-compatible API)."""
+    prices: dict[str, PriceConfig] = Field(default_factory=lambda: dict(DEFAULT_PRICES),
+                                           json_schema_extra=allow("model: {inputPerMillion, "
+                                                                   "outputPerMillion}; needs `default`"))
+    """USD per million tokens by model, for spend limits and the cost estimate. A model not
+    listed (dated snapshots count as their family) is priced as `default`."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        url = urllib.parse.urlsplit(v)
+        if url.scheme != "https" or not url.hostname:
+            raise ValueError("must be an https:// URL such as https://api.openai.com/v1: the "
+                             "API key travels with every request")
+        return v
 
     @field_validator("prices")
     @classmethod
@@ -138,10 +229,18 @@ class LlmConfig(_Section):
 
 class SecretsConfig(_Section):
     source: Literal["external", "pulumi"] = "external"
-    names: list[str] = Field(default_factory=lambda: ["openai-api-key"], min_length=1)
-    recovery_window_days: int = 7
+    """external: the stack creates empty secrets and `python -m infra.apikey put` fills them;
+    pulumi: the values come from `pulumi config set --secret <name>`."""
+    names: list[str] = Field(default_factory=lambda: ["openai-api-key"], min_length=1,
+                             json_schema_extra=allow("unique names of 2 to 63 lower-case "
+                                                     "letters, digits and hyphens"))
+    """The secrets injected into the container (NAME_IN_CAPS), the LLM API key first."""
+    recovery_window_days: int = Field(7, json_schema_extra=allow("0, or 7 to 30"))
+    """Days a deleted secret can be restored. Secrets Manager: 0 (at once) or 7 to 30."""
     rotation_age_days: int = Field(90, ge=1)
+    """The age at which the key-age alarm fires."""
     key_deletion_window_days: int = Field(7, ge=7, le=30)
+    """Days before a deleted KMS key is gone. KMS: 7 to 30."""
 
     @field_validator("names")
     @classmethod
@@ -162,37 +261,85 @@ class SecretsConfig(_Section):
 
 
 BUILD = "build"  # service.image: build gateway/ and deploy it by digest
+# An image reference (the distribution/reference grammar, simplified): [registry[:port]/]path
+# [:tag][@sha256:digest], path components lower-case.
+IMAGE_REFERENCE = re.compile(
+    r"(?:[A-Za-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+# A user ECS can run as: uid, uid:gid, user or user:group (ContainerDefinition.user).
+CONTAINER_USER = re.compile(r"([0-9]+|[a-z_][a-z0-9_-]*)(:([0-9]+|[a-z_][a-z0-9_-]*))?")
 
 
 class ServiceConfig(_Section):
-    # "build": the stack builds gateway/ (Docker with buildx needed where `pulumi up` runs) and
-    # deploys it by digest; anything else is an image reference used as given.
-    image: str = BUILD
-    cpu: int = 512
-    memory: int = 1024
+    image: str = Field(BUILD, json_schema_extra=allow("build, or an image reference "
+                                                      "(registry/repository:tag or @sha256:digest)"))
+    """build: the stack builds gateway/ (Docker with buildx where `pulumi up` runs) and deploys
+    it by digest; anything else is an image used as given."""
+    cpu: int = Field(512, json_schema_extra=allow(", ".join(map(str, FARGATE_SIZES))))
+    """Task CPU units (1024 = one vCPU). Fargate's task sizes."""
+    memory: int = Field(1024, json_schema_extra=allow("what Fargate pairs with cpu"))
+    """Task memory in MiB; Fargate accepts fixed steps per cpu size."""
     architecture: Literal["ARM64", "X86_64"] = "ARM64"
+    """CPU architecture of the tasks (and of the image the stack builds)."""
     container_port: int = Field(8080, ge=1024, le=65535)
-    user: str = "1000:1000"
-    # Run inside the container; "" means the gateway's own check (`python -m gateway.healthcheck`)
-    # for the built image, `curl -fsS http://localhost:<port><healthCheckPath>` for any other.
+    """The port the container listens on; above 1023, since it runs as a non-root user."""
+    user: str = Field("1000:1000", json_schema_extra=allow("uid[:gid] or name[:group], not root"))
+    """The user the container runs as. Never root (uid 0): the policy pack refuses it too."""
     health_check_command: str = ""
+    """Run inside the container; "" means the gateway's own check for the built image, and
+    `curl -fsS http://localhost:<port><healthCheckPath>` for any other."""
     min_tasks: int = Field(1, ge=0)
-    max_tasks: int = Field(4, ge=1)
+    """Fewest tasks autoscaling keeps."""
+    max_tasks: int = Field(4, ge=1, le=5000)
+    """Most tasks autoscaling starts (ECS: 5,000 tasks a service)."""
     desired_tasks: int = Field(1, ge=0)
+    """Tasks at the first deploy (autoscaling owns the count afterwards)."""
     autoscaling: bool = True
+    """Target tracking on CPU, memory and requests per target."""
     cpu_target: int = Field(60, ge=10, le=90)
+    """Average CPU % that target tracking holds."""
     memory_target: int = Field(70, ge=10, le=90)
+    """Average memory % that target tracking holds."""
     requests_per_target: int = Field(50, ge=1)
+    """Requests a minute per task that target tracking holds (ALBRequestCountPerTarget)."""
     scale_out_cooldown: int = Field(60, ge=0)
+    """Seconds after a scale-out before the next."""
     scale_in_cooldown: int = Field(300, ge=0)
-    fargate_base: int = Field(0, ge=0)
-    fargate_weight: int = Field(1, ge=0)
-    spot_weight: int = Field(0, ge=0)
-    health_check_grace_seconds: int = Field(60, ge=0)
+    """Seconds after a scale-in before the next; at least healthCheckGraceSeconds."""
+    fargate_base: int = Field(0, ge=0, le=100000)
+    """Tasks that always run on on-demand Fargate (ECS: base 0 to 100,000)."""
+    fargate_weight: int = Field(1, ge=0, le=1000)
+    """Share of tasks beyond the base on on-demand Fargate (ECS: weight 0 to 1,000)."""
+    spot_weight: int = Field(0, ge=0, le=1000)
+    """Share of tasks beyond the base on Fargate Spot (ECS: weight 0 to 1,000)."""
+    health_check_grace_seconds: int = Field(60, ge=0, le=2147483647)
+    """Seconds ECS ignores failing load balancer health checks of a new task."""
     stop_timeout_seconds: int = Field(120, ge=2, le=120)
-    log_retention_days: int = 30
+    """Seconds between SIGTERM and SIGKILL (Fargate: at most 120): streams finish meanwhile."""
+    log_retention_days: Retention = Field(30, json_schema_extra=RETENTION)
+    """Days the container's logs are kept."""
     execute_command: bool = False
+    """ECS Exec into tasks (staging only: prod refuses it)."""
     ecr_repository: bool = True
+    """Create an ECR repository (needed by image: build)."""
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if v != BUILD and not IMAGE_REFERENCE.fullmatch(v):
+            raise ValueError("build, or an image reference such as "
+                             "public.ecr.aws/acme/app:1.4.2 or <registry>/<repository>@sha256:<digest>")
+        return v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not CONTAINER_USER.fullmatch(v):
+            raise ValueError("uid, uid:gid, user or user:group, e.g. 1000:1000")
+        if v.split(":")[0] in ("0", "root"):
+            raise ValueError("never root: a non-root uid such as 1000:1000 (the read-only, "
+                             "non-root container is a rule of the policy pack too)")
+        return v
 
     @model_validator(mode="after")
     def _size_and_bounds(self) -> ServiceConfig:
@@ -229,23 +376,57 @@ class ServiceConfig(_Section):
                 _key("service.fargateWeight"), 0,
                 "fargateWeight + spotWeight must be at least 1",
             )
+        # Valid alone, wrong together: a task scaled out is still in its grace period (its
+        # failing checks ignored, its CPU near idle and pulling the average down) when a
+        # shorter scale-in cooldown lets target tracking remove capacity again: the service
+        # flaps. Scale-out cooldowns may be short: adding a task early costs little.
+        if self.autoscaling and self.scale_in_cooldown < self.health_check_grace_seconds:
+            raise ConfigError(
+                _key("service.scaleInCooldown"), self.scale_in_cooldown,
+                f"at least service.healthCheckGraceSeconds ({self.health_check_grace_seconds}): "
+                "a new task must pass its grace period before scaling in may remove tasks again",
+            )
         return self
 
 
+HOSTNAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+# Route 53 hosted zone ids: Z followed by upper-case letters and digits.
+HOSTED_ZONE_ID = re.compile(r"(Z[A-Z0-9]{4,32})?")
+# ALB health check paths: at most 1024 characters of these (ModifyTargetGroup, HealthCheckPath).
+HEALTH_CHECK_PATH = re.compile(r"/[A-Za-z0-9_.~$/'@:+&()!,;=%-]{0,1023}")
+
+
 class LoadBalancerConfig(_Section):
-    certificate_arn: str = ""
-    domain_name: str = ""
-    hosted_zone_id: str = ""
+    certificate_arn: str = Field("", json_schema_extra=allow(
+        "arn:<partition>:acm:<the stack's region>:<account>:certificate/<uuid>, or \"\""))
+    """The ACM certificate the HTTPS listener serves; "" when domainName and hostedZoneId let
+    the stack issue one."""
+    domain_name: str = Field("", json_schema_extra=allow("a DNS name, or \"\""))
+    """The service's name; with hostedZoneId the stack issues its certificate and DNS record."""
+    hosted_zone_id: str = Field("", json_schema_extra=allow("a Route 53 zone id (Z...), or \"\""))
+    """The Route 53 public zone of domainName."""
     # No plain-HTTP mode: API clients send a bearer key with every request, and the policy
     # pack refuses a listener that forwards HTTP, so config never offers one.
     http_mode: Literal["none", "redirect"] = "none"
-    ingress_cidrs: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"])
-    ingress_ipv6_cidrs: list[str] = Field(default_factory=lambda: ["::/0"])
+    """Port 80: closed, or a 301 to HTTPS. Never forwarded: clients send keys."""
+    ingress_cidrs: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"],
+                                     json_schema_extra=allow("IPv4 CIDRs (network addresses)"))
+    """Who may reach the listeners over IPv4."""
+    ingress_ipv6_cidrs: list[str] = Field(default_factory=lambda: ["::/0"],
+                                          json_schema_extra=allow("IPv6 CIDRs (network addresses)"))
+    """Who may reach the listeners over IPv6."""
     idle_timeout_seconds: int = Field(600, ge=1, le=4000)
-    health_check_path: str = Field("/healthz", pattern=r"^/")
+    """Seconds a connection may carry no byte (ALB: 1 to 4,000); streams need minutes."""
+    health_check_path: str = Field("/healthz", json_schema_extra=allow(
+        "/ and up to 1,023 of A-Z a-z 0-9 _ . ~ $ / ' @ : + & ( ) ! , ; = % -"))
+    """The target group's health check path (ALB: up to 1,024 characters, starting with /)."""
     deregistration_delay_seconds: int = Field(60, ge=0, le=3600)
-    ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    """Seconds a stopping task keeps its connections (ALB: 0 to 3,600)."""
+    ssl_policy: str = Field("ELBSecurityPolicy-TLS13-1-2-2021-06",
+                            json_schema_extra=allow("an ALB security policy with TLS 1.3"))
+    """The HTTPS listener's predefined security policy."""
     access_log_retention_days: int = Field(90, ge=1)
+    """Days ALB access logs stay in their S3 bucket."""
 
     @field_validator("certificate_arn")
     @classmethod
@@ -254,6 +435,53 @@ class LoadBalancerConfig(_Section):
             raise ValueError(
                 "an ACM certificate ARN is arn:<partition>:acm:<region>:<12-digit account>:"
                 "certificate/<uuid>; copy it from `aws acm list-certificates`")
+        return v
+
+    @field_validator("hosted_zone_id")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        if not HOSTED_ZONE_ID.fullmatch(v):
+            raise ValueError("a Route 53 hosted zone id such as Z0123456789ABCDEFGHIJ "
+                             "(`aws route53 list-hosted-zones`), without /hostedzone/")
+        return v
+
+    @field_validator("health_check_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not HEALTH_CHECK_PATH.fullmatch(v):
+            raise ValueError("a path starting with / of at most 1,024 characters, without spaces "
+                             "or a query string, e.g. /healthz")
+        return v
+
+    @field_validator("domain_name")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        if v and not HOSTNAME.fullmatch(v):
+            raise ValueError("a DNS name in lower case such as api.mycompany.com, without a "
+                             "scheme, port or trailing dot")
+        return v
+
+    @field_validator("ingress_cidrs", "ingress_ipv6_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str], info) -> list[str]:
+        version = 6 if "ipv6" in info.field_name else 4
+        for i, cidr in enumerate(v):
+            problem = cidr_problem(cidr, version)
+            if problem:
+                raise ConfigError(_key(f"loadBalancer.{to_camel(info.field_name)}[{i}]"), cidr,
+                                  problem)
+        return v
+
+    @field_validator("ssl_policy")
+    @classmethod
+    def _ssl_policy(cls, v: str) -> str:
+        if v in SSL_POLICIES_WITHOUT_TLS13:
+            raise ValueError("that policy offers no TLS 1.3; use ELBSecurityPolicy-TLS13-1-2-2021-06 "
+                             "or another ELBSecurityPolicy-TLS13-* policy")
+        if v not in SSL_POLICIES:
+            raise ValueError("not an ALB security policy with TLS 1.3; e.g. "
+                             "ELBSecurityPolicy-TLS13-1-2-2021-06, ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09 "
+                             "(`aws elbv2 describe-ssl-policies`)")
         return v
 
     @model_validator(mode="after")
@@ -265,6 +493,14 @@ class LoadBalancerConfig(_Section):
                 "HTTPS needs certificateArn, or domainName with hostedZoneId "
                 "(the stack issues and validates the certificate in that Route 53 zone)",
             )
+        if self.hosted_zone_id and not self.domain_name:
+            raise ConfigError(_key("loadBalancer.hostedZoneId"), self.hosted_zone_id,
+                              "a zone without loadBalancer.domainName has nothing to hold; set "
+                              "domainName, or \"\" here")
+        if not (self.ingress_cidrs or self.ingress_ipv6_cidrs):
+            raise ConfigError(_key("loadBalancer.ingressCidrs"), [],
+                              "with ingressIpv6Cidrs empty too, nobody can reach the service; "
+                              "name at least one range")
         return self
 
 
@@ -277,27 +513,47 @@ class LimitsConfig(_Section):
     """Per-client limits (0: none); each client's own, in the client-keys secret, override these."""
 
     requests_per_minute: int = Field(0, ge=0)
+    """Requests a client may send per UTC minute, cache hits included; 0 for no limit."""
     tokens_per_minute: int = Field(0, ge=0)
+    """Tokens a client may send to the LLM API per UTC minute; 0 for no limit."""
     usd_per_day: float = Field(0.0, ge=0)
+    """Estimated USD a client may spend per UTC day; 0 for no limit."""
 
 
 class GatewayConfig(_Section):
     """The gateway's request path (gateway/). Become GATEWAY_* environment variables."""
 
     sse_keepalive_seconds: int = Field(15, ge=1)
-    upstream_tcp_keepalive_seconds: int = Field(60, ge=10)
+    """Seconds between SSE comments while the model has sent nothing; at most a third of
+    loadBalancer.idleTimeoutSeconds."""
+    upstream_tcp_keepalive_seconds: int = Field(60, ge=10, json_schema_extra=allow(
+        f"10 to {NAT_IDLE_TIMEOUT_SECONDS - 16}"))
+    """Idle seconds before the first TCP keepalive to the LLM API: under the NAT gateway's
+    350 s idle timeout."""
     max_attempts: int = Field(3, ge=1, le=10)
+    """Attempts on an upstream 429, 5xx or connection error, before the first byte."""
     retry_budget_seconds: int = Field(20, ge=0)
+    """Seconds all retries of one request may take; at most half the idle timeout."""
     max_request_megabytes: int = Field(8, ge=1, le=64)
+    """Largest request body accepted."""
     log_prompts: bool = False
+    """Log request bodies (never, unless you must)."""
     ttft_p95_alarm_seconds: float = Field(10.0, gt=0)
+    """The time-to-first-token p95 that raises an alarm."""
     upstream_429_per_5min: int = Field(20, ge=1, alias="upstream429Per5min")
+    """Upstream 429s per 5 minutes that raise an alarm."""
     cache_ttl_seconds: int = Field(3600, ge=1, le=30 * 86400)
+    """How long a cached answer is served."""
     coalesce_wait_seconds: int = Field(30, ge=0, le=300)
-    output_tokens_estimate: int = Field(1000, ge=1)  # reserved when a request sets no max tokens
+    """How long identical requests wait for the first one's answer."""
+    output_tokens_estimate: int = Field(1000, ge=1)
+    """Output tokens reserved against the limits when a request sets no max tokens."""
     default_limits: LimitsConfig = LimitsConfig()
-    spend_per_hour_alarm_usd: float = Field(10.0, gt=0)  # estimated spend, all clients
-    cache_errors_per_5min: int = Field(10, ge=1, alias="cacheErrorsPer5min")  # served without the cache
+    """Per-client limits for clients whose entry in client-keys sets none."""
+    spend_per_hour_alarm_usd: float = Field(10.0, gt=0)
+    """Estimated LLM spend per hour, all clients, that raises an alarm."""
+    cache_errors_per_5min: int = Field(10, ge=1, alias="cacheErrorsPer5min")
+    """Requests served without the cache (Valkey not answering) per 5 minutes that raise an alarm."""
 
     @field_validator("upstream_tcp_keepalive_seconds")
     @classmethod
@@ -311,16 +567,63 @@ class GatewayConfig(_Section):
 
 class CacheConfig(_Section):
     engine: Literal["valkey", "redis"] = "valkey"
-    engine_version: str = "8.0"
-    node_type: str = Field("cache.t4g.micro", pattern=r"^cache\.[a-z0-9]+\.[a-z0-9]+$")
-    nodes: int = Field(1, ge=1, le=6)
+    """The ElastiCache engine."""
+    engine_version: str = Field("8.0", json_schema_extra=allow(
+        "; ".join(f"{e}: {', '.join(v)}" for e, v in FAMILIES.items())))
+    """The engine version (a parameter group family must exist for it)."""
+    node_type: str = Field("cache.t4g.micro", json_schema_extra=allow(
+        "a current-generation node type: cache.t4g/t3 micro to medium, m5/m6g/m7g/r5/r6g/r7g "
+        "large and up"))
+    """Every node's type."""
+    nodes: int = Field(1, ge=1, le=MAX_NODES)
+    """Nodes: a primary and up to 5 replicas (cluster mode disabled)."""
     multi_az: bool = False
+    """Replicas in other AZs; needs automaticFailover and 2 nodes."""
     automatic_failover: bool = False
+    """Promote a replica when the primary fails; needs 2 nodes."""
     snapshot_retention_days: int = Field(0, ge=0, le=35)
-    maintenance_window: str = "sun:05:00-sun:06:00"
-    snapshot_window: str = "03:00-04:00"
-    log_retention_days: int = 14
-    port: int = 6379
+    """Days of daily snapshots kept (ElastiCache: 0 to 35; 0 takes none)."""
+    maintenance_window: str = Field("sun:05:00-sun:06:00",
+                                    json_schema_extra=allow("ddd:hh24:mi-ddd:hh24:mi, UTC, 60 minutes "
+                                                            "or more"))
+    """The weekly maintenance window."""
+    snapshot_window: str = Field("03:00-04:00", json_schema_extra=allow(
+        "hh24:mi-hh24:mi, UTC, not overlapping the maintenance window"))
+    """The daily snapshot window."""
+    log_retention_days: Retention = Field(14, json_schema_extra=RETENTION)
+    """Days the slow and engine logs are kept."""
+    port: int = Field(6379, ge=1, le=65535)
+    """The port the cache listens on."""
+
+    @field_validator("engine_version", mode="before")
+    @classmethod
+    def _version_number(cls, v: Any) -> Any:
+        # YAML reads an unquoted 8.0 as a float (and Pulumi's JSON may hand it over as 8).
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return f"{v:.1f}" if float(v).is_integer() else str(v)
+        return v
+
+    @field_validator("node_type")
+    @classmethod
+    def _node_type(cls, v: str) -> str:
+        if v not in NODE_TYPES:
+            close = difflib.get_close_matches(v, sorted(NODE_TYPES), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ValueError("not a current-generation ElastiCache node type for Valkey or Redis "
+                             f"OSS (e.g. cache.t4g.micro, cache.m7g.large){hint}")
+        return v
+
+    @field_validator("maintenance_window")
+    @classmethod
+    def _maintenance(cls, v: str) -> str:
+        weekly_window(v)
+        return v
+
+    @field_validator("snapshot_window")
+    @classmethod
+    def _snapshot(cls, v: str) -> str:
+        daily_window(v)
+        return v
 
     @model_validator(mode="after")
     def _engine_and_ha(self) -> CacheConfig:
@@ -329,7 +632,7 @@ class CacheConfig(_Section):
             raise ConfigError(
                 _key("cache.engineVersion"), self.engine_version,
                 f"{self.engine} versions with a parameter group family: "
-                f"{', '.join(sorted(FAMILIES[self.engine]))}",
+                f"{', '.join(sorted(FAMILIES[self.engine]))} (quote it: \"8.0\")",
             )
         if (self.multi_az or self.automatic_failover) and self.nodes < 2:
             raise ConfigError(
@@ -341,34 +644,60 @@ class CacheConfig(_Section):
                 _key("cache.automaticFailover"), False,
                 "ElastiCache requires automaticFailover when multiAz is on",
             )
+        if windows_overlap(weekly_window(self.maintenance_window), daily_window(self.snapshot_window)):
+            raise ConfigError(
+                _key("cache.snapshotWindow"), self.snapshot_window,
+                f"overlaps cache.maintenanceWindow ({self.maintenance_window}); ElastiCache "
+                "refuses overlapping windows: move one",
+            )
         return self
 
 
 class EdgeConfig(_Section):
     rate_limit: int = Field(300, ge=10, le=2_000_000_000)
+    """Requests per client IP per window before WAF blocks it (WAF: 10 to 2,000,000,000)."""
     rate_window_seconds: Literal[60, 120, 300, 600] = 300
-    log_retention_days: int = 30
+    """The rate-based rule's window (WAF: 60, 120, 300 or 600 s)."""
+    log_retention_days: Retention = Field(30, json_schema_extra=RETENTION)
+    """Days WAF logs are kept."""
 
 
 class MonitoringConfig(_Section):
     alert_emails: list[EmailStr] = Field(default_factory=list)
+    """Who gets alarms and budget alerts (each confirms an SNS subscription)."""
     target_5xx_per_minute: int = Field(5, ge=1, alias="target5xxPerMinute")
+    """5xx answers from tasks per minute that raise an alarm."""
     alb_5xx_per_minute: int = Field(5, ge=1, alias="alb5xxPerMinute")
+    """5xx answers from the load balancer itself per minute that raise an alarm."""
     p95_latency_seconds: float = Field(20.0, gt=0, alias="p95LatencySeconds")
+    """Target response time p95 that raises an alarm."""
     p99_latency_seconds: float = Field(60.0, gt=0, alias="p99LatencySeconds")
+    """Target response time p99 that raises an alarm."""
     cpu_high_percent: int = Field(85, ge=1, le=100)
+    """Service CPU % (after scaling) that raises an alarm."""
     memory_high_percent: int = Field(85, ge=1, le=100)
+    """Service memory % that raises an alarm."""
     cache_cpu_percent: int = Field(80, ge=1, le=100)
+    """The busiest cache node's engine CPU % that raises an alarm."""
     cache_memory_percent: int = Field(85, ge=1, le=100)
+    """The busiest cache node's memory % that raises an alarm."""
     cache_evictions_per_5min: int = Field(100, ge=1, alias="cacheEvictionsPer5min")
+    """Cache evictions per 5 minutes that raise an alarm."""
     cache_hit_rate_min_percent: int = Field(20, ge=0, le=100)
+    """The gateway's hit ratio of cacheable requests under which an alarm fires."""
     waf_blocked_per_5min: int = Field(500, ge=1, alias="wafBlockedPer5min")
+    """Requests WAF blocks per 5 minutes that raise an alarm."""
 
 
 class BudgetConfig(_Section):
-    monthly_limit_usd: float = 100.0
-    actual_thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100])
-    forecast_thresholds: list[int] = Field(default_factory=lambda: [100])
+    monthly_limit_usd: float = Field(100.0, json_schema_extra=allow("a positive amount"))
+    """The monthly AWS budget of the stack's resources (by the Environment tag)."""
+    actual_thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100],
+                                         json_schema_extra=allow("percentages, 1 to 1000"))
+    """Alerts at these percentages of actual spend."""
+    forecast_thresholds: list[int] = Field(default_factory=lambda: [100],
+                                           json_schema_extra=allow("percentages, 1 to 1000"))
+    """Alerts at these percentages of forecast spend."""
 
     @field_validator("monthly_limit_usd")
     @classmethod
@@ -388,11 +717,17 @@ class BudgetConfig(_Section):
 class StackConfig(BaseModel):
     """The whole stack config. Build it with `load()`; use it read-only."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              use_attribute_docstrings=True, coerce_numbers_to_str=True)
 
-    region: str = Field("us-east-1", alias="aws:region", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    region: str = Field("us-east-1", alias="aws:region",
+                        json_schema_extra=allow("a region in botocore's endpoint data"))
+    """The stack's AWS region."""
     environment: Literal["staging", "prod"]
-    tags: dict[str, str] = Field(default_factory=dict)
+    """Which environment this is; prod turns on the stricter rules."""
+    tags: dict[str, str] = Field(default_factory=dict, json_schema_extra=allow(
+        "AWS tags, not Project, Environment or ManagedBy"))
+    """Tags on every resource, beside the stack's own Project, Environment and ManagedBy."""
     network: NetworkConfig = NetworkConfig()
     llm: LlmConfig = LlmConfig()
     secrets: SecretsConfig = SecretsConfig()
@@ -408,6 +743,32 @@ class StackConfig(BaseModel):
     @property
     def is_prod(self) -> bool:
         return self.environment == "prod"
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if v not in regions():
+            close = difflib.get_close_matches(v, sorted(regions()), n=1)
+            raise ValueError("not an AWS region" + (f"; did you mean {close[0]}?" if close else
+                                                    " (e.g. us-east-1, eu-west-1)"))
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        reserved = {k.lower(): k for k in RESERVED_TAG_KEYS}
+        for key, value in v.items():
+            if key.lower() in reserved:
+                raise ConfigError(_key(f"tags.{key}"), value,
+                                  f"{reserved[key.lower()]} is the stack's own tag (the budget "
+                                  "filters on Environment); choose another key")
+            problem = tag_problem(key, value)
+            if problem:
+                raise ConfigError(_key(f"tags.{key}"), value, problem)
+        if len(v) > MAX_TAGS - len(RESERVED_TAG_KEYS):
+            raise ValueError(f"at most {MAX_TAGS - len(RESERVED_TAG_KEYS)} tags: AWS takes "
+                             f"{MAX_TAGS} a resource and the stack sets {len(RESERVED_TAG_KEYS)}")
+        return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StackConfig:
@@ -467,43 +828,135 @@ def _certificate_in_region(arn: str, region: str) -> None:
         )
 
 
+# What production must have, and why; staging may go without. Checked after the values pass
+# on their own, and used to word a prod stack's refusal of a value outside its general range.
+PROD_RULES: dict[str, tuple[Callable[[StackConfig], Any], Callable[[Any], bool], str]] = {
+    "network.azCount": (lambda c: c.network.az_count, lambda v: v >= 3,
+                        "prod needs at least 3 AZs, so that losing one AZ leaves two serving"),
+    "network.natStrategy": (lambda c: c.network.nat_strategy, lambda v: v == "per_az",
+                            "prod needs per_az, so that one AZ outage does not cut every AZ's egress"),
+    "cache.multiAz": (lambda c: c.cache.multi_az, bool,
+                      "prod needs true: a replica in another AZ takes over when the primary's AZ fails"),
+    "cache.automaticFailover": (lambda c: c.cache.automatic_failover, bool,
+                                "prod needs true: ElastiCache promotes the replica without an operator"),
+    "cache.nodes": (lambda c: c.cache.nodes, lambda v: v >= 2,
+                    "prod needs at least 2 nodes: a primary and a replica to fail over to"),
+    "cache.snapshotRetentionDays": (lambda c: c.cache.snapshot_retention_days, lambda v: v >= 7,
+                                    "prod needs at least 7 days of snapshots, to restore after a bad week"),
+    "service.executeCommand": (lambda c: c.service.execute_command, lambda v: not v,
+                               "prod needs false: no shell into production tasks"),
+    "service.minTasks": (lambda c: c.service.min_tasks, lambda v: v >= 2,
+                         "prod needs at least 2 tasks, so one task failing does not take the service down"),
+    "secrets.keyDeletionWindowDays": (lambda c: c.secrets.key_deletion_window_days, lambda v: v == 30,
+                                      "prod needs 30 days: a KMS key deleted by mistake can be saved "
+                                      "for a month, and every secret with it"),
+    "monitoring.alertEmails": (lambda c: list(c.monitoring.alert_emails), bool,
+                               "prod needs at least one address: alarms nobody receives change nothing"),
+}
+
+
 def _prod_rules(c: StackConfig) -> None:
-    """What production must have; staging may go without."""
-    rules = [
-        ("network.azCount", c.network.az_count, c.network.az_count >= 3, "prod needs at least 3 AZs"),
-        ("network.natStrategy", c.network.nat_strategy, c.network.nat_strategy == "per_az",
-         "prod needs per_az, so that one AZ outage does not cut egress"),
-        ("cache.multiAz", c.cache.multi_az, c.cache.multi_az, "prod needs true (a replica in another AZ)"),
-        ("cache.automaticFailover", c.cache.automatic_failover, c.cache.automatic_failover,
-         "prod needs true"),
-        ("cache.nodes", c.cache.nodes, c.cache.nodes >= 2, "prod needs at least 2 nodes"),
-        ("cache.snapshotRetentionDays", c.cache.snapshot_retention_days,
-         c.cache.snapshot_retention_days >= 7, "prod needs at least 7 days"),
-        ("service.executeCommand", c.service.execute_command, not c.service.execute_command,
-         "prod needs false (no shell into production tasks)"),
-        ("service.minTasks", c.service.min_tasks, c.service.min_tasks >= 2,
-         "prod needs at least 2 tasks, so one task failing does not take the service down"),
-        ("secrets.keyDeletionWindowDays", c.secrets.key_deletion_window_days,
-         c.secrets.key_deletion_window_days == 30, "prod needs 30 days"),
-        ("monitoring.alertEmails", list(c.monitoring.alert_emails), bool(c.monitoring.alert_emails),
-         "prod needs at least one address"),
-    ]
-    for path, value, ok, allowed in rules:
-        if not ok:
-            raise ConfigError(_key(path), value, allowed)
+    errors = []
+    for path, (get, ok, allowed) in PROD_RULES.items():
+        value = get(c)
+        if not ok(value):
+            errors.append(ConfigError(_key(path), value, allowed))
+    if errors:
+        raise ConfigErrors(errors)
 
 
 REQUIRED_HINTS = {
     f"{PROJECT}:loadBalancer": "required: say where the HTTPS certificate comes from "
                                "(certificateArn, or domainName with hostedZoneId)",
+    f"{PROJECT}:environment": "required: staging or prod",
 }
 
 
 def _loc_to_key(loc: tuple) -> str:
-    parts = [str(p) for p in loc if not isinstance(p, int)]
-    if not parts:
-        return PROJECT
-    return _key(".".join(parts))
+    """A pydantic location as the key is written: section.field, list items as [i]."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return _key(key) if key else PROJECT
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The keys a model accepts at a location (aliases as written in the stack file)."""
+    model: Any = StackConfig
+    for part in loc[:-1]:
+        if typing.get_origin(model) is dict:  # `part` is a key of the mapping
+            model = typing.get_args(model)[1]
+            continue
+        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        if field is None:
+            return []
+        model = field.annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [f.alias or n for n, f in model.model_fields.items()]
+    return []
+
+
+def _from_pydantic(err: dict, environment: Any) -> ConfigError:
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):
+        return cause
+    key = _loc_to_key(err["loc"])
+    value = err.get("input")
+    short = key.partition(":")[2]
+    if environment == "prod" and short in PROD_RULES:
+        return ConfigError(key, value, PROD_RULES[short][2])
+    if err["type"] == "missing":
+        return ConfigError(key, None, REQUIRED_HINTS.get(key, "required"))
+    if err["type"] == "extra_forbidden":
+        name = str(err["loc"][-1])
+        known = _fields_at(err["loc"])
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = (f"did you mean `{close[0]}`?" if close
+                else "the keys here are " + ", ".join(known) if known else "not a key of this stack")
+        return ConfigError(key, value, f"unknown key; {hint}")
+    return ConfigError(key, value, _reworded(err))
+
+
+# Pydantic's messages for the common cases, in the words of the rest of this module.
+_WORDS = {
+    "greater_than": "must be more than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "int_type": "must be a whole number",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string (quote it)",
+    "list_type": "must be a list, e.g. [a, b]",
+    "dict_type": "must be a mapping of keys to values",
+    "model_type": "must be a section of keys (a mapping)",
+    "too_short": "must have at least {min_length} item(s)",
+    "string_pattern_mismatch": "does not match {pattern}",
+    "literal_error": "allowed: {expected}",
+}
+
+
+def _reworded(err: dict) -> str:
+    words = _WORDS.get(err["type"])
+    if words:
+        try:
+            return words.format(**(err.get("ctx") or {}))
+        except KeyError:
+            pass
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _merge_misspelt(errors: list[ConfigError]) -> list[ConfigError]:
+    """A misspelt required key shows as unknown and missing: keep the one that names both."""
+    meant = {e.allowed.split("`")[1] for e in errors
+             if e.allowed.startswith("unknown key; did you mean `")}
+    return [e for e in errors if not (e.value is None and e.key.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+                                      in meant and e.allowed.startswith("required"))]
 
 
 def load(raw: dict[str, Any], secret_keys: set[str] = frozenset()) -> StackConfig:
@@ -511,8 +964,10 @@ def load(raw: dict[str, Any], secret_keys: set[str] = frozenset()) -> StackConfi
 
     `raw` maps config keys as Pulumi gives them (`aws:region`, `llm-service:service`, ...) to values,
     with objects already parsed. `secret_keys` names the keys that are stored encrypted.
+    Raises ConfigError (one problem) or ConfigErrors (several, one line each).
     """
     _refuse_plain_secrets(raw, secret_keys)
+    _refuse_misspelt_namespaces(raw)
     data: dict[str, Any] = {}
     for full, value in raw.items():
         ns, _, name = full.partition(":")
@@ -523,24 +978,31 @@ def load(raw: dict[str, Any], secret_keys: set[str] = frozenset()) -> StackConfi
     try:
         cfg = StackConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing":
-            raise ConfigError(_loc_to_key(err["loc"]), None, REQUIRED_HINTS.get(
-                _loc_to_key(err["loc"]), "required")) from None
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key; check the spelling against infra/config.py"
-        elif err["type"] == "literal_error" and "ctx" in err:
-            msg = f"allowed: {err['ctx'].get('expected')}"
-        raise ConfigError(_loc_to_key(err["loc"]), err.get("input"), msg) from None
+        errors: list[ConfigError] = []
+        for err in e.errors():
+            for found in _from_pydantic(err, data.get("environment")).errors:
+                if str(found) not in map(str, errors):
+                    errors.append(found)
+        errors = _merge_misspelt(errors)
+        raise (errors[0] if len(errors) == 1 else ConfigErrors(errors)) from None
     _check_secret_values(cfg, raw, secret_keys)
     return cfg
 
 
+def _refuse_misspelt_namespaces(raw: dict[str, Any]) -> None:
+    """Keys of other namespaces belong to other plugins (aws:profile, pulumi:...) and are passed
+    by; one that is nearly this project's name is a typo whose whole section would be ignored."""
+    for key in raw:
+        ns, _, name = key.partition(":")
+        if ns != PROJECT and difflib.SequenceMatcher(None, ns, PROJECT).ratio() >= 0.8:
+            raise ConfigError(key, raw[key], f"unknown namespace {ns!r}; did you mean `{PROJECT}:{name}`?")
+
+
 def _secret_value_names(raw: dict[str, Any]) -> set[str]:
     """Secret values live in top-level keys named after the secret (`llm-service:openai-api-key`)."""
-    names = (raw.get(f"{PROJECT}:secrets") or {}).get("names") or SecretsConfig().names
-    return set(names)
+    section = raw.get(f"{PROJECT}:secrets")
+    names = (section.get("names") if isinstance(section, dict) else None) or SecretsConfig().names
+    return {n for n in names if isinstance(n, str)}
 
 
 def _refuse_plain_secrets(raw: dict[str, Any], secret_keys: set[str]) -> None:
@@ -642,11 +1104,20 @@ def certificate_account_error(cfg: StackConfig, account: str) -> Optional[Config
     return None
 
 
+def error_lines(e: ConfigError) -> str:
+    """What every command prints for a config error (and exits 2): one line per problem."""
+    return "\n".join(f"config error: {one}" for one in e.errors)
+
+
 class ConfigErrors(ConfigError):
     """Several config errors at once, one line each."""
 
     def __init__(self, errors: list[ConfigError]):
-        self.errors = errors
-        first = errors[0]
-        Exception.__init__(self, "\n".join(str(e) for e in errors))
+        self._errors = [one for e in errors for one in e.errors]
+        first = self._errors[0]
+        Exception.__init__(self, "\n".join(str(e) for e in self._errors))
         self.key, self.value, self.allowed = first.key, first.value, first.allowed
+
+    @property
+    def errors(self) -> list[ConfigError]:
+        return self._errors

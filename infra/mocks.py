@@ -29,6 +29,7 @@ def _stable(text: str, digits: int) -> str:
 
 
 def availability_zones(region: str, args: dict) -> dict:
+    region = args.get("region") or region  # pulumi-aws 7 invokes take a region of their own
     standard = [f"{region}{c}" for c in AZ_LETTERS.get(region, "abc")]
     filters = {f.get("name"): f.get("values") for f in args.get("filters") or []}
     opted_in_only = filters.get("opt-in-status") == ["opt-in-not-required"]

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from infra.config import ConfigError
+from infra.config import ConfigError, error_lines
 from infra.policy_check import check
 from infra.synth import ROOT, Declared, Synthesis, list_stacks, read_stack_file, synthesize
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         raw, secret_keys = read_stack_file(args.stack, args.dir)
         synthesis = synthesize(args.stack, raw=raw, secret_keys=secret_keys)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        print(error_lines(e), file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,13 +25,14 @@ from components.edge import Edge, EdgeArgs
 from components.image import Image, ImageArgs
 from components.load_balancer import LoadBalancer, LoadBalancerArgs
 from components.monitoring import Monitoring, MonitoringArgs, Thresholds
-from components.network import Network, NetworkArgs
+from components.network import STANDARD_AZS, Network, NetworkArgs
 from components.registry import Registry, RegistryArgs
 from components.secrets import Secrets, SecretsArgs, env_var_name
 from components.service import CacheLink, Service, ServiceArgs
 from infra.config import (
     BUILD,
     PROJECT,
+    ConfigError,
     ConfigErrors,
     StackConfig,
     certificate_account_error,
@@ -113,6 +114,17 @@ def refuse_examples(raw: dict[str, Any], cfg: StackConfig) -> None:
         raise ConfigErrors(errors)
 
 
+def check_zones(cfg: StackConfig) -> None:
+    """How many AZs the region has is known only by asking it: a synchronous invoke before any
+    resource, so that too many AZs fail here and not at the third subnet."""
+    zones = aws.get_availability_zones(state="available", filters=STANDARD_AZS, region=cfg.region).names
+    if len(zones) < cfg.network.az_count:
+        need = " (prod needs 3: deploy prod to a region with 3 or more)" if cfg.is_prod else ""
+        raise ConfigError("llm-service:network.azCount", cfg.network.az_count,
+                          f"{cfg.region} has {len(zones)} standard AZs ({', '.join(zones)}): "
+                          f"at most {len(zones)}{need}")
+
+
 def main(offline: bool = False) -> None:
     """`offline` is the plan's mode (mocks, shipped example values accepted); `pulumi up` runs
     the default, which refuses example values."""
@@ -120,6 +132,7 @@ def main(offline: bool = False) -> None:
     cfg = load(raw, secret_keys)  # raises ConfigError before anything is declared
     if not offline:
         refuse_examples(raw, cfg)
+    check_zones(cfg)
     stack = pulumi.get_stack()
     prefix = physical_prefix(stack)
     provider = aws.Provider(

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from infra.boto import client as _client
-from infra.config import ConfigError, StackConfig, load
+from infra.config import ConfigError, StackConfig, error_lines, load
 from infra.outputs import read_outputs
 from infra.synth import ROOT, read_stack_file
 
@@ -375,7 +375,9 @@ def verify(stack: str, outputs: Path, wait: int = 0, region: Optional[str] = Non
     try:
         cfg = load(*read_stack_file(stack, root))
         out = read_outputs(outputs, REQUIRED_OUTPUTS)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except ConfigError:
+        raise
+    except (FileNotFoundError, ValueError) as e:
         raise CannotCheck(str(e)) from None
     exp = Expect.from_config(stack, cfg)
     region = region or out.get("region") or cfg.region
@@ -407,6 +409,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
         results = verify(args.stack, args.outputs, wait=args.wait, region=args.region)
+    except ConfigError as e:
+        print(error_lines(e), file=sys.stderr)
+        return 2
     except (CannotCheck, NoCredentialsError) as e:
         print(f"error: {e if isinstance(e, CannotCheck) else NO_CREDENTIALS}", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ BAD = [
     ("negative-budget", "prod", {"budget__monthlyLimitUsd": -10},
      "llm-service:budget.monthlyLimitUsd", "positive"),
     ("bad-email", "staging", {"monitoring__alertEmails": ["ops@", "x@example.com"]},
-     "llm-service:monitoring.alertEmails", "email"),
+     "llm-service:monitoring.alertEmails[0]", "email"),
     ("cidr-too-small", "staging", {"network__cidr": "10.20.0.0/22"},
      "llm-service:network.cidr", "12 subnets of /20"),
     ("typo-key", "staging", {"service__maxTask": 4},

@@ -49,7 +49,7 @@ def test_bad_config_exits_2_with_the_message(tmp_path, capsys):
     assert plan.main(["--stack", "broken", "--dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err == ("config error: llm-service:service.maxTasks: got 0; "
-                   "Input should be greater than or equal to 1\n")
+                   "must be at least 1\n")
 
 
 def test_secure_values_are_read_as_secrets(tmp_path, capsys):

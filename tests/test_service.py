@@ -83,12 +83,12 @@ def test_redirect_mode_adds_port_80_as_a_301_only(synth):
 
 def test_acm_certificate_with_dns_validation(synth):
     s = synth("staging", loadBalancer__certificateArn="", loadBalancer__domainName="api.example.com",
-              loadBalancer__hostedZoneId="Z123")
+              loadBalancer__hostedZoneId="Z0123456789ABC")
     cert = s.one("aws:acm/certificate:Certificate")
     assert cert.inputs["validationMethod"] == "DNS" and cert.inputs["domainName"] == "api.example.com"
     validation = s.one("aws:acm/certificateValidation:CertificateValidation")
     record = s.one("aws:route53/record:Record", "alb-cert-validation")
-    assert record.inputs["zoneId"] == "Z123" and record.inputs["type"] == "CNAME"
+    assert record.inputs["zoneId"] == "Z0123456789ABC" and record.inputs["type"] == "CNAME"
     assert validation.inputs["validationRecordFqdns"] == [record.inputs["name"].rstrip(".")]
     # The ARN is the validated certificate's (that it is read from the validation's output, which
     # makes the listener wait for issuance, is by construction; mocked values cannot show order).
@@ -96,7 +96,7 @@ def test_acm_certificate_with_dns_validation(synth):
     assert listener.inputs["certificateArn"] == validation.inputs["certificateArn"] == \
         "arn:aws:acm:us-east-1:123456789012:certificate/alb-cert"
     alias = s.one("aws:route53/record:Record", "alb-alias")
-    assert alias.inputs["name"] == "api.example.com" and alias.inputs["zoneId"] == "Z123"
+    assert alias.inputs["name"] == "api.example.com" and alias.inputs["zoneId"] == "Z0123456789ABC"
     assert s.outputs["serviceUrl"] == "https://api.example.com"
 
 

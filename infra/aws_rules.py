@@ -1,0 +1,114 @@
+"""What AWS accepts for values the stack config passes through, in one place, each with its source.
+
+Where botocore's service models carry a list, it is read from there; where only AWS's
+documentation has it, the table is written here with the page it comes from, and a test checks
+each entry against the text botocore ships where it can (tests/test_config_rules.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+from functools import cache
+
+# CloudWatch Logs retention. Source: the Logs API reference, PutRetentionPolicy.retentionInDays
+# ("Possible values are: 1, 3, 5, ... and 3653"), as in botocore's logs model.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827,
+                      2192, 2557, 2922, 3288, 3653)
+
+# Tag keys the stack sets itself (infra/program.py, tags_for): the budget filters on
+# Environment, cost reports group by Project. Compared case-insensitively, since a key that
+# differs only in case reads as the same tag in every console.
+RESERVED_TAG_KEYS = ("Project", "Environment", "ManagedBy")
+# Source: "Tagging your AWS resources", tag naming limits and requirements: 50 tags a resource.
+MAX_TAGS = 50
+TAG_RULE = ("tag keys 1 to 128 and values up to 256 Unicode letters, digits, spaces and "
+            "_ . : / = + - @; keys may not start with aws: (Tagging AWS resources)")
+
+
+@cache
+def regions() -> frozenset[str]:
+    """Every region in botocore's endpoint data, all partitions (aws, aws-cn, aws-us-gov, ...)."""
+    import botocore.loaders
+
+    data = botocore.loaders.Loader().load_data("endpoints")
+    return frozenset(r for p in data["partitions"] for r in p["regions"])
+
+
+def tag_problem(key: str, value: str) -> str | None:
+    """Why AWS would refuse this tag, or None."""
+    def ok(text: str) -> bool:
+        return all(unicodedata.category(c)[0] in "LNZ" or c in "_.:/=+-@" for c in text)
+
+    if not 1 <= len(key) <= 128 or not ok(key) or key.lower().startswith("aws:"):
+        return f"not a valid tag key: {TAG_RULE}"
+    if len(value) > 256 or not ok(value):
+        return f"not a valid tag value: {TAG_RULE}"
+    return None
+
+
+def cidr_problem(text: str, version: int) -> str | None:
+    """Why a security group would refuse this CIDR, or None. EC2 takes the network address
+    only (10.0.0.0/8, not 10.1.2.3/8), as ipaddress's strict mode does."""
+    kind = "IPv4" if version == 4 else "IPv6"
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        return f"not an {kind} CIDR ({e})"
+    if net.version != version:
+        return f"an IPv{net.version} CIDR where {kind} is expected"
+    return None
+
+
+# --- ElastiCache windows ------------------------------------------------------------------------
+# Source: the ElastiCache API reference, CreateReplicationGroup. PreferredMaintenanceWindow is
+# "ddd:hh24:mi-ddd:hh24:mi (24H Clock UTC). The minimum maintenance window is a 60 minute
+# period", ddd one of sun..sat; SnapshotWindow is a daily "hh24:mi-hh24:mi" range (UTC). The two
+# may not overlap (CreateReplicationGroup answers InvalidParameterCombination).
+DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_HHMM = r"([01]\d|2[0-3]):([0-5]\d)"
+WEEKLY = re.compile(rf"({'|'.join(DAYS)}):{_HHMM}-({'|'.join(DAYS)}):{_HHMM}")
+DAILY = re.compile(rf"{_HHMM}-{_HHMM}")
+WEEK = 7 * 24 * 60
+MIN_MAINTENANCE_MINUTES = 60
+
+
+def weekly_window(text: str) -> tuple[int, int]:
+    """(start, length) in minutes from Sunday 00:00 UTC; ValueError if not AWS's format."""
+    m = WEEKLY.fullmatch(text)
+    if not m:
+        raise ValueError("the format is ddd:hh24:mi-ddd:hh24:mi in UTC, days sun mon tue wed thu "
+                         "fri sat in lower case, e.g. sun:05:00-sun:06:00")
+    start = DAYS.index(m[1]) * 1440 + int(m[2]) * 60 + int(m[3])
+    end = DAYS.index(m[4]) * 1440 + int(m[5]) * 60 + int(m[6])
+    length = (end - start) % WEEK
+    if length < MIN_MAINTENANCE_MINUTES:
+        raise ValueError(f"ElastiCache's maintenance window is at least {MIN_MAINTENANCE_MINUTES} "
+                         f"minutes; this one is {length}")
+    return start, length
+
+
+def daily_window(text: str) -> tuple[int, int]:
+    """(start, length) in minutes from 00:00 UTC; ValueError if not AWS's format."""
+    m = DAILY.fullmatch(text)
+    if not m:
+        raise ValueError("the format is hh24:mi-hh24:mi in UTC, e.g. 03:00-04:00")
+    start = int(m[1]) * 60 + int(m[2])
+    length = (int(m[3]) * 60 + int(m[4]) - start) % 1440
+    if length == 0:
+        raise ValueError("the window starts and ends at the same minute")
+    return start, length
+
+
+def windows_overlap(weekly: tuple[int, int], daily: tuple[int, int]) -> bool:
+    """Does a daily window, repeated every day, meet a weekly one?"""
+    w_start, w_len = weekly
+    d_start, d_len = daily
+    for day in range(8):  # the day before the week wraps too
+        s = (day * 1440 + d_start) % WEEK
+        for offset in (-WEEK, 0, WEEK):
+            a = s + offset
+            if a < w_start + w_len and w_start < a + d_len:
+                return True
+    return False
