@@ -198,9 +198,11 @@ HEADER_VALUE = r"^[\x21-\x7e]*$"
 class LlmConfig(_Section):
     """Non-secret LLM API settings; they become plain environment variables."""
 
-    org_id: str = Field("", pattern=HEADER_VALUE)
+    org_id: str = Field("", pattern=HEADER_VALUE, json_schema_extra=allow(
+        "visible ASCII without spaces (an HTTP header value)"))
     """Sent as the OpenAI-Organization header; "" sends none."""
-    project_id: str = Field("", pattern=HEADER_VALUE)
+    project_id: str = Field("", pattern=HEADER_VALUE, json_schema_extra=allow(
+        "visible ASCII without spaces (an HTTP header value)"))
     """Sent as the OpenAI-Project header; "" sends none."""
     base_url: str = Field("https://api.openai.com/v1", json_schema_extra=allow("an https:// URL"))
     """The LLM API the gateway calls (any OpenAI-compatible API)."""
@@ -632,7 +634,8 @@ class CacheConfig(_Section):
             raise ConfigError(
                 _key("cache.engineVersion"), self.engine_version,
                 f"{self.engine} versions with a parameter group family: "
-                f"{', '.join(sorted(FAMILIES[self.engine]))} (quote it: \"8.0\")",
+                f"{', '.join(sorted(FAMILIES[self.engine]))} (in quotes, e.g. "
+                f"\"{max(FAMILIES[self.engine])}\")",
             )
         if (self.multi_az or self.automatic_failover) and self.nodes < 2:
             raise ConfigError(
@@ -759,12 +762,12 @@ class StackConfig(BaseModel):
         reserved = {k.lower(): k for k in RESERVED_TAG_KEYS}
         for key, value in v.items():
             if key.lower() in reserved:
-                raise ConfigError(_key(f"tags.{key}"), value,
+                raise ConfigError(f"{PROJECT}:tags.{key}", value,
                                   f"{reserved[key.lower()]} is the stack's own tag (the budget "
                                   "filters on Environment); choose another key")
             problem = tag_problem(key, value)
             if problem:
-                raise ConfigError(_key(f"tags.{key}"), value, problem)
+                raise ConfigError(f"{PROJECT}:tags.{key}", value, problem)
         if len(v) > MAX_TAGS - len(RESERVED_TAG_KEYS):
             raise ValueError(f"at most {MAX_TAGS - len(RESERVED_TAG_KEYS)} tags: AWS takes "
                              f"{MAX_TAGS} a resource and the stack sets {len(RESERVED_TAG_KEYS)}")
@@ -905,7 +908,7 @@ def _from_pydantic(err: dict, environment: Any) -> ConfigError:
     key = _loc_to_key(err["loc"])
     value = err.get("input")
     short = key.partition(":")[2]
-    if environment == "prod" and short in PROD_RULES:
+    if environment == "prod" and short in PROD_RULES and not _passes(PROD_RULES[short][1], value):
         return ConfigError(key, value, PROD_RULES[short][2])
     if err["type"] == "missing":
         return ConfigError(key, None, REQUIRED_HINTS.get(key, "required"))
@@ -936,7 +939,7 @@ _WORDS = {
     "dict_type": "must be a mapping of keys to values",
     "model_type": "must be a section of keys (a mapping)",
     "too_short": "must have at least {min_length} item(s)",
-    "string_pattern_mismatch": "does not match {pattern}",
+    "string_pattern_mismatch": "does not match {pattern} (visible ASCII, no spaces)",
     "literal_error": "allowed: {expected}",
 }
 
@@ -949,6 +952,13 @@ def _reworded(err: dict) -> str:
         except KeyError:
             pass
     return err["msg"].removeprefix("Value error, ")
+
+
+def _passes(rule: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(rule(value))
+    except TypeError:  # not even the right type: the generic message says what is
+        return True
 
 
 def _merge_misspelt(errors: list[ConfigError]) -> list[ConfigError]:

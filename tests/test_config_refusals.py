@@ -1,0 +1,258 @@
+"""Every value AWS would refuse is refused by the config contract first: one line naming the key
+as written, exit 2, nothing declared. Each case is a plausible mistake in a copy of a shipped
+stack file."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from infra import plan
+from infra.config import ConfigError, load
+from tests.conftest import stack_config, with_changes
+
+CERT_WEST_1 = "arn:aws:acm:us-west-1:123456789012:certificate/5f0c2a3e-1b7d-4c9a-8e21-0a5b6c7d8e9f"
+
+
+def _tags(n: int) -> dict:
+    return {f"Team{i}": "x" for i in range(n)}
+
+
+BAD = [
+    # (id, stack, changes, key the first line names, words it must carry)
+    ("node-type-unknown", "staging", {"cache__nodeType": "cache.t4g.huge"},
+     "llm-service:cache.nodeType", "current-generation ElastiCache node type"),
+    ("node-type-typo", "staging", {"cache__nodeType": "cache.m7g.larg"},
+     "llm-service:cache.nodeType", "did you mean cache.m7g.large?"),
+    ("node-type-t2", "staging", {"cache__nodeType": "cache.t2.micro"},
+     "llm-service:cache.nodeType", "not a current-generation"),
+    ("node-type-ec2-name", "prod", {"cache__nodeType": "m7g.large"},
+     "llm-service:cache.nodeType", "cache.m7g.large"),
+    ("log-retention-45", "staging", {"service__logRetentionDays": 45},
+     "llm-service:service.logRetentionDays", "1, 3, 5, 7, 14, 30, 60"),
+    ("log-retention-0", "staging", {"network__flowLogRetentionDays": 0},
+     "llm-service:network.flowLogRetentionDays", "PutRetentionPolicy"),
+    ("cache-log-retention", "prod", {"cache__logRetentionDays": 10},
+     "llm-service:cache.logRetentionDays", "3653"),
+    ("waf-log-retention", "staging", {"edge__logRetentionDays": 2},
+     "llm-service:edge.logRetentionDays", "one of"),
+    ("cidr-prefix-over-32", "staging", {"loadBalancer__ingressCidrs": ["10.0.0.0/8", "10.0.0.0/33"]},
+     "llm-service:loadBalancer.ingressCidrs[1]", "not an IPv4 CIDR"),
+    ("cidr-host-bits", "staging", {"loadBalancer__ingressCidrs": ["10.1.2.3/8"]},
+     "llm-service:loadBalancer.ingressCidrs[0]", "has host bits set"),
+    ("cidr-a-word", "prod", {"loadBalancer__ingressCidrs": ["office"]},
+     "llm-service:loadBalancer.ingressCidrs[0]", "not an IPv4 CIDR"),
+    ("ipv6-given-ipv4", "staging", {"loadBalancer__ingressIpv6Cidrs": ["0.0.0.0/0"]},
+     "llm-service:loadBalancer.ingressIpv6Cidrs[0]", "IPv4 CIDR where IPv6"),
+    ("nobody-may-connect", "staging",
+     {"loadBalancer__ingressCidrs": [], "loadBalancer__ingressIpv6Cidrs": []},
+     "llm-service:loadBalancer.ingressCidrs", "nobody can reach"),
+    ("ssl-policy-unknown", "staging", {"loadBalancer__sslPolicy": "ELBSecurityPolicy-TLS13-1-2-2099-01"},
+     "llm-service:loadBalancer.sslPolicy", "not an ALB security policy with TLS 1.3"),
+    ("ssl-policy-without-tls13", "prod", {"loadBalancer__sslPolicy": "ELBSecurityPolicy-2016-08"},
+     "llm-service:loadBalancer.sslPolicy", "offers no TLS 1.3"),
+    ("maintenance-window-format", "staging", {"cache__maintenanceWindow": "Sun 05:00-06:00"},
+     "llm-service:cache.maintenanceWindow", "ddd:hh24:mi-ddd:hh24:mi"),
+    ("maintenance-window-short", "prod", {"cache__maintenanceWindow": "sun:05:00-sun:05:30"},
+     "llm-service:cache.maintenanceWindow", "at least 60 minutes; this one is 30"),
+    ("maintenance-window-hour-25", "staging", {"cache__maintenanceWindow": "sun:25:00-mon:01:00"},
+     "llm-service:cache.maintenanceWindow", "ddd:hh24:mi-ddd:hh24:mi"),
+    ("snapshot-window-format", "prod", {"cache__snapshotWindow": "3-4"},
+     "llm-service:cache.snapshotWindow", "hh24:mi-hh24:mi"),
+    ("windows-overlap", "prod", {"cache__maintenanceWindow": "tue:03:30-tue:04:30"},
+     "llm-service:cache.snapshotWindow", "overlaps cache.maintenanceWindow"),
+    ("windows-overlap-across-midnight", "staging",
+     {"cache__maintenanceWindow": "sat:23:30-sun:00:45", "cache__snapshotWindow": "00:30-01:30"},
+     "llm-service:cache.snapshotWindow", "overlaps"),
+    ("region-that-does-not-exist", "staging", {"aws:region": "us-east-7"},
+     "aws:region", "not an AWS region"),
+    ("region-typo", "staging", {"aws:region": "eu-wset-1"},
+     "aws:region", "did you mean eu-west-1?"),
+    ("more-azs-than-the-region", "staging",
+     {"aws:region": "us-west-1", "network__azCount": 3, "loadBalancer__certificateArn": CERT_WEST_1},
+     "llm-service:network.azCount", "us-west-1 has 2 standard AZs"),
+    ("prod-in-a-two-az-region", "prod",
+     {"aws:region": "us-west-1", "loadBalancer__certificateArn": CERT_WEST_1},
+     "llm-service:network.azCount", "prod needs 3"),
+    ("empty-image", "staging", {"service__image": ""},
+     "llm-service:service.image", "image reference"),
+    ("image-with-a-space", "staging", {"service__image": "my app:latest"},
+     "llm-service:service.image", "image reference"),
+    ("container-port-over-65535", "staging", {"service__containerPort": 70000},
+     "llm-service:service.containerPort", "at most 65535"),
+    ("container-port-privileged", "prod", {"service__containerPort": 80},
+     "llm-service:service.containerPort", "at least 1024"),
+    ("cache-port-zero", "staging", {"cache__port": 0},
+     "llm-service:cache.port", "at least 1"),
+    ("reserved-tag-environment", "staging", {"tags": {"Environment": "prod"}},
+     "llm-service:tags.Environment", "the budget filters on Environment"),
+    ("reserved-tag-other-case", "prod", {"tags": {"project": "x"}},
+     "llm-service:tags.project", "Project is the stack's own tag"),
+    ("tag-aws-prefix", "staging", {"tags": {"aws:owner": "me"}},
+     "llm-service:tags.aws:owner", "may not start with aws:"),
+    ("tag-value-too-long", "staging", {"tags": {"Note": "x" * 300}},
+     "llm-service:tags.Note", "not a valid tag value"),
+    ("too-many-tags", "staging", {"tags": _tags(48)},
+     "llm-service:tags", "at most 47 tags"),
+    ("scale-in-before-grace", "staging",
+     {"service__scaleInCooldown": 30, "service__healthCheckGraceSeconds": 60},
+     "llm-service:service.scaleInCooldown", "at least service.healthCheckGraceSeconds (60)"),
+    ("user-root-ids", "staging", {"service__user": "0:0"},
+     "llm-service:service.user", "never root"),
+    ("user-root-name", "prod", {"service__user": "root"},
+     "llm-service:service.user", "never root"),
+    ("user-not-a-user", "staging", {"service__user": "app user"},
+     "llm-service:service.user", "uid:gid"),
+    ("misspelt-section", "staging", {"loadBalancr": {"httpMode": "none"}},
+     "llm-service:loadBalancr", "unknown key; did you mean `loadBalancer`?"),
+    ("misspelt-key", "prod", {"service__maxTask": 4},
+     "llm-service:service.maxTask", "did you mean `maxTasks`?"),
+    ("misspelt-nested-key", "staging", {"gateway__defaultLimits": {"requestPerMinute": 5}},
+     "llm-service:gateway.defaultLimits.requestPerMinute", "did you mean `requestsPerMinute`?"),
+    ("misspelt-namespace", "staging", {"llm-servce:network": {"azCount": 2}},
+     "llm-servce:network", "did you mean `llm-service:network`?"),
+    ("section-not-a-mapping", "staging", {"network": "10.0.0.0/16"},
+     "llm-service:network", "must be a section of keys"),
+    ("text-for-a-number", "staging", {"service__cpu": "lots"},
+     "llm-service:service.cpu", "whole number"),
+    ("prod-one-az", "prod", {"network__azCount": 1},
+     "llm-service:network.azCount", "prod needs at least 3 AZs, so that losing one AZ"),
+    ("prod-one-task", "prod", {"service__minTasks": 1},
+     "llm-service:service.minTasks", "prod needs at least 2 tasks"),
+    ("prod-shell", "prod", {"service__executeCommand": True},
+     "llm-service:service.executeCommand", "no shell into production"),
+    ("prod-short-key-deletion", "prod", {"secrets__keyDeletionWindowDays": 7},
+     "llm-service:secrets.keyDeletionWindowDays", "prod needs 30 days"),
+    ("base-url-plain-http", "staging", {"llm__baseUrl": "http://api.openai.com/v1"},
+     "llm-service:llm.baseUrl", "https://"),
+    ("org-id-with-a-space", "staging", {"llm__orgId": "org abc"},
+     "llm-service:llm.orgId", "does not match"),
+    ("domain-with-scheme", "staging", {"loadBalancer__domainName": "https://api.mycompany.com"},
+     "llm-service:loadBalancer.domainName", "without a scheme"),
+    ("zone-id-with-path", "staging",
+     {"loadBalancer__domainName": "api.mycompany.com", "loadBalancer__hostedZoneId": "/hostedzone/Z0123456789ABC"},
+     "llm-service:loadBalancer.hostedZoneId", "without /hostedzone/"),
+    ("zone-without-domain", "staging", {"loadBalancer__hostedZoneId": "Z0123456789ABC"},
+     "llm-service:loadBalancer.hostedZoneId", "a zone without loadBalancer.domainName"),
+    ("health-path-relative", "staging", {"loadBalancer__healthCheckPath": "healthz"},
+     "llm-service:loadBalancer.healthCheckPath", "starting with /"),
+    ("spot-weight-over-1000", "staging", {"service__spotWeight": 2000},
+     "llm-service:service.spotWeight", "at most 1000"),
+    ("recovery-window-3", "staging", {"secrets__recoveryWindowDays": 3},
+     "llm-service:secrets.recoveryWindowDays", "0 (delete at once) or 7 to 30"),
+    ("threshold-zero", "staging", {"budget__actualThresholds": [0, 80]},
+     "llm-service:budget.actualThresholds", "1 to 1000"),
+    ("keepalive-past-the-nat", "staging", {"gateway__upstreamTcpKeepaliveSeconds": 340},
+     "llm-service:gateway.upstreamTcpKeepaliveSeconds", "NAT gateway drops the idle flow"),
+    ("cache-too-many-nodes", "prod", {"cache__nodes": 7},
+     "llm-service:cache.nodes", "at most 6"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_refused_in_one_line_naming_the_key_with_exit_2_and_nothing_declared(synth, tmp_path, capsys, case):
+    name, stack, changes, key, words = case
+    raw, keys = with_changes(stack, **changes)
+    with pytest.raises(ConfigError) as err:
+        synth(stack, raw=raw, secret_keys=keys)
+    assert err.value.declared == [], "nothing may be declared before the config passes"
+    (tmp_path / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump({"config": raw}, sort_keys=False))
+    assert plan.main(["--stack", name, "--dir", str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    first = out.err.splitlines()[0]
+    assert first.startswith(f"config error: {key}: got "), out.err
+    assert words in first, first
+    assert out.out == "", "a refusal prints no plan"
+
+
+def test_the_list_is_long_enough():
+    assert len(BAD) >= 40 and len({c[0] for c in BAD}) == len(BAD)
+
+
+def test_independent_mistakes_are_all_reported_one_line_each():
+    raw, keys = with_changes("staging", service__logRetentionDays=45, cache__nodeType="cache.x.y",
+                             edge__rateWindowSeconds=90)
+    with pytest.raises(ConfigError) as err:
+        load(raw, keys)
+    lines = str(err.value).splitlines()
+    assert [line.split(":")[1] for line in lines] == [
+        "service.logRetentionDays", "cache.nodeType", "edge.rateWindowSeconds"]
+
+
+def test_a_misspelt_section_is_one_line_and_never_dumps_its_values():
+    raw, keys = stack_config("staging")
+    raw["llm-service:loadBalancr"] = raw.pop("llm-service:loadBalancer")
+    with pytest.raises(ConfigError) as err:
+        load(raw, keys)
+    assert str(err.value) == ("llm-service:loadBalancr: got a section {…}; unknown key; "
+                              "did you mean `loadBalancer`?")
+
+
+def test_an_unknown_key_that_looks_secret_is_not_echoed():
+    raw, keys = with_changes("staging", cache__authToken="hunter2-and-more")
+    with pytest.raises(ConfigError) as err:
+        load(raw, keys)
+    assert "hunter2" not in str(err.value) and "'(redacted)'" in str(err.value)
+
+
+def test_an_unknown_key_far_from_any_lists_the_keys_there():
+    raw, keys = with_changes("staging", edge__banana=1)
+    with pytest.raises(ConfigError, match=r"the keys here are rateLimit, rateWindowSeconds, logRetentionDays"):
+        load(raw, keys)
+
+
+@pytest.mark.parametrize("value", [8.0, 8, "8.0"])
+def test_an_unquoted_engine_version_is_read_as_written(value):
+    cfg = load(*with_changes("staging", cache__engineVersion=value))
+    assert cfg.cache.engine_version == "8.0"
+
+
+def test_an_unquoted_engine_version_that_does_not_exist_says_to_quote():
+    with pytest.raises(ConfigError, match=r"cache.engineVersion: got '7.2'; redis versions .* "
+                                          r"\(in quotes, e.g. \"7.1\"\)"):
+        load(*with_changes("staging", cache__engineVersion=7.2, cache__engine="redis"))
+
+
+def test_numbers_where_text_is_expected_are_taken_as_text():
+    cfg = load(*with_changes("staging", service__user=1000, tags={"CostCenter": 4711}))
+    assert cfg.service.user == "1000" and cfg.tags["CostCenter"] == "4711"
+
+
+def test_a_region_from_another_partition_is_a_region():
+    cert = "arn:aws-us-gov:acm:us-gov-west-1:123456789012:certificate/5f0c2a3e-1b7d-4c9a-8e21-0a5b6c7d8e9f"
+    cfg = load(*with_changes("staging", **{"aws:region": "us-gov-west-1"},
+                             loadBalancer__certificateArn=cert))
+    assert cfg.region == "us-gov-west-1"
+
+
+# --- stack files that are not YAML ----------------------------------------------------------------
+
+SHIPPED = "  llm-service:network:\n    cidr: 10.20.0.0/16\n"
+
+
+@pytest.mark.parametrize("broken, where, words", [
+    ("  llm-service:network:\n    cidr: 10.20.0.0/16\n   azCount: 2\n", ":", "YAML syntax error"),
+    ("  llm-service:network:\n    cidr: [10.20.0.0/16\n", ":", "YAML syntax error"),
+    ("  llm-service:network:\n    cidr: 10.20.0.0/16\n    cidr: 10.30.0.0/16\n", ":",
+     "the key 'cidr' is written twice"),
+], ids=["indentation", "unclosed-list", "duplicate-key"])
+def test_a_yaml_error_is_one_line_with_file_line_and_column_exit_2(tmp_path, capsys, broken, where, words):
+    from infra.synth import ROOT
+    text = (ROOT / "Pulumi.staging.yaml").read_text()
+    assert SHIPPED in text
+    (tmp_path / "Pulumi.broken.yaml").write_text(text.replace(SHIPPED, broken))
+    assert plan.main(["--stack", "broken", "--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    line_no = text.index(SHIPPED)
+    first_line = text[:line_no].count("\n") + 1
+    file_part, line, column = err.removeprefix("config error: ").split(":")[:3]
+    assert file_part == "Pulumi.broken.yaml" and first_line <= int(line) <= first_line + 3, err
+    assert int(column) >= 1 and words in err
+
+
+def test_a_stack_file_that_is_a_list_is_refused(tmp_path, capsys):
+    (tmp_path / "Pulumi.list.yaml").write_text("- config\n")
+    assert plan.main(["--stack", "list", "--dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("config error: Pulumi.list.yaml: a stack file is a mapping with "
+                                       "a `config:` mapping of keys such as llm-service:network\n")
