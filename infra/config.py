@@ -647,6 +647,9 @@ class CacheConfig(_Section):
                 _key("cache.automaticFailover"), False,
                 "ElastiCache requires automaticFailover when multiAz is on",
             )
+        # Not refused: more nodes than the stack has AZs. ElastiCache spreads a replication
+        # group's nodes over its subnet group's AZs and puts two in one AZ when it must; the
+        # API accepts it, and one AZ's loss still leaves a replica elsewhere.
         if windows_overlap(weekly_window(self.maintenance_window), daily_window(self.snapshot_window)):
             raise ConfigError(
                 _key("cache.snapshotWindow"), self.snapshot_window,
