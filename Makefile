@@ -22,7 +22,7 @@ $(GW_VENV)/.installed: gateway/requirements.txt
 	touch $@
 
 plan: $(VENV)/.installed  ## what STACK declares, offline (JSON=1 for machine-readable)
-	$(PY) -m infra.plan --stack $(STACK) $(if $(JSON),--json,)
+	$(PY) -m offline.plan --stack $(STACK) $(if $(JSON),--json,)
 
 test: $(VENV)/.installed $(GW_VENV)/.installed  ## the whole suite: config, stacks, gateway, commands against moto
 	$(PY) -m ruff check .

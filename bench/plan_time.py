@@ -24,10 +24,10 @@ REFUSAL_TARGET_SECONDS = 1.0
 
 def _timed(args: list[str], expect: int) -> float:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "infra.plan", *args], cwd=ROOT,  # noqa: S603
+    done = subprocess.run([sys.executable, "-m", "offline.plan", *args], cwd=ROOT,  # noqa: S603
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if done.returncode != expect:
-        raise SystemExit(f"infra.plan {' '.join(args)} exited {done.returncode}, expected {expect}")
+        raise SystemExit(f"offline.plan {' '.join(args)} exited {done.returncode}, expected {expect}")
     return time.perf_counter() - start
 
 
@@ -40,7 +40,7 @@ def refusal(runs: int) -> float:
     # The check itself, in a warm process: what `pulumi up` spends before declaring anything.
     sys.path.insert(0, str(ROOT))
     from infra.config import ConfigError, load
-    from infra.synth import parse_stack_file
+    from infra.stack_files import parse_stack_file
     raw = {k if ":" in k else f"llm-service:{k}": v
            for k, v in parse_stack_file(ROOT / "Pulumi.staging.yaml")["config"].items()}
     raw["llm-service:service"] = {**raw["llm-service:service"], "logRetentionDays": 45}

@@ -3,7 +3,7 @@
 Creates: one customer-managed KMS key with rotation and an alias; one secret per name, under
 `<prefix>/<name>`, encrypted with that key; in `pulumi` mode, a secret version from a Pulumi
 secret. In `external` mode (the default) no value is declared, so it never enters Pulumi state:
-`python -m infra.apikey put` writes it.
+`python -m ops.apikey put` writes it.
 
 Cost: $1/month for the key (plus $0.03 per 10k requests), $0.40/month per secret.
 

@@ -1,7 +1,7 @@
 """`python -m gateway.cachectl invalidate [--client NAME]`: make the stack's cache entries (or one
 client's) unreachable at once, by raising a namespace version in Valkey.
 
-It runs where Valkey is reachable, inside the VPC: `python -m infra.cache invalidate` starts it as
+It runs where Valkey is reachable, inside the VPC: `python -m ops.cache invalidate` starts it as
 a one-off ECS task with the service's own task definition and network. It reads only the cache
 settings of that environment (CACHE_HOST, CACHE_PORT, CACHE_TLS, CACHE_AUTH_TOKEN,
 GATEWAY_SERVICE). The old entries expire by their TTL.

@@ -32,7 +32,7 @@ class GatewayError(Exception):
 def unauthorized(presented: bool) -> GatewayError:
     if presented:
         return GatewayError(401, "Incorrect API key provided. Use a client key this gateway issued "
-                                 "(python -m infra.clientkeys add <client>).", code="invalid_api_key")
+                                 "(python -m ops.clientkeys add <client>).", code="invalid_api_key")
     return GatewayError(401, "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
                         code="missing_api_key")
 

@@ -9,7 +9,7 @@ of the stack's `client-keys` secret, maps client names to their keys' ids and ha
 
 The hash of a 256-bit random secret needs no slow KDF: nobody can guess the preimage. The
 comparison is constant-time, and an unknown id costs the same comparison. Standard library only:
-the operator command (`infra.clientkeys`) imports this module without the server's dependencies.
+the operator command (`ops.clientkeys`) imports this module without the server's dependencies.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ def _clients(env: Mapping[str, str], host: str, log: Callable[[str], None]) -> C
         except KeyDocumentError as e:
             raise SettingsError(f"CLIENT_KEYS: {e}") from None
     if not _loopback(host):
-        raise SettingsError("CLIENT_KEYS is not set: run `python -m infra.clientkeys add <client>`; "
+        raise SettingsError("CLIENT_KEYS is not set: run `python -m ops.clientkeys add <client>`; "
                             "only a gateway bound to 127.0.0.1 makes itself a local key")
     # A local run (`make serve`): one key for this process, shown once.
     doc = empty_document()

@@ -14,6 +14,10 @@ import pulumi  # noqa: E402
 from infra.config import ConfigError, error_lines  # noqa: E402
 from infra.program import main  # noqa: E402
 
+# The stack, step by step (infra/program.py, `main`): the config checked whole before anything
+# is declared, then the provider; secrets (the KMS key, the LLM key's secret); the network;
+# the load balancer; the cache and its AUTH token; the client-keys secret; the image;
+# the service; the edge (WAF); monitoring; the budget; the outputs.
 try:
     main()
 except ConfigError as e:

@@ -125,7 +125,7 @@ def _key(path: str) -> str:
 
 
 def allow(text: str) -> dict[str, str]:
-    """What a validator allows, for the generated config reference (infra/config_doc.py)."""
+    """What a validator allows, for the generated config reference (offline/config_doc.py)."""
     return {"allowed": text}
 
 
@@ -231,7 +231,7 @@ class LlmConfig(_Section):
 
 class SecretsConfig(_Section):
     source: Literal["external", "pulumi"] = "external"
-    """external: the stack creates empty secrets and `python -m infra.apikey put` fills them;
+    """external: the stack creates empty secrets and `python -m ops.apikey put` fills them;
     pulumi: the values come from `pulumi config set --secret <name>`."""
     names: list[str] = Field(default_factory=lambda: ["openai-api-key"], min_length=1,
                              json_schema_extra=allow("unique names of 2 to 63 lower-case "
@@ -1027,7 +1027,7 @@ def _refuse_plain_secrets(raw: dict[str, Any], secret_keys: set[str]) -> None:
                 raise ConfigError(
                     path, "sk-…(redacted)",
                     "an API key may not be stored in plain text; use "
-                    "`python -m infra.apikey put` (external) or `pulumi config set --secret`",
+                    "`python -m ops.apikey put` (external) or `pulumi config set --secret`",
                 )
 
 

@@ -6,8 +6,9 @@ Nothing is declared until the whole config has passed `infra.config.load`.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -66,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GATEWAY_SOURCE = ROOT / "gateway"
 GATEWAY_HEALTH_CHECK = ["python", "-m", "gateway.healthcheck"]
 METRICS_NAMESPACE = "LLMService"
-CLIENT_KEYS = "client-keys"  # the secret holding client-key hashes (python -m infra.clientkeys)
+CLIENT_KEYS = "client-keys"  # the secret holding client-key hashes (python -m ops.clientkeys)
 
 
 def gateway_environment(cfg: StackConfig, prefix: str) -> dict[str, str]:
@@ -125,108 +126,148 @@ def check_zones(cfg: StackConfig) -> None:
                           f"at most {len(zones)}{need}")
 
 
-def main(offline: bool = False) -> None:
-    """`offline` is the plan's mode (mocks, shipped example values accepted); `pulumi up` runs
-    the default, which refuses example values."""
+@dataclass
+class Stack:
+    """What every step needs: the checked config, names, and the provider's options."""
+
+    cfg: StackConfig
+    name: str
+    prefix: str
+    opts: pulumi.ResourceOptions
+
+    @property
+    def protect(self) -> bool:
+        return self.cfg.is_prod
+
+
+def checked_config(offline: bool = False) -> Stack:
+    """The config, checked whole before anything is declared; then the provider every resource
+    uses. `offline` is the plan's mode (mocks, shipped example values accepted); `pulumi up`
+    runs the default, which refuses example values."""
     raw, secret_keys = read_config()
     cfg = load(raw, secret_keys)  # raises ConfigError before anything is declared
     if not offline:
         refuse_examples(raw, cfg)
     check_zones(cfg)
-    stack = pulumi.get_stack()
-    prefix = physical_prefix(stack)
+    name = pulumi.get_stack()
     provider = aws.Provider(
         "aws", region=cfg.region,
         default_tags=aws.ProviderDefaultTagsArgs(tags=tags_for(cfg)),
     )
-    opts = pulumi.ResourceOptions(providers={"aws": provider})
-    protect = cfg.is_prod
+    return Stack(cfg, name, physical_prefix(name), pulumi.ResourceOptions(providers={"aws": provider}))
 
-    secrets = Secrets("secrets", SecretsArgs(
-        prefix=secret_prefix(stack), region=cfg.region, names=list(cfg.secrets.names),
-        source=cfg.secrets.source,
-        values={n: pulumi.Config().require_secret(n) for n in cfg.secrets.names}
-        if cfg.secrets.source == "pulumi" else {},
-        recovery_window_days=cfg.secrets.recovery_window_days,
-        key_deletion_window_days=cfg.secrets.key_deletion_window_days, protect=protect,
-    ), opts=opts)
 
-    n = cfg.network
-    network = Network("network", NetworkArgs(
-        cidr=n.cidr, az_count=n.az_count, region=cfg.region, nat_strategy=n.nat_strategy,
+def secrets(st: Stack) -> Secrets:
+    c = st.cfg.secrets
+    return Secrets("secrets", SecretsArgs(
+        prefix=secret_prefix(st.name), region=st.cfg.region, names=list(c.names), source=c.source,
+        values={n: pulumi.Config().require_secret(n) for n in c.names} if c.source == "pulumi" else {},
+        recovery_window_days=c.recovery_window_days,
+        key_deletion_window_days=c.key_deletion_window_days, protect=st.protect,
+    ), opts=st.opts)
+
+
+def network(st: Stack, keys: Secrets) -> Network:
+    n = st.cfg.network
+    return Network("network", NetworkArgs(
+        cidr=n.cidr, az_count=n.az_count, region=st.cfg.region, nat_strategy=n.nat_strategy,
         subnet_prefix_length=n.subnet_prefix_length, interface_endpoints=n.interface_endpoints,
-        flow_log_retention_days=n.flow_log_retention_days, kms_key_arn=secrets.key_arn,
-        iam_path=iam_path(stack),
-    ), opts=opts)
+        flow_log_retention_days=n.flow_log_retention_days, kms_key_arn=keys.key_arn,
+        iam_path=iam_path(st.name),
+    ), opts=st.opts)
 
-    lbc, svc = cfg.load_balancer, cfg.service
-    alb = LoadBalancer("alb", LoadBalancerArgs(
-        vpc_id=network.vpc_id, subnet_ids=network.public_subnet_ids,
-        container_port=svc.container_port, certificate_arn=lbc.certificate_arn,
+
+def load_balancer(st: Stack, net: Network) -> LoadBalancer:
+    lbc = st.cfg.load_balancer
+    return LoadBalancer("alb", LoadBalancerArgs(
+        vpc_id=net.vpc_id, subnet_ids=net.public_subnet_ids,
+        container_port=st.cfg.service.container_port, certificate_arn=lbc.certificate_arn,
         domain_name=lbc.domain_name, hosted_zone_id=lbc.hosted_zone_id, http_mode=lbc.http_mode,
         ingress_cidrs=list(lbc.ingress_cidrs), ingress_ipv6_cidrs=list(lbc.ingress_ipv6_cidrs),
         idle_timeout_seconds=lbc.idle_timeout_seconds, health_check_path=lbc.health_check_path,
         deregistration_delay_seconds=lbc.deregistration_delay_seconds, ssl_policy=lbc.ssl_policy,
-        deletion_protection=cfg.is_prod, access_log_retention_days=lbc.access_log_retention_days,
-    ), opts=opts)
+        deletion_protection=st.cfg.is_prod, access_log_retention_days=lbc.access_log_retention_days,
+    ), opts=st.opts)
 
-    c = cfg.cache
+
+@dataclass
+class CacheParts:
+    cache: Cache
+    auth_token: pulumi.Output[str]
+    auth_secret_arn: pulumi.Output[str]
+
+
+def cache(st: Stack, net: Network, keys: Secrets) -> CacheParts:
+    c = st.cfg.cache
     # Generated once and kept in state (as a secret), so it is stable across runs.
     auth_token = random.RandomPassword(
         "cache-auth-token", length=64, special=False,
         opts=pulumi.ResourceOptions(additional_secret_outputs=["result"]),
     )
-    auth_secret_arn = secrets.add_secret("cache-auth-token", auth_token.result)
+    auth_secret_arn = keys.add_secret("cache-auth-token", auth_token.result)
     # Created and destroyed with the stack: each life of the cache names its final snapshot anew.
     snapshot_suffix = random.RandomId("cache-final-snapshot", byte_length=4)
-    cache = Cache("cache", CacheArgs(
-        vpc_id=network.vpc_id, subnet_ids=network.isolated_subnet_ids,
-        kms_key_arn=secrets.key_arn, auth_token=auth_token.result, replication_group_id=prefix,
+    group = Cache("cache", CacheArgs(
+        vpc_id=net.vpc_id, subnet_ids=net.isolated_subnet_ids,
+        kms_key_arn=keys.key_arn, auth_token=auth_token.result, replication_group_id=st.prefix,
         engine=c.engine, engine_version=c.engine_version, node_type=c.node_type, nodes=c.nodes,
         multi_az=c.multi_az, automatic_failover=c.automatic_failover,
         snapshot_retention_days=c.snapshot_retention_days,
         maintenance_window=c.maintenance_window, snapshot_window=c.snapshot_window,
-        apply_immediately=not cfg.is_prod, log_retention_days=c.log_retention_days, port=c.port,
-        final_snapshot_suffix=snapshot_suffix.hex, protect=protect,
-    ), opts=opts)
+        apply_immediately=not st.cfg.is_prod, log_retention_days=c.log_retention_days, port=c.port,
+        final_snapshot_suffix=snapshot_suffix.hex, protect=st.protect,
+    ), opts=st.opts)
+    return CacheParts(group, auth_token.result, auth_secret_arn)
 
-    client_keys_arn = secrets.add_secret(CLIENT_KEYS)  # its value: python -m infra.clientkeys
 
+@dataclass
+class ImageParts:
+    image: Any  # the built image's reference by digest, or service.image as given
+    registry: Optional[Registry]
+
+
+def image(st: Stack, keys: Secrets) -> ImageParts:
+    svc = st.cfg.service
     registry = Registry("registry", RegistryArgs(
-        name=prefix, kms_key_arn=secrets.key_arn, protect=protect,
-    ), opts=opts) if svc.ecr_repository else None
-    image: Any = svc.image
+        name=st.prefix, kms_key_arn=keys.key_arn, protect=st.protect,
+    ), opts=st.opts) if svc.ecr_repository else None
+    ref: Any = svc.image
     if svc.image == BUILD:
-        image = Image("gateway", ImageArgs(
+        ref = Image("gateway", ImageArgs(
             context=str(GATEWAY_SOURCE), repository_url=registry.repository_url,
             registry_id=registry.registry_id, architecture=svc.architecture,
-        ), opts=opts).ref
+        ), opts=st.opts).ref
+    return ImageParts(ref, registry)
 
-    llm = cfg.llm
-    service = Service("service", ServiceArgs(
-        name=prefix, region=cfg.region, vpc_id=network.vpc_id,
-        subnet_ids=network.private_subnet_ids, image=image,
+
+def service(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: CacheParts,
+            img: ImageParts, client_keys_arn: pulumi.Output[str]) -> Service:
+    cfg, svc, llm = st.cfg, st.cfg.service, st.cfg.llm
+    group = cached.cache
+    return Service("service", ServiceArgs(
+        name=st.prefix, region=cfg.region, vpc_id=net.vpc_id,
+        subnet_ids=net.private_subnet_ids, image=img.image,
         lb_security_group_id=alb.security_group_id, target_group_arn=alb.target_group_arn,
         request_count_label=pulumi.Output.concat(alb.arn_suffix, "/", alb.target_group_arn_suffix),
-        kms_key_arn=secrets.key_arn, iam_path=iam_path(stack), cpu=svc.cpu, memory=svc.memory,
+        kms_key_arn=keys.key_arn, iam_path=iam_path(st.name), cpu=svc.cpu, memory=svc.memory,
         architecture=svc.architecture, container_port=svc.container_port, user=svc.user,
-        health_check_path=lbc.health_check_path,
+        health_check_path=cfg.load_balancer.health_check_path,
         health_check_command=svc.health_check_command or (
             GATEWAY_HEALTH_CHECK if svc.image == BUILD else ""),
         environment={
             "APP_ENV": cfg.environment, "PORT": str(svc.container_port),
             "OPENAI_ORG_ID": llm.org_id, "OPENAI_PROJECT_ID": llm.project_id,
             "OPENAI_BASE_URL": llm.base_url,
-            "CACHE_HOST": cache.primary_endpoint, "CACHE_READER_HOST": cache.reader_endpoint,
-            "CACHE_PORT": str(cache.port), "CACHE_TLS": "true",
-            **gateway_environment(cfg, prefix),
+            "CACHE_HOST": group.primary_endpoint, "CACHE_READER_HOST": group.reader_endpoint,
+            "CACHE_PORT": str(group.port), "CACHE_TLS": "true",
+            **gateway_environment(cfg, st.prefix),
         },
         secrets={
-            **{env_var_name(name): arn for name, arn in secrets.secret_arns.items()},
+            **{env_var_name(name): arn for name, arn in keys.secret_arns.items()},
             env_var_name(CLIENT_KEYS): client_keys_arn,
-            "CACHE_AUTH_TOKEN": auth_secret_arn,
+            "CACHE_AUTH_TOKEN": cached.auth_secret_arn,
         },
-        cache=CacheLink(security_group_id=cache.security_group_id, port=cache.port),
+        cache=CacheLink(security_group_id=group.security_group_id, port=group.port),
         min_tasks=svc.min_tasks, max_tasks=svc.max_tasks, desired_tasks=svc.desired_tasks,
         autoscaling=svc.autoscaling, cpu_target=svc.cpu_target, memory_target=svc.memory_target,
         requests_per_target=svc.requests_per_target, scale_out_cooldown=svc.scale_out_cooldown,
@@ -235,66 +276,95 @@ def main(offline: bool = False) -> None:
         health_check_grace_seconds=svc.health_check_grace_seconds,
         stop_timeout_seconds=svc.stop_timeout_seconds, log_retention_days=svc.log_retention_days,
         execute_command=svc.execute_command,
-        repository_arn=registry.arn if registry else None,
-        wait_for=[alb.listener, *secrets.values], protect=protect,
-    ), opts=opts)
+        repository_arn=img.registry.arn if img.registry else None,
+        wait_for=[alb.listener, *keys.values], protect=st.protect,
+    ), opts=st.opts)
 
-    edge = Edge("edge", EdgeArgs(
-        name=prefix, load_balancer_arn=alb.arn, rate_limit=cfg.edge.rate_limit,
-        rate_window_seconds=cfg.edge.rate_window_seconds,
-        log_retention_days=cfg.edge.log_retention_days, kms_key_arn=secrets.key_arn,
-    ), opts=opts)
 
-    mon = cfg.monitoring
-    emails = [str(e) for e in mon.alert_emails]
-    monitoring = Monitoring("monitoring", MonitoringArgs(
-        name=prefix, region=cfg.region, kms_key_arn=secrets.key_arn,
+def edge(st: Stack, alb: LoadBalancer, keys: Secrets) -> Edge:
+    e = st.cfg.edge
+    return Edge("edge", EdgeArgs(
+        name=st.prefix, load_balancer_arn=alb.arn, rate_limit=e.rate_limit,
+        rate_window_seconds=e.rate_window_seconds, log_retention_days=e.log_retention_days,
+        kms_key_arn=keys.key_arn,
+    ), opts=st.opts)
+
+
+def monitoring(st: Stack, keys: Secrets, alb: LoadBalancer, svc: Service, cached: CacheParts,
+               waf: Edge) -> Monitoring:
+    cfg, mon = st.cfg, st.cfg.monitoring
+    return Monitoring("monitoring", MonitoringArgs(
+        name=st.prefix, region=cfg.region, kms_key_arn=keys.key_arn,
         lb_arn_suffix=alb.arn_suffix, target_group_arn_suffix=alb.target_group_arn_suffix,
-        cluster_name=service.cluster_name, service_name=service.service_name,
-        cache_member_ids=cache.member_ids,
-        web_acl_name=edge.web_acl_name, min_tasks=svc.min_tasks, max_tasks=svc.max_tasks,
-        alert_emails=emails, metrics_namespace=METRICS_NAMESPACE, gateway_service=prefix,
+        cluster_name=svc.cluster_name, service_name=svc.service_name,
+        cache_member_ids=cached.cache.member_ids,
+        web_acl_name=waf.web_acl_name, min_tasks=cfg.service.min_tasks, max_tasks=cfg.service.max_tasks,
+        alert_emails=[str(e) for e in mon.alert_emails], metrics_namespace=METRICS_NAMESPACE,
+        gateway_service=st.prefix,
         thresholds=Thresholds(**mon.model_dump(exclude={"alert_emails"}),
                               ttft_p95_seconds=cfg.gateway.ttft_p95_alarm_seconds,
                               upstream_429_per_5min=cfg.gateway.upstream_429_per_5min,
                               cache_errors_per_5min=cfg.gateway.cache_errors_per_5min,
                               spend_per_hour_usd=cfg.gateway.spend_per_hour_alarm_usd),
-    ), opts=opts)
+    ), opts=st.opts)
 
-    budget = Budget("budget", BudgetArgs(
-        name=prefix, environment=cfg.environment, monthly_limit_usd=cfg.budget.monthly_limit_usd,
-        actual_thresholds=list(cfg.budget.actual_thresholds),
-        forecast_thresholds=list(cfg.budget.forecast_thresholds), emails=emails,
-        topic_arn=monitoring.topic_arn,
-    ), opts=opts)
 
-    pulumi.export("environment", cfg.environment)
-    pulumi.export("region", cfg.region)
-    pulumi.export("vpcId", network.vpc_id)
-    pulumi.export("vpcCidr", network.cidr)
-    pulumi.export("publicSubnetIds", network.public_subnet_ids)
-    pulumi.export("privateSubnetIds", network.private_subnet_ids)
-    pulumi.export("isolatedSubnetIds", network.isolated_subnet_ids)
-    pulumi.export("kmsKeyArn", secrets.key_arn)
-    pulumi.export("secretArns", secrets.secret_arns)
-    pulumi.export("cacheAuthSecretArn", auth_secret_arn)
+def budget(st: Stack, alarms: Monitoring) -> Budget:
+    b = st.cfg.budget
+    return Budget("budget", BudgetArgs(
+        name=st.prefix, environment=st.cfg.environment, monthly_limit_usd=b.monthly_limit_usd,
+        actual_thresholds=list(b.actual_thresholds), forecast_thresholds=list(b.forecast_thresholds),
+        emails=[str(e) for e in st.cfg.monitoring.alert_emails], topic_arn=alarms.topic_arn,
+    ), opts=st.opts)
+
+
+def outputs(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: CacheParts,
+            client_keys_arn: pulumi.Output[str], img: ImageParts, svc: Service, waf: Edge,
+            alarms: Monitoring, spend: Budget) -> None:
+    group, registry = cached.cache, img.registry
+    pulumi.export("environment", st.cfg.environment)
+    pulumi.export("region", st.cfg.region)
+    pulumi.export("vpcId", net.vpc_id)
+    pulumi.export("vpcCidr", net.cidr)
+    pulumi.export("publicSubnetIds", net.public_subnet_ids)
+    pulumi.export("privateSubnetIds", net.private_subnet_ids)
+    pulumi.export("isolatedSubnetIds", net.isolated_subnet_ids)
+    pulumi.export("kmsKeyArn", keys.key_arn)
+    pulumi.export("secretArns", keys.secret_arns)
+    pulumi.export("cacheAuthSecretArn", cached.auth_secret_arn)
     pulumi.export("clientKeysSecretArn", client_keys_arn)
-    pulumi.export("cacheAuthToken", pulumi.Output.secret(auth_token.result))
-    pulumi.export("cachePrimaryEndpoint", cache.primary_endpoint)
-    pulumi.export("cacheReaderEndpoint", cache.reader_endpoint)
-    pulumi.export("cachePort", cache.port)
-    pulumi.export("cacheReplicationGroupId", cache.replication_group_id)
+    pulumi.export("cacheAuthToken", pulumi.Output.secret(cached.auth_token))
+    pulumi.export("cachePrimaryEndpoint", group.primary_endpoint)
+    pulumi.export("cacheReaderEndpoint", group.reader_endpoint)
+    pulumi.export("cachePort", group.port)
+    pulumi.export("cacheReplicationGroupId", group.replication_group_id)
     pulumi.export("serviceUrl", alb.url)
     pulumi.export("albDnsName", alb.dns_name)
     pulumi.export("albArn", alb.arn)
     pulumi.export("targetGroupArn", alb.target_group_arn)
-    pulumi.export("clusterName", service.cluster_name)
-    pulumi.export("serviceName", service.service_name)
-    pulumi.export("logGroupName", service.log_group_name)
+    pulumi.export("clusterName", svc.cluster_name)
+    pulumi.export("serviceName", svc.service_name)
+    pulumi.export("logGroupName", svc.log_group_name)
     pulumi.export("repositoryUrl", registry.repository_url if registry else None)
-    pulumi.export("image", image)
-    pulumi.export("webAclArn", edge.web_acl_arn)
-    pulumi.export("alarmTopicArn", monitoring.topic_arn)
-    pulumi.export("alarmNames", monitoring.alarm_names)
-    pulumi.export("dashboardUrl", monitoring.dashboard_url)
-    pulumi.export("budgetName", budget.budget_name)
+    pulumi.export("image", img.image)
+    pulumi.export("webAclArn", waf.web_acl_arn)
+    pulumi.export("alarmTopicArn", alarms.topic_arn)
+    pulumi.export("alarmNames", alarms.alarm_names)
+    pulumi.export("dashboardUrl", alarms.dashboard_url)
+    pulumi.export("budgetName", spend.budget_name)
+
+
+def main(offline: bool = False) -> None:
+    """The stack, in the order its parts depend on each other (infra/__main__.py reads the same)."""
+    st = checked_config(offline)
+    keys = secrets(st)
+    net = network(st, keys)
+    alb = load_balancer(st, net)
+    cached = cache(st, net, keys)
+    client_keys_arn = keys.add_secret(CLIENT_KEYS)  # its value: python -m ops.clientkeys
+    img = image(st, keys)
+    svc = service(st, net, keys, alb, cached, img, client_keys_arn)
+    waf = edge(st, alb, keys)
+    alarms = monitoring(st, keys, alb, svc, cached, waf)
+    spend = budget(st, alarms)
+    outputs(st, net, keys, alb, cached, client_keys_arn, img, svc, waf, alarms, spend)

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from infra.synth import Synthesis, read_stack_file, synthesize
+from infra.stack_files import read_stack_file
+from offline.synth import Synthesis, synthesize
 
 pytest_plugins = ["tests.moto_server"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from gateway.keys import add_key, empty_document
-from infra.synth import ROOT
+from infra.stack_files import ROOT
 
 UPSTREAM_KEY = "sk-upstream-" + "u" * 32  # what only the gateway may send upstream
 

@@ -1,4 +1,4 @@
-"""`python -m infra.apikey` against moto in server mode on 127.0.0.1.
+"""`python -m ops.apikey` against moto in server mode on 127.0.0.1.
 
 moto keeps ECS runningCount at 0 and rolloutState IN_PROGRESS, so the states a real rollout
 reaches (stable, failed) are injected at the boto3 boundary where a test needs them, and the
@@ -15,7 +15,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
 
-from infra import apikey, rollout
+from ops import apikey, rollout
 from tests.moto_server import at_boundary
 
 KEY = "sk-proj-" + "A1b2C3d4" * 6
@@ -136,7 +136,7 @@ def test_put_waits_with_the_rollout_until_the_client_keys_have_a_value(deployed,
     assert code == 0, out.err
     assert out.out.splitlines()[-1] == (
         "not rolling out yet: client-keys has no value, and tasks cannot start without it; run "
-        "python -m infra.clientkeys add --stack staging <client>")
+        "python -m ops.clientkeys add --stack staging <client>")
     spy.assert_not_called()
     assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == KEY
 
@@ -156,7 +156,7 @@ def test_put_reports_a_rollout_that_fails_even_with_the_value(deployed, capsys, 
 
 
 def test_put_from_a_hidden_prompt(deployed, capsys, mocker, rolls_out):
-    prompt = mocker.patch("infra.apikey.getpass.getpass", return_value=KEY)
+    prompt = mocker.patch("ops.apikey.getpass.getpass", return_value=KEY)
     code, out = run(["put", "--stack", STACK], Tty(""), capsys)
     assert code == 0
     prompt.assert_called_once()
@@ -232,7 +232,7 @@ def test_missing_secret_is_one_clear_line(aws, capsys):
 
 
 def test_missing_credentials_is_one_clear_line(deployed, capsys, mocker):
-    mocker.patch("infra.apikey._client", side_effect=NoCredentialsError())
+    mocker.patch("ops.apikey._client", side_effect=NoCredentialsError())
     code, out = run(["check", "--stack", STACK], None, capsys)
     assert code == 1
     assert out.err.startswith("error: no AWS credentials found")

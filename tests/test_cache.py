@@ -58,7 +58,7 @@ def test_final_snapshot_name_is_new_for_each_life_of_the_cache(prod, staging):
     """A fixed name collides on the second destroy; the suffix comes from a random id created and
     destroyed with the stack."""
     rid = prod.one("random:index/randomId:RandomId", "cache-final-snapshot")
-    from infra.mocks import _stable
+    from offline.mocks import _stable
     suffix = _stable("cache-final-snapshot", 2 * int(rid.inputs["byteLength"]))
     assert prod.one(RG).inputs["finalSnapshotIdentifier"] == f"llm-service-prod-final-{suffix}"
     assert "finalSnapshotIdentifier" not in staging.one(RG).inputs, "no snapshots, no final one"

@@ -1,4 +1,4 @@
-"""`python -m infra.cache invalidate` against moto: a one-off task with the service's own task
+"""`python -m ops.cache invalidate` against moto: a one-off task with the service's own task
 definition and network, running the gateway's cachectl (tested against a real server in
 test_gateway_cache.py). moto never runs or stops a task: its end is injected at the boto3
 boundary (tests/MOTO.md)."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from infra import cache as cache_ops
+from ops import cache as cache_ops
 from tests.moto_server import at_boundary
 
 CLUSTER = SERVICE = "llm-service-staging"

@@ -1,4 +1,4 @@
-"""`python -m infra.ci_roles`: the roles the workflows assume, checked against what the stacks
+"""`python -m ops.ci_roles`: the roles the workflows assume, checked against what the stacks
 declare and what the workflows expect, and applied to moto's IAM."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from fnmatch import fnmatchcase
 import boto3
 import pytest
 
-from infra import ci_roles, verify
 from infra.config import iam_path, load, secret_prefix
+from ops import ci_roles, verify
 from tests.conftest import with_changes
 from tests.test_workflows import load as load_workflow
 

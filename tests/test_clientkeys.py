@@ -1,4 +1,4 @@
-"""`python -m infra.clientkeys` against moto in server mode; the keys it prints are checked with
+"""`python -m ops.clientkeys` against moto in server mode; the keys it prints are checked with
 the gateway's own code (gateway/keys.py) against what it stored.
 
 moto never finishes an ECS rollout: where a test needs one finished, `rolls_out` injects that
@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from gateway.keys import KEY_SHAPE, ClientKeys
-from infra import clientkeys, rollout
+from ops import clientkeys, rollout
 from tests.moto_server import at_boundary
 
 STACK = "staging"
@@ -83,7 +83,7 @@ def test_the_first_client_before_the_api_key_stores_but_does_not_roll_out(deploy
     assert code == 0 and KEY_SHAPE.fullmatch(out.strip())
     assert err.splitlines()[-1] == (
         "not rolling out yet: openai-api-key has no value, and tasks cannot start without it; "
-        "run python -m infra.apikey put --stack staging --name openai-api-key")
+        "run python -m ops.apikey put --stack staging --name openai-api-key")
     spy.assert_not_called()
 
 

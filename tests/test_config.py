@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from infra.config import ConfigError, load
-from infra.synth import ROOT
+from infra.stack_files import ROOT
 from tests.conftest import stack_config, with_changes
 
 BAD = [

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from infra import config_doc
 from infra.config import StackConfig
+from offline import config_doc
 
 
 def _keys(model, prefix=""):
@@ -18,7 +18,7 @@ def _keys(model, prefix=""):
 
 def test_readme_holds_the_reference_the_contract_generates():
     readme = config_doc.README.read_text()
-    assert config_doc.updated(readme) == readme, "run `python -m infra.config_doc --write`"
+    assert config_doc.updated(readme) == readme, "run `python -m offline.config_doc --write`"
 
 
 def test_every_key_of_the_contract_has_a_described_row():

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from infra import plan
 from infra.config import ConfigError, load
+from offline import plan
 from tests.conftest import stack_config, with_changes
 
 CERT_WEST_1 = "arn:aws:acm:us-west-1:123456789012:certificate/5f0c2a3e-1b7d-4c9a-8e21-0a5b6c7d8e9f"
@@ -237,7 +237,7 @@ SHIPPED = "  llm-service:network:\n    cidr: 10.20.0.0/16\n"
      "the key 'cidr' is written twice"),
 ], ids=["indentation", "unclosed-list", "duplicate-key"])
 def test_a_yaml_error_is_one_line_with_file_line_and_column_exit_2(tmp_path, capsys, broken, where, words):
-    from infra.synth import ROOT
+    from infra.stack_files import ROOT
     text = (ROOT / "Pulumi.staging.yaml").read_text()
     assert SHIPPED in text
     (tmp_path / "Pulumi.broken.yaml").write_text(text.replace(SHIPPED, broken))

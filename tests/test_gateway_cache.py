@@ -216,7 +216,7 @@ def cachectl(env, *argv):
     import subprocess
     import sys
 
-    from infra.synth import ROOT
+    from infra.stack_files import ROOT
     return subprocess.run([sys.executable, "-m", "gateway.cachectl", *argv], cwd=ROOT, capture_output=True,
                           text=True, timeout=20, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env})
 

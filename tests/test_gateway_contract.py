@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.synth import ROOT
+from infra.stack_files import ROOT
 from tests import valkey_server
 from tests.conftest import container
 from tests.fake_upstream import Running

@@ -20,7 +20,7 @@ import pytest
 from gateway import keys
 from gateway.settings import SettingsError, from_env
 from gateway.upstream import backoff, keepalive_socket_factory, retry_after
-from infra.synth import ROOT
+from infra.stack_files import ROOT
 from tests import gateway_process
 from tests.fake_upstream import Running
 

@@ -10,7 +10,7 @@ import pytest
 
 from components.image import content_tag
 from infra.config import ConfigError, load
-from infra.synth import ROOT
+from infra.stack_files import ROOT
 from tests.conftest import config_of, container, with_changes
 
 IMAGE = "docker-build:index:Image"
@@ -130,7 +130,7 @@ def test_the_image_is_multi_stage_from_ecr_public_and_starts_the_gateway():
     assert len(froms) == 2, "dependencies are built in a stage of their own"
     assert re.search(r"^ARG PYTHON=public\.ecr\.aws/docker/library/python:\S+$", DOCKERFILE, re.M)
     assert 'CMD ["python", "-m", "gateway"]' in DOCKERFILE
-    assert not re.search(r"^ENTRYPOINT", DOCKERFILE, re.M), "infra.cache overrides the command"
+    assert not re.search(r"^ENTRYPOINT", DOCKERFILE, re.M), "ops.cache overrides the command"
     assert "COPY requirements.txt" in DOCKERFILE and "--only-binary=:all:" in DOCKERFILE
 
 

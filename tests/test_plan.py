@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from infra import plan
-from infra.synth import ROOT
+from infra.stack_files import ROOT
+from offline import plan
 
 
 def test_text_plan_shows_the_tree_and_counts(capsys):

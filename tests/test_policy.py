@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from infra import plan
-from infra.policy_check import check
-from infra.synth import Declared, Synthesis
+from offline import plan
+from offline.policy_check import check
+from offline.synth import Declared, Synthesis
 from policy.policies import POLICIES
 
 NAMES = {p.name for p in POLICIES}
@@ -168,7 +168,7 @@ def test_policies_see_a_real_regression(prod):
 def test_plan_exits_3_on_a_mandatory_violation(mocker, prod, capsys):
     broken = copy.deepcopy(prod)
     broken.one("aws:kms/key:Key").inputs["enableKeyRotation"] = False
-    mocker.patch("infra.plan.synthesize", return_value=broken)
+    mocker.patch("offline.plan.synthesize", return_value=broken)
     assert plan.main(["--stack", "prod"]) == 3
     err = capsys.readouterr().err
     assert "policy violation [mandatory] kms-rotation: aws:kms/key:Key secrets-key: KMS keys must rotate" in err

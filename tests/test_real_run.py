@@ -12,10 +12,11 @@ import runpy
 import pulumi
 import pytest
 
-from infra import mocks
 from infra.config import ConfigErrors
 from infra.program import main
-from infra.synth import ROOT, synthesize
+from infra.stack_files import ROOT
+from offline import mocks
+from offline.synth import synthesize
 from tests.conftest import with_changes
 
 OWN_ACCOUNT = "210987654321"

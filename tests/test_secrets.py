@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from components.secrets import read_policy
-from infra.plan import to_json
+from offline.plan import to_json
 from tests.conftest import container, policy, with_changes
 
 KEY = "aws:kms/key:Key"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from infra.config import load
-from infra.verify import Expect
+from ops.verify import Expect
 from tests.conftest import config_of, container, policy, with_changes
 
 SG = "aws:ec2/securityGroup:SecurityGroup"
@@ -17,7 +17,7 @@ SVC = "aws:ecs/service:Service"
 
 
 def _verify_expects_what_is_declared(s, cfg):
-    """`infra.verify` checks the live listeners against these; they must be what the stack declares."""
+    """`ops.verify` checks the live listeners against these; they must be what the stack declares."""
     declared = {(r.inputs["protocol"], r.inputs["port"]) for r in s.of_type(LISTENER)}
     assert Expect.from_config(s.stack, cfg).listeners == declared
 

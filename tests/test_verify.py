@@ -1,4 +1,4 @@
-"""`python -m infra.verify` against moto in server mode on 127.0.0.1.
+"""`python -m ops.verify` against moto in server mode on 127.0.0.1.
 
 A fixture builds what `pulumi up` leaves behind, shaped by the stack's own config and
 synthesized outputs (the same alarm names, secret names, budget limit and listeners), then
@@ -25,9 +25,9 @@ import pytest
 import trustme
 from botocore.exceptions import ClientError
 
-from infra import verify
 from infra.config import load, secret_prefix
-from infra.synth import read_stack_file
+from infra.stack_files import read_stack_file
+from ops import verify
 from tests.moto_server import at_boundary
 
 REGION = "us-east-1"
@@ -293,7 +293,7 @@ def test_iam_actions_lists_every_call_the_checks_make(live, capsys, mocker):
     live.client("kms").create_alias(AliasName="alias/llm-service/staging", TargetKeyId=live.outputs["kmsKeyArn"])
     live.client("secretsmanager").update_secret(SecretId=live.outputs["secretArns"]["openai-api-key"],
                                                 KmsKeyId="alias/llm-service/staging")
-    mocker.patch("infra.verify._client", side_effect=client)
+    mocker.patch("ops.verify._client", side_effect=client)
     code, lines, _ = run(live, capsys)
     assert code == 0, lines  # the alias resolves to the stack key
     assert calls == set(verify.IAM_ACTIONS)
@@ -322,7 +322,7 @@ def test_a_secret_without_a_value_fails_and_says_how_to_set_it(
     code, lines, _ = run(live, capsys)
     assert code == 1
     assert failing(lines) == ["FAIL secret openai-api-key: no current version; run "
-                              "`python -m infra.apikey put --stack staging --name openai-api-key`"]
+                              "`python -m ops.apikey put --stack staging --name openai-api-key`"]
 
 
 def test_client_keys_without_a_value_fail_and_say_how_to_add_one(
@@ -330,7 +330,7 @@ def test_client_keys_without_a_value_fail_and_say_how_to_add_one(
     live = build("staging", staging, tmp_path, health_server, client_keys=False)
     code, lines, _ = run(live, capsys)
     assert failing(lines) == ["FAIL secret client-keys: no current version; run "
-                              "`python -m infra.clientkeys add --stack staging <client>`"]
+                              "`python -m ops.clientkeys add --stack staging <client>`"]
 
 
 def test_a_secret_under_another_kms_key_fails(live, capsys):

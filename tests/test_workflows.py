@@ -14,8 +14,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from infra import verify
-from infra.synth import ROOT, list_stacks
+from infra.stack_files import ROOT, list_stacks
+from ops import verify
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 BIN = Path(sys.executable).parent
@@ -203,7 +203,7 @@ def test_a_stack_deploy_is_serialized_per_stack_then_verified():
     text = runs(job)
     up = text.index('pulumi up --stack "$STACK" --yes')
     out = text.index('pulumi stack output --stack "$STACK" --json > outputs.json')
-    check = text.index("python -m infra.verify")
+    check = text.index("python -m ops.verify")
     assert up < out < check
     assert "--policy-pack policy" in text[up:out]
     assert "${{" not in text  # inputs reach the shell through env, never by template expansion
@@ -211,9 +211,9 @@ def test_a_stack_deploy_is_serialized_per_stack_then_verified():
 
 def test_the_verify_command_in_the_workflow_parses():
     text = runs(load("deploy-stack.yml")["jobs"]["deploy"])
-    line = next(line for line in text.replace("\\\n", " ").splitlines() if "infra.verify" in line)
+    line = next(line for line in text.replace("\\\n", " ").splitlines() if "ops.verify" in line)
     argv = shlex.split(line.split("|")[0].replace('"$STACK"', "staging"))
-    args = verify.parser().parse_args(argv[argv.index("infra.verify") + 1:])
+    args = verify.parser().parse_args(argv[argv.index("ops.verify") + 1:])
     assert (args.stack, str(args.outputs)) == ("staging", "outputs.json")
     assert args.wait >= 300  # new tasks need minutes to pass health checks
 

@@ -1,8 +1,8 @@
 """Set, check and rotate the stack's LLM API key in Secrets Manager, outside Pulumi state.
 
-    python -m infra.apikey put    --stack staging          # value from stdin or a hidden prompt
-    python -m infra.apikey check  --stack staging          # is there a current value, and how old
-    python -m infra.apikey rotate --stack prod --timeout 900
+    python -m ops.apikey put    --stack staging          # value from stdin or a hidden prompt
+    python -m ops.apikey check  --stack staging          # is there a current value, and how old
+    python -m ops.apikey rotate --stack prod --timeout 900
 
 `put` and `rotate` both roll the ECS service out after writing, so every task reads the new
 value, and wait until it is stable. That is what makes the first deploy work: `pulumi up` creates
@@ -31,11 +31,11 @@ from typing import Optional, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from infra import rollout
-from infra.boto import client as _client
 from infra.config import ConfigError, error_lines
-from infra.rollout import Failure, Stack
-from infra.synth import ROOT
+from infra.stack_files import ROOT
+from ops import rollout
+from ops.boto import client as _client
+from ops.rollout import Failure, Stack
 
 # OpenAI keys: sk-..., sk-proj-..., sk-svcacct-...; other names only need to be one token.
 SHAPES = {"openai-api-key": re.compile(r"sk-[A-Za-z0-9_\-]{20,}")}
@@ -100,7 +100,7 @@ def check(t: Target, now: Optional[datetime] = None) -> tuple[list[str], bool]:
     d = sm.describe_secret(SecretId=t.secret_id)
     stages = d.get("VersionIdsToStages", {})
     if not any("AWSCURRENT" in s for s in stages.values()):
-        return [f"FAIL {t.secret_id}: no current value; run `python -m infra.apikey put "
+        return [f"FAIL {t.secret_id}: no current value; run `python -m ops.apikey put "
                 f"--stack {t.stack.name}`"], False
     lines, ok = [], True
     if not d.get("KmsKeyId"):
@@ -151,7 +151,7 @@ def explain_aws(e: Exception, where: str, stack: Optional[str]) -> str:
 
 
 def main(argv: Optional[list[str]] = None, stdin: TextIO = sys.stdin) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.apikey", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ops.apikey", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["put", "check", "rotate"])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--name", default="openai-api-key", help="which secret (default %(default)s)")

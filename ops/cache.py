@@ -1,7 +1,7 @@
 """Invalidate the gateway's cache: for when the information behind its answers changes.
 
-    python -m infra.cache invalidate --stack staging                 # every client's entries
-    python -m infra.cache invalidate --stack staging --client web-app
+    python -m ops.cache invalidate --stack staging                 # every client's entries
+    python -m ops.cache invalidate --stack staging --client web-app
 
 Valkey sits in isolated subnets, out of an operator's reach, so this runs
 `python -m gateway.cachectl invalidate` as a one-off ECS task with the service's own task
@@ -22,11 +22,11 @@ from typing import Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra import rollout
-from infra.apikey import explain_aws
-from infra.boto import client as _client
 from infra.config import ConfigError, error_lines
-from infra.rollout import Failure, Stack
+from ops import rollout
+from ops.apikey import explain_aws
+from ops.boto import client as _client
+from ops.rollout import Failure, Stack
 
 STARTED_BY = "llm-service-cache-invalidate"
 
@@ -71,7 +71,7 @@ def invalidate(s: Stack, client: Optional[str], timeout: int, sleep: Callable[[f
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.cache", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ops.cache", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["invalidate"])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--client", help="only this client's entries")

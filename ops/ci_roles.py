@@ -1,8 +1,8 @@
 """The AWS roles the GitHub workflows assume by OIDC: one deploy role and one read-only role per stack.
 
-    python -m infra.ci_roles show  --stack staging --repo OWNER/REPO --state-bucket BUCKET \\
+    python -m ops.ci_roles show  --stack staging --repo OWNER/REPO --state-bucket BUCKET \\
         --secrets-key-arn arn:aws:kms:...:key/...      # the policies as JSON, nothing written
-    python -m infra.ci_roles apply --stack staging --repo OWNER/REPO --state-bucket BUCKET \\
+    python -m ops.ci_roles apply --stack staging --repo OWNER/REPO --state-bucket BUCKET \\
         --secrets-key-arn arn:aws:kms:...:key/...      # create or update them in this account
 
 Each role trusts exactly one GitHub environment of one repository (the `sub` claim
@@ -33,9 +33,9 @@ from typing import Any, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from infra.boto import client as _client
 from infra.config import ConfigError, StackConfig, error_lines, iam_path, load, physical_prefix, secret_prefix
-from infra.synth import ROOT, read_stack_file
+from infra.stack_files import ROOT, read_stack_file
+from ops.boto import client as _client
 
 OIDC_HOST = "token.actions.githubusercontent.com"
 AUDIENCE = "sts.amazonaws.com"
@@ -166,7 +166,7 @@ def deploy_policy(plan: Plan) -> dict[str, Any]:
          "Action": ["secretsmanager:ListSecrets", "secretsmanager:GetRandomPassword"], "Resource": "*"},
     ]
     if "acm" not in services:
-        # infra.verify reads which names the listener's certificate covers.
+        # ops.verify reads which names the listener's certificate covers.
         statements.append({"Sid": "ReadCertificates", "Effect": "Allow",
                            "Action": "acm:DescribeCertificate", "Resource": "*"})
     zone = plan.cfg.load_balancer.hosted_zone_id
@@ -269,7 +269,7 @@ def make_plan(stack: str, repo: str, account: str, state_bucket: Optional[str],
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m infra.ci_roles", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ops.ci_roles", description=__doc__.split("\n")[0])
     p.add_argument("action", choices=["show", "apply"])
     p.add_argument("--stack", required=True)
     p.add_argument("--repo", required=True, help="OWNER/REPO on GitHub")

@@ -1,11 +1,11 @@
 """Add, list, rotate and revoke the gateway's client keys: what applications send instead of the
 LLM key.
 
-    python -m infra.clientkeys add    --stack staging web-app [--rpm 600 --tpm 200000 --usd-per-day 50]
-    python -m infra.clientkeys list   --stack staging
-    python -m infra.clientkeys limits --stack staging web-app --usd-per-day 20   # 0: none; --defaults: the stack's
-    python -m infra.clientkeys rotate --stack staging web-app [--keep-old]
-    python -m infra.clientkeys revoke --stack staging web-app [--key-id 3f9a0c1e]
+    python -m ops.clientkeys add    --stack staging web-app [--rpm 600 --tpm 200000 --usd-per-day 50]
+    python -m ops.clientkeys list   --stack staging
+    python -m ops.clientkeys limits --stack staging web-app --usd-per-day 20   # 0: none; --defaults: the stack's
+    python -m ops.clientkeys rotate --stack staging web-app [--keep-old]
+    python -m ops.clientkeys revoke --stack staging web-app [--key-id 3f9a0c1e]
 
 Keys live only as SHA-256 hashes in the stack's `client-keys` secret (see gateway/keys.py); the
 key itself is printed once on stdout (progress goes to stderr, so `KEY=$(...)` captures just the
@@ -29,11 +29,11 @@ from typing import Any, Optional
 from botocore.exceptions import BotoCoreError, ClientError
 
 from gateway.keys import KeyDocumentError, add_key, empty_document
-from infra import rollout
-from infra.apikey import explain_aws
-from infra.boto import client as _client
 from infra.config import ConfigError, error_lines
-from infra.rollout import CLIENT_KEYS, Failure, Stack
+from ops import rollout
+from ops.apikey import explain_aws
+from ops.boto import client as _client
+from ops.rollout import CLIENT_KEYS, Failure, Stack
 
 
 def _err(line: str) -> None:
@@ -128,7 +128,7 @@ def listing(s: Stack) -> list[str]:
         own = sorted(entry.get("limits", {}).items())
         limits = ", ".join(f"{k} {v}" for k, v in own) or "the stack's defaults"
         lines.append(f"{name}: {keys}; limits: {limits}")
-    return lines or ["no clients yet: python -m infra.clientkeys add --stack <stack> <client>"]
+    return lines or ["no clients yet: python -m ops.clientkeys add --stack <stack> <client>"]
 
 
 def _count(raw: str) -> int:
@@ -146,7 +146,7 @@ def _usd(raw: str) -> float:
 
 
 def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time.sleep) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.clientkeys", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ops.clientkeys", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["add", "list", "limits", "rotate", "revoke"])
     parser.add_argument("client", nargs="?", help="the client's name (add, rotate, revoke)")
     parser.add_argument("--stack", required=True)

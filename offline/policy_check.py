@@ -22,7 +22,7 @@ from pulumi_policy import (
 )
 
 from infra.config import PROJECT
-from infra.synth import Declared, Synthesis
+from offline.synth import Declared, Synthesis
 from policy.policies import POLICIES
 
 

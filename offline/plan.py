@@ -1,7 +1,7 @@
 """Offline plan: what a stack declares, without the Pulumi CLI, AWS credentials or network.
 
-    python -m infra.plan --stack staging          # resource tree and counts per type
-    python -m infra.plan --stack prod --json      # machine-readable, secret values redacted
+    python -m offline.plan --stack staging          # resource tree and counts per type
+    python -m offline.plan --stack prod --json      # machine-readable, secret values redacted
 
 Runs the real stack program under Pulumi's mocks with the stack file's config, then the policy
 pack (policy/) over what it declares. Exits 2 with the config message when the config is bad,
@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from infra.config import ConfigError, error_lines
-from infra.policy_check import check
-from infra.synth import ROOT, Declared, Synthesis, list_stacks, read_stack_file, synthesize
+from infra.stack_files import ROOT, list_stacks, read_stack_file
+from offline.policy_check import check
+from offline.synth import Declared, Synthesis, synthesize
 
 REDACTED = "[secret]"
 
@@ -67,7 +68,7 @@ def to_text(s: Synthesis) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.plan", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m offline.plan", description=__doc__.split("\n")[0])
     parser.add_argument("--stack", required=True, help=f"one of {list_stacks()}")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--dir", type=Path, default=ROOT, help="where the stack files are")

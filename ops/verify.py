@@ -1,7 +1,7 @@
 """Check a deployed stack against AWS: did the deploy really work?
 
     pulumi stack output --stack staging --json > outputs.json
-    python -m infra.verify --stack staging --outputs outputs.json [--wait 600]
+    python -m ops.verify --stack staging --outputs outputs.json [--wait 600]
 
 One line per check, PASS or FAIL and why: the load balancer and its listeners, healthy targets,
 a steady ECS service, every secret (metadata only, never the value), the cache, the alarms, the
@@ -30,10 +30,10 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from infra.boto import client as _client
 from infra.config import ConfigError, StackConfig, error_lines, load
 from infra.outputs import read_outputs
-from infra.synth import ROOT, read_stack_file
+from infra.stack_files import ROOT, read_stack_file
+from ops.boto import client as _client
 
 REQUIRED_OUTPUTS = [
     "albArn", "targetGroupArn", "clusterName", "serviceName", "kmsKeyArn", "secretArns",
@@ -163,8 +163,8 @@ def check_secrets(out: dict, exp: Expect, region: str) -> list[Result]:
     arns = dict(out["secretArns"])
     arns["cache-auth-token"] = out["cacheAuthSecretArn"]
     arns["client-keys"] = out["clientKeysSecretArn"]
-    hints = {name: f"python -m infra.apikey put --stack {exp.stack} --name {name}" for name in out["secretArns"]}
-    hints["client-keys"] = f"python -m infra.clientkeys add --stack {exp.stack} <client>"
+    hints = {name: f"python -m ops.apikey put --stack {exp.stack} --name {name}" for name in out["secretArns"]}
+    hints["client-keys"] = f"python -m ops.clientkeys add --stack {exp.stack} <client>"
     results = []
     for name, arn in sorted(arns.items()):
         check = f"secret {name}"
@@ -395,7 +395,7 @@ def verify(stack: str, outputs: Path, wait: int = 0, region: Optional[str] = Non
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m infra.verify", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ops.verify", description=__doc__.split("\n")[0])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--outputs", type=Path, required=True,
                         help="`pulumi stack output --json` saved to a file")

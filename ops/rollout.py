@@ -17,10 +17,10 @@ from typing import Optional
 
 from botocore.exceptions import ClientError
 
-from infra.boto import client as _client
 from infra.config import StackConfig, load, physical_prefix, secret_prefix
 from infra.outputs import read_outputs
-from infra.synth import ROOT, read_stack_file
+from infra.stack_files import ROOT, read_stack_file
+from ops.boto import client as _client
 
 CLIENT_KEYS = "client-keys"
 CACHE_AUTH_TOKEN = "cache-auth-token"  # noqa: S105 - a secret's name
@@ -87,7 +87,7 @@ def without_value(s: Stack) -> list[str]:
     return missing
 
 
-HOW_TO_SET = {CLIENT_KEYS: "python -m infra.clientkeys add --stack {stack} <client>"}
+HOW_TO_SET = {CLIENT_KEYS: "python -m ops.clientkeys add --stack {stack} <client>"}
 
 
 def after_secret_change(s: Stack, timeout: int, sleep: Callable[[float], None] = time.sleep,
@@ -99,7 +99,7 @@ def after_secret_change(s: Stack, timeout: int, sleep: Callable[[float], None] =
         return
     missing = without_value(s)
     if missing:
-        steps = "; ".join(HOW_TO_SET.get(n, "python -m infra.apikey put --stack {stack} --name " + n)
+        steps = "; ".join(HOW_TO_SET.get(n, "python -m ops.apikey put --stack {stack} --name " + n)
                           .format(stack=s.name) for n in missing)
         log(f"not rolling out yet: {', '.join(missing)} has no value, and tasks cannot start without it; "
             f"run {steps}")
