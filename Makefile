@@ -8,21 +8,30 @@ PY := $(VENV)/bin/python
 GW_VENV := .venv-gateway
 STACK ?= staging
 
-.PHONY: plan test lint bench bench-gateway serve clean venvs
+.PHONY: plan cost diff test lint bench bench-gateway serve clean venvs
 
+# Installs report on stderr, so that `make -s plan JSON=1 > plan.json` holds the JSON alone.
 $(VENV)/.installed: requirements.txt requirements-dev.txt gateway/requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	touch $@
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) >&2
+	@$(PY) -m pip install --quiet --upgrade pip >&2
+	@$(PY) -m pip install --quiet -r requirements-dev.txt >&2
+	@touch $@
 
 $(GW_VENV)/.installed: gateway/requirements.txt
-	test -x $(GW_VENV)/bin/python || $(GATEWAY_PYTHON) -m venv $(GW_VENV)
-	$(GW_VENV)/bin/python -m pip install --quiet -r gateway/requirements.txt
-	touch $@
+	@test -x $(GW_VENV)/bin/python || $(GATEWAY_PYTHON) -m venv $(GW_VENV) >&2
+	@$(GW_VENV)/bin/python -m pip install --quiet -r gateway/requirements.txt >&2
+	@touch $@
 
-plan: $(VENV)/.installed  ## what STACK declares, offline (JSON=1 for machine-readable)
-	$(PY) -m offline.plan --stack $(STACK) $(if $(JSON),--json,)
+plan: $(VENV)/.installed  ## what STACK declares, offline, ending with its monthly cost (JSON=1 for machine-readable)
+	@$(PY) -m offline.plan --stack $(STACK) $(if $(JSON),--json,)
+
+cost: $(VENV)/.installed  ## the monthly cost of STACK, line by line, and its LLM token spend with and without the cache
+	@$(PY) -m offline.cost --stack $(STACK) $(if $(JSON),--json,)
+
+FROM ?= staging
+TO ?= prod
+diff: $(VENV)/.installed  ## what differs between two stacks (FROM=staging TO=prod): config, resources, settings, cost
+	@$(PY) -m offline.diff --from $(FROM) --to $(TO)
 
 test: $(VENV)/.installed $(GW_VENV)/.installed  ## the whole suite: config, stacks, gateway, commands against moto
 	$(PY) -m ruff check .

@@ -720,6 +720,27 @@ class BudgetConfig(_Section):
         return sorted(set(v))
 
 
+class TrafficConfig(_Section):
+    """Assumed load, for the cost estimate alone (offline/cost.py): nothing deployed reads it."""
+
+    requests_per_day: int = Field(10_000, ge=0)
+    """Requests a day the stack is sized and priced for."""
+    input_tokens_per_request: int = Field(800, ge=0)
+    """Prompt tokens per request."""
+    output_tokens_per_request: int = Field(300, ge=0)
+    """Completion tokens per request."""
+    model: str = Field("gpt-4o-mini", min_length=1)
+    """The model most requests use, priced by llm.prices."""
+    cache_hit_rate_percent: int = Field(20, ge=0, le=100)
+    """Share of requests the gateway's cache answers."""
+    request_kilobytes: float = Field(4.0, ge=0)
+    """Bytes on the wire per request body (for ALB LCUs and NAT data)."""
+    response_kilobytes: float = Field(2.0, ge=0)
+    """Bytes on the wire per answer."""
+    clients: int = Field(5, ge=1)
+    """Client keys in use (the gateway's metrics are per client)."""
+
+
 class StackConfig(BaseModel):
     """The whole stack config. Build it with `load()`; use it read-only."""
 
@@ -745,6 +766,7 @@ class StackConfig(BaseModel):
     edge: EdgeConfig = EdgeConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     budget: BudgetConfig = BudgetConfig()
+    traffic: TrafficConfig = TrafficConfig()
 
     @property
     def is_prod(self) -> bool:
