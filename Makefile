@@ -8,19 +8,34 @@ PY := $(VENV)/bin/python
 GW_VENV := .venv-gateway
 STACK ?= staging
 
-.PHONY: plan cost diff test lint bench bench-gateway serve clean venvs
+.PHONY: plan cost diff test lint lock bench bench-gateway serve clean venvs
 
+# Every install is from a lock with hashes (requirements*.txt, made from the *.in files by
+# `make lock`): pip installs uv, uv installs the rest (about ten times faster than pip).
 # Installs report on stderr, so that `make -s plan JSON=1 > plan.json` holds the JSON alone.
-$(VENV)/.installed: requirements.txt requirements-dev.txt gateway/requirements.txt
+UV := $(VENV)/bin/uv
+LOCK := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes
+
+$(UV): requirements-uv.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) >&2
-	@$(PY) -m pip install --quiet --upgrade pip >&2
-	@$(PY) -m pip install --quiet -r requirements-dev.txt >&2
+	@$(PY) -m pip install --quiet --require-hashes -r requirements-uv.txt >&2
 	@touch $@
 
-$(GW_VENV)/.installed: gateway/requirements.txt
-	@test -x $(GW_VENV)/bin/python || $(GATEWAY_PYTHON) -m venv $(GW_VENV) >&2
-	@$(GW_VENV)/bin/python -m pip install --quiet -r gateway/requirements.txt >&2
+$(VENV)/.installed: $(UV) requirements-dev.txt
+	@$(UV) pip install --quiet --python $(PY) --require-hashes -r requirements-dev.txt >&2
 	@touch $@
+
+$(GW_VENV)/.installed: $(UV) gateway/requirements.txt
+	@test -x $(GW_VENV)/bin/python || $(GATEWAY_PYTHON) -m venv $(GW_VENV) >&2
+	@$(UV) pip install --quiet --python $(GW_VENV)/bin/python --require-hashes -r gateway/requirements.txt >&2
+	@touch $@
+
+lock: $(UV)  ## re-resolve every lock from its .in file (UPGRADE=1 takes the newest releases the ranges allow)
+	$(LOCK) $(if $(UPGRADE),--upgrade,) requirements-dev.in -o requirements-dev.txt
+	$(LOCK) -c requirements-dev.txt requirements.in -o requirements.txt
+	$(LOCK) -c requirements-dev.txt gateway/requirements.in -o gateway/requirements.txt
+	$(LOCK) -c requirements-dev.txt policy/requirements.in -o policy/requirements.txt
+	$(LOCK) $(if $(UPGRADE),--upgrade,) requirements-uv.in -o requirements-uv.txt
 
 plan: $(VENV)/.installed  ## what STACK declares, offline, ending with its monthly cost (JSON=1 for machine-readable)
 	@$(PY) -m offline.plan --stack $(STACK) $(if $(JSON),--json,)
@@ -40,11 +55,10 @@ test: $(VENV)/.installed $(GW_VENV)/.installed  ## the whole suite: config, stac
 serve: $(GW_VENV)/.installed  ## the gateway on 127.0.0.1:8080 against OPENAI_BASE_URL, key from OPENAI_API_KEY
 	HOST=127.0.0.1 PYTHONPATH=. $(GW_VENV)/bin/python -m gateway
 
-venvs:  ## what `pulumi up --policy-pack policy` needs: .venv (runtime) and policy/.venv (used by the CI workflows)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt
+venvs: $(UV)  ## what `pulumi up --policy-pack policy` needs: .venv (runtime) and policy/.venv (used by the CI workflows)
+	$(UV) pip install --quiet --python $(PY) --require-hashes -r requirements.txt
 	test -x policy/.venv/bin/python || $(PYTHON) -m venv policy/.venv
-	policy/.venv/bin/python -m pip install --quiet -r policy/requirements.txt
+	$(UV) pip install --quiet --python policy/.venv/bin/python --require-hashes -r policy/requirements.txt
 
 bench: $(VENV)/.installed  ## wall time of the offline plan per stack
 	$(PY) bench/plan_time.py

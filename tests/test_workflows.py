@@ -232,11 +232,34 @@ def test_drift_is_checked_daily_for_every_stack_with_a_read_only_role():
     assert report and "gh issue create" in report[0]["run"]
 
 
+def _pins(path) -> dict[str, str]:
+    """name -> version of a lock file (uv's `name==version \\` lines, hashes below)."""
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^ \\\n]+)", path.read_text(), re.M))
+
+
 def test_the_cli_version_file_satisfies_the_sdk_requirement():
     version = (ROOT / ".pulumi-version").read_text().strip()
-    sdk = next(Requirement(line) for line in (ROOT / "requirements.txt").read_text().splitlines()
+    sdk = next(Requirement(line) for line in (ROOT / "requirements.in").read_text().splitlines()
                if line.startswith("pulumi>") or line.startswith("pulumi="))
     assert sdk.specifier.contains(version)
+    assert _pins(ROOT / "requirements.txt")["pulumi"] == version, "the CLI and the locked SDK agree"
+
+
+def test_every_install_is_locked_with_hashes_and_the_locks_agree():
+    locks = ["requirements.txt", "requirements-dev.txt", "gateway/requirements.txt",
+             "policy/requirements.txt", "requirements-uv.txt"]
+    dev = _pins(ROOT / "requirements-dev.txt")
+    for name in locks:
+        text = (ROOT / name).read_text()
+        pins = _pins(ROOT / name)
+        assert pins and text.count("--hash=sha256:") >= len(pins), name
+        for package, version in pins.items():
+            if name != "requirements-uv.txt":
+                assert dev.get(package) == version, f"{name}: {package} {version} but dev has {dev.get(package)}"
+    make = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet -r" not in make and make.count("--require-hashes") >= 5
+    dockerfile = (ROOT / "gateway" / "Dockerfile").read_text()
+    assert "-r /tmp/requirements.txt" in dockerfile  # the lock with hashes: pip checks every one
 
 
 @pytest.mark.parametrize("target", ["venvs", "plan"])
