@@ -50,7 +50,7 @@ diff: $(VENV)/.installed  ## what differs between two stacks (FROM=staging TO=pr
 
 test: $(VENV)/.installed $(GW_VENV)/.installed  ## the whole suite: config, stacks, gateway, commands against moto
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 serve: $(GW_VENV)/.installed  ## the gateway on 127.0.0.1:8080 against OPENAI_BASE_URL, key from OPENAI_API_KEY
 	HOST=127.0.0.1 PYTHONPATH=. $(GW_VENV)/bin/python -m gateway

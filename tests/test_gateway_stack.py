@@ -136,6 +136,10 @@ def test_the_image_is_multi_stage_from_ecr_public_and_starts_the_gateway():
 
 def test_the_image_installs_exactly_the_gateways_runtime():
     """The runtime venv of the contract test and the image install the same file."""
-    pinned = [line for line in (ROOT / "gateway" / "requirements.txt").read_text().splitlines()
-              if line and not line.startswith("#")]
-    assert all(re.fullmatch(r"[a-z0-9-]+==[0-9.]+", line) for line in pinned), pinned
+    lock = (ROOT / "gateway" / "requirements.txt").read_text()
+    pinned = re.findall(r"^(\S+) \\$", lock, re.M)  # `name==version \` heads each entry
+    assert pinned and all(re.fullmatch(r"[a-z0-9_.-]+==[0-9.a-z]+( ; .*)?", p) for p in pinned), pinned
+    assert lock.count("--hash=sha256:") >= len(pinned), "every pin has its hashes"
+    direct = {line.split("==")[0] for line in (ROOT / "gateway" / "requirements.in").read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert direct <= {p.split("==")[0] for p in pinned}
