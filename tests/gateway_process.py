@@ -54,6 +54,16 @@ class Gateway:
     def lines(self) -> list[dict]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
 
+    def lines_with(self, key: str, count: int, timeout: float = 5) -> list[dict]:
+        """The log lines carrying `key`, once `count` of them are written: a request's line is
+        written after its last byte is sent, so a client may read the log before it lands."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in self.lines() if line.get(key)]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
