@@ -19,6 +19,17 @@ import pulumi
 import pulumi_aws as aws
 
 
+def problems(a: BudgetArgs) -> list[tuple[str, str]]:
+    """What AWS Budgets would refuse in these arguments, as (argument, why)."""
+    found = []
+    if a.monthly_limit_usd <= 0:
+        found.append(("monthly_limit_usd", "must be a positive amount in USD"))
+    for arg in ("actual_thresholds", "forecast_thresholds"):
+        if any(not 1 <= p <= 1000 for p in getattr(a, arg)):
+            found.append((arg, "each threshold is a percentage of the limit, 1 to 1000"))
+    return found
+
+
 @dataclass
 class BudgetArgs:
     name: str  # e.g. llm-service-staging
@@ -29,6 +40,10 @@ class BudgetArgs:
     emails: list[str] = field(default_factory=list)
     topic_arn: Optional[pulumi.Input[str]] = None
     tag_key: str = "Environment"
+
+    def __post_init__(self) -> None:
+        for arg, why in problems(self):
+            raise ValueError(f"BudgetArgs.{arg}: got {getattr(self, arg.split('[')[0])!r}; {why}")
 
 
 class Budget(pulumi.ComponentResource):

@@ -15,6 +15,8 @@ node's size $0.085/GB-month. Prod runs at least two nodes (primary and replica i
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -51,6 +53,94 @@ NODE_TYPES = frozenset(
 MAX_NODES = 6
 
 
+# Source: the ElastiCache API reference, CreateReplicationGroup. PreferredMaintenanceWindow is
+# "ddd:hh24:mi-ddd:hh24:mi (24H Clock UTC). The minimum maintenance window is a 60 minute
+# period", ddd one of sun..sat; SnapshotWindow is a daily "hh24:mi-hh24:mi" range (UTC). The two
+# may not overlap (CreateReplicationGroup answers InvalidParameterCombination).
+DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_HHMM = r"([01]\d|2[0-3]):([0-5]\d)"
+WEEKLY = re.compile(rf"({'|'.join(DAYS)}):{_HHMM}-({'|'.join(DAYS)}):{_HHMM}")
+DAILY = re.compile(rf"{_HHMM}-{_HHMM}")
+WEEK = 7 * 24 * 60
+MIN_MAINTENANCE_MINUTES = 60
+
+
+def weekly_window(text: str) -> tuple[int, int]:
+    """(start, length) in minutes from Sunday 00:00 UTC; ValueError if not AWS's format."""
+    m = WEEKLY.fullmatch(text)
+    if not m:
+        raise ValueError("the format is ddd:hh24:mi-ddd:hh24:mi in UTC, days sun mon tue wed thu "
+                         "fri sat in lower case, e.g. sun:05:00-sun:06:00")
+    start = DAYS.index(m[1]) * 1440 + int(m[2]) * 60 + int(m[3])
+    end = DAYS.index(m[4]) * 1440 + int(m[5]) * 60 + int(m[6])
+    length = (end - start) % WEEK
+    if length < MIN_MAINTENANCE_MINUTES:
+        raise ValueError(f"ElastiCache's maintenance window is at least {MIN_MAINTENANCE_MINUTES} "
+                         f"minutes; this one is {length}")
+    return start, length
+
+
+def daily_window(text: str) -> tuple[int, int]:
+    """(start, length) in minutes from 00:00 UTC; ValueError if not AWS's format."""
+    m = DAILY.fullmatch(text)
+    if not m:
+        raise ValueError("the format is hh24:mi-hh24:mi in UTC, e.g. 03:00-04:00")
+    start = int(m[1]) * 60 + int(m[2])
+    length = (int(m[3]) * 60 + int(m[4]) - start) % 1440
+    if length == 0:
+        raise ValueError("the window starts and ends at the same minute")
+    return start, length
+
+
+def windows_overlap(weekly: tuple[int, int], daily: tuple[int, int]) -> bool:
+    """Does a daily window, repeated every day, meet a weekly one?"""
+    w_start, w_len = weekly
+    d_start, d_len = daily
+    for day in range(8):  # the day before the week wraps too
+        s = (day * 1440 + d_start) % WEEK
+        for offset in (-WEEK, 0, WEEK):
+            a = s + offset
+            if a < w_start + w_len and w_start < a + d_len:
+                return True
+    return False
+
+
+def problems(a: CacheArgs) -> list[tuple[str, str]]:
+    """What ElastiCache would refuse in these arguments, as (argument, why); [] when none.
+    Works on any object with CacheArgs's field names (the stack's config section has them)."""
+    found = []
+    if parameter_group_family(a.engine, a.engine_version) is None:
+        versions = sorted(FAMILIES.get(a.engine, {}))
+        example = versions[-1] if versions else ""
+        found.append(("engine_version", f"{a.engine} versions with a parameter group family: "
+                                        f"{', '.join(versions)} (in quotes, e.g. \"{example}\")"))
+    if a.node_type not in NODE_TYPES:
+        close = difflib.get_close_matches(a.node_type, sorted(NODE_TYPES), n=1)
+        found.append(("node_type", "not a current-generation ElastiCache node type for Valkey or Redis OSS "
+                                   "(e.g. cache.t4g.micro, cache.m7g.large)"
+                      + (f"; did you mean {close[0]}?" if close else "")))
+    if not 1 <= a.nodes <= MAX_NODES:
+        found.append(("nodes", f"1 to {MAX_NODES}: a primary and up to 5 replicas"))
+    elif (a.multi_az or a.automatic_failover) and a.nodes < 2:
+        found.append(("nodes", "multi-AZ and automatic failover need at least 2 nodes"))
+    if a.multi_az and not a.automatic_failover:
+        found.append(("automatic_failover", "ElastiCache requires automatic failover when multi-AZ is on"))
+    if not 0 <= a.snapshot_retention_days <= 35:
+        found.append(("snapshot_retention_days", "0 to 35 days"))
+    windows = {}
+    for arg, parse in (("maintenance_window", weekly_window), ("snapshot_window", daily_window)):
+        try:
+            windows[arg] = parse(getattr(a, arg))
+        except ValueError as e:
+            found.append((arg, str(e)))
+    if len(windows) == 2 and windows_overlap(windows["maintenance_window"], windows["snapshot_window"]):
+        found.append(("snapshot_window", f"overlaps the maintenance window ({a.maintenance_window}); "
+                                         "ElastiCache refuses overlapping windows: move one"))
+    if not 1 <= a.port <= 65535:
+        found.append(("port", "1 to 65535"))
+    return found
+
+
 @dataclass
 class CacheArgs:
     vpc_id: pulumi.Input[str]
@@ -75,6 +165,10 @@ class CacheArgs:
     final_snapshot_suffix: pulumi.Input[str] = ""
     protect: bool = False
 
+    def __post_init__(self) -> None:
+        for arg, why in problems(self):
+            raise ValueError(f"CacheArgs.{arg}: got {getattr(self, arg)!r}; {why}")
+
 
 class Cache(pulumi.ComponentResource):
     primary_endpoint: pulumi.Output[str]
@@ -88,8 +182,6 @@ class Cache(pulumi.ComponentResource):
         super().__init__("llm-service:cache:Cache", name, None, opts)
         p = pulumi.ResourceOptions(parent=self)
         family = parameter_group_family(args.engine, args.engine_version)
-        if family is None:
-            raise ValueError(f"no parameter group family for {args.engine} {args.engine_version}")
 
         self.security_group = aws.ec2.SecurityGroup(
             f"{name}-sg", vpc_id=args.vpc_id,

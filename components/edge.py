@@ -29,6 +29,16 @@ MANAGED_GROUPS = (
 COUNT_ONLY = {"AWSManagedRulesCommonRuleSet": ["SizeRestrictions_BODY"]}
 
 
+def problems(a: EdgeArgs) -> list[tuple[str, str]]:
+    """What WAF would refuse in these arguments, as (argument, why)."""
+    found = []
+    if not 10 <= a.rate_limit <= 2_000_000_000:
+        found.append(("rate_limit", "WAF rate-based rules take 10 to 2,000,000,000 requests"))
+    if a.rate_window_seconds not in (60, 120, 300, 600):
+        found.append(("rate_window_seconds", "WAF evaluates 60, 120, 300 or 600 seconds"))
+    return found
+
+
 @dataclass
 class EdgeArgs:
     name: str  # ACL and log group name suffix, e.g. llm-service-staging
@@ -37,6 +47,10 @@ class EdgeArgs:
     rate_window_seconds: int = 300
     log_retention_days: int = 30
     kms_key_arn: Optional[pulumi.Input[str]] = None
+
+    def __post_init__(self) -> None:
+        for arg, why in problems(self):
+            raise ValueError(f"EdgeArgs.{arg}: got {getattr(self, arg.split('[')[0])!r}; {why}")
 
 
 def _visibility(metric: str):

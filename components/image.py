@@ -31,12 +31,26 @@ PLATFORMS = {"ARM64": docker_build.Platform.LINUX_ARM64, "X86_64": docker_build.
 IGNORED = {"__pycache__", ".pytest_cache"}
 
 
+def problems(a: ImageArgs) -> list[tuple[str, str]]:
+    """What the build cannot start from, as (argument, why)."""
+    found = []
+    if not (Path(a.context) / "Dockerfile").is_file():
+        found.append(("context", "a folder holding a Dockerfile"))
+    if a.architecture not in ("ARM64", "X86_64"):
+        found.append(("architecture", "ARM64 or X86_64"))
+    return found
+
+
 @dataclass
 class ImageArgs:
     context: str  # the folder holding the Dockerfile
     repository_url: pulumi.Input[str]
     registry_id: pulumi.Input[str]
     architecture: Literal["ARM64", "X86_64"] = "ARM64"
+
+    def __post_init__(self) -> None:
+        for arg, why in problems(self):
+            raise ValueError(f"ImageArgs.{arg}: got {getattr(self, arg.split('[')[0])!r}; {why}")
 
 
 def content_tag(folder: Path) -> str:

@@ -15,6 +15,7 @@ Cost: about $16/month plus $5.84 per LCU-month; the log bucket costs S3 storage.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -46,6 +47,43 @@ SSL_POLICIES_WITHOUT_TLS13 = frozenset([
 ])
 
 
+def problems(a: LoadBalancerArgs) -> list[tuple[str, str]]:
+    """What Elastic Load Balancing, ACM or a security group would refuse in these arguments, as
+    (argument, why); [] when none. Works on any object with LoadBalancerArgs's field names."""
+    found = []
+    if not (a.certificate_arn or (a.domain_name and a.hosted_zone_id)):
+        found.append(("certificate_arn", "HTTPS needs `certificate_arn`, or `domain_name` with "
+                                         "`hosted_zone_id` (the stack issues and validates the certificate "
+                                         "in that Route 53 zone)"))
+    if a.hosted_zone_id and not a.domain_name:
+        found.append(("hosted_zone_id", "a zone without `domain_name` has nothing to hold; set "
+                                        "`domain_name`, or \"\" here"))
+    if a.ssl_policy in SSL_POLICIES_WITHOUT_TLS13:
+        found.append(("ssl_policy", "that policy offers no TLS 1.3; use ELBSecurityPolicy-TLS13-1-2-2021-06 "
+                                    "or another ELBSecurityPolicy-TLS13-* policy"))
+    elif a.ssl_policy not in SSL_POLICIES:
+        found.append(("ssl_policy", "not an ALB security policy with TLS 1.3; e.g. "
+                                    "ELBSecurityPolicy-TLS13-1-2-2021-06, "
+                                    "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09 "
+                                    "(`aws elbv2 describe-ssl-policies`)"))
+    for arg, version in (("ingress_cidrs", 4), ("ingress_ipv6_cidrs", 6)):
+        for i, cidr in enumerate(getattr(a, arg)):
+            try:
+                net = ipaddress.ip_network(cidr, strict=True)
+                if net.version != version:
+                    found.append((f"{arg}[{i}]", f"an IPv{net.version} CIDR where IPv{version} is expected"))
+            except ValueError as e:
+                found.append((f"{arg}[{i}]", f"not an IPv{version} CIDR ({e})"))
+    if not (a.ingress_cidrs or a.ingress_ipv6_cidrs):
+        found.append(("ingress_cidrs", "with `ingress_ipv6_cidrs` empty too, nobody can reach the service; "
+                                       "name at least one range"))
+    if not 1 <= a.idle_timeout_seconds <= 4000:
+        found.append(("idle_timeout_seconds", "ALB idle timeouts are 1 to 4000 seconds"))
+    if not 0 <= a.deregistration_delay_seconds <= 3600:
+        found.append(("deregistration_delay_seconds", "0 to 3600 seconds"))
+    return found
+
+
 @dataclass
 class LoadBalancerArgs:
     vpc_id: pulumi.Input[str]
@@ -64,6 +102,10 @@ class LoadBalancerArgs:
     ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
     deletion_protection: bool = False
     access_log_retention_days: int = 90
+
+    def __post_init__(self) -> None:
+        for arg, why in problems(self):
+            raise ValueError(f"LoadBalancerArgs.{arg}: got {getattr(self, arg.split('[')[0])!r}; {why}")
 
 
 class LoadBalancer(pulumi.ComponentResource):

@@ -48,6 +48,16 @@ class Thresholds:
     spend_per_hour_usd: float = 10.0  # the gateway's estimate of LLM spend, all clients
 
 
+def problems(a: MonitoringArgs) -> list[tuple[str, str]]:
+    """What would make alarms meaningless, as (argument, why)."""
+    found = []
+    if not 0 <= a.min_tasks <= a.max_tasks:
+        found.append(("min_tasks", "0 to `max_tasks`: the alarm on too few tasks compares with it"))
+    if any(v < 0 for v in vars(a.thresholds).values()):
+        found.append(("thresholds", "thresholds are not negative"))
+    return found
+
+
 @dataclass
 class MonitoringArgs:
     name: str  # e.g. llm-service-staging
@@ -66,6 +76,10 @@ class MonitoringArgs:
     # The gateway's metrics (Embedded Metric Format in its logs): namespace and Service dimension.
     metrics_namespace: str = "LLMService"
     gateway_service: pulumi.Input[str] = ""
+
+    def __post_init__(self) -> None:
+        for arg, why in problems(self):
+            raise ValueError(f"MonitoringArgs.{arg}: got {getattr(self, arg.split('[')[0])!r}; {why}")
 
 
 @dataclass

@@ -30,6 +30,27 @@ TIERS = ("public", "private", "isolated")
 INTERFACE_ENDPOINTS = ("secretsmanager", "ecr.api", "ecr.dkr", "logs", "kms")
 
 
+def problems(a: NetworkArgs) -> list[tuple[str, str]]:
+    """What the VPC layout cannot hold, as (argument, why); [] when none. Works on any object
+    with NetworkArgs's field names (cidr, az_count, subnet_prefix_length)."""
+    try:
+        vpc = ipaddress.ip_network(a.cidr, strict=True)
+    except ValueError as e:
+        return [("cidr", f"not an IPv4 CIDR ({e})")]
+    if vpc.version != 4 or not 16 <= vpc.prefixlen <= 28:
+        return [("cidr", "a VPC is an IPv4 CIDR of /16 to /28")]
+    if not 1 <= a.az_count <= AZ_SLOTS:
+        return [("az_count", f"1 to {AZ_SLOTS} (subnets are carved in {AZ_SLOTS} AZ slots per tier)")]
+    try:
+        subnet_cidrs(a.cidr, a.subnet_prefix_length, a.az_count)
+    except ValueError:
+        needed = len(TIERS) * AZ_SLOTS
+        return [("cidr", f"needs room for {len(TIERS)} tiers x {AZ_SLOTS} AZ slots = {needed} subnets of "
+                         f"/{a.subnet_prefix_length}; use a /{a.subnet_prefix_length - 4} or larger VPC, "
+                         "or a longer `subnet_prefix_length`")]
+    return []
+
+
 @dataclass
 class NetworkArgs:
     cidr: str
@@ -41,6 +62,10 @@ class NetworkArgs:
     flow_log_retention_days: int = 30
     kms_key_arn: Optional[pulumi.Input[str]] = None
     iam_path: str = "/"  # e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
+
+    def __post_init__(self) -> None:
+        for arg, why in problems(self):
+            raise ValueError(f"NetworkArgs.{arg}: got {getattr(self, arg.split('[')[0])!r}; {why}")
 
 
 def subnet_cidrs(cidr: str, prefix_length: int, az_count: int) -> dict[str, list[str]]:

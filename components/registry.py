@@ -14,11 +14,25 @@ in the same region are free; basic scanning on push is free.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
 import pulumi_aws as aws
+
+# ECR repository names (CreateRepository): 2 to 256 of these, lower case.
+REPOSITORY_NAME = re.compile(r"(?=.{2,256}$)(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
+
+
+def problems(a: RegistryArgs) -> list[tuple[str, str]]:
+    """What ECR would refuse in these arguments, as (argument, why)."""
+    found = []
+    if not REPOSITORY_NAME.fullmatch(a.name):
+        found.append(("name", "2 to 256 lower-case letters, digits and . _ - / (ECR repository names)"))
+    if a.keep_images < 1:
+        found.append(("keep_images", "at least 1"))
+    return found
 
 
 @dataclass
@@ -27,6 +41,10 @@ class RegistryArgs:
     kms_key_arn: pulumi.Input[str]
     keep_images: int = 50
     protect: bool = False  # protected repositories are kept, with their images, on destroy
+
+    def __post_init__(self) -> None:
+        for arg, why in problems(self):
+            raise ValueError(f"RegistryArgs.{arg}: got {getattr(self, arg.split('[')[0])!r}; {why}")
 
 
 class Registry(pulumi.ComponentResource):

@@ -9,12 +9,13 @@ Cost: $1/month for the key (plus $0.03 per 10k requests), $0.40/month per secret
 
     secrets = Secrets("secrets", SecretsArgs(prefix="llm-service/staging", region="us-east-1",
                                              names=["openai-api-key"]))
-    secrets.read_policy  # IAM policy JSON: exactly these secrets, exactly this key
+    secrets.secret_arns  # name -> ARN; a task reads them by ARN (see service.read_policy)
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -29,6 +30,24 @@ VIA_SERVICES = ("secretsmanager", "elasticache", "sns", "logs", "ecr")
 PUBLISHERS = ("cloudwatch.amazonaws.com", "budgets.amazonaws.com")
 
 
+def problems(a: SecretsArgs) -> list[tuple[str, str]]:
+    """What Secrets Manager or KMS would refuse in these arguments, as (argument, why)."""
+    found = []
+    bad = [n for n in a.names if not re.fullmatch(r"[a-z][a-z0-9-]{1,62}", n)]
+    if bad:
+        found.append(("names", f"{bad[0]!r}: lower-case letters, digits and hyphens, 2 to 63"))
+    elif len(set(a.names)) != len(a.names):
+        found.append(("names", "names must be unique"))
+    if a.recovery_window_days != 0 and not 7 <= a.recovery_window_days <= 30:
+        found.append(("recovery_window_days", "0 (delete at once) or 7 to 30 days"))
+    if not 7 <= a.key_deletion_window_days <= 30:
+        found.append(("key_deletion_window_days", "KMS waits 7 to 30 days"))
+    values = getattr(a, "values", None)
+    if a.source == "pulumi" and values is not None and set(a.names) - set(values):
+        found.append(("values", f"source pulumi needs a value for {sorted(set(a.names) - set(values))}"))
+    return found
+
+
 @dataclass
 class SecretsArgs:
     prefix: str  # e.g. llm-service/staging: secrets are named <prefix>/<name>
@@ -40,6 +59,10 @@ class SecretsArgs:
     key_deletion_window_days: int = 30
     protect: bool = False
 
+    def __post_init__(self) -> None:
+        for arg, why in problems(self):
+            raise ValueError(f"SecretsArgs.{arg}: got {getattr(self, arg.split('[')[0])!r}; {why}")
+
 
 def env_var_name(secret_name: str) -> str:
     """`openai-api-key` -> `OPENAI_API_KEY`: the container sees each secret under this name."""
@@ -49,7 +72,6 @@ def env_var_name(secret_name: str) -> str:
 class Secrets(pulumi.ComponentResource):
     key_arn: pulumi.Output[str]
     secret_arns: dict[str, pulumi.Output[str]]
-    read_policy: pulumi.Output[str]
     # The secret values the stack itself writes: whoever reads them at start-up (the service)
     # depends on these, so its first tasks never find a secret without a value.
     values: list[pulumi.Resource]
@@ -98,13 +120,9 @@ class Secrets(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self),
                 ))
             self.secret_arns[secret_name] = secret.arn
-        self.read_policy = read_policy(
-            list(self.secret_arns.values()), self.key.arn, args.region
-        )
         self.register_outputs({
             "key_arn": self.key_arn,
             "secret_arns": self.secret_arns,
-            "read_policy": self.read_policy,
         })
 
     def add_secret(self, secret_name: str, value: Optional[pulumi.Input[str]] = None) -> pulumi.Output[str]:
@@ -194,28 +212,3 @@ def key_policy(account: str, partition: str, region: str) -> str:
             },
         ],
     })
-
-
-def read_policy(secret_arns: list[pulumi.Input[str]], key_arn: pulumi.Input[str],
-                region: str) -> pulumi.Output[str]:
-    """What a task execution role needs to inject these secrets, and nothing more."""
-    return pulumi.Output.all(key_arn, *secret_arns).apply(lambda a: json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ReadTheseSecrets",
-                "Effect": "Allow",
-                "Action": "secretsmanager:GetSecretValue",
-                "Resource": sorted(a[1:]),
-            },
-            {
-                "Sid": "DecryptThemWithTheStackKey",
-                "Effect": "Allow",
-                "Action": "kms:Decrypt",
-                "Resource": a[0],
-                "Condition": {
-                    "StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}
-                },
-            },
-        ],
-    }))

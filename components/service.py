@@ -25,7 +25,17 @@ from typing import Any, Literal, Optional, Union
 import pulumi
 import pulumi_aws as aws
 
-from components.secrets import read_policy
+# Fargate's task sizes: cpu units -> the memory (MiB) each accepts. Source: the ECS developer
+# guide, "Task CPU and memory" for Fargate on Linux.
+FARGATE_SIZES: dict[int, list[int]] = {
+    256: [512, 1024, 2048],
+    512: list(range(1024, 4096 + 1, 1024)),
+    1024: list(range(2048, 8192 + 1, 1024)),
+    2048: list(range(4096, 16384 + 1, 1024)),
+    4096: list(range(8192, 30720 + 1, 1024)),
+    8192: list(range(16384, 61440 + 1, 4096)),
+    16384: list(range(32768, 122880 + 1, 8192)),
+}
 
 TMP_VOLUME = "tmp"
 # ECS Exec's managed SSM agent writes under these paths; with a read-only root file system it
@@ -44,6 +54,37 @@ class CacheLink:
 
     security_group_id: pulumi.Input[str]
     port: int
+
+
+def problems(a: ServiceArgs) -> list[tuple[str, str]]:
+    """What ECS would refuse in these arguments, or what would make the service flap, as
+    (argument, why); [] when none. Works on any object with ServiceArgs's field names."""
+    found = []
+    if a.cpu not in FARGATE_SIZES:
+        found.append(("cpu", f"Fargate accepts cpu {sorted(FARGATE_SIZES)}"))
+    elif a.memory not in FARGATE_SIZES[a.cpu]:
+        ok = FARGATE_SIZES[a.cpu]
+        found.append(("memory", f"with cpu {a.cpu} Fargate accepts memory {ok[0]}..{ok[-1]} MiB in steps "
+                                f"of {ok[1] - ok[0]}: {ok}"))
+    if a.min_tasks > a.max_tasks:
+        found.append(("min_tasks", f"must be <= `max_tasks` ({a.max_tasks})"))
+    elif not a.min_tasks <= a.desired_tasks <= a.max_tasks:
+        found.append(("desired_tasks", f"must lie between `min_tasks` ({a.min_tasks}) and `max_tasks` "
+                                       f"({a.max_tasks})"))
+    if a.fargate_weight + a.spot_weight == 0:
+        found.append(("fargate_weight", "`fargate_weight` + `spot_weight` must be at least 1"))
+    if not 2 <= a.stop_timeout_seconds <= 120:
+        found.append(("stop_timeout_seconds", "Fargate allows 2 to 120 seconds"))
+    if str(a.user).split(":")[0] in ("0", "root", ""):
+        found.append(("user", "never root: a non-root uid such as 1000:1000"))
+    # Valid alone, wrong together: a task scaled out is still in its grace period (its failing
+    # checks ignored, its CPU near idle and pulling the average down) when a shorter scale-in
+    # cooldown lets target tracking remove capacity again: the service flaps.
+    if a.autoscaling and a.scale_in_cooldown < a.health_check_grace_seconds:
+        grace = a.health_check_grace_seconds
+        found.append(("scale_in_cooldown", f"at least `health_check_grace_seconds` ({grace}): a new task must "
+                                           "pass its grace period before scaling in may remove tasks again"))
+    return found
 
 
 @dataclass
@@ -93,6 +134,10 @@ class ServiceArgs:
     # read at start-up.
     wait_for: list[pulumi.Resource] = field(default_factory=list)
     protect: bool = False
+
+    def __post_init__(self) -> None:
+        for arg, why in problems(self):
+            raise ValueError(f"ServiceArgs.{arg}: got {getattr(self, arg.split('[')[0])!r}; {why}")
 
 
 def volumes(args: ServiceArgs) -> dict[str, str]:
@@ -372,3 +417,28 @@ def execution_policy(log_group_arn: str, repository_arn: Optional[str]) -> str:
              "Resource": repository_arn},
         ]
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def read_policy(secret_arns: list[pulumi.Input[str]], key_arn: pulumi.Input[str],
+                region: str) -> pulumi.Output[str]:
+    """What a task execution role needs to inject these secrets, and nothing more."""
+    return pulumi.Output.all(key_arn, *secret_arns).apply(lambda a: json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadTheseSecrets",
+                "Effect": "Allow",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": sorted(a[1:]),
+            },
+            {
+                "Sid": "DecryptThemWithTheStackKey",
+                "Effect": "Allow",
+                "Action": "kms:Decrypt",
+                "Resource": a[0],
+                "Condition": {
+                    "StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}
+                },
+            },
+        ],
+    }))

@@ -8,7 +8,6 @@ each entry against the text botocore ships where it can (tests/test_config_rules
 from __future__ import annotations
 
 import ipaddress
-import re
 import unicodedata
 from functools import cache
 
@@ -59,56 +58,3 @@ def cidr_problem(text: str, version: int) -> str | None:
     if net.version != version:
         return f"an IPv{net.version} CIDR where {kind} is expected"
     return None
-
-
-# --- ElastiCache windows ------------------------------------------------------------------------
-# Source: the ElastiCache API reference, CreateReplicationGroup. PreferredMaintenanceWindow is
-# "ddd:hh24:mi-ddd:hh24:mi (24H Clock UTC). The minimum maintenance window is a 60 minute
-# period", ddd one of sun..sat; SnapshotWindow is a daily "hh24:mi-hh24:mi" range (UTC). The two
-# may not overlap (CreateReplicationGroup answers InvalidParameterCombination).
-DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_HHMM = r"([01]\d|2[0-3]):([0-5]\d)"
-WEEKLY = re.compile(rf"({'|'.join(DAYS)}):{_HHMM}-({'|'.join(DAYS)}):{_HHMM}")
-DAILY = re.compile(rf"{_HHMM}-{_HHMM}")
-WEEK = 7 * 24 * 60
-MIN_MAINTENANCE_MINUTES = 60
-
-
-def weekly_window(text: str) -> tuple[int, int]:
-    """(start, length) in minutes from Sunday 00:00 UTC; ValueError if not AWS's format."""
-    m = WEEKLY.fullmatch(text)
-    if not m:
-        raise ValueError("the format is ddd:hh24:mi-ddd:hh24:mi in UTC, days sun mon tue wed thu "
-                         "fri sat in lower case, e.g. sun:05:00-sun:06:00")
-    start = DAYS.index(m[1]) * 1440 + int(m[2]) * 60 + int(m[3])
-    end = DAYS.index(m[4]) * 1440 + int(m[5]) * 60 + int(m[6])
-    length = (end - start) % WEEK
-    if length < MIN_MAINTENANCE_MINUTES:
-        raise ValueError(f"ElastiCache's maintenance window is at least {MIN_MAINTENANCE_MINUTES} "
-                         f"minutes; this one is {length}")
-    return start, length
-
-
-def daily_window(text: str) -> tuple[int, int]:
-    """(start, length) in minutes from 00:00 UTC; ValueError if not AWS's format."""
-    m = DAILY.fullmatch(text)
-    if not m:
-        raise ValueError("the format is hh24:mi-hh24:mi in UTC, e.g. 03:00-04:00")
-    start = int(m[1]) * 60 + int(m[2])
-    length = (int(m[3]) * 60 + int(m[4]) - start) % 1440
-    if length == 0:
-        raise ValueError("the window starts and ends at the same minute")
-    return start, length
-
-
-def windows_overlap(weekly: tuple[int, int], daily: tuple[int, int]) -> bool:
-    """Does a daily window, repeated every day, meet a weekly one?"""
-    w_start, w_len = weekly
-    d_start, d_len = daily
-    for day in range(8):  # the day before the week wraps too
-        s = (day * 1440 + d_start) % WEEK
-        for offset in (-WEEK, 0, WEEK):
-            a = s + offset
-            if a < w_start + w_len and w_start < a + d_len:
-                return True
-    return False

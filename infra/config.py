@@ -28,34 +28,27 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from components.cache import FAMILIES, MAX_NODES, NODE_TYPES, parameter_group_family
-from components.load_balancer import SSL_POLICIES, SSL_POLICIES_WITHOUT_TLS13
-from components.network import AZ_SLOTS, TIERS, subnet_cidrs
+from components.budget import problems as budget_problems
+from components.cache import FAMILIES, MAX_NODES
+from components.cache import problems as cache_problems
+from components.edge import problems as edge_problems
+from components.load_balancer import problems as load_balancer_problems
+from components.network import AZ_SLOTS
+from components.network import problems as network_problems
+from components.secrets import problems as secrets_problems
+from components.service import FARGATE_SIZES
+from components.service import problems as service_problems
 from infra.aws_rules import (
     LOG_RETENTION_DAYS,
     MAX_TAGS,
     RESERVED_TAG_KEYS,
     cidr_problem,
-    daily_window,
     regions,
     tag_problem,
-    weekly_window,
-    windows_overlap,
 )
 
 PROJECT = "llm-service"
 
-# Fargate accepts only these task sizes (cpu units -> memory MiB). Source: the ECS developer guide,
-# "Task CPU and memory" for Fargate on Linux.
-FARGATE_SIZES: dict[int, list[int]] = {
-    256: [512, 1024, 2048],
-    512: list(range(1024, 4096 + 1, 1024)),
-    1024: list(range(2048, 8192 + 1, 1024)),
-    2048: list(range(4096, 16384 + 1, 1024)),
-    4096: list(range(8192, 30720 + 1, 1024)),
-    8192: list(range(16384, 61440 + 1, 4096)),
-    16384: list(range(32768, 122880 + 1, 8192)),
-}
 
 
 # Shapes of LLM API keys that must never sit in a plain-text config value.
@@ -122,6 +115,21 @@ def shown(key: str, value: Any) -> str:
 
 def _key(path: str) -> str:
     return path if ":" in path else f"{PROJECT}:{path}"
+
+
+def _refuse(section: str, values: Any, found: list[tuple[str, str]]) -> None:
+    """A component's own refusals (argument, why), as config errors keyed as the stack file
+    writes them: the rule lives once, with the component, and a fork of it has it too."""
+    errors = []
+    for arg, why in found:
+        name, _, index = arg.partition("[")
+        value = getattr(values, name)
+        if index:
+            value = value[int(index.rstrip("]"))]
+        why = re.sub(r"`([a-z0-9_]+)`", lambda m: f"{section}.{to_camel(m[1])}", why)
+        errors.append(ConfigError(_key(f"{section}.{to_camel(name)}{'[' + index if index else ''}"), value, why))
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
 
 
 def allow(text: str) -> dict[str, str]:
@@ -244,22 +252,10 @@ class SecretsConfig(_Section):
     key_deletion_window_days: int = Field(7, ge=7, le=30)
     """Days before a deleted KMS key is gone. KMS: 7 to 30."""
 
-    @field_validator("names")
-    @classmethod
-    def _names(cls, v: list[str]) -> list[str]:
-        for n in v:
-            if not re.fullmatch(r"[a-z][a-z0-9-]{1,62}", n):
-                raise ValueError(f"{n!r} must be lower-case letters, digits and hyphens")
-        if len(set(v)) != len(v):
-            raise ValueError("names must be unique")
-        return v
-
-    @field_validator("recovery_window_days")
-    @classmethod
-    def _recovery(cls, v: int) -> int:
-        if v != 0 and not 7 <= v <= 30:
-            raise ValueError("must be 0 (delete at once) or 7 to 30 days")
-        return v
+    @model_validator(mode="after")
+    def _what_aws_refuses(self) -> SecretsConfig:
+        _refuse("secrets", self, secrets_problems(self))
+        return self
 
 
 BUILD = "build"  # service.image: build gateway/ and deploy it by digest
@@ -338,56 +334,16 @@ class ServiceConfig(_Section):
     def _user(cls, v: str) -> str:
         if not CONTAINER_USER.fullmatch(v):
             raise ValueError("uid, uid:gid, user or user:group, e.g. 1000:1000")
-        if v.split(":")[0] in ("0", "root"):
-            raise ValueError("never root: a non-root uid such as 1000:1000 (the read-only, "
-                             "non-root container is a rule of the policy pack too)")
-        return v
+        return v  # never root: components/service.py refuses it (and the policy pack)
 
     @model_validator(mode="after")
-    def _size_and_bounds(self) -> ServiceConfig:
-        if self.cpu not in FARGATE_SIZES:
-            raise ConfigError(
-                _key("service.cpu"), self.cpu,
-                f"Fargate accepts cpu {sorted(FARGATE_SIZES)}",
-            )
-        allowed = FARGATE_SIZES[self.cpu]
-        if self.memory not in allowed:
-            raise ConfigError(
-                _key("service.memory"), self.memory,
-                f"with cpu {self.cpu} Fargate accepts memory {allowed[0]}..{allowed[-1]} "
-                f"MiB in steps of {allowed[1] - allowed[0]}: {allowed}",
-            )
-        if self.min_tasks > self.max_tasks:
-            raise ConfigError(
-                _key("service.minTasks"), self.min_tasks,
-                f"must be <= service.maxTasks ({self.max_tasks})",
-            )
-        if not self.min_tasks <= self.desired_tasks <= self.max_tasks:
-            raise ConfigError(
-                _key("service.desiredTasks"), self.desired_tasks,
-                f"must lie between service.minTasks ({self.min_tasks}) "
-                f"and service.maxTasks ({self.max_tasks})",
-            )
+    def _what_ecs_refuses(self) -> ServiceConfig:
         # No Spot/architecture rule: the ECS API reference (CapacityProviderStrategyItem, as
         # carried in botocore 1.44's ECS model) says FARGATE_SPOT runs ARM64 Linux tasks on
         # platform version 1.4.0 or later, and the service asks for LATEST. (The developer
         # guide's "Fargate capacity providers" page still says X86_64 only; the API reference
         # is the newer text.) tests/test_service.py pins that sentence in botocore's model.
-        if self.fargate_weight + self.spot_weight == 0:
-            raise ConfigError(
-                _key("service.fargateWeight"), 0,
-                "fargateWeight + spotWeight must be at least 1",
-            )
-        # Valid alone, wrong together: a task scaled out is still in its grace period (its
-        # failing checks ignored, its CPU near idle and pulling the average down) when a
-        # shorter scale-in cooldown lets target tracking remove capacity again: the service
-        # flaps. Scale-out cooldowns may be short: adding a task early costs little.
-        if self.autoscaling and self.scale_in_cooldown < self.health_check_grace_seconds:
-            raise ConfigError(
-                _key("service.scaleInCooldown"), self.scale_in_cooldown,
-                f"at least service.healthCheckGraceSeconds ({self.health_check_grace_seconds}): "
-                "a new task must pass its grace period before scaling in may remove tasks again",
-            )
+        _refuse("service", self, service_problems(self))
         return self
 
 
@@ -463,46 +419,9 @@ class LoadBalancerConfig(_Section):
                              "scheme, port or trailing dot")
         return v
 
-    @field_validator("ingress_cidrs", "ingress_ipv6_cidrs")
-    @classmethod
-    def _cidrs(cls, v: list[str], info) -> list[str]:
-        version = 6 if "ipv6" in info.field_name else 4
-        for i, cidr in enumerate(v):
-            problem = cidr_problem(cidr, version)
-            if problem:
-                raise ConfigError(_key(f"loadBalancer.{to_camel(info.field_name)}[{i}]"), cidr,
-                                  problem)
-        return v
-
-    @field_validator("ssl_policy")
-    @classmethod
-    def _ssl_policy(cls, v: str) -> str:
-        if v in SSL_POLICIES_WITHOUT_TLS13:
-            raise ValueError("that policy offers no TLS 1.3; use ELBSecurityPolicy-TLS13-1-2-2021-06 "
-                             "or another ELBSecurityPolicy-TLS13-* policy")
-        if v not in SSL_POLICIES:
-            raise ValueError("not an ALB security policy with TLS 1.3; e.g. "
-                             "ELBSecurityPolicy-TLS13-1-2-2021-06, ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09 "
-                             "(`aws elbv2 describe-ssl-policies`)")
-        return v
-
     @model_validator(mode="after")
-    def _tls_source(self) -> LoadBalancerConfig:
-        has_dns = bool(self.domain_name and self.hosted_zone_id)
-        if not (self.certificate_arn or has_dns):
-            raise ConfigError(
-                _key("loadBalancer.certificateArn"), self.certificate_arn,
-                "HTTPS needs certificateArn, or domainName with hostedZoneId "
-                "(the stack issues and validates the certificate in that Route 53 zone)",
-            )
-        if self.hosted_zone_id and not self.domain_name:
-            raise ConfigError(_key("loadBalancer.hostedZoneId"), self.hosted_zone_id,
-                              "a zone without loadBalancer.domainName has nothing to hold; set "
-                              "domainName, or \"\" here")
-        if not (self.ingress_cidrs or self.ingress_ipv6_cidrs):
-            raise ConfigError(_key("loadBalancer.ingressCidrs"), [],
-                              "with ingressIpv6Cidrs empty too, nobody can reach the service; "
-                              "name at least one range")
+    def _what_elb_refuses(self) -> LoadBalancerConfig:
+        _refuse("loadBalancer", self, load_balancer_problems(self))
         return self
 
 
@@ -605,67 +524,28 @@ class CacheConfig(_Section):
             return f"{v:.1f}" if float(v).is_integer() else str(v)
         return v
 
-    @field_validator("node_type")
-    @classmethod
-    def _node_type(cls, v: str) -> str:
-        if v not in NODE_TYPES:
-            close = difflib.get_close_matches(v, sorted(NODE_TYPES), n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise ValueError("not a current-generation ElastiCache node type for Valkey or Redis "
-                             f"OSS (e.g. cache.t4g.micro, cache.m7g.large){hint}")
-        return v
-
-    @field_validator("maintenance_window")
-    @classmethod
-    def _maintenance(cls, v: str) -> str:
-        weekly_window(v)
-        return v
-
-    @field_validator("snapshot_window")
-    @classmethod
-    def _snapshot(cls, v: str) -> str:
-        daily_window(v)
-        return v
-
     @model_validator(mode="after")
-    def _engine_and_ha(self) -> CacheConfig:
-        family = parameter_group_family(self.engine, self.engine_version)
-        if family is None:
-            raise ConfigError(
-                _key("cache.engineVersion"), self.engine_version,
-                f"{self.engine} versions with a parameter group family: "
-                f"{', '.join(sorted(FAMILIES[self.engine]))} (in quotes, e.g. "
-                f"\"{max(FAMILIES[self.engine])}\")",
-            )
-        if (self.multi_az or self.automatic_failover) and self.nodes < 2:
-            raise ConfigError(
-                _key("cache.nodes"), self.nodes,
-                "multiAz and automaticFailover need at least 2 nodes",
-            )
-        if self.multi_az and not self.automatic_failover:
-            raise ConfigError(
-                _key("cache.automaticFailover"), False,
-                "ElastiCache requires automaticFailover when multiAz is on",
-            )
+    def _what_elasticache_refuses(self) -> CacheConfig:
+        # The rules live with the component (components/cache.py), so that a fork has them too.
         # Not refused: more nodes than the stack has AZs. ElastiCache spreads a replication
         # group's nodes over its subnet group's AZs and puts two in one AZ when it must; the
         # API accepts it, and one AZ's loss still leaves a replica elsewhere.
-        if windows_overlap(weekly_window(self.maintenance_window), daily_window(self.snapshot_window)):
-            raise ConfigError(
-                _key("cache.snapshotWindow"), self.snapshot_window,
-                f"overlaps cache.maintenanceWindow ({self.maintenance_window}); ElastiCache "
-                "refuses overlapping windows: move one",
-            )
+        _refuse("cache", self, cache_problems(self))
         return self
 
 
 class EdgeConfig(_Section):
-    rate_limit: int = Field(300, ge=10, le=2_000_000_000)
-    """Requests per client IP per window before WAF blocks it (WAF: 10 to 2,000,000,000)."""
-    rate_window_seconds: Literal[60, 120, 300, 600] = 300
-    """The rate-based rule's window (WAF: 60, 120, 300 or 600 s)."""
+    rate_limit: int = Field(300, json_schema_extra=allow("10 to 2,000,000,000"))
+    """Requests per client IP per window before WAF blocks it."""
+    rate_window_seconds: int = Field(300, json_schema_extra=allow("60, 120, 300 or 600"))
+    """The rate-based rule's window in seconds."""
     log_retention_days: Retention = Field(30, json_schema_extra=RETENTION)
     """Days WAF logs are kept."""
+
+    @model_validator(mode="after")
+    def _what_waf_refuses(self) -> EdgeConfig:
+        _refuse("edge", self, edge_problems(self))
+        return self
 
 
 class MonitoringConfig(_Section):
@@ -705,19 +585,15 @@ class BudgetConfig(_Section):
                                            json_schema_extra=allow("percentages, 1 to 1000"))
     """Alerts at these percentages of forecast spend."""
 
-    @field_validator("monthly_limit_usd")
-    @classmethod
-    def _positive(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be a positive amount in USD")
-        return v
-
     @field_validator("actual_thresholds", "forecast_thresholds")
     @classmethod
-    def _percentages(cls, v: list[int]) -> list[int]:
-        if any(not 1 <= p <= 1000 for p in v):
-            raise ValueError("each threshold is a percentage of the limit, 1 to 1000")
+    def _distinct(cls, v: list[int]) -> list[int]:
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _what_budgets_refuse(self) -> BudgetConfig:
+        _refuse("budget", self, budget_problems(self))
+        return self
 
 
 class TrafficConfig(_Section):
@@ -813,16 +689,7 @@ class StackConfig(BaseModel):
 
 
 def _network_fits(n: NetworkConfig) -> None:
-    try:
-        subnet_cidrs(n.cidr, n.subnet_prefix_length, n.az_count)
-    except ValueError:
-        needed = len(TIERS) * AZ_SLOTS
-        raise ConfigError(
-            _key("network.cidr"), n.cidr,
-            f"needs room for {len(TIERS)} tiers x {AZ_SLOTS} AZ slots = {needed} subnets of "
-            f"/{n.subnet_prefix_length}; use a /{n.subnet_prefix_length - 4} or larger VPC, "
-            f"or a longer network.subnetPrefixLength",
-        ) from None
+    _refuse("network", n, network_problems(n))
 
 
 def _streams_survive_the_idle_timeout(g: GatewayConfig, lb: LoadBalancerConfig) -> None:

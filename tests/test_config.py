@@ -25,7 +25,7 @@ BAD = [
     ("prod-single-az-cache", "prod", {"cache__multiAz": False},
      "llm-service:cache.multiAz", "prod needs true"),
     ("prod-failover-off", "prod", {"cache__automaticFailover": False},
-     "llm-service:cache.automaticFailover", "requires automaticFailover"),
+     "llm-service:cache.automaticFailover", "requires automatic failover"),
     ("prod-no-failover", "prod", {"cache__automaticFailover": False, "cache__multiAz": False},
      "llm-service:cache.multiAz", "prod needs true"),
     ("prod-one-cache-node", "prod",

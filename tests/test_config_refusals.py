@@ -60,7 +60,7 @@ BAD = [
     ("snapshot-window-format", "prod", {"cache__snapshotWindow": "3-4"},
      "llm-service:cache.snapshotWindow", "hh24:mi-hh24:mi"),
     ("windows-overlap", "prod", {"cache__maintenanceWindow": "tue:03:30-tue:04:30"},
-     "llm-service:cache.snapshotWindow", "overlaps cache.maintenanceWindow"),
+     "llm-service:cache.snapshotWindow", "overlaps the maintenance window (tue:03:30-tue:04:30)"),
     ("windows-overlap-across-midnight", "staging",
      {"cache__maintenanceWindow": "sat:23:30-sun:00:45", "cache__snapshotWindow": "00:30-01:30"},
      "llm-service:cache.snapshotWindow", "overlaps"),

@@ -8,6 +8,7 @@ import re
 import botocore.session
 import pytest
 
+from components import cache as cache_rules
 from components.cache import NODE_TYPES
 from components.load_balancer import SSL_POLICIES, SSL_POLICIES_WITHOUT_TLS13
 from infra import aws_rules
@@ -53,7 +54,7 @@ def test_regions_come_from_botocore_for_every_partition():
     ("mon:22:00-tue:02:00", 1440 + 1320, 240),
 ])
 def test_weekly_windows_read_as_aws_writes_them(window, start, length):
-    assert aws_rules.weekly_window(window) == (start, length)
+    assert cache_rules.weekly_window(window) == (start, length)
 
 
 @pytest.mark.parametrize("window, words", [
@@ -64,13 +65,13 @@ def test_weekly_windows_read_as_aws_writes_them(window, start, length):
 ])
 def test_weekly_windows_aws_refuses(window, words):
     with pytest.raises(ValueError, match=words):
-        aws_rules.weekly_window(window)
+        cache_rules.weekly_window(window)
 
 
 @pytest.mark.parametrize("window", ["03:00", "03:00-03:00", "3:00-4:00", "03:60-04:00"])
 def test_daily_windows_aws_refuses(window):
     with pytest.raises(ValueError):
-        aws_rules.daily_window(window)
+        cache_rules.daily_window(window)
 
 
 @pytest.mark.parametrize("weekly, daily, overlap", [
@@ -82,7 +83,8 @@ def test_daily_windows_aws_refuses(window):
     ("tue:10:00-tue:11:00", "23:30-10:30", True),   # a daily window across midnight
 ])
 def test_windows_overlap_on_any_day(weekly, daily, overlap):
-    assert aws_rules.windows_overlap(aws_rules.weekly_window(weekly), aws_rules.daily_window(daily)) is overlap
+    spans = cache_rules.weekly_window(weekly), cache_rules.daily_window(daily)
+    assert cache_rules.windows_overlap(*spans) is overlap
 
 
 @pytest.mark.parametrize("key, value, bad", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from components.secrets import read_policy
+from components.service import read_policy
 from offline.plan import to_json
 from tests.conftest import container, policy, with_changes
 
