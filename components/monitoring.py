@@ -5,8 +5,8 @@ use it; see `components.secrets.key_policy`), a topic policy for those publisher
 subscriptions; CloudWatch alarms with alarm and OK actions (5xx, p95/p99 latency, unhealthy hosts,
 running tasks below the minimum, service CPU and memory, cache CPU, memory, evictions and hit
 rate... and from the gateway's own metrics: time to first token p95, the LLM API's 429s, the cache
-hit ratio and cache errors, estimated spend per hour); a dashboard rendered from
-`templates/dashboard.json.j2`.
+hit ratio and cache errors, estimated spend per hour); a dashboard rendered from `DASHBOARD`
+(a template in this file).
 
 Cost: $0.10 per alarm-month (17 here; the percentile alarms $0.30, metric-math ones $0.10 per
 metric), $3/month for the dashboard, SNS e-mail free up to 1,000 a month.
@@ -16,17 +16,104 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import jinja2
 import pulumi
 import pulumi_aws as aws
 
-TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+# The dashboard body, a Jinja template of CloudWatch's dashboard JSON. Inlined (rather than a
+# file beside this one) so that copying this file alone into another project copies it too.
+DASHBOARD = jinja2.Environment(
     undefined=jinja2.StrictUndefined, autoescape=False,  # noqa: S701 - JSON, not HTML
-)
+).from_string(r'''{#- CloudWatch dashboard body. Rendered by components/monitoring.py; every id comes from the stack. -#}
+{%- macro cache_metrics(metric, stat) -%}
+{%- for member in cache_members -%}
+["AWS/ElastiCache", "{{ metric }}", "CacheClusterId", "{{ member }}", {"stat": "{{ stat }}"}]{{ "," if not loop.last }}
+{%- endfor -%}
+{%- endmacro -%}
+{
+  "start": "-PT6H",
+  "periodOverride": "inherit",
+  "widgets": [
+    {"type": "metric", "x": 0, "y": 0, "width": 12, "height": 6, "properties": {
+      "title": "Requests", "region": "{{ region }}", "view": "timeSeries", "stat": "Sum", "period": 60,
+      "metrics": [["AWS/ApplicationELB", "RequestCount", "LoadBalancer", "{{ lb }}"]]}},
+    {"type": "metric", "x": 12, "y": 0, "width": 12, "height": 6, "properties": {
+      "title": "Target response time (s): p50, p95, p99", "region": "{{ region }}", "view": "timeSeries", "period": 60,
+      "metrics": [
+        ["AWS/ApplicationELB", "TargetResponseTime", "LoadBalancer", "{{ lb }}", "TargetGroup", "{{ tg }}", {"stat": "p50"}],
+        ["AWS/ApplicationELB", "TargetResponseTime", "LoadBalancer", "{{ lb }}", "TargetGroup", "{{ tg }}", {"stat": "p95"}],
+        ["AWS/ApplicationELB", "TargetResponseTime", "LoadBalancer", "{{ lb }}", "TargetGroup", "{{ tg }}", {"stat": "p99"}]],
+      "annotations": {"horizontal": [{"label": "p95 alarm", "value": {{ p95 }}}, {"label": "p99 alarm", "value": {{ p99 }}}]}}},
+    {"type": "metric", "x": 0, "y": 6, "width": 12, "height": 6, "properties": {
+      "title": "4xx and 5xx", "region": "{{ region }}", "view": "timeSeries", "stat": "Sum", "period": 60,
+      "metrics": [
+        ["AWS/ApplicationELB", "HTTPCode_ELB_4XX_Count", "LoadBalancer", "{{ lb }}"],
+        ["AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", "LoadBalancer", "{{ lb }}"],
+        ["AWS/ApplicationELB", "HTTPCode_Target_4XX_Count", "LoadBalancer", "{{ lb }}", "TargetGroup", "{{ tg }}"],
+        ["AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", "LoadBalancer", "{{ lb }}", "TargetGroup", "{{ tg }}"]]}},
+    {"type": "metric", "x": 12, "y": 6, "width": 12, "height": 6, "properties": {
+      "title": "Healthy and unhealthy targets", "region": "{{ region }}", "view": "timeSeries", "stat": "Minimum", "period": 60,
+      "metrics": [
+        ["AWS/ApplicationELB", "HealthyHostCount", "LoadBalancer", "{{ lb }}", "TargetGroup", "{{ tg }}"],
+        ["AWS/ApplicationELB", "UnHealthyHostCount", "LoadBalancer", "{{ lb }}", "TargetGroup", "{{ tg }}", {"stat": "Maximum"}]]}},
+    {"type": "metric", "x": 0, "y": 12, "width": 12, "height": 6, "properties": {
+      "title": "Running tasks (min {{ min_tasks }}, max {{ max_tasks }})", "region": "{{ region }}", "view": "timeSeries", "period": 60,
+      "metrics": [["ECS/ContainerInsights", "RunningTaskCount", "ClusterName", "{{ cluster }}", "ServiceName", "{{ service }}", {"stat": "Average"}]],
+      "annotations": {"horizontal": [{"label": "min", "value": {{ min_tasks }}}, {"label": "max", "value": {{ max_tasks }}}]},
+      "yAxis": {"left": {"min": 0, "max": {{ max_tasks + 1 }}}}}},
+    {"type": "metric", "x": 12, "y": 12, "width": 12, "height": 6, "properties": {
+      "title": "Service CPU and memory (%)", "region": "{{ region }}", "view": "timeSeries", "stat": "Average", "period": 60,
+      "metrics": [
+        ["AWS/ECS", "CPUUtilization", "ClusterName", "{{ cluster }}", "ServiceName", "{{ service }}"],
+        ["AWS/ECS", "MemoryUtilization", "ClusterName", "{{ cluster }}", "ServiceName", "{{ service }}"]],
+      "yAxis": {"left": {"min": 0, "max": 100}}}},
+    {"type": "metric", "x": 0, "y": 18, "width": 12, "height": 6, "properties": {
+      "title": "Gateway cache: hits, misses, coalesced, errors", "region": "{{ region }}", "view": "timeSeries", "stat": "Sum", "period": 300,
+      "metrics": [
+        ["{{ namespace }}", "CacheHits", "Service", "{{ gateway }}"],
+        ["{{ namespace }}", "CacheMisses", "Service", "{{ gateway }}"],
+        ["{{ namespace }}", "CacheCoalesced", "Service", "{{ gateway }}"],
+        ["{{ namespace }}", "CacheErrors", "Service", "{{ gateway }}"]]}},
+    {"type": "metric", "x": 12, "y": 18, "width": 12, "height": 6, "properties": {
+      "title": "Cache evictions", "region": "{{ region }}", "view": "timeSeries", "period": 300,
+      "metrics": [{{ cache_metrics("Evictions", "Sum") }}]}},
+    {"type": "metric", "x": 0, "y": 24, "width": 24, "height": 6, "properties": {
+      "title": "WAF allowed and blocked", "region": "{{ region }}", "view": "timeSeries", "stat": "Sum", "period": 300,
+      "metrics": [
+        ["AWS/WAFV2", "AllowedRequests", "WebACL", "{{ web_acl }}", "Region", "{{ region }}", "Rule", "ALL"],
+        ["AWS/WAFV2", "BlockedRequests", "WebACL", "{{ web_acl }}", "Region", "{{ region }}", "Rule", "ALL"]]}},
+    {"type": "metric", "x": 0, "y": 30, "width": 8, "height": 6, "properties": {
+      "title": "Gateway: time to first token (ms)", "region": "{{ region }}", "view": "timeSeries", "period": 60,
+      "metrics": [
+        ["{{ namespace }}", "TimeToFirstToken", "Service", "{{ gateway }}", {"stat": "p50"}],
+        ["{{ namespace }}", "TimeToFirstToken", "Service", "{{ gateway }}", {"stat": "p95"}]],
+      "annotations": {"horizontal": [{"label": "p95 alarm", "value": {{ ttft_p95_ms }}}]}}},
+    {"type": "metric", "x": 8, "y": 30, "width": 8, "height": 6, "properties": {
+      "title": "Gateway: LLM API 429 and 5xx, retries", "region": "{{ region }}", "view": "timeSeries", "stat": "Sum", "period": 60,
+      "metrics": [
+        ["{{ namespace }}", "Upstream429", "Service", "{{ gateway }}"],
+        ["{{ namespace }}", "Upstream5xx", "Service", "{{ gateway }}"],
+        ["{{ namespace }}", "Retries", "Service", "{{ gateway }}"]]}},
+    {"type": "metric", "x": 16, "y": 30, "width": 8, "height": 6, "properties": {
+      "title": "Gateway: tokens in and out", "region": "{{ region }}", "view": "timeSeries", "stat": "Sum", "period": 300,
+      "metrics": [
+        ["{{ namespace }}", "InputTokens", "Service", "{{ gateway }}"],
+        ["{{ namespace }}", "OutputTokens", "Service", "{{ gateway }}"]]}},
+    {"type": "metric", "x": 0, "y": 36, "width": 12, "height": 6, "properties": {
+      "title": "Gateway: estimated spend per client (USD per hour)", "region": "{{ region }}", "view": "timeSeries", "period": 3600,
+      "metrics": [[{"expression": "SEARCH('{{ '{' }}{{ namespace }},Service,Client{{ '}' }} MetricName=\"EstimatedCostUSD\" Service=\"{{ gateway }}\"', 'Sum', 3600)", "id": "spend", "label": ""}]],
+      "annotations": {"horizontal": [{"label": "all clients: alarm", "value": {{ spend_alarm }}}]}}},
+    {"type": "metric", "x": 12, "y": 36, "width": 12, "height": 6, "properties": {
+      "title": "Gateway: requests refused by client limits", "region": "{{ region }}", "view": "timeSeries", "stat": "Sum", "period": 300,
+      "metrics": [
+        ["{{ namespace }}", "RejectedRequests", "Service", "{{ gateway }}"],
+        ["{{ namespace }}", "RejectedTokens", "Service", "{{ gateway }}"],
+        ["{{ namespace }}", "RejectedSpend", "Service", "{{ gateway }}"]]}}
+  ]
+}
+''')
 
 
 @dataclass
@@ -99,7 +186,7 @@ class _Alarm:
 
 def render_dashboard(**values: Any) -> str:
     """The dashboard body, checked to be JSON before it leaves here."""
-    body = TEMPLATES.get_template("dashboard.json.j2").render(**values)
+    body = DASHBOARD.render(**values)
     return json.dumps(json.loads(body))
 
 
