@@ -8,6 +8,27 @@ Prerequisite, once per account: activate `Environment` as a cost allocation tag 
 or `aws ce update-cost-allocation-tags-status`); until then the filter matches nothing.
 
 Cost: the first two budgets per account are free, then $0.02 per budget-day.
+
+Args (`BudgetArgs`):
+    name: str, required — e.g. llm-service-staging
+    environment: str, required
+    monthly_limit_usd: float, required
+    actual_thresholds: list[int] = [50, 80, 100]
+    forecast_thresholds: list[int] = [100]
+    emails: list[str] = []
+    topic_arn: Optional[pulumi.Input[str]] = None
+    tag_key: str = 'Environment'
+
+Outputs: budget_name.
+
+Example (examples/budget/, runs as written beside a copy of this file):
+
+    import pulumi
+    from budget import Budget, BudgetArgs
+
+    budget = Budget("budget", BudgetArgs(name="my-app", environment="dev", monthly_limit_usd=100,
+                                        emails=["finance@mycompany.com"]))
+    pulumi.export("budgetName", budget.budget_name)
 """
 
 from __future__ import annotations

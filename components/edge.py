@@ -7,8 +7,25 @@ threats, known bad inputs and IP reputation; its association with the ALB; loggi
 Cost: $5/month per ACL, $1/month per rule or managed group (4 here), $0.60 per million requests;
 logs $0.50/GB ingested.
 
-    edge = Edge("edge", EdgeArgs(name="llm-service-staging", load_balancer_arn=alb.arn,
-                                 rate_limit=300, rate_window_seconds=300, kms_key_arn=key))
+Args (`EdgeArgs`):
+    name: str, required — ACL and log group name suffix, e.g. llm-service-staging
+    load_balancer_arn: pulumi.Input[str], required
+    rate_limit: int = 300 — requests per client IP per window
+    rate_window_seconds: int = 300
+    log_retention_days: int = 30
+    kms_key_arn: Optional[pulumi.Input[str]] = None
+
+Outputs: web_acl_arn, web_acl_name.
+
+Example (examples/edge/, runs as written beside a copy of this file):
+
+    import pulumi
+    from edge import Edge, EdgeArgs
+
+    waf = Edge("edge", EdgeArgs(
+        name="my-app",
+        load_balancer_arn="arn:aws:elasticloadbalancing:eu-west-1:111122223333:loadbalancer/app/my-alb/0123456789abcdef"))
+    pulumi.export("webAclArn", waf.web_acl_arn)
 """
 
 from __future__ import annotations

@@ -11,9 +11,23 @@ image fails the preview, not the deploy); building for another architecture need
 
 Cost: nothing beyond the repository's storage.
 
-    image = Image("gateway", ImageArgs(context="gateway", repository_url=registry.repository_url,
-                                       registry_id=registry.registry_id, architecture="ARM64"))
-    image.ref
+Args (`ImageArgs`):
+    context: str, required — the folder holding the Dockerfile
+    repository_url: pulumi.Input[str], required
+    registry_id: pulumi.Input[str], required
+    architecture: Literal['ARM64', 'X86_64'] = 'ARM64'
+
+Outputs: ref, tag.
+
+Example (examples/image/, runs as written beside a copy of this file):
+
+    import pulumi
+    from image import Image, ImageArgs
+
+    img = Image("app", ImageArgs(
+        context="app", repository_url="111122223333.dkr.ecr.eu-west-1.amazonaws.com/my-app",
+        registry_id="111122223333"))
+    pulumi.export("image", img.ref)
 """
 
 from __future__ import annotations
@@ -77,11 +91,13 @@ class Image(pulumi.ComponentResource):
             dockerfile=docker_build.DockerfileArgs(location=str(context / "Dockerfile")),
             platforms=[PLATFORMS[args.architecture]],
             push=True,
-            tags=[pulumi.Output.concat(args.repository_url, ":", self.tag)],
+            tags=[pulumi.Output.concat(args.repository_url, ":", self.tag)],  # both known before the build
             registries=[docker_build.RegistryArgs(
                 address=args.repository_url, username=token.user_name,
                 password=pulumi.Output.secret(token.password))],
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.ref = pulumi.Output.concat(args.repository_url, "@", self.image.digest)
+        # None where the digest is not known (a test's mock does not build), never "repo@None".
+        self.ref = pulumi.Output.all(args.repository_url, self.image.digest).apply(
+            lambda a: f"{a[0]}@{a[1]}" if a[1] else None)
         self.register_outputs({"ref": self.ref})

@@ -9,8 +9,35 @@ forwarding mode: API clients send a bearer key with every request.
 
 Cost: about $16/month plus $5.84 per LCU-month; the log bucket costs S3 storage.
 
-    alb = LoadBalancer("alb", LoadBalancerArgs(vpc_id=..., subnet_ids=[...], container_port=8080,
-                                               certificate_arn="arn:aws:acm:..."))
+Args (`LoadBalancerArgs`):
+    vpc_id: pulumi.Input[str], required
+    subnet_ids: list[pulumi.Input[str]], required
+    container_port: int, required
+    certificate_arn: str = ''
+    domain_name: str = ''
+    hosted_zone_id: str = ''
+    http_mode: Literal['none', 'redirect'] = 'none' — redirect: 80 answers 301 to HTTPS
+    ingress_cidrs: list[str] = ['0.0.0.0/0']
+    ingress_ipv6_cidrs: list[str] = ['::/0']
+    idle_timeout_seconds: int = 600
+    health_check_path: str = '/healthz'
+    deregistration_delay_seconds: int = 60
+    ssl_policy: str = 'ELBSecurityPolicy-TLS13-1-2-2021-06'
+    deletion_protection: bool = False
+    access_log_retention_days: int = 90
+
+Outputs: .
+
+Example (examples/load_balancer/, runs as written beside a copy of this file):
+
+    import pulumi
+    from load_balancer import LoadBalancer, LoadBalancerArgs
+
+    alb = LoadBalancer("alb", LoadBalancerArgs(
+        vpc_id="vpc-0123456789abcdef0", subnet_ids=["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"],
+        container_port=8080,
+        certificate_arn="arn:aws:acm:eu-west-1:111122223333:certificate/5f0c2a3e-1b7d-4c9a-8e21-0a5b6c7d8e9f"))
+    pulumi.export("url", alb.url)
 """
 
 from __future__ import annotations
@@ -207,7 +234,8 @@ class LoadBalancer(pulumi.ComponentResource):
         self.security_group_id = self.security_group.id
         self.target_group_arn = self.target_group.arn
         self.target_group_arn_suffix = self.target_group.arn_suffix
-        self.url = pulumi.Output.concat("https://", host)
+        # None, not "https://None", where a value is not known (a test's mock leaves dns_name unset).
+        self.url = pulumi.Output.from_input(host).apply(lambda h: f"https://{h}" if h else None)
         self.register_outputs({
             "arn": self.arn, "dns_name": self.dns_name, "url": self.url,
             "security_group_id": self.security_group_id,

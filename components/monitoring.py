@@ -10,6 +10,55 @@ hit ratio and cache errors, estimated spend per hour); a dashboard rendered from
 
 Cost: $0.10 per alarm-month (17 here; the percentile alarms $0.30, metric-math ones $0.10 per
 metric), $3/month for the dashboard, SNS e-mail free up to 1,000 a month.
+
+Args (`MonitoringArgs`):
+    name: str, required — e.g. llm-service-staging
+    region: str, required
+    kms_key_arn: pulumi.Input[str], required
+    lb_arn_suffix: pulumi.Input[str], required
+    target_group_arn_suffix: pulumi.Input[str], required
+    cluster_name: pulumi.Input[str], required
+    service_name: pulumi.Input[str], required
+    cache_member_ids: list[str], required
+    web_acl_name: pulumi.Input[str], required
+    min_tasks: int, required
+    max_tasks: int, required
+    alert_emails: list[str] = []
+    thresholds: Thresholds = Thresholds()
+    metrics_namespace: str = 'LLMService'
+    gateway_service: pulumi.Input[str] = ''
+
+`Thresholds`:
+    target_5xx_per_minute: int = 5
+    alb_5xx_per_minute: int = 5
+    p95_latency_seconds: float = 20.0
+    p99_latency_seconds: float = 60.0
+    cpu_high_percent: int = 85
+    memory_high_percent: int = 85
+    cache_cpu_percent: int = 80
+    cache_memory_percent: int = 85
+    cache_evictions_per_5min: int = 100
+    cache_hit_rate_min_percent: int = 20
+    waf_blocked_per_5min: int = 500
+    ttft_p95_seconds: float = 10.0 — the gateway's time to first token, streamed requests
+    upstream_429_per_5min: int = 20 — the LLM API refusing for rate limits, retries included
+    cache_errors_per_5min: int = 10 — requests the gateway served without its cache
+    spend_per_hour_usd: float = 10.0 — the gateway's estimate of LLM spend, all clients
+
+Outputs: topic_arn, dashboard_url, alarm_names.
+
+Example (examples/monitoring/, runs as written beside a copy of this file):
+
+    import pulumi
+    from monitoring import Monitoring, MonitoringArgs
+
+    mon = Monitoring("monitoring", MonitoringArgs(
+        name="my-app", region="eu-west-1",
+        kms_key_arn="arn:aws:kms:eu-west-1:111122223333:key/0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+        lb_arn_suffix="app/my-alb/0123456789abcdef", target_group_arn_suffix="targetgroup/my-app/0123456789abcdef",
+        cluster_name="my-app", service_name="my-app", cache_member_ids=["my-app-cache-001"],
+        web_acl_name="my-app", min_tasks=1, max_tasks=4, alert_emails=["oncall@mycompany.com"]))
+    pulumi.export("dashboardUrl", mon.dashboard_url)
 """
 
 from __future__ import annotations

@@ -9,8 +9,26 @@ flow logs to an encrypted CloudWatch log group.
 Cost: each NAT gateway about $33/month plus $0.045/GB; each interface endpoint about $7.30/month
 per AZ ($110/month for the 5 endpoints in 3 AZs); flow logs $0.50/GB ingested.
 
-    net = Network("network", NetworkArgs(cidr="10.20.0.0/16", az_count=2, nat_strategy="single"))
-    net.private_subnet_ids  # for the tasks
+Args (`NetworkArgs`):
+    cidr: str, required
+    az_count: int, required
+    region: str, required
+    nat_strategy: Literal['single', 'per_az'] = 'single'
+    subnet_prefix_length: int = 20
+    interface_endpoints: bool = False
+    flow_log_retention_days: int = 30
+    kms_key_arn: Optional[pulumi.Input[str]] = None
+    iam_path: str = '/' — e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
+
+Outputs: vpc_id, cidr, public_subnet_ids, private_subnet_ids, isolated_subnet_ids.
+
+Example (examples/network/, runs as written beside a copy of this file):
+
+    import pulumi
+    from network import Network, NetworkArgs
+
+    net = Network("network", NetworkArgs(cidr="10.40.0.0/16", az_count=2, region="eu-west-1"))
+    pulumi.export("privateSubnetIds", net.private_subnet_ids)
 """
 
 from __future__ import annotations

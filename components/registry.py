@@ -7,8 +7,22 @@ expire after 7 days; at most 50 images kept).
 Cost: $0.10 per GB-month stored (a gateway image is about 60 MB: under $0.01); pulls from tasks
 in the same region are free; basic scanning on push is free.
 
-    registry = Registry("registry", RegistryArgs(name="llm-service-staging", kms_key_arn=key.arn))
-    registry.repository_url  # where to push; registry.arn for the pull permission
+Args (`RegistryArgs`):
+    name: str, required — the repository name, e.g. llm-service-staging
+    kms_key_arn: pulumi.Input[str], required
+    keep_images: int = 50
+    protect: bool = False — protected repositories are kept, with their images, on destroy
+
+Outputs: arn, repository_url, registry_id.
+
+Example (examples/registry/, runs as written beside a copy of this file):
+
+    import pulumi
+    from registry import Registry, RegistryArgs
+
+    repo = Registry("registry", RegistryArgs(
+        name="my-app", kms_key_arn="arn:aws:kms:eu-west-1:111122223333:key/0a1b2c3d-4e5f-6789-abcd-ef0123456789"))
+    pulumi.export("repositoryUrl", repo.repository_url)
 """
 
 from __future__ import annotations

@@ -7,9 +7,25 @@ secret. In `external` mode (the default) no value is declared, so it never enter
 
 Cost: $1/month for the key (plus $0.03 per 10k requests), $0.40/month per secret.
 
-    secrets = Secrets("secrets", SecretsArgs(prefix="llm-service/staging", region="us-east-1",
-                                             names=["openai-api-key"]))
-    secrets.secret_arns  # name -> ARN; a task reads them by ARN (see service.read_policy)
+Args (`SecretsArgs`):
+    prefix: str, required — e.g. llm-service/staging: secrets are named <prefix>/<name>
+    region: str, required
+    names: list[str] = ['openai-api-key']
+    source: Literal['external', 'pulumi'] = 'external'
+    values: Mapping[str, pulumi.Input[str]] = {} — pulumi mode only
+    recovery_window_days: int = 7
+    key_deletion_window_days: int = 30
+    protect: bool = False
+
+Outputs: key_arn, secret_arns.
+
+Example (examples/secrets/, runs as written beside a copy of this file):
+
+    import pulumi
+    from secrets_store import Secrets, SecretsArgs
+
+    keys = Secrets("secrets", SecretsArgs(prefix="my-app/dev", region="eu-west-1"))
+    pulumi.export("secretArns", keys.secret_arns)
 """
 
 from __future__ import annotations

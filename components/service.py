@@ -13,6 +13,69 @@ Cost: Fargate ARM64 about $0.0324/vCPU-hour and $0.0036/GB-hour (x86 about 25 % 
 
 While autoscaling is on, `desired_count` is left to the autoscaler (ignored by updates); turn it
 off and the count comes from args again.
+
+Args (`ServiceArgs`):
+    name: str, required — cluster and service name, e.g. llm-service-staging
+    region: str, required
+    vpc_id: pulumi.Input[str], required
+    subnet_ids: list[pulumi.Input[str]], required
+    image: pulumi.Input[str], required — a reference, best by digest (repository@sha256:...)
+    lb_security_group_id: pulumi.Input[str], required
+    target_group_arn: pulumi.Input[str], required
+    request_count_label: pulumi.Input[str], required — "<alb arn suffix>/<target group arn suffix>"
+    kms_key_arn: pulumi.Input[str], required
+    cpu: int = 512
+    memory: int = 1024
+    architecture: Literal['ARM64', 'X86_64'] = 'ARM64'
+    container_port: int = 8080
+    user: str = '1000:1000'
+    health_check_path: str = '/healthz'
+    health_check_command: Union[str, list[str]] = ''
+    environment: Mapping[str, pulumi.Input[str]] = {}
+    secrets: Mapping[str, pulumi.Input[str]] = {} — env name -> ARN
+    cache: Optional[CacheLink] = None
+    min_tasks: int = 1
+    max_tasks: int = 4
+    desired_tasks: int = 1
+    autoscaling: bool = True
+    cpu_target: int = 60
+    memory_target: int = 70
+    requests_per_target: int = 50
+    scale_out_cooldown: int = 60
+    scale_in_cooldown: int = 300
+    fargate_base: int = 0
+    fargate_weight: int = 1
+    spot_weight: int = 0
+    health_check_grace_seconds: int = 60
+    stop_timeout_seconds: int = 120
+    log_retention_days: int = 30
+    execute_command: bool = False
+    repository_arn: Optional[pulumi.Input[str]] = None — the ECR repository the tasks pull from
+    task_role_statements: list[dict[str, Any]] = []
+    iam_path: str = '/' — e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
+    wait_for: list[pulumi.Resource] = []
+    protect: bool = False
+
+`CacheLink`:
+    security_group_id: pulumi.Input[str], required
+    port: int, required
+
+Outputs: cluster_name, service_name, security_group_id, log_group_name.
+
+Example (examples/service/, runs as written beside a copy of this file):
+
+    import pulumi
+    from service import Service, ServiceArgs
+
+    svc = Service("service", ServiceArgs(
+        name="my-app", region="eu-west-1", vpc_id="vpc-0123456789abcdef0",
+        subnet_ids=["subnet-0ccccccccccccccc0", "subnet-0dddddddddddddddd"],
+        image="111122223333.dkr.ecr.eu-west-1.amazonaws.com/my-app@sha256:" + "0" * 64,
+        lb_security_group_id="sg-0123456789abcdef0",
+        target_group_arn="arn:aws:elasticloadbalancing:eu-west-1:111122223333:targetgroup/my-app/0123456789abcdef",
+        request_count_label="app/my-alb/0123456789abcdef/targetgroup/my-app/0123456789abcdef",
+        kms_key_arn="arn:aws:kms:eu-west-1:111122223333:key/0a1b2c3d-4e5f-6789-abcd-ef0123456789"))
+    pulumi.export("serviceName", svc.service_name)
 """
 
 from __future__ import annotations

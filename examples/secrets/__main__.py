@@ -1,0 +1,8 @@
+"""The secrets component alone: copy components/secrets.py here as secrets_store.py (a file
+named secrets.py would shadow Python's own `secrets` module), then `pulumi up`."""
+
+import pulumi
+from secrets_store import Secrets, SecretsArgs
+
+keys = Secrets("secrets", SecretsArgs(prefix="my-app/dev", region="eu-west-1"))
+pulumi.export("secretArns", keys.secret_arns)

@@ -1,0 +1,236 @@
+"""Each component's args refuse what AWS would refuse, at construction, naming the argument:
+a fork that takes one file keeps the rules (the stack config calls the same checks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.budget import BudgetArgs
+from components.cache import CacheArgs
+from components.edge import EdgeArgs
+from components.image import ImageArgs
+from components.load_balancer import LoadBalancerArgs
+from components.monitoring import MonitoringArgs
+from components.network import NetworkArgs
+from components.registry import RegistryArgs
+from components.secrets import SecretsArgs
+from components.service import ServiceArgs
+from infra.stack_files import ROOT
+
+CERT = "arn:aws:acm:eu-west-1:111122223333:certificate/5f0c2a3e-1b7d-4c9a-8e21-0a5b6c7d8e9f"
+CACHE = dict(vpc_id="vpc-1", subnet_ids=["s-1", "s-2"], kms_key_arn="k", auth_token="t", replication_group_id="c")
+SERVICE = dict(
+    name="app",
+    region="eu-west-1",
+    vpc_id="vpc-1",
+    subnet_ids=["s-1"],
+    image="i",
+    lb_security_group_id="sg",
+    target_group_arn="tg",
+    request_count_label="l",
+    kms_key_arn="k",
+)
+LB = dict(vpc_id="vpc-1", subnet_ids=["s-1", "s-2"], container_port=8080)
+MON = dict(
+    name="app",
+    region="eu-west-1",
+    kms_key_arn="k",
+    lb_arn_suffix="l",
+    target_group_arn_suffix="t",
+    cluster_name="c",
+    service_name="s",
+    cache_member_ids=[],
+    web_acl_name="w",
+)
+
+BAD = [
+    # (id, build, argument the message names, words)
+    (
+        "cache-multi-az-one-node",
+        lambda: CacheArgs(**CACHE, multi_az=True, automatic_failover=True),
+        "CacheArgs.nodes",
+        "at least 2 nodes",
+    ),
+    ("cache-failover-one-node", lambda: CacheArgs(**CACHE, automatic_failover=True), "CacheArgs.nodes", "2 nodes"),
+    (
+        "cache-multi-az-without-failover",
+        lambda: CacheArgs(**CACHE, nodes=2, multi_az=True),
+        "CacheArgs.automatic_failover",
+        "requires automatic failover",
+    ),
+    (
+        "cache-node-type",
+        lambda: CacheArgs(**CACHE, node_type="cache.t2.micro"),
+        "CacheArgs.node_type",
+        "current-generation",
+    ),
+    (
+        "cache-version",
+        lambda: CacheArgs(**CACHE, engine_version="6.0"),
+        "CacheArgs.engine_version",
+        "valkey versions",
+    ),
+    (
+        "cache-windows-overlap",
+        lambda: CacheArgs(**CACHE, maintenance_window="mon:03:30-mon:04:30"),
+        "CacheArgs.snapshot_window",
+        "overlaps",
+    ),
+    ("cache-seven-nodes", lambda: CacheArgs(**CACHE, nodes=7), "CacheArgs.nodes", "1 to 6"),
+    (
+        "service-fargate-pair",
+        lambda: ServiceArgs(**SERVICE, cpu=256, memory=4096),
+        "ServiceArgs.memory",
+        "[512, 1024, 2048]",
+    ),
+    ("service-fargate-cpu", lambda: ServiceArgs(**SERVICE, cpu=300), "ServiceArgs.cpu", "Fargate accepts cpu"),
+    (
+        "service-min-over-max",
+        lambda: ServiceArgs(**SERVICE, min_tasks=5, max_tasks=2),
+        "ServiceArgs.min_tasks",
+        "max_tasks",
+    ),
+    (
+        "service-desired-outside",
+        lambda: ServiceArgs(**SERVICE, desired_tasks=9),
+        "ServiceArgs.desired_tasks",
+        "lie between",
+    ),
+    (
+        "service-no-capacity",
+        lambda: ServiceArgs(**SERVICE, fargate_weight=0),
+        "ServiceArgs.fargate_weight",
+        "at least 1",
+    ),
+    ("service-root", lambda: ServiceArgs(**SERVICE, user="0:0"), "ServiceArgs.user", "never root"),
+    (
+        "service-flapping",
+        lambda: ServiceArgs(**SERVICE, scale_in_cooldown=10),
+        "ServiceArgs.scale_in_cooldown",
+        "grace period",
+    ),
+    ("lb-no-certificate", lambda: LoadBalancerArgs(**LB), "LoadBalancerArgs.certificate_arn", "HTTPS needs"),
+    (
+        "lb-domain-without-zone",
+        lambda: LoadBalancerArgs(**LB, domain_name="api.mycompany.com"),
+        "LoadBalancerArgs.certificate_arn",
+        "HTTPS needs",
+    ),
+    (
+        "lb-zone-without-domain",
+        lambda: LoadBalancerArgs(**LB, certificate_arn=CERT, hosted_zone_id="Z0123456789ABC"),
+        "LoadBalancerArgs.hosted_zone_id",
+        "without `domain_name`",
+    ),
+    (
+        "lb-tls12-policy",
+        lambda: LoadBalancerArgs(**LB, certificate_arn=CERT, ssl_policy="ELBSecurityPolicy-2016-08"),
+        "LoadBalancerArgs.ssl_policy",
+        "no TLS 1.3",
+    ),
+    (
+        "lb-cidr",
+        lambda: LoadBalancerArgs(**LB, certificate_arn=CERT, ingress_cidrs=["10.0.0.1/8"]),
+        "LoadBalancerArgs.ingress_cidrs[0]",
+        "host bits",
+    ),
+    (
+        "lb-idle",
+        lambda: LoadBalancerArgs(**LB, certificate_arn=CERT, idle_timeout_seconds=5000),
+        "LoadBalancerArgs.idle_timeout_seconds",
+        "1 to 4000",
+    ),
+    (
+        "network-azs",
+        lambda: NetworkArgs(cidr="10.0.0.0/16", az_count=5, region="eu-west-1"),
+        "NetworkArgs.az_count",
+        "1 to 4",
+    ),
+    (
+        "network-too-small",
+        lambda: NetworkArgs(cidr="10.0.0.0/22", az_count=2, region="eu-west-1"),
+        "NetworkArgs.cidr",
+        "needs room",
+    ),
+    (
+        "network-not-a-cidr",
+        lambda: NetworkArgs(cidr="10.0.0.0/33", az_count=2, region="eu-west-1"),
+        "NetworkArgs.cidr",
+        "not an IPv4 CIDR",
+    ),
+    (
+        "secrets-pulumi-without-values",
+        lambda: SecretsArgs(prefix="a/b", region="eu-west-1", source="pulumi"),
+        "SecretsArgs.values",
+        "needs a value",
+    ),
+    (
+        "secrets-recovery",
+        lambda: SecretsArgs(prefix="a/b", region="eu-west-1", recovery_window_days=3),
+        "SecretsArgs.recovery_window_days",
+        "7 to 30",
+    ),
+    (
+        "secrets-names",
+        lambda: SecretsArgs(prefix="a/b", region="eu-west-1", names=["x", "x"]),
+        "SecretsArgs.names",
+        "lower-case",
+    ),
+    (
+        "edge-window",
+        lambda: EdgeArgs(name="a", load_balancer_arn="l", rate_window_seconds=90),
+        "EdgeArgs.rate_window_seconds",
+        "60, 120, 300 or 600",
+    ),
+    ("edge-rate", lambda: EdgeArgs(name="a", load_balancer_arn="l", rate_limit=5), "EdgeArgs.rate_limit", "10 to"),
+    (
+        "budget-zero",
+        lambda: BudgetArgs(name="a", environment="dev", monthly_limit_usd=0),
+        "BudgetArgs.monthly_limit_usd",
+        "positive",
+    ),
+    (
+        "budget-threshold",
+        lambda: BudgetArgs(name="a", environment="dev", monthly_limit_usd=5, actual_thresholds=[0]),
+        "BudgetArgs.actual_thresholds",
+        "1 to 1000",
+    ),
+    ("registry-name", lambda: RegistryArgs(name="My_App", kms_key_arn="k"), "RegistryArgs.name", "lower-case"),
+    (
+        "image-no-dockerfile",
+        lambda: ImageArgs(context="/nonexistent", repository_url="r", registry_id="1"),
+        "ImageArgs.context",
+        "Dockerfile",
+    ),
+    (
+        "monitoring-min-over-max",
+        lambda: MonitoringArgs(**MON, min_tasks=3, max_tasks=1),
+        "MonitoringArgs.min_tasks",
+        "max_tasks",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_args_refuse_what_aws_would_naming_the_argument(case):
+    _, build, arg, words = case
+    with pytest.raises(ValueError) as err:
+        build()
+    assert str(err.value).startswith(f"{arg}: got "), str(err.value)
+    assert words in str(err.value), str(err.value)
+
+
+def test_the_defaults_and_plausible_args_pass():
+    CacheArgs(**CACHE)
+    CacheArgs(**CACHE, nodes=2, multi_az=True, automatic_failover=True, node_type="cache.m7g.large")
+    ServiceArgs(**SERVICE)
+    ServiceArgs(**SERVICE, cpu=1024, memory=8192, spot_weight=1, fargate_weight=0)
+    LoadBalancerArgs(**LB, certificate_arn=CERT)
+    LoadBalancerArgs(**LB, domain_name="api.mycompany.com", hosted_zone_id="Z0123456789ABC")
+    NetworkArgs(cidr="10.0.0.0/16", az_count=3, region="eu-west-1", nat_strategy="per_az")
+    SecretsArgs(prefix="a/b", region="eu-west-1", source="pulumi", values={"openai-api-key": "v"})
+    EdgeArgs(name="a", load_balancer_arn="l")
+    BudgetArgs(name="a", environment="dev", monthly_limit_usd=5)
+    RegistryArgs(name="my-app", kms_key_arn="k")
+    ImageArgs(context=str(ROOT / "gateway"), repository_url="r", registry_id="1")
+    MonitoringArgs(**MON, min_tasks=1, max_tasks=4)

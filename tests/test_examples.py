@@ -1,0 +1,105 @@
+"""Each component is one file a platform team can copy: its example runs with that file alone
+beside it, under a minimal mock (tests/run_example.py, not the project's own mocks), in an
+interpreter where nothing else of this repository is importable."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.stack_files import ROOT
+from offline import component_docs
+
+COMPONENTS = component_docs.COMPONENTS
+RUNNER = Path(__file__).parent / "run_example.py"
+
+
+def _copy_name(component: str) -> str:
+    # A file named secrets.py beside a program shadows Python's own `secrets` module.
+    return "secrets_store.py" if component == "secrets" else f"{component}.py"
+
+
+def _run(component: str, root: Path) -> tuple[int, list, str]:
+    folder = root / component
+    shutil.copytree(ROOT / "examples" / component, folder)
+    shutil.copy(ROOT / "components" / f"{component}.py", folder / _copy_name(component))
+    shutil.copy(RUNNER, folder / "run_example.py")
+    done = subprocess.run([sys.executable, "-I", "run_example.py"], cwd=folder, capture_output=True,
+                          text=True, timeout=180)
+    declared = json.loads(done.stdout) if done.returncode == 0 and done.stdout else []
+    return done.returncode, declared, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory) -> dict[str, tuple[int, list, str]]:
+    root = tmp_path_factory.mktemp("examples")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        return dict(zip(COMPONENTS, pool.map(lambda c: _run(c, root), COMPONENTS), strict=True))
+
+
+def _of(declared: list, typ: str) -> list[dict]:
+    return [r["inputs"] for r in declared if r["type"] == typ]
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_each_example_runs_with_its_component_file_alone(ran, component):
+    code, declared, err = ran[component]
+    assert code == 0, err
+    tokens = {r["type"] for r in declared if r["type"].startswith("llm-service:")}
+    assert tokens == {f"llm-service:{component}:{next(iter(tokens)).rsplit(':', 1)[1]}"}, tokens
+
+
+def test_what_the_examples_declare(ran):
+    d = {c: ran[c][1] for c in COMPONENTS}
+    (vpc,) = _of(d["network"], "aws:ec2/vpc:Vpc")
+    assert vpc["cidrBlock"] == "10.40.0.0/16" and len(_of(d["network"], "aws:ec2/subnet:Subnet")) == 6
+    assert len(_of(d["network"], "aws:ec2/natGateway:NatGateway")) == 1
+    (secret,) = _of(d["secrets"], "aws:secretsmanager/secret:Secret")
+    assert secret["name"] == "my-app/dev/openai-api-key"
+    assert _of(d["secrets"], "aws:kms/key:Key")[0]["enableKeyRotation"] is True
+    (listener,) = [x for x in _of(d["load_balancer"], "aws:lb/listener:Listener") if x["port"] == 443]
+    assert listener["sslPolicy"].startswith("ELBSecurityPolicy-TLS13-") and listener["certificateArn"]
+    assert _of(d["load_balancer"], "aws:lb/loadBalancer:LoadBalancer")[0]["idleTimeout"] == 600
+    (repo,) = _of(d["registry"], "aws:ecr/repository:Repository")
+    assert repo["name"] == "my-app" and repo["imageTagMutability"] == "IMMUTABLE"
+    (image,) = _of(d["image"], "docker-build:index:Image")
+    assert image["platforms"] == ["linux/arm64"] and image["push"] is True
+    (task,) = _of(d["service"], "aws:ecs/taskDefinition:TaskDefinition")
+    (app,) = json.loads(task["containerDefinitions"])
+    assert app["readonlyRootFilesystem"] is True and app["user"] == "1000:1000"
+    assert (task["cpu"], task["memory"]) == ("512", "1024")
+    (group,) = _of(d["cache"], "aws:elasticache/replicationGroup:ReplicationGroup")
+    assert group["transitEncryptionEnabled"] and group["atRestEncryptionEnabled"]
+    assert (group["engine"], group["nodeType"]) == ("valkey", "cache.t4g.micro")
+    (acl,) = _of(d["edge"], "aws:wafv2/webAcl:WebAcl")
+    assert any("rateBasedStatement" in (r.get("statement") or {}) for r in acl["rules"])
+    assert len(_of(d["monitoring"], "aws:cloudwatch/metricAlarm:MetricAlarm")) >= 15
+    assert _of(d["monitoring"], "aws:sns/topicSubscription:TopicSubscription")[0]["endpoint"] == \
+        "oncall@mycompany.com"
+    (budget,) = _of(d["budget"], "aws:budgets/budget:Budget")
+    assert budget["limitAmount"] == "100.00"
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_each_docstring_lists_args_outputs_and_its_example_as_the_code_says(component):
+    text = (ROOT / "components" / f"{component}.py").read_text()
+    assert component_docs.updated(component) == text, "run `python -m offline.component_docs --write`"
+    doc = text.split('"""')[1]
+    assert "Creates:" in doc and "Cost:" in doc and "Args (`" in doc and "Outputs:" in doc
+
+
+def test_a_docstring_that_drifted_is_caught():
+    text = (ROOT / "components" / "cache.py").read_text()
+    assert component_docs.updated("cache") != text.replace("    nodes: int = 1\n", "    nodes: int = 2\n")
+
+
+def test_components_import_nothing_of_this_project():
+    for component in COMPONENTS:
+        source = (ROOT / "components" / f"{component}.py").read_text()
+        assert "from components" not in source and "from infra" not in source and "import infra" not in source
