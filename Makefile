@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 GW_VENV := .venv-gateway
 STACK ?= staging
 
-.PHONY: plan cost diff test lint lock bench bench-gateway serve clean venvs
+.PHONY: plan cost diff docs test lint lock bench bench-gateway serve clean venvs
 
 # Every install is from a lock with hashes (requirements*.txt, made from the *.in files by
 # `make lock`): pip installs uv, uv installs the rest (about ten times faster than pip).
@@ -42,6 +42,10 @@ plan: $(VENV)/.installed  ## what STACK declares, offline, ending with its month
 
 cost: $(VENV)/.installed  ## the monthly cost of STACK, line by line, and its LLM token spend with and without the cache
 	@$(PY) -m offline.cost --stack $(STACK) $(if $(JSON),--json,)
+
+docs: $(VENV)/.installed  ## regenerate README's config reference and the components' docstrings from the code
+	$(PY) -m offline.config_doc --write
+	$(PY) -m offline.component_docs --write
 
 FROM ?= staging
 TO ?= prod
