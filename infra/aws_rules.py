@@ -7,7 +7,6 @@ each entry against the text botocore ships where it can (tests/test_config_rules
 
 from __future__ import annotations
 
-import ipaddress
 import unicodedata
 from functools import cache
 
@@ -44,17 +43,4 @@ def tag_problem(key: str, value: str) -> str | None:
         return f"not a valid tag key: {TAG_RULE}"
     if len(value) > 256 or not ok(value):
         return f"not a valid tag value: {TAG_RULE}"
-    return None
-
-
-def cidr_problem(text: str, version: int) -> str | None:
-    """Why a security group would refuse this CIDR, or None. EC2 takes the network address
-    only (10.0.0.0/8, not 10.1.2.3/8), as ipaddress's strict mode does."""
-    kind = "IPv4" if version == 4 else "IPv6"
-    try:
-        net = ipaddress.ip_network(text, strict=True)
-    except ValueError as e:
-        return f"not an {kind} CIDR ({e})"
-    if net.version != version:
-        return f"an IPv{net.version} CIDR where {kind} is expected"
     return None

@@ -42,7 +42,6 @@ from infra.aws_rules import (
     LOG_RETENTION_DAYS,
     MAX_TAGS,
     RESERVED_TAG_KEYS,
-    cidr_problem,
     regions,
     tag_problem,
 )
@@ -171,18 +170,15 @@ class NetworkConfig(_Section):
     flow_log_retention_days: Retention = Field(30, json_schema_extra=RETENTION)
     """Days VPC flow logs are kept in CloudWatch Logs."""
 
-    @field_validator("cidr")
-    @classmethod
-    def _cidr(cls, v: str) -> str:
-        problem = cidr_problem(v, 4)
-        if problem:
-            raise ValueError(problem)
-        net = ipaddress.ip_network(v)
-        if not net.is_private:
-            raise ValueError("must be a private IPv4 CIDR such as 10.20.0.0/16")
-        if not 16 <= net.prefixlen <= 24:
-            raise ValueError("VPC prefix length must be between /16 and /24")
-        return v
+    @model_validator(mode="after")
+    def _what_the_layout_holds(self) -> NetworkConfig:
+        _refuse("network", self, network_problems(self))  # what AWS refuses, and room for the subnets
+        # This stack's own rules on top: a private range, and /24 at most (12 subnets of /28).
+        net = ipaddress.ip_network(self.cidr)
+        if not net.is_private or net.prefixlen > 24:
+            raise ConfigError(_key("network.cidr"), self.cidr,
+                              "a private IPv4 CIDR of /16 to /24, such as 10.20.0.0/16")
+        return self
 
 
 class PriceConfig(_Section):
@@ -249,7 +245,7 @@ class SecretsConfig(_Section):
     """Days a deleted secret can be restored. Secrets Manager: 0 (at once) or 7 to 30."""
     rotation_age_days: int = Field(90, ge=1)
     """The age at which the key-age alarm fires."""
-    key_deletion_window_days: int = Field(7, ge=7, le=30)
+    key_deletion_window_days: int = Field(7, json_schema_extra=allow("7 to 30"))
     """Days before a deleted KMS key is gone. KMS: 7 to 30."""
 
     @model_validator(mode="after")
@@ -312,7 +308,7 @@ class ServiceConfig(_Section):
     """Share of tasks beyond the base on Fargate Spot (ECS: weight 0 to 1,000)."""
     health_check_grace_seconds: int = Field(60, ge=0, le=2147483647)
     """Seconds ECS ignores failing load balancer health checks of a new task."""
-    stop_timeout_seconds: int = Field(120, ge=2, le=120)
+    stop_timeout_seconds: int = Field(120, json_schema_extra=allow("2 to 120"))
     """Seconds between SIGTERM and SIGKILL (Fargate: at most 120): streams finish meanwhile."""
     log_retention_days: Retention = Field(30, json_schema_extra=RETENTION)
     """Days the container's logs are kept."""
@@ -373,12 +369,12 @@ class LoadBalancerConfig(_Section):
     ingress_ipv6_cidrs: list[str] = Field(default_factory=lambda: ["::/0"],
                                           json_schema_extra=allow("IPv6 CIDRs (network addresses)"))
     """Who may reach the listeners over IPv6."""
-    idle_timeout_seconds: int = Field(600, ge=1, le=4000)
+    idle_timeout_seconds: int = Field(600, json_schema_extra=allow("1 to 4000"))
     """Seconds a connection may carry no byte (ALB: 1 to 4,000); streams need minutes."""
     health_check_path: str = Field("/healthz", json_schema_extra=allow(
         "/ and up to 1,023 of A-Z a-z 0-9 _ . ~ $ / ' @ : + & ( ) ! , ; = % -"))
     """The target group's health check path (ALB: up to 1,024 characters, starting with /)."""
-    deregistration_delay_seconds: int = Field(60, ge=0, le=3600)
+    deregistration_delay_seconds: int = Field(60, json_schema_extra=allow("0 to 3600"))
     """Seconds a stopping task keeps its connections (ALB: 0 to 3,600)."""
     ssl_policy: str = Field("ELBSecurityPolicy-TLS13-1-2-2021-06",
                             json_schema_extra=allow("an ALB security policy with TLS 1.3"))
@@ -496,13 +492,13 @@ class CacheConfig(_Section):
         "a current-generation node type: cache.t4g/t3 micro to medium, m5/m6g/m7g/r5/r6g/r7g "
         "large and up"))
     """Every node's type."""
-    nodes: int = Field(1, ge=1, le=MAX_NODES)
+    nodes: int = Field(1, json_schema_extra=allow(f"1 to {MAX_NODES}"))
     """Nodes: a primary and up to 5 replicas (cluster mode disabled)."""
     multi_az: bool = False
     """Replicas in other AZs; needs automaticFailover and 2 nodes."""
     automatic_failover: bool = False
     """Promote a replica when the primary fails; needs 2 nodes."""
-    snapshot_retention_days: int = Field(0, ge=0, le=35)
+    snapshot_retention_days: int = Field(0, json_schema_extra=allow("0 to 35"))
     """Days of daily snapshots kept (ElastiCache: 0 to 35; 0 takes none)."""
     maintenance_window: str = Field("sun:05:00-sun:06:00",
                                     json_schema_extra=allow("ddd:hh24:mi-ddd:hh24:mi, UTC, 60 minutes "
@@ -513,7 +509,7 @@ class CacheConfig(_Section):
     """The daily snapshot window."""
     log_retention_days: Retention = Field(14, json_schema_extra=RETENTION)
     """Days the slow and engine logs are kept."""
-    port: int = Field(6379, ge=1, le=65535)
+    port: int = Field(6379, json_schema_extra=allow("1 to 65535"))
     """The port the cache listens on."""
 
     @field_validator("engine_version", mode="before")
@@ -676,7 +672,6 @@ class StackConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StackConfig:
-        _network_fits(self.network)
         _certificate_in_region(self.load_balancer.certificate_arn, self.region)
         _streams_survive_the_idle_timeout(self.gateway, self.load_balancer)
         if self.service.image == BUILD and not self.service.ecr_repository:
@@ -686,10 +681,6 @@ class StackConfig(BaseModel):
         if self.is_prod:
             _prod_rules(self)
         return self
-
-
-def _network_fits(n: NetworkConfig) -> None:
-    _refuse("network", n, network_problems(n))
 
 
 def _streams_survive_the_idle_timeout(g: GatewayConfig, lb: LoadBalancerConfig) -> None:

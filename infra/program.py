@@ -121,7 +121,7 @@ def check_zones(cfg: StackConfig) -> None:
     zones = aws.get_availability_zones(state="available", filters=STANDARD_AZS, region=cfg.region).names
     if len(zones) < cfg.network.az_count:
         need = " (prod needs 3: deploy prod to a region with 3 or more)" if cfg.is_prod else ""
-        raise ConfigError("llm-service:network.azCount", cfg.network.az_count,
+        raise ConfigError(f"{PROJECT}:network.azCount", cfg.network.az_count,
                           f"{cfg.region} has {len(zones)} standard AZs ({', '.join(zones)}): "
                           f"at most {len(zones)}{need}")
 

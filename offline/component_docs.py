@@ -62,9 +62,11 @@ def args_section(name: str) -> str:
     return "\n".join(out)
 
 
-def updated(name: str) -> str:
-    path = ROOT / "components" / f"{name}.py"
-    text = path.read_text()
+def updated(name: str, text: str | None = None) -> str:
+    """The component's file (or `text` in its place) with the generated part of its docstring
+    made from the code and the example."""
+    if text is None:
+        text = (ROOT / "components" / f"{name}.py").read_text()
     doc_end = text.index('"""', 3)
     doc = text[3:doc_end]
     # Keep the hand-written part (what it creates and costs); replace the generated one, and any

@@ -99,7 +99,7 @@ def _tasks(e: Estimate, n: int) -> tuple[float, float]:
     return on_demand, n - on_demand
 
 
-def fargate(e: Estimate) -> None:
+def fargate(e: Estimate, typ: str) -> None:
     (task,) = e.of("aws:ecs/taskDefinition:TaskDefinition")
     arch = (task.inputs.get("runtimePlatform") or {}).get("cpuArchitecture", "X86_64")
     vcpu, gb = int(task.inputs["cpu"]) / 1024, int(task.inputs["memory"]) / 1024
@@ -119,8 +119,8 @@ def fargate(e: Estimate) -> None:
                   n_low * size * HOURS * price, n_high * size * HOURS * price)
 
 
-def container_insights(e: Estimate) -> None:
-    for cluster in e.of("aws:ecs/cluster:Cluster"):
+def container_insights(e: Estimate, typ: str) -> None:
+    for cluster in e.of(typ):
         settings = {s.get("name"): s.get("value") for s in cluster.inputs.get("settings") or []}
         if settings.get("containerInsights") in ("enabled", "enhanced"):
             price = e.price("cloudwatch.metric_month")
@@ -128,9 +128,9 @@ def container_insights(e: Estimate) -> None:
                   f"about {CONTAINER_INSIGHTS_METRICS} metrics x ${price}", CONTAINER_INSIGHTS_METRICS * price)
 
 
-def load_balancer(e: Estimate) -> None:
+def load_balancer(e: Estimate, typ: str) -> None:
     t = e.cfg.traffic
-    for lb in e.of("aws:lb/loadBalancer:LoadBalancer"):
+    for lb in e.of(typ):
         hour, lcu, ip = e.price("alb.hour"), e.price("alb.lcu_hour"), e.price("ipv4.hour")
         e.add("load balancer", "ALB hours", f"{HOURS} h x ${hour}", HOURS * hour)
         azs = len(lb.inputs.get("subnets") or [])
@@ -148,8 +148,8 @@ def load_balancer(e: Estimate) -> None:
         e.add("load balancer", "data out to clients", f"{out_gb:.1f} GB x ${price}", out_gb * price, fixed=False)
 
 
-def nat(e: Estimate) -> None:
-    gateways = e.of("aws:ec2/natGateway:NatGateway")
+def nat(e: Estimate, typ: str) -> None:
+    gateways = e.of(typ)
     if not gateways:
         return
     t = e.cfg.traffic
@@ -160,16 +160,16 @@ def nat(e: Estimate) -> None:
     e.add("network", "NAT data to the LLM API", f"{gb:.1f} GB x ${per_gb}", gb * per_gb, fixed=False)
 
 
-def eips(e: Estimate) -> None:
-    ips = e.of("aws:ec2/eip:Eip")
+def eips(e: Estimate, typ: str) -> None:
+    ips = e.of(typ)
     if ips:
         price = e.price("ipv4.hour")
         e.add("network", "NAT public IPv4 addresses", f"{len(ips)} x {HOURS} h x ${price}",
               len(ips) * HOURS * price)
 
 
-def endpoints(e: Estimate) -> None:
-    interface = [r for r in e.of("aws:ec2/vpcEndpoint:VpcEndpoint")
+def endpoints(e: Estimate, typ: str) -> None:
+    interface = [r for r in e.of(typ)
                  if r.inputs.get("vpcEndpointType") == "Interface"]
     if interface:
         azs = sum(len(r.inputs.get("subnetIds") or []) for r in interface)
@@ -178,8 +178,8 @@ def endpoints(e: Estimate) -> None:
               f"{len(interface)} endpoints, {azs} endpoint-AZs x {HOURS} h x ${price}", azs * HOURS * price)
 
 
-def cache(e: Estimate) -> None:
-    for group in e.of("aws:elasticache/replicationGroup:ReplicationGroup"):
+def cache(e: Estimate, typ: str) -> None:
+    for group in e.of(typ):
         node, n = group.inputs["nodeType"], int(group.inputs.get("numCacheClusters") or 1)
         engine = group.inputs.get("engine", "valkey")
         price = e.price(f"elasticache.{engine}.{node}")
@@ -187,8 +187,8 @@ def cache(e: Estimate) -> None:
         # Snapshot storage up to one node's size per day of retention is free; beyond, billed.
 
 
-def waf(e: Estimate) -> None:
-    for acl in e.of("aws:wafv2/webAcl:WebAcl"):
+def waf(e: Estimate, typ: str) -> None:
+    for acl in e.of(typ):
         rules = len(acl.inputs.get("rules") or [])
         a, r, m = e.price("waf.acl_month"), e.price("waf.rule_month"), e.price("waf.million_requests")
         e.add("edge", "WAF web ACL and rules", f"1 ACL x ${a} + {rules} rules x ${r}", a + rules * r)
@@ -197,6 +197,7 @@ def waf(e: Estimate) -> None:
 
 
 def each(key: str, group: str, what: str) -> Callable[[Estimate, str], None]:
+    """A line for a resource priced per instance: how many the stack declares, times the price."""
     def line(e: Estimate, typ: str) -> None:
         n = len(e.of(typ))
         price = e.price(key)
@@ -204,8 +205,8 @@ def each(key: str, group: str, what: str) -> Callable[[Estimate, str], None]:
     return line
 
 
-def alarms(e: Estimate) -> None:
-    found = e.of("aws:cloudwatch/metricAlarm:MetricAlarm")
+def alarms(e: Estimate, typ: str) -> None:
+    found = e.of(typ)
     # Metric-math alarms are billed per metric they read.
     metrics = sum(max(1, sum(1 for q in r.inputs.get("metricQueries") or [] if q.get("metric")))
                   for r in found)
@@ -213,7 +214,7 @@ def alarms(e: Estimate) -> None:
     e.add("monitoring", "alarms", f"{len(found)} alarms reading {metrics} metrics x ${price}", metrics * price)
 
 
-def gateway_metrics(e: Estimate) -> None:
+def gateway_metrics(e: Estimate, typ: str) -> None:
     """The gateway's EMF metrics; an image of your own emits what it emits."""
     from gateway.observe import METRICS
 
@@ -226,8 +227,8 @@ def gateway_metrics(e: Estimate) -> None:
           f"{len(METRICS)} metrics x (1 + {e.cfg.traffic.clients} clients) x ${price}", count * price)
 
 
-def logs(e: Estimate) -> None:
-    groups = e.of("aws:cloudwatch/logGroup:LogGroup")
+def logs(e: Estimate, typ: str) -> None:
+    groups = e.of(typ)
     kb = {name: LOG_KB[name] for name in LOG_KB
           if name != "flow" or e.of("aws:ec2/flowLog:FlowLog")}
     gb = e.requests_month * sum(kb.values()) / GB
@@ -238,16 +239,16 @@ def logs(e: Estimate) -> None:
     e.add("logs", "log storage", f"{stored:.2f} GB kept x ${store}", stored * store, fixed=False)
 
 
-def access_logs(e: Estimate) -> None:
-    if e.of("aws:s3/bucket:Bucket"):
+def access_logs(e: Estimate, typ: str) -> None:
+    if e.of(typ):
         days = e.cfg.load_balancer.access_log_retention_days
         gb = e.requests_month * ACCESS_LOG_KB / GB * days / 30.4
         price = e.price("s3.storage_gb_month")
         e.add("logs", "ALB access logs in S3", f"{gb:.2f} GB kept x ${price}", gb * price, fixed=False)
 
 
-def registry(e: Estimate) -> None:
-    if e.of("aws:ecr/repository:Repository"):
+def registry(e: Estimate, typ: str) -> None:
+    if e.of(typ):
         price = e.price("ecr.storage_gb_month")
         kept = 50  # the repository's lifecycle policy keeps the newest 50 images
         e.add("registry", "ECR image storage", f"up to {kept} images x {IMAGE_GB} GB x ${price}",
@@ -257,7 +258,8 @@ def registry(e: Estimate) -> None:
 GROUPS = ["compute", "load balancer", "network", "cache", "edge", "keys and secrets", "registry",
           "monitoring", "logs"]
 FREE = "no charge of its own"
-# Every resource type the stack declares: a function that prices it, or why it costs nothing.
+# Every resource type the stack declares: a pricer `(estimate, type)` that adds its lines, or why
+# it costs nothing.
 BILLING: dict[str, Any] = {
     "aws:ecs/service:Service": fargate,
     "aws:ecs/taskDefinition:TaskDefinition": gateway_metrics,
@@ -355,8 +357,8 @@ def estimate(stack: str, resources: list[Any], cfg: StackConfig) -> Report:
         how = BILLING.get(typ)
         if how is None:
             raise Unpriced(f"{typ} has no line in offline/cost.py BILLING: price it, or say why it is free")
-        if callable(how):
-            how(e, typ) if how.__code__.co_argcount == 2 else how(e)
+        if callable(how):  # a pricer; a string says why the type is free
+            how(e, typ)
     lines = sorted(e.lines, key=lambda line: GROUPS.index(line.group))
     return Report(stack, cfg.region, e.table["recorded"], lines, token_spend(cfg))
 

@@ -37,14 +37,20 @@ SETTINGS: dict[str, list[str]] = {
 }
 
 
-def _show(value: Any) -> str:
-    """Numbers as written (the mocks hand back floats), structures compact."""
+def _whole(value: Any) -> Any:
+    """Integral floats as ints, all the way down: the mocks hand numbers back as floats."""
     if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, sort_keys=True, default=str).replace(".0,", ",").replace(".0}", "}")
-    return repr(value)
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    return value
 
+
+def _show(value: Any) -> str:
+    value = _whole(value)
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (list, dict)) else repr(value)
 
 def leaves(value: Any, path: str = "") -> dict[str, Any]:
     if isinstance(value, dict):

@@ -29,9 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Optional, TextIO
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import ClientError, NoCredentialsError
 
-from infra.config import ConfigError, error_lines
 from infra.stack_files import ROOT
 from ops import rollout
 from ops.boto import client as _client
@@ -161,7 +160,9 @@ def main(argv: Optional[list[str]] = None, stdin: TextIO = sys.stdin) -> int:
                         help="seconds to wait for the service to be stable after writing")
     args = parser.parse_args(argv)
     target = None
-    try:
+
+    def act() -> int:
+        nonlocal target
         target = resolve(args.stack, args.name, args.outputs, args.region)
         if args.action == "check":
             lines, ok = check(target)
@@ -173,17 +174,8 @@ def main(argv: Optional[list[str]] = None, stdin: TextIO = sys.stdin) -> int:
         else:
             rotate(target, value, args.timeout)
         return 0
-    except ConfigError as e:
-        print(error_lines(e), file=sys.stderr)
-        return 2
-    except Failure as e:
-        print(f"error: {e}", file=sys.stderr)
-    except (ClientError, BotoCoreError) as e:
-        print(f"error: {explain(e, target)}", file=sys.stderr)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-    return 1
 
+    return rollout.run(act, lambda e: explain(e, target))
 
 if __name__ == "__main__":
     sys.exit(main())

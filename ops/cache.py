@@ -20,9 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from infra.config import ConfigError, error_lines
 from ops import rollout
 from ops.apikey import explain_aws
 from ops.boto import client as _client
@@ -79,21 +76,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--region", help="override the stack's region")
     parser.add_argument("--timeout", type=int, default=300, help="seconds to wait for the task")
     args = parser.parse_args(argv)
-    try:
+
+    def act() -> int:
         s = rollout.resolve(args.stack, args.outputs, args.region)
         print(invalidate(s, args.client, args.timeout, log=lambda m: print(m, file=sys.stderr, flush=True)))
         return 0
-    except ConfigError as e:
-        print(error_lines(e), file=sys.stderr)
-        return 2
-    except Failure as e:
-        print(f"error: {e}", file=sys.stderr)
-    except (ClientError, BotoCoreError) as e:
-        print(f"error: {explain_aws(e, f'the ECS service of {args.stack}', args.stack)}", file=sys.stderr)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-    return 1
 
+    return rollout.run(act, lambda e: explain_aws(e, f"the ECS service of {args.stack}", args.stack))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,10 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from gateway.keys import KeyDocumentError, add_key, empty_document
-from infra.config import ConfigError, error_lines
 from ops import rollout
 from ops.apikey import explain_aws
 from ops.boto import client as _client
@@ -163,7 +160,8 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
     if args.action != "list" and not args.client:
         parser.error(f"{args.action} needs a client name")
     where = f"the client-keys secret of {args.stack}"
-    try:
+
+    def act() -> int:
         s = rollout.resolve(args.stack, args.outputs, args.region)
         if args.action == "list":
             print("\n".join(listing(s)))
@@ -184,17 +182,8 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
             print(key, flush=True)
         rollout.after_secret_change(s, args.timeout, sleep=sleep, log=_err)
         return 0
-    except ConfigError as e:
-        _err(error_lines(e))
-        return 2
-    except Failure as e:
-        _err(f"error: {e}")
-    except (ClientError, BotoCoreError) as e:
-        _err(f"error: {explain_aws(e, where, args.stack)}")
-    except (FileNotFoundError, ValueError) as e:
-        _err(f"error: {e}")
-    return 1
 
+    return rollout.run(act, lambda e: explain_aws(e, where, args.stack))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,15 +9,16 @@ every secret has a value, and otherwise says which one is missing.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from infra.config import StackConfig, load, physical_prefix, secret_prefix
+from infra.config import ConfigError, StackConfig, error_lines, load, physical_prefix, secret_prefix
 from infra.outputs import read_outputs
 from infra.stack_files import ROOT, read_stack_file
 from ops.boto import client as _client
@@ -28,6 +29,25 @@ CACHE_AUTH_TOKEN = "cache-auth-token"  # noqa: S105 - a secret's name
 
 class Failure(Exception):
     """One line for the operator; exit code 1."""
+
+
+def run(action: Callable[[], int], aws_error: Callable[[Exception], str]) -> int:
+    """A command's action, with every failure as one line on stderr: exit 2 for a bad stack
+    config (as every command does), 1 for the rest; `aws_error` words an AWS refusal."""
+    def err(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+    try:
+        return action()
+    except ConfigError as e:
+        err(error_lines(e))
+        return 2
+    except Failure as e:
+        err(f"error: {e}")
+    except (ClientError, BotoCoreError) as e:
+        err(f"error: {aws_error(e)}")
+    except (FileNotFoundError, ValueError) as e:
+        err(f"error: {e}")
+    return 1
 
 
 @dataclass

@@ -83,7 +83,7 @@ BAD = [
     ("container-port-privileged", "prod", {"service__containerPort": 80},
      "llm-service:service.containerPort", "at least 1024"),
     ("cache-port-zero", "staging", {"cache__port": 0},
-     "llm-service:cache.port", "at least 1"),
+     "llm-service:cache.port", "1 to 65535"),
     ("reserved-tag-environment", "staging", {"tags": {"Environment": "prod"}},
      "llm-service:tags.Environment", "the budget filters on Environment"),
     ("reserved-tag-other-case", "prod", {"tags": {"project": "x"}},
@@ -145,7 +145,7 @@ BAD = [
     ("keepalive-past-the-nat", "staging", {"gateway__upstreamTcpKeepaliveSeconds": 340},
      "llm-service:gateway.upstreamTcpKeepaliveSeconds", "NAT gateway drops the idle flow"),
     ("cache-too-many-nodes", "prod", {"cache__nodes": 7},
-     "llm-service:cache.nodes", "at most 6"),
+     "llm-service:cache.nodes", "1 to 6"),
 ]
 
 
