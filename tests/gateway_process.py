@@ -54,12 +54,12 @@ class Gateway:
     def lines(self) -> list[dict]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
 
-    def lines_with(self, key: str, count: int, timeout: float = 5) -> list[dict]:
-        """The log lines carrying `key`, once `count` of them are written: a request's line is
+    def lines_where(self, match, count: int = 1, timeout: float = 5) -> list[dict]:
+        """The log lines `match` accepts, once `count` of them are written: a request's line is
         written after its last byte is sent, so a client may read the log before it lands."""
         deadline = time.monotonic() + timeout
         while True:
-            found = [line for line in self.lines() if line.get(key)]
+            found = [line for line in self.lines() if match(line)]
             if len(found) >= count or time.monotonic() > deadline:
                 return found
             time.sleep(0.02)

@@ -54,13 +54,10 @@ def raw(gw, method, path, body=None, key=None, client="web-app", headers=None):
 
 def line_for(gw, request_id: str) -> dict:
     """The log line of one request (written as the request ends, so wait for it briefly)."""
-    for _ in range(100):
-        found = [line for line in gw.lines() if line["request_id"] == request_id]
-        if found:
-            (line,) = found
-            return line
-        time.sleep(0.02)
-    raise AssertionError(f"no log line for {request_id}")
+    found = gw.lines_where(lambda line: line["request_id"] == request_id)
+    assert found, f"no log line for {request_id}"
+    (line,) = found
+    return line
 
 
 def rid(response) -> str:

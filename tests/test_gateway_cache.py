@@ -301,7 +301,7 @@ def test_requests_still_succeed_when_the_cache_server_stops(upstream, fake, tmp_
             resp, body = post(gw, CHAT)
             assert resp.status == 200 and json.loads(body)["choices"][0]["message"]["content"] == "Hello there."
         assert len(fake.requests) == 4
-        assert len(gw.lines_with("CacheErrors", 3)) == 3
+        assert len(gw.lines_where(lambda line: line.get("CacheErrors"), 3)) == 3
         ready = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
         ready.request("GET", "/readyz")
         assert ready.getresponse().status == 503, "readiness says the cache does not answer"
