@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.limits import Limits, Reservation, windows
@@ -127,8 +129,11 @@ class ValkeyStore:
     def __init__(self, host: str, reader_host: str, port: int, password: str, tls: bool,
                  ca_file: Optional[str], service: str, timeout: float):
         self.prefix = f"llmgw:{service}:"
+        # No client-side retries: redis-py's default retries a failed connection 3 times with
+        # exponential backoff (seconds), which stalled the first requests after an outage for ~4 s.
+        # A failed call here is one attempt, then the skip below.
         kwargs = dict(port=port, password=password or None, socket_timeout=timeout,
-                      socket_connect_timeout=timeout, max_connections=512, retry_on_timeout=False)
+                      socket_connect_timeout=timeout, max_connections=512, retry=Retry(NoBackoff(), 0))
         if tls:
             kwargs.update(ssl=True, ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_ca_certs=ca_file)
         self.primary = redis.Redis(host=host, **kwargs)

@@ -2,7 +2,9 @@
 
 A fixture builds what `pulumi up` leaves behind, shaped by the stack's own config and
 synthesized outputs (the same alarm names, secret names, budget limit and listeners), then
-each test breaks one thing and asserts the exact line that reports it.
+each test breaks one thing and asserts the exact line that reports it. The build goes through
+moto's API once per module and variant; later tests start from a restored snapshot of that state
+(tests/moto_server.py), which a test below proves undoes what the previous test broke.
 
 moto does not produce every runtime state (tests/MOTO.md): it keeps ECS runningCount
 at 0 and rolloutState IN_PROGRESS, and drops deploymentConfiguration from describe_services.
@@ -14,6 +16,7 @@ covers the listener certificate's name, not the address it is reached at.
 
 from __future__ import annotations
 
+import copy
 import http.server
 import json
 import ssl
@@ -28,7 +31,7 @@ from botocore.exceptions import ClientError
 from infra.config import load, secret_prefix
 from infra.stack_files import read_stack_file
 from ops import verify
-from tests.moto_server import at_boundary
+from tests.moto_server import at_boundary, restore, snapshot
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -232,9 +235,32 @@ def ecs_runtime(mocker):
     return state
 
 
+@pytest.fixture(scope="module")
+def deployments() -> dict:
+    return {}
+
+
 @pytest.fixture
-def live(aws, staging, tmp_path, health_server, health, ecs_runtime) -> Live:
-    return build("staging", staging, tmp_path, health_server)
+def deploy(aws, deployments, tmp_path, health_server, health, ecs_runtime):
+    """`deploy(stack, synthesized, **variant)`: the account as `build` leaves it, built through
+    the API the first time and restored from a snapshot after that."""
+    def run(stack, synthesized, **variant) -> Live:
+        key = (stack, tuple(sorted(variant.items())))
+        if key in deployments:
+            snap, built = deployments[key]
+            restore(aws, snap)
+        else:
+            built = build(stack, synthesized, tmp_path, health_server, **variant)
+            deployments[key] = snapshot(), built
+        live = Live(stack, dict(built.outputs), tmp_path / "outputs.json", copy.deepcopy(built.ids))
+        live.write()
+        return live
+    return run
+
+
+@pytest.fixture
+def live(deploy, staging) -> Live:
+    return deploy("staging", staging)
 
 
 def run(live: Live, capsys, *extra):
@@ -263,9 +289,8 @@ def test_a_healthy_staging_stack_passes_every_check(live, capsys):
     assert lines[-1] == "11 passed, 0 failed"
 
 
-def test_a_healthy_prod_stack_passes_with_its_own_minimum_and_failover(
-        aws, prod, tmp_path, health_server, health, ecs_runtime, capsys):
-    live = build("prod", prod, tmp_path, health_server)
+def test_a_healthy_prod_stack_passes_with_its_own_minimum_and_failover(deploy, prod, capsys):
+    live = deploy("prod", prod)
     code, lines, _ = run(live, capsys)
     assert code == 0, lines
     assert "PASS targets: 3 healthy (minimum 3)" in lines
@@ -299,6 +324,22 @@ def test_iam_actions_lists_every_call_the_checks_make(live, capsys, mocker):
     assert calls == set(verify.IAM_ACTIONS)
 
 
+def test_each_deploy_starts_from_the_state_the_api_calls_made(deploy, staging):
+    """The snapshot harness itself: what one test changed is gone for the next."""
+    first = deploy("staging", staging)
+    elb, kms = first.client("elbv2"), first.client("kms")
+    elb.deregister_targets(TargetGroupArn=first.ids["tg"], Targets=first.ids["targets"])
+    kms.create_key(Description="made by an earlier test")
+    first.client("cloudwatch").set_alarm_state(AlarmName="llm-service-staging-alb-5xx",
+                                               StateValue="ALARM", StateReason="test")
+    second = deploy("staging", staging)
+    assert second.outputs == first.outputs
+    assert len(elb.describe_target_health(TargetGroupArn=second.ids["tg"])["TargetHealthDescriptions"]) == 1
+    assert [k["KeyArn"] for k in kms.list_keys()["Keys"]] == [second.outputs["kmsKeyArn"]]
+    alarms = first.client("cloudwatch").describe_alarms(StateValue="ALARM")["MetricAlarms"]
+    assert alarms == []
+
+
 # --- one thing broken at a time --------------------------------------------------------------
 
 def test_deregistered_targets_fail_the_target_check(live, capsys):
@@ -308,26 +349,24 @@ def test_deregistered_targets_fail_the_target_check(live, capsys):
     assert failing(lines) == ["FAIL targets: 0 healthy (minimum 1); no targets registered"]
 
 
-def test_prod_needs_three_healthy_targets(aws, prod, tmp_path, health_server, health, ecs_runtime, capsys):
-    live = build("prod", prod, tmp_path, health_server)
+def test_prod_needs_three_healthy_targets(deploy, prod, capsys):
+    live = deploy("prod", prod)
     live.client("elbv2").deregister_targets(TargetGroupArn=live.ids["tg"], Targets=live.ids["targets"][:1])
     code, lines, _ = run(live, capsys)
     assert code == 1
     assert failing(lines) == ["FAIL targets: 2 healthy (minimum 3)"]
 
 
-def test_a_secret_without_a_value_fails_and_says_how_to_set_it(
-        aws, staging, tmp_path, health_server, health, ecs_runtime, capsys):
-    live = build("staging", staging, tmp_path, health_server, secret_value=False)
+def test_a_secret_without_a_value_fails_and_says_how_to_set_it(deploy, staging, capsys):
+    live = deploy("staging", staging, secret_value=False)
     code, lines, _ = run(live, capsys)
     assert code == 1
     assert failing(lines) == ["FAIL secret openai-api-key: no current version; run "
                               "`python -m ops.apikey put --stack staging --name openai-api-key`"]
 
 
-def test_client_keys_without_a_value_fail_and_say_how_to_add_one(
-        aws, staging, tmp_path, health_server, health, ecs_runtime, capsys):
-    live = build("staging", staging, tmp_path, health_server, client_keys=False)
+def test_client_keys_without_a_value_fail_and_say_how_to_add_one(deploy, staging, capsys):
+    live = deploy("staging", staging, client_keys=False)
     code, lines, _ = run(live, capsys)
     assert failing(lines) == ["FAIL secret client-keys: no current version; run "
                               "`python -m ops.clientkeys add --stack staging <client>`"]
@@ -396,16 +435,16 @@ def test_a_budget_that_drifted_from_config_fails(live, capsys):
     assert failing(lines) == ["FAIL budget: llm-service-staging limit 5000 USD; config says 150"]
 
 
-def test_prod_cache_without_failover_fails(aws, prod, tmp_path, health_server, health, ecs_runtime, capsys):
-    live = build("prod", prod, tmp_path, health_server, cache_failover=False)
+def test_prod_cache_without_failover_fails(deploy, prod, capsys):
+    live = deploy("prod", prod, cache_failover=False)
     code, lines, _ = run(live, capsys)
     assert failing(lines) == ["FAIL cache: llm-service-prod: automatic failover disabled, config wants "
                               "enabled; multi-AZ disabled, config wants enabled"]
 
 
-def test_a_cache_without_tls_fails(aws, staging, tmp_path, health_server, health, ecs_runtime, capsys):
+def test_a_cache_without_tls_fails(deploy, staging, capsys):
     # moto accepts a group without transit encryption, as an older hand-made cluster would be.
-    live = build("staging", staging, tmp_path, health_server, cache_tls=False)
+    live = deploy("staging", staging, cache_tls=False)
     code, lines, _ = run(live, capsys)
     assert failing(lines) == ["FAIL cache: llm-service-staging: in-transit encryption off; AUTH token off"]
 
