@@ -95,7 +95,7 @@ def restore(endpoint: str, snap: Snapshot) -> None:
     reset(endpoint)
     state = copy.deepcopy(snap.state)
     with backend_lock:
-        for backend, accounts in zip(snap.backends, state):
+        for backend, accounts in zip(snap.backends, state, strict=True):
             backend.update(accounts)
             if backend not in BackendDict._instances:
                 BackendDict._instances.append(backend)
