@@ -109,12 +109,14 @@ def at_boundary(mocker, module, service: str, method: str, answer, spy: tuple[st
     make, made = module._client, {}
 
     def client(svc, region):
-        c = made[svc] = make(svc, region)
-        if svc == service:
+        c = make(svc, region)
+        # ops.boto hands out one client per service and region: patch it once (mocker undoes it).
+        if svc == service and made.get(svc) is not c:
             real = getattr(c, method)
             mocker.patch.object(c, method, side_effect=lambda **kw: answer(real, **kw))
             for name in spy:
                 mocker.spy(c, name)
+        made[svc] = c
         return c
 
     mocker.patch.object(module, "_client", side_effect=client)

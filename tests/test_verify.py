@@ -309,9 +309,12 @@ def test_iam_actions_lists_every_call_the_checks_make(live, capsys, mocker):
         action = f"{iam_names.get(prefix, prefix)}:{model.name}"
         calls.add(iam_names.get(action, action))
 
+    seen = []
+
     def client(service, region):
         c = make(service, region)
-        c.meta.events.register("before-call", record)
+        c.meta.events.register("before-call", record, unique_id="iam-actions")  # once per client
+        seen.append(c)
         return c
 
     # A secret that names the stack key by an alias: verify asks KMS which key that is.
@@ -319,7 +322,11 @@ def test_iam_actions_lists_every_call_the_checks_make(live, capsys, mocker):
     live.client("secretsmanager").update_secret(SecretId=live.outputs["secretArns"]["openai-api-key"],
                                                 KmsKeyId="alias/llm-service/staging")
     mocker.patch("ops.verify._client", side_effect=client)
-    code, lines, _ = run(live, capsys)
+    try:
+        code, lines, _ = run(live, capsys)
+    finally:
+        for c in seen:  # ops.boto keeps its clients for the next test
+            c.meta.events.unregister("before-call", unique_id="iam-actions")
     assert code == 0, lines  # the alias resolves to the stack key
     assert calls == set(verify.IAM_ACTIONS)
 
