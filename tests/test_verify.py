@@ -30,7 +30,7 @@ from botocore.exceptions import ClientError
 
 from infra.config import load, secret_prefix
 from infra.stack_files import read_stack_file
-from ops import verify
+from ops import boto, verify
 from tests.moto_server import at_boundary, restore, snapshot
 
 REGION = "us-east-1"
@@ -113,7 +113,7 @@ class Live:
     ids: dict = field(default_factory=dict)
 
     def client(self, service):
-        return boto3.client(service, region_name=REGION)
+        return boto.client(service, REGION)
 
     def write(self, **changes):
         self.path.write_text(json.dumps({**self.outputs, **changes}))
