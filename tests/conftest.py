@@ -1,7 +1,10 @@
 """Shared fixtures: each stack is synthesized once per session, under Pulumi's mocks.
 
 `staging` and `prod` hold everything the real stack files declare; `synth` runs the program on
-a variant of a stack's config (for the cases a stack file does not show).
+a variant of a stack's config (for the cases a stack file does not show). Every config is
+synthesized once per session, whoever asks (a fixture, or a command such as `offline.plan` run
+in-process): the result depends on the config alone, which tests/test_diff_plan.py proves across
+processes.
 """
 
 from __future__ import annotations
@@ -13,20 +16,46 @@ from typing import Any
 
 import pytest
 
+import offline.plan
+import offline.synth
 from infra.stack_files import read_stack_file
 from offline.synth import Synthesis, synthesize
 
 pytest_plugins = ["tests.moto_server"]
 
 
+_SYNTHESES: dict[tuple, Synthesis] = {}
+
+
+def synthesize_once(stack: str, raw: dict | None = None, secret_keys: set[str] | None = None,
+                    program: Callable[[], None] | None = None) -> Synthesis:
+    if program is not None:  # another entry point: not the config alone
+        return synthesize(stack, raw, secret_keys, program)
+    if raw is None:
+        raw, file_keys = read_stack_file(stack)
+        secret_keys = file_keys if secret_keys is None else secret_keys
+    key = (stack, json.dumps(raw, sort_keys=True, default=str), tuple(sorted(secret_keys or ())))
+    if key not in _SYNTHESES:
+        _SYNTHESES[key] = synthesize(stack, raw, secret_keys)
+    return _SYNTHESES[key]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _each_config_synthesized_once():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(offline.synth, "synthesize", synthesize_once)  # offline.diff, offline.cost
+        mp.setattr(offline.plan, "synthesize", synthesize_once)
+        yield
+
+
 @pytest.fixture(scope="session")
 def staging() -> Synthesis:
-    return synthesize("staging")
+    return synthesize_once("staging")
 
 
 @pytest.fixture(scope="session")
 def prod() -> Synthesis:
-    return synthesize("prod")
+    return synthesize_once("prod")
 
 
 @pytest.fixture(scope="session", params=["staging", "prod"])
@@ -59,7 +88,7 @@ def synth() -> Callable[..., Synthesis]:
         if raw is None:
             raw, keys = with_changes(stack, **changes)
             secret_keys = keys if secret_keys is None else secret_keys
-        return synthesize(stack, raw=raw, secret_keys=secret_keys or set())
+        return synthesize_once(stack, raw=raw, secret_keys=secret_keys or set())
     return run
 
 
