@@ -1,16 +1,18 @@
 """Runs example programs under a minimal Pulumi mock; for each, writes what it declared as JSON.
 
-`python -I run_examples.py <folder>...`, from a folder outside this repository: each example
-folder holds an example's `__main__.py` and its component file. Not the project's own mocks
-(offline/mocks.py): this one returns each resource's inputs as its state and answers the few
-invokes examples make with plain values, as a user's own unit test would.
+`python -I run_examples.py [--preload ec2,ecs,...] <folder>...`, from a folder outside this
+repository: each example folder holds an example's `__main__.py` and its component file. Not the
+project's own mocks (offline/mocks.py): this one returns each resource's inputs as its state and
+answers the few invokes examples make with plain values, as a user's own unit test would.
 
-Pulumi itself is imported once here; each example then runs in a child forked from this process,
-with its own folder as the only importable place besides the installed packages, and its own
-mocks. Nothing of this repository is imported here, so a child finds nothing of it either.
+Pulumi itself (and the pulumi_aws modules named by --preload, the bulk of each example's time) is
+imported once here; each example then runs in a child forked from this process, with its own
+folder as the only importable place besides the installed packages, and its own mocks. Nothing of
+this repository is imported here, so a child finds nothing of it either.
 Each child writes `declared.json` (or its traceback to `error.txt`) into its folder.
 """
 
+import importlib
 import json
 import os
 import runpy
@@ -53,7 +55,16 @@ def run(folder: str) -> None:
         json.dump(mocks.declared, f, default=str)
 
 
-def main(folders: list[str]) -> int:
+def preload(modules: str) -> None:
+    for name in filter(None, modules.split(",")):
+        dir(importlib.import_module(f"pulumi_aws.{name}"))  # pulumi_aws loads a module on first use
+
+
+def main(argv: list[str]) -> int:
+    folders = argv
+    if argv[:1] == ["--preload"]:
+        preload(argv[1])
+        folders = argv[2:]
     children = []
     for folder in folders:
         pid = os.fork()

@@ -6,6 +6,7 @@ then forks a child per example)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -39,13 +40,20 @@ def _result(folder: Path, runner_err: str) -> tuple[bool, list, str]:
     return False, [], (error.read_text() if error.exists() else runner_err)[-3000:]
 
 
+def _aws_modules() -> str:
+    """The pulumi_aws modules the components use (`aws.ec2.Vpc` -> ec2)."""
+    sources = "".join((ROOT / "components" / f"{c}.py").read_text() for c in COMPONENTS)
+    return ",".join(sorted(set(re.findall(r"\baws\.([a-z0-9_]+)\.[A-Z]", sources))))
+
+
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory) -> dict[str, tuple[bool, list, str]]:
     root = tmp_path_factory.mktemp("examples")
     shutil.copy(RUNNER, root / "run_examples.py")
     folders = [_copy(c, root) for c in COMPONENTS]
-    done = subprocess.run([sys.executable, "-I", "run_examples.py", *COMPONENTS], cwd=root, timeout=180,
-                          capture_output=True, text=True, check=False)  # outcomes are in the folders
+    argv = [sys.executable, "-I", "run_examples.py", "--preload", _aws_modules(), *COMPONENTS]
+    done = subprocess.run(argv, cwd=root, timeout=180, capture_output=True, text=True,
+                          check=False)  # each example's outcome is in its folder
     return {c: _result(f, done.stderr) for c, f in zip(COMPONENTS, folders, strict=True)}
 
 
