@@ -32,6 +32,16 @@ def gateway(upstream, tmp_path_factory):
     gw.stop()
 
 
+@pytest.fixture(scope="module")
+def tuned(upstream, tmp_path_factory):
+    """A second gateway with the settings the default one does not have: a 1000-byte body limit
+    and prompts in the log."""
+    gw = gateway_process.start(upstream.url, tmp_path_factory.mktemp("tuned"),
+                               env={"GATEWAY_MAX_REQUEST_BYTES": "1000", "GATEWAY_LOG_PROMPTS": "true"})
+    yield gw
+    gw.stop()
+
+
 @pytest.fixture
 def fake(upstream):
     upstream.fake.script, upstream.fake.requests = [], []
@@ -127,14 +137,10 @@ def test_gateway_errors_have_openais_shape(gateway, fake):
         assert set(error) == {"message", "type", "param", "code"}
 
 
-def test_a_body_over_the_limit_is_refused_before_the_upstream(upstream, fake, tmp_path):
-    gw = gateway_process.start(upstream.url, tmp_path, env={"GATEWAY_MAX_REQUEST_BYTES": "1000"})
-    try:
-        resp = raw(gw, "POST", "/v1/chat/completions", {**CHAT, "padding": "x" * 2000})
-        assert resp.status == 413 and json.loads(resp.read())["error"]["code"] == "request_too_large"
-        assert fake.requests == []
-    finally:
-        gw.stop()
+def test_a_body_over_the_limit_is_refused_before_the_upstream(tuned, fake):
+    resp = raw(tuned, "POST", "/v1/chat/completions", {**CHAT, "padding": "x" * 2000})
+    assert resp.status == 413 and json.loads(resp.read())["error"]["code"] == "request_too_large"
+    assert fake.requests == []
 
 
 # --- streaming -------------------------------------------------------------------------------
@@ -281,13 +287,9 @@ def test_one_log_line_per_request_with_metrics_and_never_a_key_or_the_prompt(gat
     assert "a secret prompt 7f3e" not in text
 
 
-def test_the_prompt_is_logged_only_when_the_flag_says_so(upstream, fake, tmp_path):
-    gw = gateway_process.start(upstream.url, tmp_path, env={"GATEWAY_LOG_PROMPTS": "true"})
-    try:
-        line = line_for(gw, rid(sdk(gw).chat.completions.with_raw_response.create(**CHAT)))
-        assert line["prompt"] == CHAT["messages"]
-    finally:
-        gw.stop()
+def test_the_prompt_is_logged_only_when_the_flag_says_so(tuned, fake):
+    line = line_for(tuned, rid(sdk(tuned).chat.completions.with_raw_response.create(**CHAT)))
+    assert line["prompt"] == CHAT["messages"]
 
 
 def test_a_client_that_goes_away_stops_the_upstream_stream(gateway, fake):
