@@ -2,9 +2,10 @@
 reset between tests. What it does not emulate is listed in tests/MOTO.md.
 
 The server runs in this process (ThreadedMotoServer), so a test module that needs the same
-deployed state in many tests builds it once through the API, takes a `snapshot()` of moto's
-backends, and `restore()`s it before each test: the state every test starts from is what the
-API calls made, without making them again (~35 calls, 0.5 s a test on a slow runner)."""
+deployed state in many tests asks `account(key, build)`: the first time in a process, `build()`
+makes it through the API and a snapshot of moto's backends is kept; every later test starts from
+a fresh copy of that snapshot. The state is what the API calls made, without making them again
+(tests/test_verify.py proves a test's changes do not reach the next one)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import socket
 import urllib.request
 from dataclasses import dataclass
 
+import boto3
 import moto.backends
 import moto.core.responses
 import pytest
@@ -88,6 +90,33 @@ def snapshot() -> Snapshot:
     with backend_lock:
         backends = tuple(BackendDict._instances)
         return Snapshot(backends, copy.deepcopy([dict(b) for b in backends]))
+
+
+@pytest.fixture(scope="session")
+def _built() -> dict:
+    return {}
+
+
+@pytest.fixture
+def account(aws, _built):
+    """`account(key, build)`: the emulated account as `build()` leaves it, and a copy of what
+    `build` returned (ids and ARNs, not clients). `key` names the build, unique in the session."""
+    def get(key, build):
+        if key in _built:
+            snap, value = _built[key]
+            restore(aws, snap)
+        else:
+            value = build()
+            _built[key] = snapshot(), value
+        return copy.deepcopy(value)
+    return get
+
+
+@functools.cache
+def own_client(service: str):
+    """The tests' own client for a service (us-east-1): made once, and never one of the clients
+    ops.boto hands the commands, so a patch on those never changes what a test reads."""
+    return boto3.client(service, region_name="us-east-1")
 
 
 def restore(endpoint: str, snap: Snapshot) -> None:

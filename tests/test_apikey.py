@@ -11,12 +11,11 @@ import io
 import json
 from datetime import UTC, datetime, timedelta
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
 
 from ops import apikey, rollout
-from tests.moto_server import at_boundary
+from tests.moto_server import at_boundary, own_client
 
 KEY = "sk-proj-" + "A1b2C3d4" * 6
 STACK = "staging"
@@ -33,24 +32,26 @@ class Tty(io.StringIO):
         return True
 
 
-@pytest.fixture
-def deployed(aws):
+def _deploy() -> dict:
     """What `pulumi up --stack staging` leaves behind, as far as the command needs."""
-    kms = boto3.client("kms", region_name="us-east-1")
+    kms, sm, ecs = own_client("kms"), own_client("secretsmanager"), own_client("ecs")
     key_id = kms.create_key(Description="stack key")["KeyMetadata"]["KeyId"]
-    sm = boto3.client("secretsmanager", region_name="us-east-1")
     arn = sm.create_secret(Name=SECRET_NAME, KmsKeyId=key_id)["ARN"]
     # The other secrets the tasks read: the stack writes the cache token, clientkeys the keys.
     sm.create_secret(Name="llm-service/staging/cache-auth-token", KmsKeyId=key_id, SecretString="t" * 64)
     sm.create_secret(Name="llm-service/staging/client-keys", KmsKeyId=key_id,
                      SecretString='{"version": 1, "clients": {}}')
-    ecs = boto3.client("ecs", region_name="us-east-1")
     ecs.create_cluster(clusterName="llm-service-staging")
     ecs.register_task_definition(family="llm-service-staging", containerDefinitions=[
         {"name": "app", "image": "x", "memory": 512}])
     ecs.create_service(cluster="llm-service-staging", serviceName="llm-service-staging",
                        taskDefinition="llm-service-staging", desiredCount=1)
-    return {"arn": arn, "key_id": key_id, "sm": sm, "ecs": ecs}
+    return {"arn": arn, "key_id": key_id}
+
+
+@pytest.fixture
+def deployed(account):
+    return {**account("apikey", _deploy), "sm": own_client("secretsmanager"), "ecs": own_client("ecs")}
 
 
 def _stable(real, **kw):

@@ -5,22 +5,19 @@ boundary (tests/MOTO.md)."""
 
 from __future__ import annotations
 
-import boto3
 import pytest
 
 from ops import cache as cache_ops
-from tests.moto_server import at_boundary
+from tests.moto_server import at_boundary, own_client
 
 CLUSTER = SERVICE = "llm-service-staging"
 
 
-@pytest.fixture
-def service(aws):
-    ec2 = boto3.client("ec2", region_name="us-east-1")
+def _deploy() -> dict:
+    ec2, ecs = own_client("ec2"), own_client("ecs")
     vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.16.0/20")["Subnet"]["SubnetId"]
     sg = ec2.create_security_group(GroupName="tasks", Description="tasks", VpcId=vpc)["GroupId"]
-    ecs = boto3.client("ecs", region_name="us-east-1")
     ecs.create_cluster(clusterName=CLUSTER)
     # moto needs container-level cpu and memory to place a task, and cannot place an awsvpc task at
     # all (see `runs`): its stand-in task definition keeps the default network mode.
@@ -31,6 +28,11 @@ def service(aws):
     ecs.create_service(cluster=CLUSTER, serviceName=SERVICE, taskDefinition=arn, desiredCount=1,
                        launchType="FARGATE", networkConfiguration=network)
     return {"task_definition": arn, "network": network}
+
+
+@pytest.fixture
+def service(account):
+    return account("cache_ops", _deploy)
 
 
 def _ends(exit_code=None, reason=""):

@@ -9,33 +9,34 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
 
 from gateway.keys import KEY_SHAPE, ClientKeys
 from ops import clientkeys, rollout
-from tests.moto_server import at_boundary
+from tests.moto_server import at_boundary, own_client
 
 STACK = "staging"
 PREFIX = "llm-service/staging"
 
 
-@pytest.fixture
-def deployed(aws):
+def _deploy() -> None:
     """What `pulumi up` leaves, with the API key already put."""
-    kms = boto3.client("kms", region_name="us-east-1")
+    kms, sm, ecs = own_client("kms"), own_client("secretsmanager"), own_client("ecs")
     key_id = kms.create_key(Description="stack key")["KeyMetadata"]["KeyId"]
-    sm = boto3.client("secretsmanager", region_name="us-east-1")
     sm.create_secret(Name=f"{PREFIX}/openai-api-key", KmsKeyId=key_id, SecretString="sk-proj-" + "k" * 40)
     sm.create_secret(Name=f"{PREFIX}/cache-auth-token", KmsKeyId=key_id, SecretString="t" * 64)
     sm.create_secret(Name=f"{PREFIX}/client-keys", KmsKeyId=key_id)
-    ecs = boto3.client("ecs", region_name="us-east-1")
     ecs.create_cluster(clusterName="llm-service-staging")
     ecs.register_task_definition(family="llm-service-staging", containerDefinitions=[
         {"name": "app", "image": "x", "memory": 512}])
     ecs.create_service(cluster="llm-service-staging", serviceName="llm-service-staging",
                        taskDefinition="llm-service-staging", desiredCount=1)
-    return sm
+
+
+@pytest.fixture
+def deployed(account):
+    account("clientkeys", _deploy)
+    return own_client("secretsmanager")
 
 
 def _stable(real, **kw):

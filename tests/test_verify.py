@@ -16,7 +16,6 @@ covers the listener certificate's name, not the address it is reached at.
 
 from __future__ import annotations
 
-import copy
 import http.server
 import json
 import ssl
@@ -31,7 +30,7 @@ from botocore.exceptions import ClientError
 from infra.config import load, secret_prefix
 from infra.stack_files import read_stack_file
 from ops import boto, verify
-from tests.moto_server import at_boundary, restore, snapshot
+from tests.moto_server import at_boundary
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -235,24 +234,15 @@ def ecs_runtime(mocker):
     return state
 
 
-@pytest.fixture(scope="module")
-def deployments() -> dict:
-    return {}
-
-
 @pytest.fixture
-def deploy(aws, deployments, tmp_path, health_server, health, ecs_runtime):
-    """`deploy(stack, synthesized, **variant)`: the account as `build` leaves it, built through
-    the API the first time and restored from a snapshot after that."""
+def deploy(account, tmp_path, health_server, health, ecs_runtime):
+    """`deploy(stack, synthesized, **variant)`: the account as `build` leaves it."""
     def run(stack, synthesized, **variant) -> Live:
-        key = (stack, tuple(sorted(variant.items())))
-        if key in deployments:
-            snap, built = deployments[key]
-            restore(aws, snap)
-        else:
+        def make():
             built = build(stack, synthesized, tmp_path, health_server, **variant)
-            deployments[key] = snapshot(), built
-        live = Live(stack, dict(built.outputs), tmp_path / "outputs.json", copy.deepcopy(built.ids))
+            return built.outputs, built.ids
+        outputs, ids = account(("verify", stack, tuple(sorted(variant.items()))), make)
+        live = Live(stack, outputs, tmp_path / "outputs.json", ids)
         live.write()
         return live
     return run
