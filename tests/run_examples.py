@@ -57,7 +57,8 @@ def run(folder: str) -> None:
 
 def preload(modules: str) -> None:
     for name in filter(None, modules.split(",")):
-        dir(importlib.import_module(f"pulumi_aws.{name}"))  # pulumi_aws loads a module on first use
+        module = importlib.import_module(f"pulumi_aws.{name}")
+        getattr(module, "__all__", None)  # pulumi_aws loads a module's contents on first attribute use
 
 
 def main(argv: list[str]) -> int:
