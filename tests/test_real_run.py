@@ -38,9 +38,8 @@ EXAMPLES = {
 }
 
 
-@pytest.mark.parametrize("stack", ["staging", "prod"])
 def test_the_offline_plan_accepts_the_shipped_files(stack):
-    assert synthesize(stack).resources
+    assert stack.resources  # the session's synthesis of each shipped file (conftest.py)
 
 
 @pytest.mark.parametrize("stack", ["staging", "prod"])
