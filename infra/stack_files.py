@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER_SECRET = "plan-placeholder-secret-value"  # noqa: S105 - stands in for `secure:` values
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser: 8x faster
     """Safe YAML that refuses a key written twice in one mapping: PyYAML would keep the last one
     silently, and a section pasted twice would lose every value of the first."""
 

@@ -156,7 +156,8 @@ def test_refused_in_one_line_naming_the_key_with_exit_2_and_nothing_declared(syn
     with pytest.raises(ConfigError) as err:
         synth(stack, raw=raw, secret_keys=keys)
     assert err.value.declared == [], "nothing may be declared before the config passes"
-    (tmp_path / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump({"config": raw}, sort_keys=False))
+    text = yaml.dump({"config": raw}, Dumper=yaml.CSafeDumper, sort_keys=False)
+    (tmp_path / f"Pulumi.{name}.yaml").write_text(text)
     assert plan.main(["--stack", name, "--dir", str(tmp_path)]) == 2
     out = capsys.readouterr()
     first = out.err.splitlines()[0]
