@@ -5,6 +5,9 @@ a variant of a stack's config (for the cases a stack file does not show). Every 
 synthesized once per session, whoever asks (a fixture, or a command such as `offline.plan` run
 in-process): the result depends on the config alone, which tests/test_diff_plan.py proves across
 processes.
+
+The project's modules are imported inside the fixtures: pytest-xdist's controller loads this file
+too, and runs no test.
 """
 
 from __future__ import annotations
@@ -12,23 +15,25 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-import offline.plan
-import offline.synth
-from infra.stack_files import read_stack_file
-from offline.synth import Synthesis, synthesize
+if TYPE_CHECKING:
+    from offline.synth import Synthesis
 
 pytest_plugins = ["tests.moto_server"]
 
 
 _SYNTHESES: dict[tuple, Synthesis] = {}
+_REAL_SYNTHESIZE: list[Callable[..., Synthesis]] = []  # offline.synth's own, set before it is patched
 
 
 def synthesize_once(stack: str, raw: dict | None = None, secret_keys: set[str] | None = None,
                     program: Callable[[], None] | None = None) -> Synthesis:
+    from infra.stack_files import read_stack_file
+
+    synthesize = _REAL_SYNTHESIZE[0]
     if program is not None:  # another entry point: not the config alone
         return synthesize(stack, raw, secret_keys, program)
     if raw is None:
@@ -42,6 +47,10 @@ def synthesize_once(stack: str, raw: dict | None = None, secret_keys: set[str] |
 
 @pytest.fixture(scope="session", autouse=True)
 def _each_config_synthesized_once():
+    import offline.plan
+    import offline.synth
+
+    _REAL_SYNTHESIZE.append(offline.synth.synthesize)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(offline.synth, "synthesize", synthesize_once)  # offline.diff, offline.cost
         mp.setattr(offline.plan, "synthesize", synthesize_once)
@@ -64,6 +73,8 @@ def stack(request, staging, prod) -> Synthesis:
 
 
 def stack_config(stack: str) -> tuple[dict[str, Any], set[str]]:
+    from infra.stack_files import read_stack_file
+
     raw, secret_keys = read_stack_file(stack)
     return copy.deepcopy(raw), set(secret_keys)
 

@@ -17,18 +17,19 @@ import socket
 import urllib.request
 from dataclasses import dataclass
 
-import boto3
-import moto.backends
-import moto.core.responses
 import pytest
-from moto.core.base_backend import BackendDict, backend_lock
-from moto.server import ThreadedMotoServer
+
+# moto, boto3 and botocore are imported where they are used: pytest-xdist's controller loads
+# this plugin too, and runs no test.
 
 
 def _faster_dispatch() -> None:
     """moto 5.2's server lists its own package directory (~90 stat calls) and inspects the
     response class's members on every request: a third of each call's time here. Both answers
     are fixed for a process, so compute them once. werkzeug's per-request log lines go too."""
+    import moto.backends
+    import moto.core.responses
+
     modules = tuple(moto.backends.list_of_moto_modules())
     moto.backends.list_of_moto_modules = lambda: modules
     moto.core.responses.method_names_from_class = functools.lru_cache(maxsize=None)(
@@ -45,6 +46,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def moto_endpoint():
     port = _free_port()
+    from moto.server import ThreadedMotoServer
+
     _faster_dispatch()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -87,6 +90,8 @@ class Snapshot:
 
 def snapshot() -> Snapshot:
     """Everything the emulated account holds now (one deep copy, so shared objects stay shared)."""
+    from moto.core.base_backend import BackendDict, backend_lock
+
     with backend_lock:
         backends = tuple(BackendDict._instances)
         return Snapshot(backends, copy.deepcopy([dict(b) for b in backends]))
@@ -116,12 +121,16 @@ def account(aws, _built):
 def own_client(service: str):
     """The tests' own client for a service (us-east-1): made once, and never one of the clients
     ops.boto hands the commands, so a patch on those never changes what a test reads."""
+    import boto3
+
     return boto3.client(service, region_name="us-east-1")
 
 
 def restore(endpoint: str, snap: Snapshot) -> None:
     """Reset the server, then put back a fresh copy of `snap` (the snapshot itself stays as taken)."""
     reset(endpoint)
+    from moto.core.base_backend import BackendDict, backend_lock
+
     state = copy.deepcopy(snap.state)
     with backend_lock:
         for backend, accounts in zip(snap.backends, state, strict=True):
