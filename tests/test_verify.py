@@ -29,8 +29,8 @@ from botocore.exceptions import ClientError
 
 from infra.config import load, secret_prefix
 from infra.stack_files import read_stack_file
-from ops import boto, verify
-from tests.moto_server import at_boundary
+from ops import verify
+from tests.moto_server import at_boundary, own_client
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -112,7 +112,7 @@ class Live:
     ids: dict = field(default_factory=dict)
 
     def client(self, service):
-        return boto.client(service, REGION)
+        return own_client(service)
 
     def write(self, **changes):
         self.path.write_text(json.dumps({**self.outputs, **changes}))
@@ -123,7 +123,7 @@ def build(stack, synthesized, tmp_path, health_url, *, secret_value=True, cache_
           cache_tls=True, client_keys=True) -> Live:
     """What `pulumi up --stack <stack>` leaves behind, as far as the checks look."""
     cfg = load(*read_stack_file(stack))
-    c = lambda s: boto3.client(s, region_name=REGION)  # noqa: E731
+    c = own_client
     ec2, elb, ecs = c("ec2"), c("elbv2"), c("ecs")
     vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24",
