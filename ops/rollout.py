@@ -130,23 +130,46 @@ def after_secret_change(s: Stack, timeout: int, sleep: Callable[[float], None] =
 def roll_out(ecs, s: Stack, timeout: int, sleep: Callable[[float], None],
              clock: Callable[[], float], log: Callable[[str], None]) -> None:
     """A new deployment, so running tasks (and a rollout the circuit breaker stopped for want of
-    a value) start again; then wait for one COMPLETED deployment at full count."""
-    ecs.update_service(cluster=s.cluster, service=s.service, forceNewDeployment=True)
+    a value) start again; then wait until that deployment, by the id UpdateService answered
+    with, is the only one, COMPLETED, at full count.
+
+    ECS is eventually consistent: DescribeServices right after UpdateService may still show the
+    previous deployment as PRIMARY (a FAILED one, on a first deploy), or not yet show the new
+    one. Only the new deployment's own state decides."""
+    answer = ecs.update_service(cluster=s.cluster, service=s.service, forceNewDeployment=True)
+    started = primary_id(answer.get("service", {}))
     log(f"forced a new deployment of {s.cluster}/{s.service}; waiting up to {timeout} s")
     deadline = clock() + timeout
     while True:
         svc = find_service(ecs, s) or {}
-        deployments = svc.get("deployments", [])
-        primary = [d for d in deployments if d.get("status") == "PRIMARY"]
-        if (len(deployments) == 1 and primary and primary[0].get("rolloutState") == "COMPLETED"
-                and svc.get("runningCount") == svc.get("desiredCount")):
+        if deployment_done(svc, started):
             log(f"{s.service} is stable: {svc['runningCount']} tasks run the new value")
             return
-        if primary and primary[0].get("rolloutState") == "FAILED":
-            raise Failure(f"the new deployment failed ({primary[0].get('rolloutStateReason', '')}); "
-                          "the circuit breaker rolls back to the old tasks, which keep the old value")
         if clock() >= deadline:
             raise Failure(f"{s.service} not stable after {timeout} s (running "
                           f"{svc.get('runningCount')} of {svc.get('desiredCount')}, "
-                          f"{len(deployments)} deployments); the new value is stored")
+                          f"{len(svc.get('deployments', []))} deployments); the new value is stored")
         sleep(10)
+
+
+def primary_id(service: dict) -> Optional[str]:
+    """The id of the PRIMARY deployment in a service description (UpdateService's answer)."""
+    return next((d.get("id") for d in service.get("deployments", []) if d.get("status") == "PRIMARY"), None)
+
+
+def deployment_done(svc: dict, started: Optional[str]) -> bool:
+    """True once deployment `started` is the service's only one, COMPLETED, at full count;
+    Failure once it failed or another deployment replaced it; False while it is on its way
+    (or not visible yet)."""
+    deployments = svc.get("deployments", [])
+    mine = next((d for d in deployments if d.get("id") == started), None)
+    if mine is None:
+        return False  # not visible yet (eventual consistency); the caller's deadline bounds this
+    if mine.get("rolloutState") == "FAILED":
+        raise Failure(f"the new deployment failed ({mine.get('rolloutStateReason', '')}); "
+                      "the circuit breaker rolls back to the old tasks, which keep the old value")
+    if mine.get("status") != "PRIMARY":
+        raise Failure(f"deployment {started} was replaced by a newer one before it completed "
+                      "(another deploy or rollout started); run the command again once it is done")
+    return (len(deployments) == 1 and mine.get("rolloutState") == "COMPLETED"
+            and svc.get("runningCount") == svc.get("desiredCount"))

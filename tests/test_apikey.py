@@ -58,7 +58,7 @@ def _stable(real, **kw):
     # moto never completes a rollout; report the state a real one reaches.
     r = real(**kw)
     for s in r["services"]:
-        s["deployments"] = [{"status": "PRIMARY", "rolloutState": "COMPLETED"}]
+        s["deployments"] = [{**s["deployments"][0], "status": "PRIMARY", "rolloutState": "COMPLETED"}]
         s["runningCount"] = s["desiredCount"]
     return r
 
@@ -96,8 +96,10 @@ def test_first_deploy_order_ends_in_a_healthy_service(deployed, capsys, mocker):
         r = real(**kw)
         forced = clients[0]["ecs"].update_service.call_count > 0
         for svc in r["services"]:
-            svc["deployments"] = [{"status": "PRIMARY", "rolloutState": "COMPLETED"}] if forced else [
-                {"status": "PRIMARY", "rolloutState": "FAILED",
+            # moto keeps one deployment id through forceNewDeployment: the id tracked is that one.
+            svc["deployments"] = [{**svc["deployments"][0], "status": "PRIMARY", "rolloutState": "COMPLETED"}
+                                  ] if forced else [
+                {**svc["deployments"][0], "status": "PRIMARY", "rolloutState": "FAILED",
                  "rolloutStateReason": "ECS deployment circuit breaker: tasks failed to start."}]
             svc["runningCount"] = svc["desiredCount"] if forced else 0
         return r
@@ -146,8 +148,9 @@ def test_put_reports_a_rollout_that_fails_even_with_the_value(deployed, capsys, 
     # Injected: a rollout the circuit breaker stops (a wrong key, say); moto cannot fail one.
     def failed(real, **kw):
         r = real(**kw)
+        new = r["services"][0]["deployments"][0]
         r["services"][0]["deployments"] = [
-            {"status": "PRIMARY", "rolloutState": "FAILED", "rolloutStateReason": "tasks failed to start"}]
+            {**new, "status": "PRIMARY", "rolloutState": "FAILED", "rolloutStateReason": "tasks failed to start"}]
         return r
 
     at_boundary(mocker, rollout, "ecs", "describe_services", failed)
@@ -279,9 +282,10 @@ def test_rotate_reports_a_failed_rollout(deployed, mocker):
     # A circuit-breaker rollback cannot happen in moto: inject the FAILED rollout state.
     def failed(real, **kw):
         r = real(**kw)
+        new = r["services"][0]["deployments"][0]
         r["services"][0]["deployments"] = [
-            {"status": "PRIMARY", "rolloutState": "FAILED", "rolloutStateReason": "tasks failed to start"},
-            {"status": "ACTIVE", "rolloutState": "COMPLETED"}]
+            {**new, "status": "PRIMARY", "rolloutState": "FAILED", "rolloutStateReason": "tasks failed to start"},
+            {"id": "ecs-svc/0000000000000000001", "status": "ACTIVE", "rolloutState": "COMPLETED"}]
         return r
 
     at_boundary(mocker, rollout, "ecs", "describe_services", failed)

@@ -42,7 +42,7 @@ def deployed(account):
 def _stable(real, **kw):
     r = real(**kw)
     for s in r["services"]:
-        s["deployments"] = [{"status": "PRIMARY", "rolloutState": "COMPLETED"}]
+        s["deployments"] = [{**s["deployments"][0], "status": "PRIMARY", "rolloutState": "COMPLETED"}]
         s["runningCount"] = s["desiredCount"]
     return r
 
