@@ -75,4 +75,4 @@ bench-gateway: $(VENV)/.installed  ## added latency and throughput of the gatewa
 	$(PY) bench/gateway.py
 
 clean:
-	rm -rf $(VENV) $(GW_VENV) policy/.venv .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(GW_VENV) policy/.venv .pytest_cache .ruff_cache .build infra/.build

@@ -190,6 +190,9 @@ class CacheArgs:
     snapshot_retention_days: int = 0
     maintenance_window: str = "sun:05:00-sun:06:00"
     snapshot_window: str = "03:00-04:00"
+    # False holds changes for the maintenance window; until then the provider reads the running
+    # value back and shows the change on every preview (a drift check fails daily meanwhile).
+    # Valkey and Redis OSS scale node types online, with replicas failing over in turn.
     apply_immediately: bool = True
     log_retention_days: int = 14
     port: int = 6379

@@ -1,9 +1,17 @@
 """A container image built from a local folder and pushed to ECR, deployed by digest.
 
 Creates: a docker-build Image (BuildKit through buildx) for one platform, pushed to the given
-ECR repository with a tag derived from the folder's content (ECR tags are immutable: the same
-content keeps its tag, new content gets a new one), using a short-lived ECR login token.
-`ref` is `<repository>@sha256:...`, so a task definition names exactly the image that was built.
+ECR repository with a tag derived from what goes into the image (every file's path, bytes and
+executable bit, and the platform), using a short-lived ECR login token. `ref` is
+`<repository>@sha256:...`, so a task definition names exactly the image that was built.
+
+The build context is a copy of the folder under `.build/` (beside where Pulumi runs the program),
+named after the tag, with every file 0644 (0755 if executable) and given to the provider as a
+relative path: the provider diffs the context's path and hashes every file's full mode, so a
+checkout at another path or under another umask would otherwise rebuild and re-push a tag that
+already exists, which an IMMUTABLE repository refuses. The same content on any machine gives the
+same inputs; anything that changes the image (a file, an executable bit, the platform) gives a
+new tag.
 
 Needs Docker with buildx wherever `pulumi preview` or `up` runs (previews build too, so a broken
 image fails the preview, not the deploy); building for another architecture needs QEMU
@@ -33,6 +41,9 @@ Example (examples/image/, runs as written beside a copy of this file):
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -67,12 +78,51 @@ class ImageArgs:
             raise ValueError(f"ImageArgs.{arg}: got {getattr(self, arg.split('[')[0])!r}; {why}")
 
 
-def content_tag(folder: Path) -> str:
-    """A tag from every file's path and bytes: stable while nothing changes."""
-    h = hashlib.sha256()
+# Tag prefixes per platform: a tag names one platform's image (an earlier scheme, src-<hash>,
+# named the content alone, so it never collides with these).
+TAG_PREFIX = {"ARM64": "arm64", "X86_64": "amd64"}
+STAGING = Path(".build")  # relative to where the program runs (Pulumi: the `main` folder)
+
+
+def image_files(folder: Path) -> list[tuple[str, bytes, bool]]:
+    """What goes into the image: (path relative to the folder, bytes, executable), sorted."""
+    found = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not IGNORED & set(p.parts)):
-        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return f"src-{h.hexdigest()[:16]}"
+        found.append((path.relative_to(folder).as_posix(), path.read_bytes(),
+                      bool(path.stat().st_mode & 0o100)))
+    return found
+
+
+def content_tag(folder: Path, architecture: str = "ARM64") -> str:
+    """A tag from the platform and every file's path, bytes and executable bit: stable while
+    none changes, on any machine (other permission bits, times and owners do not count)."""
+    h = hashlib.sha256(architecture.encode() + b"\0")
+    for rel, data, executable in image_files(folder):
+        h.update(rel.encode() + b"\0" + data + b"\0" + (b"x" if executable else b"-") + b"\0")
+    return f"{TAG_PREFIX[architecture]}-{h.hexdigest()[:16]}"
+
+
+def stage(folder: Path, tag: str, staging: Path = STAGING) -> Path:
+    """The folder's image files copied to `<staging>/<tag>` with uniform modes (0644, or 0755
+    if executable); already there if an earlier run staged the same tag. Written to a temporary
+    folder and renamed into place, so concurrent runs never see half a copy. Earlier tags'
+    copies stay until `make clean` (a few hundred KB each)."""
+    target = staging / tag
+    if target.is_dir():
+        return target
+    staging.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{tag}-", dir=staging))
+    for rel, data, executable in image_files(folder):
+        dest = scratch / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        dest.chmod(0o755 if executable else 0o644)
+    scratch.chmod(0o755)
+    try:
+        scratch.rename(target)
+    except OSError:  # another run staged the same tag first: same content
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
 
 
 class Image(pulumi.ComponentResource):
@@ -81,14 +131,15 @@ class Image(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:image:Image", name, None, opts)
-        context = Path(args.context)
-        self.tag = content_tag(context)
+        self.tag = content_tag(Path(args.context), args.architecture)
+        # Relative, as the provider compares it: the same on every machine and checkout.
+        context = os.path.relpath(stage(Path(args.context), self.tag))
         token = aws.ecr.get_authorization_token_output(
             registry_id=args.registry_id, opts=pulumi.InvokeOutputOptions(parent=self))
         self.image = docker_build.Image(
             f"{name}-image",
-            context=docker_build.BuildContextArgs(location=str(context)),
-            dockerfile=docker_build.DockerfileArgs(location=str(context / "Dockerfile")),
+            context=docker_build.BuildContextArgs(location=context),
+            dockerfile=docker_build.DockerfileArgs(location=os.path.join(context, "Dockerfile")),
             platforms=[PLATFORMS[args.architecture]],
             push=True,
             tags=[pulumi.Output.concat(args.repository_url, ":", self.tag)],  # both known before the build

@@ -25,6 +25,7 @@ Args (`LoadBalancerArgs`):
     ssl_policy: str = 'ELBSecurityPolicy-TLS13-1-2-2021-06'
     deletion_protection: bool = False
     access_log_retention_days: int = 90
+    region: Optional[str] = None
 
 Outputs: .
 
@@ -64,6 +65,22 @@ SSL_POLICIES = frozenset(
     + [f"ELBSecurityPolicy-TLS13-{v}-FIPS-PQ-2025-09"
        for v in ("1-3", "1-2", "1-2-Res", "1-2-Ext0", "1-2-Ext1", "1-2-Ext2")]
 )
+# The regional Elastic Load Balancing accounts that deliver access logs in Regions opened before
+# August 2022. Source: the ALB user guide, "Enable access logs" (bucket permissions), whose table
+# the Terraform provider's aws_elb_service_account carries too (plus the China Regions). Regions
+# opened since have no such account (that data source fails there: "unsupported AWS Region") and
+# deliver as the log-delivery service principal, which AWS now recommends in every Region.
+ELB_LOG_ACCOUNTS = {
+    "us-east-1": "127311923021", "us-east-2": "033677994240", "us-west-1": "027434742980",
+    "us-west-2": "797873946194", "af-south-1": "098369216593", "ap-east-1": "754344448648",
+    "ap-southeast-3": "589379963580", "ap-south-1": "718504428378", "ap-northeast-3": "383597477331",
+    "ap-northeast-2": "600734575887", "ap-southeast-1": "114774131450", "ap-southeast-2": "783225319266",
+    "ap-northeast-1": "582318560864", "ca-central-1": "985666609251", "eu-central-1": "054676820928",
+    "eu-west-1": "156460612806", "eu-west-2": "652711504416", "eu-south-1": "635631232127",
+    "eu-west-3": "009996457667", "eu-north-1": "897822967062", "me-south-1": "076674570225",
+    "sa-east-1": "507241528517", "us-gov-east-1": "190560391635", "us-gov-west-1": "048591011584",
+    "cn-north-1": "638102146993", "cn-northwest-1": "037604701340",
+}
 # Predefined policies that exist but offer no TLS 1.3, named so the refusal can say so.
 SSL_POLICIES_WITHOUT_TLS13 = frozenset([
     "ELBSecurityPolicy-2016-08", "ELBSecurityPolicy-2015-05", "ELBSecurityPolicy-TLS-1-0-2015-04",
@@ -129,6 +146,8 @@ class LoadBalancerArgs:
     ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
     deletion_protection: bool = False
     access_log_retention_days: int = 90
+    # Where it has one, the Region's legacy ELB log account may write the access logs too.
+    region: Optional[str] = None
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -263,7 +282,9 @@ class LoadBalancer(pulumi.ComponentResource):
 
     def _log_bucket(self, name: str, args: LoadBalancerArgs) -> _LogBucket:
         p = pulumi.ResourceOptions(parent=self)
-        bucket = aws.s3.Bucket(f"{name}-logs", force_destroy=not args.deletion_protection, opts=p)
+        # Emptied on destroy (every version): a versioned bucket with objects cannot be deleted
+        # otherwise. Prod keeps its logs by deletion protection and `protect` until a teardown.
+        bucket = aws.s3.Bucket(f"{name}-logs", force_destroy=True, opts=p)
         aws.s3.BucketPublicAccessBlock(
             f"{name}-logs", bucket=bucket.id, block_public_acls=True, block_public_policy=True,
             ignore_public_acls=True, restrict_public_buckets=True, opts=p,
@@ -322,14 +343,9 @@ class LoadBalancer(pulumi.ComponentResource):
             # S3 applies noncurrent-version rules only to a versioned bucket.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]),
         )
-        elb_account = aws.elb.get_service_account_output(
-            opts=pulumi.InvokeOutputOptions(parent=self)
-        ).arn
         policy = aws.s3.BucketPolicy(
             f"{name}-logs", bucket=bucket.id,
-            policy=pulumi.Output.all(bucket.arn, elb_account).apply(
-                lambda a: access_log_policy(a[0], a[1])
-            ),
+            policy=bucket.arn.apply(lambda arn: access_log_policy(arn, args.region)),
             opts=p,
         )
         return _LogBucket(bucket.bucket, policy)
@@ -341,16 +357,20 @@ class _LogBucket:
     policy: aws.s3.BucketPolicy
 
 
-def access_log_policy(bucket_arn: str, elb_account_arn: str) -> str:
-    """Regions opened before Aug 2022 deliver as the regional ELB account; newer ones as the
-    log-delivery service principal. Both are allowed, to the log prefix only, over TLS only."""
+def access_log_policy(bucket_arn: str, region: Optional[str]) -> str:
+    """The log-delivery service principal writes the logs (every Region); where the Region has a
+    legacy ELB account (opened before August 2022), that account too. To the log prefix only,
+    over TLS only."""
     target = f"{bucket_arn}/alb/AWSLogs/*"
+    partition = "aws-cn" if str(region).startswith("cn-") else (
+        "aws-us-gov" if str(region).startswith("us-gov-") else "aws")
+    legacy = [{"Sid": "RegionalElbAccountWritesLogs", "Effect": "Allow",
+               "Principal": {"AWS": f"arn:{partition}:iam::{ELB_LOG_ACCOUNTS[region]}:root"},
+               "Action": "s3:PutObject", "Resource": target}] if region in ELB_LOG_ACCOUNTS else []
     return json.dumps({
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "RegionalElbAccountWritesLogs", "Effect": "Allow",
-             "Principal": {"AWS": elb_account_arn}, "Action": "s3:PutObject",
-             "Resource": target},
+            *legacy,
             {"Sid": "LogDeliveryServiceWritesLogs", "Effect": "Allow",
              "Principal": {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"},
              "Action": "s3:PutObject", "Resource": target},

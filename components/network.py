@@ -20,7 +20,7 @@ Args (`NetworkArgs`):
     kms_key_arn: Optional[pulumi.Input[str]] = None
     iam_path: str = '/' — e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
 
-Outputs: vpc_id, cidr, public_subnet_ids, private_subnet_ids, isolated_subnet_ids.
+Outputs: .
 
 Example (examples/network/, runs as written beside a copy of this file):
 
@@ -102,6 +102,10 @@ def subnet_cidrs(cidr: str, prefix_length: int, az_count: int) -> dict[str, list
 
 
 class Network(pulumi.ComponentResource):
+    # What makes the private subnets' way out: their routes and route table associations, the
+    # NAT gateways behind them, the endpoints. Whatever runs there (the service's tasks) is
+    # created after these, or a new AZ's first tasks could not pull their image or read secrets.
+    egress: list[pulumi.Resource]
     vpc_id: pulumi.Output[str]
     cidr: str
     public_subnet_ids: list[pulumi.Output[str]]
@@ -163,15 +167,18 @@ class Network(pulumi.ComponentResource):
             ))
 
         private_rts = []
+        self.egress = []
         for i, s in enumerate(subnets["private"]):
             rt = aws.ec2.RouteTable(f"{name}-private-rt-{i}", vpc_id=self.vpc.id, opts=p)
-            aws.ec2.Route(
-                f"{name}-private-default-{i}", route_table_id=rt.id,
-                destination_cidr_block="0.0.0.0/0", nat_gateway_id=nats[i % nat_count].id, opts=p,
-            )
-            aws.ec2.RouteTableAssociation(
-                f"{name}-private-{i}", subnet_id=s.id, route_table_id=rt.id, opts=p
-            )
+            self.egress += [
+                aws.ec2.Route(
+                    f"{name}-private-default-{i}", route_table_id=rt.id,
+                    destination_cidr_block="0.0.0.0/0", nat_gateway_id=nats[i % nat_count].id, opts=p,
+                ),
+                aws.ec2.RouteTableAssociation(
+                    f"{name}-private-{i}", subnet_id=s.id, route_table_id=rt.id, opts=p
+                ),
+            ]
             private_rts.append(rt)
 
         # Isolated subnets get a table with only the local route: no way out at all.
@@ -181,12 +188,12 @@ class Network(pulumi.ComponentResource):
                 f"{name}-isolated-{i}", subnet_id=s.id, route_table_id=isolated_rt.id, opts=p
             )
 
-        aws.ec2.VpcEndpoint(
+        self.egress.append(aws.ec2.VpcEndpoint(
             f"{name}-s3", vpc_id=self.vpc.id, service_name=f"com.amazonaws.{args.region}.s3",
             vpc_endpoint_type="Gateway", route_table_ids=[rt.id for rt in private_rts], opts=p,
-        )
+        ))
         if args.interface_endpoints:
-            self._interface_endpoints(name, args, [s.id for s in subnets["private"]])
+            self.egress += self._interface_endpoints(name, args, [s.id for s in subnets["private"]])
 
         self._flow_logs(name, args)
 
@@ -201,7 +208,7 @@ class Network(pulumi.ComponentResource):
             "isolated_subnet_ids": self.isolated_subnet_ids,
         })
 
-    def _interface_endpoints(self, name: str, args: NetworkArgs, subnet_ids: list) -> None:
+    def _interface_endpoints(self, name: str, args: NetworkArgs, subnet_ids: list) -> list[pulumi.Resource]:
         p = pulumi.ResourceOptions(parent=self)
         sg = aws.ec2.SecurityGroup(
             f"{name}-endpoints-sg", vpc_id=self.vpc.id,
@@ -212,13 +219,15 @@ class Network(pulumi.ComponentResource):
             ip_protocol="tcp", from_port=443, to_port=443,
             description="HTTPS from the VPC", opts=p,
         )
-        for svc in INTERFACE_ENDPOINTS:
+        return [
             aws.ec2.VpcEndpoint(
                 f"{name}-{svc.replace('.', '-')}", vpc_id=self.vpc.id,
                 service_name=f"com.amazonaws.{args.region}.{svc}", vpc_endpoint_type="Interface",
                 private_dns_enabled=True, subnet_ids=subnet_ids, security_group_ids=[sg.id],
                 opts=p,
             )
+            for svc in INTERFACE_ENDPOINTS
+        ]
 
     def _flow_logs(self, name: str, args: NetworkArgs) -> None:
         p = pulumi.ResourceOptions(parent=self)

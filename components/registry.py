@@ -1,8 +1,8 @@
 """A private container registry for the stack's image: an ECR repository and its lifecycle.
 
 Creates: an ECR repository (immutable tags, scan on push, encrypted with the given KMS key,
-emptied and deleted with the stack unless protected) and a lifecycle policy (untagged images
-expire after 7 days; at most 50 images kept).
+deleted with its images on destroy; `protect` keeps it from being destroyed at all) and a
+lifecycle policy (untagged images expire after 7 days; at most 50 images kept).
 
 Cost: $0.10 per GB-month stored (a gateway image is about 60 MB: under $0.01); pulls from tasks
 in the same region are free; basic scanning on push is free.
@@ -11,7 +11,7 @@ Args (`RegistryArgs`):
     name: str, required — the repository name, e.g. llm-service-staging
     kms_key_arn: pulumi.Input[str], required
     keep_images: int = 50
-    protect: bool = False — protected repositories are kept, with their images, on destroy
+    protect: bool = False — a protected repository cannot be destroyed (prod, outside a teardown)
 
 Outputs: arn, repository_url, registry_id.
 
@@ -54,7 +54,7 @@ class RegistryArgs:
     name: str  # the repository name, e.g. llm-service-staging
     kms_key_arn: pulumi.Input[str]
     keep_images: int = 50
-    protect: bool = False  # protected repositories are kept, with their images, on destroy
+    protect: bool = False  # a protected repository cannot be destroyed (prod, outside a teardown)
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -73,7 +73,9 @@ class Registry(pulumi.ComponentResource):
             image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(scan_on_push=True),
             encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(
                 encryption_type="KMS", kms_key=args.kms_key_arn)],
-            force_delete=not args.protect,
+            # Deleted with its images on destroy: DeleteRepository refuses a repository that holds
+            # any. A protected repository (prod) cannot be destroyed until a teardown lifts that.
+            force_delete=True,
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
         aws.ecr.LifecyclePolicy(

@@ -196,6 +196,8 @@ class ServiceArgs:
     # refuses a target group that belongs to no load balancer) and the secret values its tasks
     # read at start-up.
     wait_for: list[pulumi.Resource] = field(default_factory=list)
+    # The cluster and the service cannot be deleted or replaced by an `up` (the task definition
+    # is replaced on every image change, so it is never protected).
     protect: bool = False
 
     def __post_init__(self) -> None:
@@ -224,7 +226,7 @@ class Service(pulumi.ComponentResource):
         self.cluster = aws.ecs.Cluster(
             f"{name}-cluster", name=args.name,
             settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value="enabled")],
-            opts=p,
+            opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
         self.capacity = aws.ecs.ClusterCapacityProviders(
             f"{name}-capacity", cluster_name=self.cluster.name,
@@ -373,7 +375,7 @@ class Service(pulumi.ComponentResource):
             # deployment (its docstring; terraform-provider-aws#43533); any other update rolls
             # the tasks out anyway.
             force_new_deployment=True,
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=ignore,
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=ignore, protect=args.protect,
                                         depends_on=self._create_after(args)),
         )
 
@@ -440,7 +442,9 @@ def container_definitions(args: ServiceArgs, image: str, log_group: str, env: di
         "privileged": False,
         "linuxParameters": {"initProcessEnabled": True},
         "portMappings": [{"containerPort": port, "protocol": "tcp", "name": "http"}],
-        "environment": [{"name": k, "value": str(v)} for k, v in sorted(env.items())],
+        # ECS drops a variable whose value is "" and the provider then sees a change on every
+        # `up` (terraform-provider-aws#39533): left out here, it reads as unset, which is "".
+        "environment": [{"name": k, "value": str(v)} for k, v in sorted(env.items()) if str(v) != ""],
         # Only ARNs here: ECS fetches the values at task start, so they never sit in the
         # task definition, in Pulumi state or in the logs.
         "secrets": [{"name": k, "valueFrom": v} for k, v in sorted(secrets.items())],

@@ -32,6 +32,8 @@ from components.secrets import Secrets, SecretsArgs, env_var_name
 from components.service import CacheLink, Service, ServiceArgs
 from infra.config import (
     BUILD,
+    CACHE_AUTH_TOKEN,
+    CLIENT_KEYS,
     PROJECT,
     ConfigError,
     ConfigErrors,
@@ -67,7 +69,6 @@ ROOT = Path(__file__).resolve().parents[1]
 GATEWAY_SOURCE = ROOT / "gateway"
 GATEWAY_HEALTH_CHECK = ["python", "-m", "gateway.healthcheck"]
 METRICS_NAMESPACE = "LLMService"
-CLIENT_KEYS = "client-keys"  # the secret holding client-key hashes (python -m ops.clientkeys)
 
 
 def gateway_environment(cfg: StackConfig, prefix: str) -> dict[str, str]:
@@ -137,7 +138,9 @@ class Stack:
 
     @property
     def protect(self) -> bool:
-        return self.cfg.is_prod
+        """Prod's stateful resources are protected (and its ALB has deletion protection), except
+        in the one reviewed `up` that prepares a destroy (`teardown: true`)."""
+        return self.cfg.is_prod and not self.cfg.teardown
 
 
 def checked_config(offline: bool = False) -> Stack:
@@ -164,6 +167,9 @@ def secrets(st: Stack) -> Secrets:
         values={n: pulumi.Config().require_secret(n) for n in c.names} if c.source == "pulumi" else {},
         recovery_window_days=c.recovery_window_days,
         key_deletion_window_days=c.key_deletion_window_days, protect=st.protect,
+        # Prod's key outlives a destroy: its secrets stay restorable and its final cache
+        # snapshot readable; a re-create adopts it (python -m ops.teardown restore).
+        retain_key=st.cfg.is_prod, adopt=dict(c.adopt),
     ), opts=st.opts)
 
 
@@ -186,7 +192,8 @@ def load_balancer(st: Stack, net: Network) -> LoadBalancer:
         ingress_cidrs=list(lbc.ingress_cidrs), ingress_ipv6_cidrs=list(lbc.ingress_ipv6_cidrs),
         idle_timeout_seconds=lbc.idle_timeout_seconds, health_check_path=lbc.health_check_path,
         deregistration_delay_seconds=lbc.deregistration_delay_seconds, ssl_policy=lbc.ssl_policy,
-        deletion_protection=st.cfg.is_prod, access_log_retention_days=lbc.access_log_retention_days,
+        deletion_protection=st.protect, access_log_retention_days=lbc.access_log_retention_days,
+        region=st.cfg.region,
     ), opts=st.opts)
 
 
@@ -201,10 +208,10 @@ def cache(st: Stack, net: Network, keys: Secrets) -> CacheParts:
     c = st.cfg.cache
     # Generated once and kept in state (as a secret), so it is stable across runs.
     auth_token = random.RandomPassword(
-        "cache-auth-token", length=64, special=False,
+        CACHE_AUTH_TOKEN, length=64, special=False,
         opts=pulumi.ResourceOptions(additional_secret_outputs=["result"]),
     )
-    auth_secret_arn = keys.add_secret("cache-auth-token", auth_token.result)
+    auth_secret_arn = keys.add_secret(CACHE_AUTH_TOKEN, auth_token.result)
     # Created and destroyed with the stack: each life of the cache names its final snapshot anew.
     snapshot_suffix = random.RandomId("cache-final-snapshot", byte_length=4)
     group = Cache("cache", CacheArgs(
@@ -214,7 +221,7 @@ def cache(st: Stack, net: Network, keys: Secrets) -> CacheParts:
         multi_az=c.multi_az, automatic_failover=c.automatic_failover,
         snapshot_retention_days=c.snapshot_retention_days,
         maintenance_window=c.maintenance_window, snapshot_window=c.snapshot_window,
-        apply_immediately=not st.cfg.is_prod, log_retention_days=c.log_retention_days, port=c.port,
+        log_retention_days=c.log_retention_days, port=c.port,
         final_snapshot_suffix=snapshot_suffix.hex, protect=st.protect,
     ), opts=st.opts)
     return CacheParts(group, auth_token.result, auth_secret_arn)
@@ -256,7 +263,7 @@ def service(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: C
             GATEWAY_HEALTH_CHECK if svc.image == BUILD else ""),
         environment={
             "APP_ENV": cfg.environment, "PORT": str(svc.container_port),
-            "OPENAI_ORG_ID": llm.org_id, "OPENAI_PROJECT_ID": llm.project_id,
+            "OPENAI_ORG_ID": llm.org_id, "OPENAI_PROJECT_ID": llm.project_id,  # "" sends none
             "OPENAI_BASE_URL": llm.base_url,
             "CACHE_HOST": group.primary_endpoint, "CACHE_READER_HOST": group.reader_endpoint,
             "CACHE_PORT": str(group.port), "CACHE_TLS": "true",
@@ -277,7 +284,7 @@ def service(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: C
         stop_timeout_seconds=svc.stop_timeout_seconds, log_retention_days=svc.log_retention_days,
         execute_command=svc.execute_command,
         repository_arn=img.registry.arn if img.registry else None,
-        wait_for=[alb.listener, *keys.values], protect=st.protect,
+        wait_for=[alb.listener, *keys.values, *net.egress], protect=st.protect,
     ), opts=st.opts)
 
 

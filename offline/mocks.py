@@ -83,8 +83,6 @@ class AwsMocks(pulumi.runtime.Mocks):
             return {"userName": "AWS", "password": "mock-ecr-token", "authorizationToken": "QVdTOm1vY2s=",
                     "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{self.region}.amazonaws.com",
                     "expiresAt": "2026-01-01T00:00:00Z", "id": ACCOUNT}, []
-        if token == "aws:elb/getServiceAccount:getServiceAccount":
-            return {"arn": "arn:aws:iam::127311923021:root", "id": "127311923021"}, []
         raise NotImplementedError(f"the offline mocks do not answer {token}")
 
 

@@ -72,6 +72,7 @@ def to_json(s: Synthesis, cfg: StackConfig | None = None, violations: list | Non
                 "type": r.type, "name": r.name,
                 "parent": None if r.parent is None else {"type": r.parent[0], "name": r.parent[1]},
                 "protect": r.protect, "ignoreChanges": r.ignore_changes,
+                "retainOnDelete": r.retain_on_delete, "import": r.import_id,
                 "inputs": _parsed(_redact(r)),
             }
             for r in s.resources
@@ -100,6 +101,8 @@ def to_text(s: Synthesis, cfg: StackConfig | None = None) -> str:
     def walk(parent: Any, depth: int) -> None:
         for r in by_parent.get(parent, []):
             flags = "".join([" [protected]" if r.protect else "",
+                             " [kept on destroy]" if r.retain_on_delete else "",
+                             f" [imports {r.import_id}]" if r.import_id else "",
                              f" [ignores {', '.join(r.ignore_changes)}]" if r.ignore_changes else ""])
             lines.append(f"{'  ' * depth}{r.type}  {r.name}{flags}")
             walk((r.type, r.name), depth + 1)

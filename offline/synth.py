@@ -3,8 +3,8 @@
 `synthesize("staging")` reads `Pulumi.staging.yaml`, validates it, runs `infra.program.main`
 with `pulumi.runtime.set_mocks`, and returns every declared resource: type, logical name,
 parent, resolved inputs (secrets flagged), and the options that matter for safety (protect,
-ignore_changes). No Pulumi CLI, AWS credentials or network are used. The plan command and the
-test suite both call it.
+ignore_changes, retain_on_delete, import). No Pulumi CLI, AWS credentials or network are used.
+The plan command and the test suite both call it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class Declared:
     inputs: dict[str, Any] = field(default_factory=dict)
     secret_inputs: set[str] = field(default_factory=set)
     protect: bool = False
+    retain_on_delete: bool = False  # destroy leaves it in AWS
+    import_id: Optional[str] = None  # adopted (imported) instead of created
     ignore_changes: list[str] = field(default_factory=list)
     provider: str = ""  # the provider reference the engine would use ("<urn>::<id>")
     depends_on: list[str] = field(default_factory=list)  # logical names
@@ -147,6 +149,8 @@ def synthesize(
         if parent is not None and parent._type != STACK_TYPE:
             d.parent = (parent._type, parent._name)
         d.protect = bool(args.opts and args.opts.protect)
+        d.retain_on_delete = bool(args.opts and args.opts.retain_on_delete)
+        d.import_id = (args.opts and args.opts.import_) or None
         d.ignore_changes = list((args.opts and args.opts.ignore_changes) or [])
         deps = (args.opts and args.opts.depends_on) or []
         d.depends_on = [r._name for r in (deps if isinstance(deps, list) else [deps])

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from gateway.keys import KeyDocumentError, add_key, empty_document
+from infra.config import CLIENT_KEYS
 from ops import rollout
 from ops.apikey import explain_aws
 from ops.boto import client as _client
-from ops.rollout import CLIENT_KEYS, Failure, Stack
+from ops.rollout import Failure, Stack
 
 
 def _err(line: str) -> None:

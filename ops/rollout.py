@@ -18,13 +18,19 @@ from typing import Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra.config import ConfigError, StackConfig, error_lines, load, physical_prefix, secret_prefix
+from infra.config import (
+    CACHE_AUTH_TOKEN,
+    CLIENT_KEYS,
+    ConfigError,
+    StackConfig,
+    error_lines,
+    load,
+    physical_prefix,
+    secret_prefix,
+)
 from infra.outputs import read_outputs
 from infra.stack_files import ROOT, read_stack_file
 from ops.boto import client as _client
-
-CLIENT_KEYS = "client-keys"
-CACHE_AUTH_TOKEN = "cache-auth-token"  # noqa: S105 - a secret's name
 
 
 class Failure(Exception):

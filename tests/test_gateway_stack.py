@@ -4,11 +4,16 @@ the config rules that keep streams alive, and the Dockerfile's promises to the t
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 
-from components.image import content_tag
+from components.image import content_tag, image_files
 from infra.config import ConfigError, load
 from infra.stack_files import ROOT
 from tests.conftest import config_of, container, with_changes
@@ -25,9 +30,17 @@ def test_the_gateway_is_built_for_the_stacks_architecture_and_pushed(stack):
     image = stack.one(IMAGE)
     platform = {"ARM64": "linux/arm64", "X86_64": "linux/amd64"}[config_of(stack).service.architecture]
     assert image.inputs["platforms"] == [platform] and image.inputs["push"] is True
-    assert image.inputs["context"]["location"] == str(ROOT / "gateway")
+    arch = config_of(stack).service.architecture
+    tag = content_tag(ROOT / "gateway", arch)
+    # A relative path (the provider diffs it) to a copy named after the tag, with uniform modes.
+    location = image.inputs["context"]["location"]
+    assert location == os.path.join(".build", tag) and image.inputs["dockerfile"]["location"] == \
+        os.path.join(location, "Dockerfile")
+    staged = ROOT / location  # the tests run from the repository's root
+    assert [(r, d) for r, d, _ in image_files(staged)] == [(r, d) for r, d, _ in image_files(ROOT / "gateway")]
+    assert {f.stat().st_mode & 0o777 for f in staged.rglob("*") if f.is_file()} <= {0o644, 0o755}
     repo = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/llm-service-{stack.stack}"
-    assert image.inputs["tags"] == [f"{repo}:{content_tag(ROOT / 'gateway')}"]
+    assert image.inputs["tags"] == [f"{repo}:{tag}"]
     (registry,) = image.inputs["registries"]
     assert registry["address"] == repo and "registries" in image.secret_inputs, "the ECR token stays secret"
 
@@ -40,14 +53,64 @@ def test_the_task_runs_the_built_image_by_digest(stack):
     assert stack.outputs["image"] == ref
 
 
-def test_the_tag_changes_with_the_content_and_only_with_it(tmp_path):
+def test_the_tag_changes_with_what_changes_the_image_and_only_with_it(tmp_path):
     (tmp_path / "app.py").write_text("print(1)")
+    (tmp_path / "app.py").chmod(0o644)
     first = content_tag(tmp_path)
     (tmp_path / "__pycache__").mkdir()
     (tmp_path / "__pycache__" / "app.pyc").write_bytes(b"\0")
     assert content_tag(tmp_path) == first, "bytecode caches do not change the image"
+    (tmp_path / "app.py").chmod(0o664)
+    assert content_tag(tmp_path) == first, "a checkout under another umask builds the same image"
+    assert content_tag(tmp_path, "X86_64") != first and content_tag(tmp_path, "X86_64").startswith("amd64-")
+    (tmp_path / "app.py").chmod(0o755)
+    assert content_tag(tmp_path) != first, "an executable bit is in the image"
+    (tmp_path / "app.py").chmod(0o644)
     (tmp_path / "app.py").write_text("print(2)")
     assert content_tag(tmp_path) != first
+
+
+IMAGE_STEP = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from infra import program
+from offline.synth import synthesize
+
+def image_only():
+    st = program.checked_config(offline=True)
+    program.image(st, program.secrets(st))
+
+print(json.dumps(synthesize("staging", program=image_only).one("docker-build:index:Image").inputs,
+                 sort_keys=True))
+"""
+
+
+def _checkout(root, mode: int):
+    """The files the stack program reads, copied as a checkout would hold them, every file of
+    the gateway with `mode`."""
+    for part in ("infra", "components", "offline", "gateway"):
+        shutil.copytree(ROOT / part, root / part, ignore=shutil.ignore_patterns("__pycache__", ".build"))
+    for name in ("Pulumi.yaml", "Pulumi.staging.yaml"):
+        shutil.copy(ROOT / name, root / name)
+    for f in (root / "gateway").rglob("*"):
+        f.chmod(mode if f.is_file() else mode | 0o111)
+
+
+def test_the_same_commit_from_two_checkouts_declares_the_same_image(tmp_path):
+    """Two checkouts at different paths, one made under umask 002 (group-writable files): as
+    Pulumi runs the program (from the `main` folder), the image's inputs must be identical, or
+    the provider rebuilds and re-pushes a tag the IMMUTABLE repository already holds."""
+    seen = []
+    for name, mode in (("laptop", 0o644), ("ci-runner/work", 0o664)):
+        root = tmp_path / name
+        _checkout(root, mode)
+        out = subprocess.run([sys.executable, "-c", IMAGE_STEP, str(root)], cwd=root / "infra",
+                             capture_output=True, text=True, timeout=120, check=True)
+        seen.append(json.loads(out.stdout))
+    assert seen[0] == seen[1]
+    assert not seen[0]["context"]["location"].startswith("/"), "an absolute path differs per checkout"
+    assert seen[0]["context"]["location"] == ".build/" + seen[0]["tags"][0].rsplit(":", 1)[1]
+    assert (tmp_path / "laptop" / "infra" / seen[0]["context"]["location"] / "Dockerfile").is_file()
 
 
 def test_an_image_of_your_own_is_used_as_given_and_nothing_is_built(synth):

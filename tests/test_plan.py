@@ -15,7 +15,8 @@ def test_text_plan_shows_the_tree_and_counts(capsys):
     out = capsys.readouterr().out
     assert out.startswith("stack prod: ")
     assert "  llm-service:network:Network  network\n    aws:ec2/vpc:Vpc  network-vpc" in out
-    assert "aws:ecs/service:Service  service-service [ignores desired_count]" in out
+    assert "aws:ecs/service:Service  service-service [protected] [ignores desired_count]" in out
+    assert "aws:kms/key:Key  secrets-key [protected] [kept on destroy]" in out
     assert "aws:elasticache/replicationGroup:ReplicationGroup  cache-group [protected]" in out
     assert "     3  aws:ec2/natGateway:NatGateway" in out
 

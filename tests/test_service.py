@@ -136,7 +136,22 @@ def test_access_log_bucket_is_sse_s3_private_expiring_and_writable_by_elb(stack)
         config_of(stack).load_balancer.access_log_retention_days
     statements = policy(stack.one("aws:s3/bucketPolicy:BucketPolicy"))["Statement"]
     principals = [s["Principal"] for s in statements if s["Effect"] == "Allow"]
-    assert {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"} in principals
+    # us-east-1 opened before August 2022: its legacy ELB account, and the service principal.
+    assert principals == [{"AWS": "arn:aws:iam::127311923021:root"},
+                          {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}]
+
+
+def test_a_region_opened_since_august_2022_gets_the_log_delivery_principal_alone(synth):
+    """No legacy ELB account exists there (the provider's aws_elb_service_account fails with
+    "unsupported AWS Region"): the stack must neither ask for one nor grant a made-up one."""
+    s = synth("staging", raw={**with_changes(
+        "staging", loadBalancer__certificateArn="", loadBalancer__domainName="api.example.com",
+        loadBalancer__hostedZoneId="Z0123456789ABC")[0], "aws:region": "ap-southeast-7"})
+    statements = policy(s.one("aws:s3/bucketPolicy:BucketPolicy"))["Statement"]
+    assert [x["Principal"] for x in statements if x["Effect"] == "Allow"] == [
+        {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}]
+    writes = [x for x in statements if x["Effect"] == "Allow"]
+    assert all(x["Resource"] == "arn:aws:s3:::alb-logs/alb/AWSLogs/*" for x in writes)
 
 
 def test_target_group_health_check_and_routing(stack):
