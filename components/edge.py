@@ -1,7 +1,8 @@
 """Rate limiting and threat filtering at the edge: a regional WAFv2 web ACL on the load balancer.
 
-Creates: a web ACL with a per-client-IP rate-based rule and the AWS managed rule groups for common
-threats, known bad inputs and IP reputation; its association with the ALB; logging to an encrypted
+Creates: a web ACL with a per-client-IP rate-based rule (answering 429 in OpenAI's error shape)
+and the AWS managed rule groups for common threats, known bad inputs and IP reputation, whose
+rules on request bodies (prompts) only count; its association with the ALB; logging to an encrypted
 `aws-waf-logs-*` log group with the Authorization header redacted (it carries clients' keys).
 
 Cost: $5/month per ACL, $1/month per rule or managed group (4 here), $0.60 per million requests;
@@ -30,6 +31,7 @@ Example (examples/edge/, runs as written beside a copy of this file):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -41,9 +43,23 @@ MANAGED_GROUPS = (
     "AWSManagedRulesKnownBadInputsRuleSet",
     "AWSManagedRulesAmazonIpReputationList",
 )
-# The common rule set blocks request bodies over 8 KB. LLM prompts (long conversations, pasted
-# documents) are routinely larger, so this one rule only counts; the service enforces its own limit.
-COUNT_ONLY = {"AWSManagedRulesCommonRuleSet": ["SizeRestrictions_BODY"]}
+# The body of every request this service takes is a prompt: text a model reads, relayed as JSON
+# and never rendered, run, fetched or opened by the service. The managed rules that inspect
+# bodies would refuse ordinary prompts (over 8 KB, quoting HTML, a path with ../, the metadata
+# address 169.254.169.254, a ${jndi: string under discussion) with a bare 403 the SDKs cannot
+# read, so they only count (their metrics and labels stay). Every rule on URIs, query strings,
+# headers and cookies still blocks: an API client never sends such input there. The gateway
+# enforces its own body size limit.
+COUNT_ONLY = {
+    "AWSManagedRulesCommonRuleSet": ["SizeRestrictions_BODY", "CrossSiteScripting_BODY", "GenericLFI_BODY",
+                                     "GenericRFI_BODY", "EC2MetaDataSSRF_BODY"],
+    "AWSManagedRulesKnownBadInputsRuleSet": ["Log4JRCE_BODY", "JavaDeserializationRCE_BODY"],
+}
+# What a client over the rate limit reads: OpenAI's error shape and status, so SDKs back off.
+RATE_LIMITED_BODY = "rate-limited"
+RATE_LIMITED = json.dumps({"error": {
+    "message": "Too many requests from this address; slow down and retry later.",
+    "type": "requests", "param": None, "code": "rate_limit_exceeded"}})
 
 
 def problems(a: EdgeArgs) -> list[tuple[str, str]]:
@@ -83,7 +99,10 @@ class Edge(pulumi.ComponentResource):
         p = pulumi.ResourceOptions(parent=self)
         rules = [aws.wafv2.WebAclRuleArgs(
             name="rate-per-client-ip", priority=0,
-            action=aws.wafv2.WebAclRuleActionArgs(block={}),
+            action=aws.wafv2.WebAclRuleActionArgs(block=aws.wafv2.WebAclRuleActionBlockArgs(
+                custom_response=aws.wafv2.WebAclRuleActionBlockCustomResponseArgs(
+                    response_code=429, custom_response_body_key=RATE_LIMITED_BODY),
+            )),
             statement=aws.wafv2.WebAclRuleStatementArgs(
                 rate_based_statement=aws.wafv2.WebAclRuleStatementRateBasedStatementArgs(
                     aggregate_key_type="IP", limit=args.rate_limit,
@@ -114,6 +133,8 @@ class Edge(pulumi.ComponentResource):
         self.acl = aws.wafv2.WebAcl(
             f"{name}-acl", name=args.name, scope="REGIONAL",
             default_action=aws.wafv2.WebAclDefaultActionArgs(allow={}), rules=rules,
+            custom_response_bodies=[aws.wafv2.WebAclCustomResponseBodyArgs(
+                key=RATE_LIMITED_BODY, content=RATE_LIMITED, content_type="APPLICATION_JSON")],
             visibility_config=aws.wafv2.WebAclVisibilityConfigArgs(**_visibility(args.name)),
             opts=p,
         )

@@ -28,17 +28,38 @@ def test_rate_limit_per_client_ip_from_config(stack, staging, prod):
     cfg = config_of(stack).edge
     assert statement["aggregateKeyType"] == "IP"
     assert (statement["limit"], statement["evaluationWindowSec"]) == (cfg.rate_limit, cfg.rate_window_seconds)
-    assert "block" in rate["action"]
+    # Over the limit, a client's SDK reads a 429 in OpenAI's shape and backs off.
+    response = rate["action"]["block"]["customResponse"]
+    assert response["responseCode"] == 429
+    (body,) = stack.one("aws:wafv2/webAcl:WebAcl").inputs["customResponseBodies"]
+    assert body["key"] == response["customResponseBodyKey"] and body["contentType"] == "APPLICATION_JSON"
+    error = json.loads(body["content"])["error"]
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded") and error["message"]
+    assert len(body["content"].encode()) <= 4096, "WAF's limit on a custom response body"
     limit = lambda s: _rules(s)["rate-per-client-ip"]["statement"]["rateBasedStatement"]["limit"]  # noqa: E731
     assert limit(staging) < limit(prod)
 
 
-def test_managed_groups_with_body_size_rule_counted_only(stack):
+def test_managed_rules_on_bodies_only_count_and_every_other_rule_blocks(stack):
+    """A prompt quoting HTML, a ../ path, 169.254.169.254 or ${jndi: is text for a model: the
+    body rules count (metrics, labels); nothing else is overridden, so URI, query, header and
+    cookie rules still block."""
     rules = _rules(stack)
     assert {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet",
             "AWSManagedRulesAmazonIpReputationList"} <= set(rules)
-    common = rules["AWSManagedRulesCommonRuleSet"]["statement"]["managedRuleGroupStatement"]
-    assert common["ruleActionOverrides"] == [{"name": "SizeRestrictions_BODY", "actionToUse": {"count": {}}}]
+
+    def counted(group):
+        statement = rules[group]["statement"]["managedRuleGroupStatement"]
+        overrides = statement.get("ruleActionOverrides") or []
+        assert all(o["actionToUse"] == {"count": {}} for o in overrides)
+        return {o["name"] for o in overrides}
+
+    assert counted("AWSManagedRulesCommonRuleSet") == {
+        "SizeRestrictions_BODY", "CrossSiteScripting_BODY", "GenericLFI_BODY", "GenericRFI_BODY",
+        "EC2MetaDataSSRF_BODY"}
+    assert counted("AWSManagedRulesKnownBadInputsRuleSet") == {"Log4JRCE_BODY", "JavaDeserializationRCE_BODY"}
+    assert counted("AWSManagedRulesAmazonIpReputationList") == set()
+    assert all(r.get("overrideAction") == {"none": {}} for n, r in rules.items() if n != "rate-per-client-ip")
     assert all(r["visibilityConfig"]["cloudwatchMetricsEnabled"] for r in rules.values())
 
 
