@@ -43,6 +43,20 @@ import pulumi_aws as aws
 
 # DescribeAvailabilityZones filter for the region's own AZs, never Local or Wavelength Zones.
 STANDARD_AZS = [aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])]
+# Regions where Fargate runs Linux tasks in some AZs only, by AZ ID (AZ names map to IDs
+# differently in each account). Source: the ECS developer guide, "AWS Fargate Regions" (Linux
+# containers); a subnet in another AZ of these regions would never host a task.
+FARGATE_ZONE_IDS = {
+    "us-west-1": ["usw1-az1", "usw1-az3"],
+    "ap-northeast-1": ["apne1-az1", "apne1-az2", "apne1-az4"],
+    "cn-north-1": ["cnn1-az1", "cnn1-az2"],
+}
+
+
+def zone_filters(region: str) -> list[aws.GetAvailabilityZonesFilterArgs]:
+    """The region's standard AZs where Fargate runs tasks: the AZs this layout may use."""
+    ids = FARGATE_ZONE_IDS.get(region)
+    return STANDARD_AZS + ([aws.GetAvailabilityZonesFilterArgs(name="zone-id", values=ids)] if ids else [])
 AZ_SLOTS = 4  # subnets are carved in fixed slots per tier, so adding an AZ moves nothing
 TIERS = ("public", "private", "isolated")
 INTERFACE_ENDPOINTS = ("secretsmanager", "ecr.api", "ecr.dkr", "logs", "kms")
@@ -117,9 +131,10 @@ class Network(pulumi.ComponentResource):
         p = pulumi.ResourceOptions(parent=self)
         self.cidr = args.cidr
         # Standard AZs only: where an account has opted in to Local Zones, they are returned too
-        # (and their names sort first), and opting in later would move every subnet.
+        # (and their names sort first), and opting in later would move every subnet. And only
+        # AZs where Fargate runs tasks.
         zones = aws.get_availability_zones_output(
-            state="available", filters=STANDARD_AZS, opts=pulumi.InvokeOutputOptions(parent=self),
+            state="available", filters=zone_filters(args.region), opts=pulumi.InvokeOutputOptions(parent=self),
         ).names
         azs = [zones[i] for i in range(args.az_count)]
         cidrs = subnet_cidrs(args.cidr, args.subnet_prefix_length, args.az_count)

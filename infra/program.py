@@ -26,7 +26,7 @@ from components.edge import Edge, EdgeArgs
 from components.image import Image, ImageArgs
 from components.load_balancer import LoadBalancer, LoadBalancerArgs
 from components.monitoring import Monitoring, MonitoringArgs, Thresholds
-from components.network import STANDARD_AZS, Network, NetworkArgs
+from components.network import FARGATE_ZONE_IDS, Network, NetworkArgs, zone_filters
 from components.registry import Registry, RegistryArgs
 from components.secrets import Secrets, SecretsArgs, env_var_name
 from components.service import CacheLink, Service, ServiceArgs
@@ -119,11 +119,13 @@ def refuse_examples(raw: dict[str, Any], cfg: StackConfig) -> None:
 def check_zones(cfg: StackConfig) -> None:
     """How many AZs the region has is known only by asking it: a synchronous invoke before any
     resource, so that too many AZs fail here and not at the third subnet."""
-    zones = aws.get_availability_zones(state="available", filters=STANDARD_AZS, region=cfg.region).names
+    zones = aws.get_availability_zones(state="available", filters=zone_filters(cfg.region),
+                                       region=cfg.region).names
     if len(zones) < cfg.network.az_count:
-        need = " (prod needs 3: deploy prod to a region with 3 or more)" if cfg.is_prod else ""
+        need = " (prod needs 3: deploy prod to a region with 3 or more)" if cfg.is_prod and len(zones) < 3 else ""
+        where = "standard AZs where Fargate runs" if cfg.region in FARGATE_ZONE_IDS else "standard AZs"
         raise ConfigError(f"{PROJECT}:network.azCount", cfg.network.az_count,
-                          f"{cfg.region} has {len(zones)} standard AZs ({', '.join(zones)}): "
+                          f"{cfg.region} has {len(zones)} {where} ({', '.join(zones)}): "
                           f"at most {len(zones)}{need}")
 
 

@@ -18,7 +18,11 @@ ACCOUNT = "123456789012"
 # and a Local Zone where one exists: an account that has opted in gets it too, sorted first,
 # unless the program filters on opt-in-status. Regions not listed answer with three AZs.
 AZ_LETTERS = {"us-east-1": "abcdef", "us-east-2": "abc", "us-west-1": "bc", "us-west-2": "abcd",
-              "eu-west-1": "abc", "eu-central-1": "abc", "ap-northeast-1": "acd"}
+              "eu-west-1": "abc", "eu-central-1": "abc", "ap-northeast-1": "abcd"}
+# AZ IDs in the order of the letters above, where an account's mapping matters to a test: an
+# account old enough to have ap-northeast-1b has apne1-az3 there, where Fargate runs no task.
+ZONE_IDS = {"us-west-1": ["usw1-az3", "usw1-az1"],
+            "ap-northeast-1": ["apne1-az4", "apne1-az3", "apne1-az1", "apne1-az2"]}
 LOCAL_ZONES = {"us-east-1": ["us-east-1-bos-1a", "us-east-1-mia-1a"],
                "us-west-2": ["us-west-2-lax-1a"]}
 
@@ -30,11 +34,16 @@ def _stable(text: str, digits: int) -> str:
 
 def availability_zones(region: str, args: dict) -> dict:
     region = args.get("region") or region  # pulumi-aws 7 invokes take a region of their own
-    standard = [f"{region}{c}" for c in AZ_LETTERS.get(region, "abc")]
+    letters = AZ_LETTERS.get(region, "abc")
+    ids = ZONE_IDS.get(region) or [f"{region}-az{i + 1}" for i in range(len(letters))]
+    zones = dict(zip((f"{region}{c}" for c in letters), ids, strict=True))
     filters = {f.get("name"): f.get("values") for f in args.get("filters") or []}
-    opted_in_only = filters.get("opt-in-status") == ["opt-in-not-required"]
-    names = sorted(standard + ([] if opted_in_only else LOCAL_ZONES.get(region, [])))
-    return {"names": names, "zoneIds": [f"{region}-az{i + 1}" for i in range(len(names))], "id": region}
+    if filters.get("opt-in-status") != ["opt-in-not-required"]:
+        zones.update({z: f"{z}-id" for z in LOCAL_ZONES.get(region, [])})
+    if "zone-id" in filters:
+        zones = {z: i for z, i in zones.items() if i in filters["zone-id"]}
+    names = sorted(zones)
+    return {"names": names, "zoneIds": [zones[z] for z in names], "id": region}
 
 # Resource types whose ARN AWS writes as `<service>:<region>:<account>:<kind>:<name>`.
 _COLON_ARNS = {"aws:cloudwatch/logGroup:LogGroup": "log-group", "aws:sns/topic:Topic": None}

@@ -6,6 +6,8 @@ import ipaddress
 import json
 from itertools import combinations
 
+import pytest
+
 from tests.conftest import config_of
 
 SUBNET = "aws:ec2/subnet:Subnet"
@@ -119,6 +121,29 @@ def test_azs_come_from_the_provider_not_the_code(synth):
         "arn:aws:acm:eu-west-1:123456789012:certificate/5f0c2a3e-1b7d-4c9a-8e21-0a5b6c7d8e9f"))
     azs = {s.inputs["availabilityZone"] for s in synthesis.of_type(SUBNET)}
     assert azs == {"eu-west-1a", "eu-west-1b"}
+
+
+CERT_TOKYO = "arn:aws:acm:ap-northeast-1:123456789012:certificate/5f0c2a3e-1b7d-4c9a-8e21-0a5b6c7d8e9f"
+
+
+def test_only_azs_where_fargate_runs_tasks(synth):
+    """In ap-northeast-1 Fargate runs in apne1-az1, az2 and az4 only ("AWS Fargate Regions").
+    The mocks answer like an account whose ap-northeast-1b is apne1-az3: no subnet goes there,
+    or the tasks of that AZ's share would never start."""
+    s = synth("prod", **{"aws:region": "ap-northeast-1"}, loadBalancer__certificateArn=CERT_TOKYO)
+    azs = {x.inputs["availabilityZone"] for x in s.of_type(SUBNET)}
+    assert azs == {"ap-northeast-1a", "ap-northeast-1c", "ap-northeast-1d"}
+
+
+def test_an_az_count_beyond_the_fargate_azs_is_refused_before_anything_is_declared(synth):
+    from infra.config import ConfigError
+    with pytest.raises(ConfigError) as e:
+        synth("prod", **{"aws:region": "ap-northeast-1"}, loadBalancer__certificateArn=CERT_TOKYO,
+              network__azCount=4)
+    assert str(e.value) == (
+        "llm-service:network.azCount: got 4; ap-northeast-1 has 3 standard AZs where Fargate runs "
+        "(ap-northeast-1a, ap-northeast-1c, ap-northeast-1d): at most 3")
+    assert not [d for d in e.value.declared if d.custom]
 
 
 def test_only_standard_azs_never_local_zones(stack):
