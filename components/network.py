@@ -3,8 +3,8 @@
 Creates: the VPC; an internet gateway; per AZ one public subnet (load balancer, NAT), one private
 subnet (tasks; default route to a NAT) and one isolated subnet (cache; no route out); one NAT
 gateway (`single`) or one per AZ (`per_az`); a free S3 gateway endpoint; optionally interface
-endpoints for Secrets Manager, ECR, CloudWatch Logs and KMS; the default security group emptied;
-flow logs to an encrypted CloudWatch log group.
+endpoints for Secrets Manager, ECR, CloudWatch Logs and KMS, and GuardDuty's runtime-monitoring
+endpoint; the default security group emptied; flow logs to an encrypted CloudWatch log group.
 
 Cost: each NAT gateway about $33/month plus $0.045/GB; each interface endpoint about $7.30/month
 per AZ ($110/month for the 5 endpoints in 3 AZs); flow logs $0.50/GB ingested.
@@ -19,6 +19,7 @@ Args (`NetworkArgs`):
     flow_log_retention_days: int = 30
     kms_key_arn: Optional[pulumi.Input[str]] = None
     iam_path: str = '/' — e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
+    guardduty_endpoint: bool = False
 
 Outputs: .
 
@@ -60,6 +61,7 @@ def zone_filters(region: str) -> list[aws.GetAvailabilityZonesFilterArgs]:
 AZ_SLOTS = 4  # subnets are carved in fixed slots per tier, so adding an AZ moves nothing
 TIERS = ("public", "private", "isolated")
 INTERFACE_ENDPOINTS = ("secretsmanager", "ecr.api", "ecr.dkr", "logs", "kms")
+GUARDDUTY_ENDPOINT = "guardduty-data"  # where GuardDuty's runtime agent sends its events
 
 
 def problems(a: NetworkArgs) -> list[tuple[str, str]]:
@@ -94,6 +96,10 @@ class NetworkArgs:
     flow_log_retention_days: int = 30
     kms_key_arn: Optional[pulumi.Input[str]] = None
     iam_path: str = "/"  # e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
+    # GuardDuty Runtime Monitoring's endpoint, declared here: with automated agent configuration
+    # GuardDuty adds one of its own to the VPC of every monitored task and deletes it only when
+    # Runtime Monitoring is disabled, so the VPC could not be deleted; it reuses one that exists.
+    guardduty_endpoint: bool = False
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -207,8 +213,10 @@ class Network(pulumi.ComponentResource):
             f"{name}-s3", vpc_id=self.vpc.id, service_name=f"com.amazonaws.{args.region}.s3",
             vpc_endpoint_type="Gateway", route_table_ids=[rt.id for rt in private_rts], opts=p,
         ))
-        if args.interface_endpoints:
-            self.egress += self._interface_endpoints(name, args, [s.id for s in subnets["private"]])
+        services = [*(INTERFACE_ENDPOINTS if args.interface_endpoints else ()),
+                    *((GUARDDUTY_ENDPOINT,) if args.guardduty_endpoint else ())]
+        if services:
+            self.egress += self._interface_endpoints(name, args, [s.id for s in subnets["private"]], services)
 
         self._flow_logs(name, args)
 
@@ -223,7 +231,8 @@ class Network(pulumi.ComponentResource):
             "isolated_subnet_ids": self.isolated_subnet_ids,
         })
 
-    def _interface_endpoints(self, name: str, args: NetworkArgs, subnet_ids: list) -> list[pulumi.Resource]:
+    def _interface_endpoints(self, name: str, args: NetworkArgs, subnet_ids: list,
+                             services: list[str]) -> list[pulumi.Resource]:
         p = pulumi.ResourceOptions(parent=self)
         sg = aws.ec2.SecurityGroup(
             f"{name}-endpoints-sg", vpc_id=self.vpc.id,
@@ -241,7 +250,7 @@ class Network(pulumi.ComponentResource):
                 private_dns_enabled=True, subnet_ids=subnet_ids, security_group_ids=[sg.id],
                 opts=p,
             )
-            for svc in INTERFACE_ENDPOINTS
+            for svc in services
         ]
 
     def _flow_logs(self, name: str, args: NetworkArgs) -> None:

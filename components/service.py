@@ -100,6 +100,34 @@ FARGATE_SIZES: dict[int, list[int]] = {
     16384: list(range(32768, 122880 + 1, 8192)),
 }
 
+# Where GuardDuty Runtime Monitoring's agent sidecar comes from, per region (GuardDuty user
+# guide, "Amazon ECR repository hosting GuardDuty agent" for Fargate): in an account with
+# automated agent configuration, ECS adds it to every task and pulls it with the task's
+# execution role; without this right the task runs unmonitored, with no error.
+GUARDDUTY_AGENT_ACCOUNTS = {
+    "us-east-1": "593207742271", "us-east-2": "307168627858", "us-west-1": "684579721401",
+    "us-west-2": "733349766148", "ca-central-1": "354763396469", "ca-west-1": "339712888787",
+    "mx-central-1": "311141559934", "sa-east-1": "758426053663", "eu-west-1": "694911143906",
+    "eu-west-2": "892757235363", "eu-west-3": "665651866788", "eu-central-1": "323658145986",
+    "eu-central-2": "529164026651", "eu-north-1": "591436053604", "eu-south-1": "266869475730",
+    "eu-south-2": "919611009337", "me-central-1": "000014521398", "me-south-1": "536382113932",
+    "il-central-1": "870907303882", "af-south-1": "197869348890", "ap-south-1": "251508486986",
+    "ap-south-2": "950823858135", "ap-southeast-1": "174946120834", "ap-southeast-2": "005257825471",
+    "ap-southeast-3": "510637619217", "ap-southeast-4": "251357961535", "ap-southeast-5": "156041399949",
+    "ap-southeast-7": "054037130133", "ap-northeast-1": "533107202818", "ap-northeast-2": "914738172881",
+    "ap-northeast-3": "273192626886", "ap-east-1": "258348409381", "ap-east-2": "259886477082",
+    "us-gov-east-1": "383115532789", "us-gov-west-1": "383110348953",
+}
+GUARDDUTY_AGENT_REPOSITORY = "aws-guardduty-agent-fargate"
+
+
+def guardduty_agent_repository(region: str) -> Optional[str]:
+    """The ARN of the repository GuardDuty's Fargate agent is pulled from in this region."""
+    account = GUARDDUTY_AGENT_ACCOUNTS.get(region)
+    partition = "aws-us-gov" if region.startswith("us-gov-") else "aws"
+    return f"arn:{partition}:ecr:{region}:{account}:repository/{GUARDDUTY_AGENT_REPOSITORY}" if account else None
+
+
 TMP_VOLUME = "tmp"
 # ECS Exec's managed SSM agent writes under these paths; with a read-only root file system it
 # crashes unless each is a writable volume (aws/containers-roadmap#1359,
@@ -314,7 +342,7 @@ class Service(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-execution-runtime", role=execution.id,
             policy=pulumi.Output.all(self.log_group.arn, args.repository_arn).apply(
-                lambda a: execution_policy(a[0], a[1])),
+                lambda a: execution_policy(a[0], a[1], args.region)),
             opts=p,
         )
         secrets_policy = None
@@ -467,22 +495,26 @@ def container_definitions(args: ServiceArgs, image: str, log_group: str, env: di
     }])
 
 
-def execution_policy(log_group_arn: str, repository_arn: Optional[str]) -> str:
-    statements = [{
+def execution_policy(log_group_arn: str, repository_arn: Optional[str], region: str = "") -> str:
+    """Write the task's logs; pull its image from its own repository (when it has one) and
+    GuardDuty's runtime agent (a sidecar ECS adds where Runtime Monitoring is on)."""
+    statements: list[dict[str, Any]] = [{
         "Sid": "WriteOwnLogs", "Effect": "Allow",
         "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
         "Resource": f"{log_group_arn}:log-stream:*",
     }]
-    if repository_arn:
-        statements += [
-            # GetAuthorizationToken has no resource-level permissions.
-            {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken",
-             "Resource": "*"},
-            {"Sid": "PullOwnImages", "Effect": "Allow",
-             "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer",
-                        "ecr:BatchGetImage"],
-             "Resource": repository_arn},
-        ]
+    pulls = {"PullOwnImages": repository_arn, "PullGuardDutyAgent": guardduty_agent_repository(region)}
+    pulls = {sid: arn for sid, arn in pulls.items() if arn}
+    if pulls:
+        # GetAuthorizationToken has no resource-level permissions.
+        statements.append({"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken",
+                           "Resource": "*"})
+    statements += [
+        {"Sid": sid, "Effect": "Allow",
+         "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
+         "Resource": arn}
+        for sid, arn in pulls.items()
+    ]
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 

@@ -168,11 +168,17 @@ class NetworkConfig(_Section):
     subnet_prefix_length: int = Field(20, ge=16, le=28)
     """Prefix length of every subnet (AWS: /16 to /28), longer than the VPC's."""
     az_count: int = Field(2, ge=2, le=AZ_SLOTS)
-    """Availability zones used; the region must have this many standard AZs (asked at preview)."""
+    """Availability zones used; the region must have this many standard AZs where Fargate runs
+    (asked at preview)."""
     nat_strategy: Literal["single", "per_az"] = "single"
     """One NAT gateway for the VPC, or one per AZ (an AZ outage then cuts no other AZ's egress)."""
     interface_endpoints: bool = False
-    """Interface endpoints (ECR, Logs, Secrets Manager, KMS, ECS) in each AZ instead of the NAT."""
+    """Interface endpoints (Secrets Manager, ECR API and Docker, CloudWatch Logs, KMS) in each AZ
+    instead of the NAT."""
+    guard_duty_endpoint: bool = False
+    """true where the account runs GuardDuty Runtime Monitoring for Fargate: the stack declares
+    GuardDuty's endpoint, which GuardDuty then uses instead of adding its own (which it never
+    deletes, so the VPC could not be)."""
     flow_log_retention_days: Retention = Field(30, json_schema_extra=RETENTION)
     """Days VPC flow logs are kept in CloudWatch Logs."""
 

@@ -181,7 +181,7 @@ def network(st: Stack, keys: Secrets) -> Network:
         cidr=n.cidr, az_count=n.az_count, region=st.cfg.region, nat_strategy=n.nat_strategy,
         subnet_prefix_length=n.subnet_prefix_length, interface_endpoints=n.interface_endpoints,
         flow_log_retention_days=n.flow_log_retention_days, kms_key_arn=keys.key_arn,
-        iam_path=iam_path(st.name),
+        iam_path=iam_path(st.name), guardduty_endpoint=n.guard_duty_endpoint,
     ), opts=st.opts)
 
 
