@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 GW_VENV := .venv-gateway
 STACK ?= staging
 
-.PHONY: plan cost diff docs test lint lock bench bench-gateway serve clean venvs
+.PHONY: plan cost diff docs test lint lock bench bench-gateway serve clean venvs destroy-ready restore
 
 # Every install is from a lock with hashes (requirements*.txt, made from the *.in files by
 # `make lock`): pip installs uv, uv installs the rest (about ten times faster than pip), compiled
@@ -67,6 +67,17 @@ venvs: $(UV)  ## what `pulumi up --policy-pack policy` needs: .venv (runtime) an
 	test -x policy/.venv/bin/python || $(PYTHON) -m venv policy/.venv
 	$(UV) pip install --quiet --compile-bytecode --python policy/.venv/bin/python --require-hashes \
 		-r policy/requirements.txt
+
+# The one reviewed `up` before `pulumi destroy` of a protected stack (README, "Destroying and
+# re-creating prod"): it needs the Pulumi CLI and the stack's AWS credentials.
+destroy-ready: venvs  ## lift STACK's protection in one reviewed `up`, then check `pulumi destroy` can run to the end
+	pulumi config set --stack $(STACK) llm-service:teardown true
+	pulumi up --stack $(STACK) --policy-pack policy --policy-pack-config policy/teardown.json
+	pulumi stack output --stack $(STACK) --json > outputs-$(STACK).json
+	$(PY) -m ops.teardown ready --stack $(STACK) --outputs outputs-$(STACK).json
+
+restore: $(VENV)/.installed  ## before re-creating a destroyed STACK: restore its secrets and key, print what to adopt
+	$(PY) -m ops.teardown restore --stack $(STACK)
 
 bench: $(VENV)/.installed  ## wall time of the offline plan per stack
 	$(PY) bench/plan_time.py

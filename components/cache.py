@@ -212,6 +212,7 @@ class Cache(pulumi.ComponentResource):
     port: int
     security_group_id: pulumi.Output[str]
     replication_group_id: pulumi.Output[str]
+    final_snapshot: pulumi.Output[Optional[str]]
     member_ids: list[str]
 
     def __init__(self, name: str, args: CacheArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -276,10 +277,13 @@ class Cache(pulumi.ComponentResource):
         self.port = args.port
         self.security_group_id = self.security_group.id
         self.replication_group_id = self.group.id
+        # What a destroy leaves behind (None without snapshots): the operator's to keep or delete.
+        self.final_snapshot = self.group.final_snapshot_identifier
         # ElastiCache names a replication group's nodes <id>-001, <id>-002, ...: the
         # dimension of every per-node metric.
         self.member_ids = [f"{args.replication_group_id}-{i + 1:03d}" for i in range(args.nodes)]
         self.register_outputs({
             "primary_endpoint": self.primary_endpoint, "reader_endpoint": self.reader_endpoint,
             "port": self.port, "security_group_id": self.security_group_id,
+            "final_snapshot": self.final_snapshot,
         })

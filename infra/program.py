@@ -332,6 +332,7 @@ def outputs(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: C
             alarms: Monitoring, spend: Budget) -> None:
     group, registry = cached.cache, img.registry
     pulumi.export("environment", st.cfg.environment)
+    pulumi.export("teardown", st.cfg.teardown)  # ops.teardown ready: did this up lift protection?
     pulumi.export("region", st.cfg.region)
     pulumi.export("vpcId", net.vpc_id)
     pulumi.export("vpcCidr", net.cidr)
@@ -347,6 +348,7 @@ def outputs(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: C
     pulumi.export("cacheReaderEndpoint", group.reader_endpoint)
     pulumi.export("cachePort", group.port)
     pulumi.export("cacheReplicationGroupId", group.replication_group_id)
+    pulumi.export("cacheFinalSnapshot", group.final_snapshot)
     pulumi.export("serviceUrl", alb.url)
     pulumi.export("albDnsName", alb.dns_name)
     pulumi.export("albArn", alb.arn)

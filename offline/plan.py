@@ -20,7 +20,7 @@ from typing import Any
 from infra.config import BUILD, ConfigError, StackConfig, error_lines, load
 from infra.stack_files import ROOT, list_stacks, read_stack_file
 from offline import cost
-from offline.policy_check import POLICIES, check
+from offline.policy_check import POLICIES, check, levels_for
 from offline.synth import Declared, Synthesis, synthesize
 
 REDACTED = "[secret]"
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    violations = check(synthesis)
+    violations = check(synthesis, levels=levels_for(cfg.teardown))
     try:
         report = cost.estimate(args.stack, synthesis.resources, cfg)
     except cost.Unpriced as e:

@@ -8,7 +8,9 @@ stack policies see them all at once.
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from pulumi.runtime.sync_await import _sync_await
 from pulumi_policy import (
@@ -55,13 +57,27 @@ def _call(fn, *args) -> None:
         _sync_await(result)
 
 
-def check(s: Synthesis, policies=POLICIES) -> list[Violation]:
+TEARDOWN_CONFIG = Path(__file__).resolve().parents[1] / "policy" / "teardown.json"
+
+
+def levels_for(teardown: bool) -> dict[str, str]:
+    """The enforcement levels `pulumi up --policy-pack-config` sets: policy/teardown.json's for
+    the `up` before a destroy (make destroy-ready), none otherwise."""
+    return json.loads(TEARDOWN_CONFIG.read_text()) if teardown else {}
+
+
+def check(s: Synthesis, policies=POLICIES, levels: dict[str, str] | None = None) -> list[Violation]:
+    """Every violation; `levels` (policy name -> mandatory, advisory or disabled) overrides a
+    policy's own level as a policy pack config file does."""
     found: list[Violation] = []
+    levels = levels or {}
+    policies = [p for p in policies if levels.get(p.name) != "disabled"]
     resources = [d for d in s.resources if d.custom]
     by_urn = {urn(s.stack, d): d for d in resources}
 
     def reporter(policy, default: str):
-        mandatory = policy.enforcement_level == EnforcementLevel.MANDATORY
+        level = levels.get(policy.name) or policy.enforcement_level
+        mandatory = level in (EnforcementLevel.MANDATORY, "mandatory")
 
         def report(message: str, at: str | None = None) -> None:
             d = by_urn.get(at) if at else None

@@ -188,13 +188,21 @@ def is_prod(stack: str) -> bool:
     return stack == "prod" or stack.startswith("prod-") or stack.endswith("-prod")
 
 
+def _prod_deletion_protection(args: StackValidationArgs, report: ReportViolation) -> None:
+    # Its own policy so that the one `up` before a destroy (`teardown: true`) can disable it and
+    # nothing else: `--policy-pack-config policy/teardown.json`.
+    if not is_prod(stack_name(args.resources)):
+        return
+    for r in args.resources:
+        if r.resource_type == "aws:lb/loadBalancer:LoadBalancer" and not r.props.get("enableDeletionProtection"):
+            report("prod load balancers need deletion protection (ELB.6)", r.urn)
+
+
 def _prod_invariants(args: StackValidationArgs, report: ReportViolation) -> None:
     if not is_prod(stack_name(args.resources)):
         return
     for r in args.resources:
         p = r.props
-        if r.resource_type == "aws:lb/loadBalancer:LoadBalancer" and not p.get("enableDeletionProtection"):
-            report("prod load balancers need deletion protection (ELB.6)", r.urn)
         if r.resource_type == "aws:elasticache/replicationGroup:ReplicationGroup":
             if not (p.get("multiAzEnabled") and p.get("automaticFailoverEnabled")):
                 report("the prod cache needs multi-AZ with automatic failover (ElastiCache.3)", r.urn)
@@ -366,9 +374,13 @@ POLICIES = [
         enforcement_level=MANDATORY, validate=_aws_text,
     ),
     StackValidationPolicy(
-        name="prod-availability-and-protection",
-        description="prod: ALB deletion protection (ELB.6), multi-AZ cache with failover "
-                    "(ElastiCache.3), tasks over at least 3 AZs",
+        name="prod-availability",
+        description="prod: multi-AZ cache with failover (ElastiCache.3), tasks over at least 3 AZs",
         enforcement_level=MANDATORY, validate=_prod_invariants,
+    ),
+    StackValidationPolicy(
+        name="prod-alb-deletion-protection",
+        description="prod: the load balancer has deletion protection (ELB.6), except in a teardown",
+        enforcement_level=MANDATORY, validate=_prod_deletion_protection,
     ),
 ]

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from offline import plan
-from offline.policy_check import check
+from offline.policy_check import check, levels_for
 from offline.synth import Declared, Synthesis
 from policy.policies import POLICIES
 
@@ -127,16 +127,38 @@ def test_each_policy_flags_bad_and_passes_good(case):
 
 
 def test_every_resource_policy_has_a_case():
-    resource_policies = {p.name for p in POLICIES if p.name != "prod-availability-and-protection"}
+    resource_policies = {p.name for p in POLICIES if not p.name.startswith("prod-")}
     assert resource_policies == {c[0] for c in CASES}
 
 
-PROD = "prod-availability-and-protection"
+PROD = "prod-availability"
+PROTECTION = "prod-alb-deletion-protection"
+
+
+def test_prod_load_balancers_need_deletion_protection_unless_a_teardown_disables_the_policy():
+    lb, bad, good = "aws:lb/loadBalancer:LoadBalancer", {"enableDeletionProtection": False}, {
+        "enableDeletionProtection": True}
+    assert PROTECTION in _hits(lb, bad, stack="prod")
+    assert PROTECTION not in _hits(lb, good, stack="prod")
+    assert PROTECTION not in _hits(lb, bad, stack="staging")
+    # policy/teardown.json, as `make destroy-ready` passes it: that policy alone is off.
+    assert levels_for(True) == {PROTECTION: "disabled"} and levels_for(False) == {}
+
+
+def test_a_teardown_up_of_prod_passes_every_policy_with_the_teardown_config_only(synth):
+    s = synth("prod", teardown=True)
+    assert check(s, levels=levels_for(True)) == []
+    assert {(v.policy, v.resource) for v in check(s)} == {(PROTECTION, "aws:lb/loadBalancer:LoadBalancer alb-lb")}
+
+
+def test_a_policy_made_advisory_by_config_reports_without_failing(prod):
+    broken = copy.deepcopy(prod)
+    broken.one("aws:kms/key:Key").inputs["enableKeyRotation"] = False
+    (v,) = check(broken, levels={"kms-rotation": "advisory"})
+    assert (v.policy, v.mandatory) == ("kms-rotation", False)
 
 
 @pytest.mark.parametrize("typ,bad,good", [
-    ("aws:lb/loadBalancer:LoadBalancer", {"enableDeletionProtection": False},
-     {"enableDeletionProtection": True}),
     ("aws:elasticache/replicationGroup:ReplicationGroup",
      {"multiAzEnabled": True, "automaticFailoverEnabled": False, "atRestEncryptionEnabled": True,
       "kmsKeyId": "k", "transitEncryptionEnabled": True},
@@ -163,7 +185,7 @@ def test_policies_see_a_real_regression(prod):
     lb.inputs["enableDeletionProtection"] = False
     found = {(v.policy, v.resource) for v in check(broken)}
     assert found == {("tasks-without-public-ip", "aws:ecs/service:Service service-service"),
-                     (PROD, "aws:lb/loadBalancer:LoadBalancer alb-lb")}
+                     (PROTECTION, "aws:lb/loadBalancer:LoadBalancer alb-lb")}
 
 
 def test_plan_exits_3_on_a_mandatory_violation(mocker, prod, capsys):
