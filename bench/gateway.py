@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -134,7 +135,7 @@ async def main(rounds: int) -> None:
                    for i in range(rounds)]
     finally:
         for p in (gateway, upstream):
-            p.terminate()
+            p.send_signal(signal.SIGINT)  # at once (SIGTERM drains, waiting for a quiet spell)
             p.wait()
         cache.stop()
         shutil.rmtree(folder, ignore_errors=True)

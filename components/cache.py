@@ -31,7 +31,8 @@ Args (`CacheArgs`):
     final_snapshot_suffix: pulumi.Input[str] = ''
     protect: bool = False
 
-Outputs: primary_endpoint, reader_endpoint, port, security_group_id, replication_group_id, member_ids.
+Outputs: primary_endpoint, reader_endpoint, port, security_group_id, replication_group_id,
+final_snapshot, member_ids.
 
 Example (examples/cache/, runs as written beside a copy of this file):
 

@@ -65,6 +65,9 @@ SSL_POLICIES = frozenset(
     + [f"ELBSecurityPolicy-TLS13-{v}-FIPS-PQ-2025-09"
        for v in ("1-3", "1-2", "1-2-Res", "1-2-Ext0", "1-2-Ext1", "1-2-Ext2")]
 )
+# The target group's health check: a registered target is checked every interval, and taken out
+# of rotation after UNHEALTHY_THRESHOLD failures in a row.
+HEALTH_CHECK_INTERVAL, HEALTH_CHECK_TIMEOUT, UNHEALTHY_THRESHOLD = 15, 5, 3
 # The regional Elastic Load Balancing accounts that deliver access logs in Regions opened before
 # August 2022. Source: the ALB user guide, "Enable access logs" (bucket permissions), whose table
 # the Terraform provider's aws_elb_service_account carries too (plus the China Regions). Regions
@@ -213,7 +216,8 @@ class LoadBalancer(pulumi.ComponentResource):
             deregistration_delay=args.deregistration_delay_seconds,
             health_check=aws.lb.TargetGroupHealthCheckArgs(
                 enabled=True, path=args.health_check_path, protocol="HTTP", matcher="200",
-                interval=15, timeout=5, healthy_threshold=2, unhealthy_threshold=3,
+                interval=HEALTH_CHECK_INTERVAL, timeout=HEALTH_CHECK_TIMEOUT, healthy_threshold=2,
+                unhealthy_threshold=UNHEALTHY_THRESHOLD,
             ),
             opts=p,
         )

@@ -24,6 +24,7 @@ import orjson
 
 from gateway import cache, errors, observe
 from gateway.errors import GatewayError
+from gateway.healthcheck import USER_AGENT
 from gateway.keys import Client
 from gateway.limits import Limits, estimate, rejection, windows
 from gateway.observe import Record
@@ -45,6 +46,7 @@ PASSED_PREFIXES = ("x-ratelimit-",)
 # Client request headers the upstream needs to see.
 FORWARDED = {b"accept": "Accept", b"openai-beta": "OpenAI-Beta", b"idempotency-key": "Idempotency-Key"}
 JSON = [(b"content-type", b"application/json")]
+OWN_HEALTH_CHECK = USER_AGENT.encode()  # the container's own check, not the load balancer
 
 
 class App:
@@ -56,6 +58,9 @@ class App:
             settings.cache_tls, settings.cache_ca_file or None, settings.service, settings.cache_timeout_seconds,
         ) if settings.cache_host else LocalStore()
         self.draining = False  # set on SIGTERM: /healthz fails from then on
+        # When a request last came from outside the task (the load balancer, its health checks):
+        # a draining gateway stops accepting once this is quiet (gateway/server.py).
+        self.last_request = time.monotonic()
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] == "http":
@@ -81,7 +86,10 @@ class App:
     async def http(self, scope: dict, receive, send) -> None:
         method, path = scope["method"], scope["path"]
         if path == "/healthz":
+            if (b"user-agent", OWN_HEALTH_CHECK) not in scope["headers"]:
+                self.last_request = time.monotonic()
             return await _plain(send, 503 if self.draining else 200, b"draining\n" if self.draining else b"ok\n")
+        self.last_request = time.monotonic()
         if path == "/readyz":
             return await self.ready(send)
         route = ROUTES.get((method, path))

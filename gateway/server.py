@@ -1,8 +1,17 @@
 """The server: uvicorn on a socket bound once, in one process or forked workers that share it.
 
-On SIGTERM (ECS stopping the task) each worker marks itself draining (`/healthz` answers 503 from
-then on), stops accepting, lets the requests and streams in flight finish for up to
-GATEWAY_DRAIN_SECONDS (the stack sets the task's stop timeout minus a margin), and exits 0.
+On SIGTERM each worker drains, for at most GATEWAY_DRAIN_SECONDS (the task's stop timeout less a
+margin for exiting before SIGKILL):
+
+- it marks itself draining: `/healthz` answers 503 from then on;
+- it keeps accepting while the load balancer may still send: until no request has come for
+  GATEWAY_DRAIN_QUIET_SECONDS (a registered target is health-checked every interval; the
+  container's own check does not count). In a deploy or scale-in ECS sends SIGTERM only after
+  the target's deregistration has ended, so nothing comes and it stops accepting after that
+  quiet spell; on a Fargate Spot interruption SIGTERM comes first, and the failing health checks
+  take the target out of rotation while requests sent meanwhile are still served, not refused;
+- then it stops accepting, lets the requests and streams in flight finish by the deadline, and
+  exits 0. SIGINT (Ctrl-C, or a second signal) stops accepting at once.
 """
 
 from __future__ import annotations
@@ -10,6 +19,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
+import time
+from typing import Optional
 
 import uvicorn
 
@@ -18,13 +30,35 @@ from gateway.settings import Settings
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: App):
+    def __init__(self, config: uvicorn.Config, app: App, s: Settings):
         super().__init__(config)
-        self.gateway = app
+        self.gateway, self.s = app, s
+        self.drain_started: Optional[float] = None
 
     def handle_exit(self, sig, frame) -> None:
+        if sig == signal.SIGTERM and self.drain_started is None:
+            self._captured_signals.append(sig)
+            self.gateway.draining = True
+            self.drain_started = time.monotonic()
+            return
         self.gateway.draining = True
         super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_started is not None and not self.should_exit:
+            now = time.monotonic()
+            deadline = self.drain_started + self.s.drain_seconds
+            quiet = now - self.gateway.last_request >= self.s.drain_quiet_seconds
+            if quiet or now >= deadline:
+                # uvicorn stops accepting, then waits for what is in flight for this long.
+                self.config.timeout_graceful_shutdown = max(0.0, deadline - now)
+                self.should_exit = True
+                why = (f"no request for {self.s.drain_quiet_seconds:g} s" if quiet
+                       else f"the drain deadline ({self.s.drain_seconds:g} s)")
+                print(f"gateway: draining: stopped accepting after {now - self.drain_started:.1f} s ({why}); "
+                      f"{len(self.server_state.tasks)} in flight, {self.config.timeout_graceful_shutdown:.0f} s "
+                      "left to finish", file=sys.stderr, flush=True)
+        return await super().on_tick(counter)
 
 
 def config(app: App, s: Settings) -> uvicorn.Config:
@@ -50,7 +84,7 @@ def serve(s: Settings, sock: socket.socket) -> None:
     # that kills the process (exit 143). After a clean drain the gateway exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    _Server(config(app, s), app).run(sockets=[sock])
+    _Server(config(app, s), app, s).run(sockets=[sock])
 
 
 def prefork(s: Settings, sock: socket.socket) -> int:

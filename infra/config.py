@@ -442,6 +442,27 @@ class LoadBalancerConfig(_Section):
         return self
 
 
+# After SIGTERM the gateway drains for the task's stop timeout less this margin, so it exits
+# (0, its streams finished) before ECS sends SIGKILL.
+DRAIN_MARGIN_SECONDS = 5
+
+
+def drain_seconds(stop_timeout_seconds: int) -> int:
+    """How long the gateway lets requests and streams in flight run on after SIGTERM."""
+    return max(0, stop_timeout_seconds - DRAIN_MARGIN_SECONDS)
+
+
+def stream_bound_seconds(c: StackConfig) -> int:
+    """The longest stream a deploy or scale-in never cuts: ECS deregisters the task first and
+    waits for the load balancer's deregistration delay (the in-flight requests finish, or the
+    delay ends) before it sends SIGTERM. With Fargate Spot the bound is also the drain: an
+    interruption sends SIGTERM before the task is deregistered."""
+    bound = c.load_balancer.deregistration_delay_seconds
+    if c.service.spot_weight:
+        bound = min(bound, drain_seconds(c.service.stop_timeout_seconds))
+    return bound
+
+
 # AWS NAT gateways drop a flow after 350 s without a packet (VPC user guide, "NAT gateway
 # basics"); a keepalive probe must leave before that, with room for one probe interval (15 s).
 NAT_IDLE_TIMEOUT_SECONDS = 350
@@ -698,6 +719,7 @@ class StackConfig(BaseModel):
     def _cross_checks(self) -> StackConfig:
         _certificate_in_region(self.load_balancer.certificate_arn, self.region)
         _streams_survive_the_idle_timeout(self.gateway, self.load_balancer)
+        _streams_survive_a_stop(self)
         if self.service.image == BUILD and not self.service.ecr_repository:
             raise ConfigError(_key("service.ecrRepository"), False,
                               "service.image: build pushes to the stack's ECR repository; set true, "
@@ -725,6 +747,20 @@ def _streams_survive_the_idle_timeout(g: GatewayConfig, lb: LoadBalancerConfig) 
                           f"with retryBudgetSeconds ({g.retry_budget_seconds}) at most half of "
                           f"loadBalancer.idleTimeoutSeconds ({idle}): a request waiting for another's "
                           "answer, then retrying, receives nothing meanwhile")
+
+
+def _streams_survive_a_stop(c: StackConfig) -> None:
+    """One bound for every way a task stops: on Fargate Spot an interruption sends SIGTERM while
+    the load balancer still holds the task, and streams then have only the gateway's drain; a
+    longer deregistration delay would promise deploys a bound an interruption breaks."""
+    delay, stop = c.load_balancer.deregistration_delay_seconds, c.service.stop_timeout_seconds
+    if c.service.spot_weight and delay > drain_seconds(stop):
+        raise ConfigError(
+            _key("loadBalancer.deregistrationDelaySeconds"), delay,
+            f"at most service.stopTimeoutSeconds - {DRAIN_MARGIN_SECONDS} ({drain_seconds(stop)}) while tasks run "
+            f"on Fargate Spot (service.spotWeight {c.service.spot_weight}): an interruption sends SIGTERM before "
+            "the task is deregistered, and streams then have only the gateway's drain; lower the delay, or "
+            "raise stopTimeoutSeconds (Fargate: at most 120)")
 
 
 def _certificate_in_region(arn: str, region: str) -> None:

@@ -24,7 +24,7 @@ from components.budget import Budget, BudgetArgs
 from components.cache import Cache, CacheArgs
 from components.edge import Edge, EdgeArgs
 from components.image import Image, ImageArgs
-from components.load_balancer import LoadBalancer, LoadBalancerArgs
+from components.load_balancer import HEALTH_CHECK_INTERVAL, HEALTH_CHECK_TIMEOUT, LoadBalancer, LoadBalancerArgs
 from components.monitoring import Monitoring, MonitoringArgs, Thresholds
 from components.network import FARGATE_ZONE_IDS, Network, NetworkArgs, zone_filters
 from components.registry import Registry, RegistryArgs
@@ -39,6 +39,7 @@ from infra.config import (
     ConfigErrors,
     StackConfig,
     certificate_account_error,
+    drain_seconds,
     example_values,
     iam_path,
     load,
@@ -87,7 +88,10 @@ def gateway_environment(cfg: StackConfig, prefix: str) -> dict[str, str]:
         # Longer than the ALB's idle timeout, so the ALB, not the target, closes idle connections.
         "GATEWAY_CLIENT_KEEPALIVE_SECONDS": str(lb.idle_timeout_seconds + 20),
         # Within the task's stop timeout, with time left to exit before SIGKILL.
-        "GATEWAY_DRAIN_SECONDS": str(max(0, svc.stop_timeout_seconds - 5)),
+        "GATEWAY_DRAIN_SECONDS": str(drain_seconds(svc.stop_timeout_seconds)),
+        # A target the load balancer still holds is health-checked every interval: this long
+        # without a request, nothing more will come (gateway/server.py).
+        "GATEWAY_DRAIN_QUIET_SECONDS": str(HEALTH_CHECK_INTERVAL + HEALTH_CHECK_TIMEOUT),
         "GATEWAY_SERVICE": prefix,
         "GATEWAY_METRICS_NAMESPACE": METRICS_NAMESPACE,
         "GATEWAY_CACHE_TTL_SECONDS": str(g.cache_ttl_seconds),

@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def args_section(name: str) -> str:
     component = next(c for c in re.findall(r"^class (\w+)\(pulumi.ComponentResource\):", source, re.M))
     outputs = re.findall(rf"class {component}\(pulumi.ComponentResource\):\n((?:    \w+: .+\n)+)", source)
     names = [line.split(":")[0].strip() for line in outputs[0].splitlines()] if outputs else []
-    out.append(f"Outputs: {', '.join(names)}.")
+    out += textwrap.wrap(f"Outputs: {', '.join(names)}.", width=100, break_on_hyphens=False)
     out.append("")
     example = (ROOT / "examples" / name / "__main__.py").read_text()
     call = example.split('"""', 2)[2].strip()  # the imports and the call, without the docstring

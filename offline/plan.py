@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from infra.config import BUILD, ConfigError, StackConfig, error_lines, load
+from infra.config import BUILD, ConfigError, StackConfig, error_lines, load, stream_bound_seconds
 from infra.stack_files import ROOT, list_stacks, read_stack_file
 from offline import cost
 from offline.policy_check import POLICIES, check, levels_for
@@ -59,6 +59,8 @@ def summary(s: Synthesis, cfg: StackConfig) -> dict[str, Any]:
         "cache": f"{group.inputs['nodeType']} x {int(group.inputs.get('numCacheClusters') or 1)}",
         "azs": cfg.network.az_count, "region": cfg.region,
         "nat": f"{len(s.of_type('aws:ec2/natGateway:NatGateway'))} NAT gateway(s)",
+        "streams": f"up to {stream_bound_seconds(cfg)} s survive a deploy or scale-in"
+                   + (" (and a Spot interruption)" if cfg.service.spot_weight else ""),
     }
 
 

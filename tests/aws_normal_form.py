@@ -87,7 +87,8 @@ def provider_reduces(definitions: list[dict], awsvpc: bool = True) -> list[dict]
 
 def container_drift(definitions: list[dict], awsvpc: bool = True) -> list[str]:
     """What a refresh would report as changed in these container definitions ([] for nothing)."""
-    declared, stored = provider_reduces(definitions, awsvpc), provider_reduces(ecs_stores(definitions, awsvpc), awsvpc)
+    declared = provider_reduces(definitions, awsvpc)
+    stored = provider_reduces(ecs_stores(definitions, awsvpc), awsvpc)
     found = []
     for mine, theirs in zip(declared, stored, strict=True):
         for key in sorted(set(mine) | set(theirs)):
@@ -132,14 +133,16 @@ RULES: dict[str, list[Rule]] = {
     ],
     "aws:ecs/service:Service": [
         # ECS's create default moved to ENABLED; providers that default it DISABLED then diff.
-        ("availabilityZoneRebalancing is set", lambda i: i.get("availabilityZoneRebalancing") in ("ENABLED", "DISABLED")),
+        ("availabilityZoneRebalancing is set",
+         lambda i: i.get("availabilityZoneRebalancing") in ("ENABLED", "DISABLED")),
     ],
     "aws:ecs/taskDefinition:TaskDefinition": [
         # ECS stores task sizes as CPU units and MiB: "0.5 vCPU" or "1 GB" would read back as 512, 1024.
         ("cpu and memory as plain numbers", lambda i: i["cpu"].isdigit() and i["memory"].isdigit()),
     ],
     "aws:cloudwatch/logGroup:LogGroup": [
-        ("kmsKeyId is an ARN (CloudWatch Logs stores the ARN)", lambda i: ARN.match(i.get("kmsKeyId") or "arn:") is not None),
+        ("kmsKeyId is an ARN (CloudWatch Logs stores the ARN)",
+         lambda i: ARN.match(i.get("kmsKeyId") or "arn:") is not None),
     ],
     "aws:ecr/repository:Repository": [
         ("the KMS key is an ARN (ECR stores the ARN)",

@@ -80,6 +80,8 @@ def start(upstream: str, tmp: Path, env: Optional[dict[str, str]] = None, port: 
             "OPENAI_ORG_ID": "org-test", "OPENAI_PROJECT_ID": "proj_test",
             "GATEWAY_BACKOFF_BASE_SECONDS": "0.02", "GATEWAY_BACKOFF_MAX_SECONDS": "0.1",
             "GATEWAY_SSE_KEEPALIVE_SECONDS": "0.2", "GATEWAY_RETRY_BUDGET_SECONDS": "3",
+            # A stop after SIGTERM waits this long without a request (the stack's: 20 s).
+            "GATEWAY_DRAIN_QUIET_SECONDS": "0.3",
             "PYTHONPATH": str(ROOT), **(env or {})}
     log = tmp / f"gateway-{port}.log"
     extra = {}

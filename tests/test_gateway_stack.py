@@ -141,7 +141,12 @@ def test_gateway_environment_follows_config(stack):
     # The ALB must close idle connections, not the target (else the ALB answers 502).
     assert int(env["GATEWAY_CLIENT_KEEPALIVE_SECONDS"]) > lb.idle_timeout_seconds
     # Draining ends before ECS sends SIGKILL at the stop timeout.
-    assert int(env["GATEWAY_DRAIN_SECONDS"]) < svc.stop_timeout_seconds == container(stack)["stopTimeout"]
+    assert int(env["GATEWAY_DRAIN_SECONDS"]) == svc.stop_timeout_seconds - 5
+    assert svc.stop_timeout_seconds == container(stack)["stopTimeout"]
+    # A draining task stops accepting once the load balancer, which health-checks a target it
+    # holds every interval, has sent nothing for an interval and a check's timeout.
+    hc = stack.one("aws:lb/targetGroup:TargetGroup").inputs["healthCheck"]
+    assert float(env["GATEWAY_DRAIN_QUIET_SECONDS"]) == hc["interval"] + hc["timeout"] == 20
     assert env["GATEWAY_WORKERS"] == str(max(1, svc.cpu // 1024))
     assert env["PORT"] == str(svc.container_port)
 
@@ -164,6 +169,28 @@ def test_a_shorter_idle_timeout_tightens_the_keepalive_rule():
 def test_retries_fit_half_the_idle_timeout():
     with pytest.raises(ConfigError, match=r"^llm-service:gateway.retryBudgetSeconds: got 301; at most half"):
         load(*with_changes("staging", gateway__retryBudgetSeconds=301))
+
+
+def test_the_stream_bound_of_each_stack_is_what_the_plan_states(staging, prod):
+    """Deploys and scale-in stop a task only after the deregistration delay; staging's Spot
+    interruptions have the drain alone, which the config keeps at least as long."""
+    from infra.config import stream_bound_seconds
+    from offline.plan import summary
+    assert stream_bound_seconds(config_of(staging)) == 60
+    assert stream_bound_seconds(config_of(prod)) == 300
+    assert summary(staging, config_of(staging))["streams"] == \
+        "up to 60 s survive a deploy or scale-in (and a Spot interruption)"
+    assert summary(prod, config_of(prod))["streams"] == "up to 300 s survive a deploy or scale-in"
+    assert stack_delay(prod) == 300 and stack_delay(staging) == 60
+
+
+def stack_delay(s) -> int:
+    return s.one("aws:lb/targetGroup:TargetGroup").inputs["deregistrationDelay"]
+
+
+def test_on_spot_the_delay_may_reach_the_drain_and_on_demand_anything_alb_allows():
+    load(*with_changes("staging", loadBalancer__deregistrationDelaySeconds=115))  # = 120 - 5
+    load(*with_changes("prod", loadBalancer__deregistrationDelaySeconds=3600))     # no Spot in prod
 
 
 def test_tcp_keepalive_leaves_before_the_nat_gateway_forgets_the_flow():
