@@ -207,6 +207,8 @@ def restore(stack: str, region: Optional[str] = None, root: Path = ROOT,
     log(f"next: adopt them (each `pulumi preview --stack {stack}` then shows an import), then `pulumi up`:")
     for what, ref in [("key", key_id), *((s.name, s.arn) for s in secrets)]:
         log(f"pulumi config set --stack {stack} --path '{PROJECT}:secrets.adopt.{what}' {ref}")
+    if cfg.teardown:  # left on by the teardown: the new stack would be created unprotected
+        log(f"pulumi config set --stack {stack} {PROJECT}:teardown false")
     return 0
 
 

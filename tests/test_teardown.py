@@ -155,10 +155,10 @@ def _destroyed(deployed, key_kept: bool = True) -> None:
 
 
 def _adopt_lines(lines):
-    """The printed `pulumi config set` lines, as the config they set."""
+    """The printed `pulumi config set --path` lines, as the config they set."""
     adopt = {}
     for line in lines:
-        if line.startswith("pulumi config set"):
+        if line.startswith("pulumi config set") and "--path" in line:
             words = shlex.split(line)
             assert words[:6] == ["pulumi", "config", "set", "--stack", STACK, "--path"]
             adopt[words[6].removeprefix("llm-service:secrets.adopt.")] = words[7]
@@ -181,6 +181,21 @@ def test_restore_brings_back_the_secrets_with_their_values_and_prints_the_adopti
     assert dict(load(raw, keys).secrets.adopt) == adopt
     imported = {r.name: r.import_id for r in synth(STACK, raw=raw, secret_keys=keys).resources if r.import_id}
     assert imported == {"secrets-key": adopt["key"], **{f"secrets-{n}": adopt[n] for n in NAMES}}
+
+
+def test_restore_turns_protection_back_on_when_the_stack_file_still_says_teardown(deployed, capsys, tmp_path):
+    """`make destroy-ready` set teardown: true; a re-create with it would be unprotected."""
+    from infra.stack_files import ROOT
+    text = (ROOT / "Pulumi.prod.yaml").read_text()
+    assert "llm-service:teardown: false" in text
+    torn = text.replace("llm-service:teardown: false", "llm-service:teardown: true")
+    (tmp_path / "Pulumi.prod.yaml").write_text(torn)
+    _destroyed(deployed)
+    assert teardown.restore(STACK, root=tmp_path, log=print) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "pulumi config set --stack prod llm-service:teardown false"
+    _destroyed(deployed)  # and with the shipped file, no such line
+    assert teardown.restore(STACK, log=print) == 0
+    assert "teardown" not in capsys.readouterr().out
 
 
 def test_a_key_scheduled_for_deletion_is_saved_and_enabled(deployed, capsys):
