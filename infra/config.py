@@ -330,7 +330,8 @@ class ServiceConfig(_Section):
     health_check_grace_seconds: int = Field(60, ge=0, le=2147483647)
     """Seconds ECS ignores failing load balancer health checks of a new task."""
     stop_timeout_seconds: int = Field(120, json_schema_extra=allow("2 to 120"))
-    """Seconds between SIGTERM and SIGKILL (Fargate: at most 120): streams finish meanwhile."""
+    """Seconds between SIGTERM and SIGKILL (Fargate: at most 120); the gateway drains for this
+    less 5."""
     log_retention_days: Retention = Field(30, json_schema_extra=RETENTION)
     """Days the container's logs are kept."""
     execute_command: bool = False
@@ -396,7 +397,9 @@ class LoadBalancerConfig(_Section):
         "/ and up to 1,023 of A-Z a-z 0-9 _ . ~ $ / ' @ : + & ( ) ! , ; = % -"))
     """The target group's health check path (ALB: up to 1,024 characters, starting with /)."""
     deregistration_delay_seconds: int = Field(60, json_schema_extra=allow("0 to 3600"))
-    """Seconds a stopping task keeps its connections (ALB: 0 to 3,600)."""
+    """The longest stream a deploy or scale-in never cuts: requests in flight on a stopping task
+    run this long before ECS sends SIGTERM (ALB: 0 to 3,600); on Fargate Spot at most
+    service.stopTimeoutSeconds - 5."""
     ssl_policy: str = Field("ELBSecurityPolicy-TLS13-1-2-2021-06",
                             json_schema_extra=allow("an ALB security policy with TLS 1.3"))
     """The HTTPS listener's predefined security policy."""

@@ -54,7 +54,9 @@ IAM_ACTIONS = [
 
 # --- ready ---------------------------------------------------------------------------------------
 
-def check_protection(out: dict) -> Result:
+def check_protection(out: dict, cfg: StackConfig) -> Result:
+    if not cfg.is_prod:
+        return Result("protection", True, f"nothing is protected in a {cfg.environment} stack")
     if out.get("teardown") is True:
         return Result("protection", True, "the last `up` ran with teardown: true (nothing protected)")
     return Result("protection", False, "the last `up` kept prod's protection: set llm-service:teardown "
@@ -128,7 +130,7 @@ def ready(stack: str, outputs: Path, remove_guardduty: bool = False, region: Opt
     cfg = load(*read_stack_file(stack, root))
     out = read_outputs(outputs, REQUIRED_OUTPUTS)
     region = region or out.get("region") or cfg.region
-    results = [check_protection(out), check_alb(out, region),
+    results = [check_protection(out, cfg), check_alb(out, region),
                check_guardduty(out, region, remove_guardduty, sleep)]
     for r in results:
         log(r.line)

@@ -93,6 +93,13 @@ def test_not_ready_while_the_last_up_kept_protection(deployed, tmp_path, capsys)
     assert lines[-1] == "not ready: 1 of 3 checks failed; destroy would stop part-way"
 
 
+def test_staging_needs_no_teardown_up(deployed, tmp_path, capsys):
+    code, lines, _ = run(capsys, "ready", "--stack", "staging", "--outputs",
+                         str(_outputs(tmp_path, deployed, teardown=False)))
+    assert code == 0 and lines[0] == "PASS protection: nothing is protected in a staging stack"
+    assert "schedules the KMS key" in lines[-1] and "the secrets are deleted at once" in lines[-1]
+
+
 def test_not_ready_while_the_load_balancer_has_deletion_protection(deployed, tmp_path, capsys):
     _deletion_protection(deployed, True)
     code, lines, _ = run(capsys, "ready", "--stack", STACK, "--outputs", str(_outputs(tmp_path, deployed)))
