@@ -57,6 +57,17 @@ def _get(port: int, path: str = "/healthz", agent: str = "ELB-HealthChecker/2.0"
     return status
 
 
+def _draining_within(port: int, seconds: float, agent: str = "ELB-HealthChecker/2.0") -> bool:
+    """Polls /healthz until it answers 503: the signal reaches each worker through the parent, a
+    moment after it was sent. Never refused meanwhile: a draining gateway still answers."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _get(port, agent=agent) == 503:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def _refused_within(port: int, seconds: float) -> bool:
     """Polls until a new connection is refused: the listener is closed."""
     deadline = time.monotonic() + seconds
@@ -88,7 +99,7 @@ def test_sigterm_drains_a_stream_in_flight_then_exits_0(upstream, tmp_path, work
     reader.start()
     assert got["started"].wait(10)
     gw.proc.send_signal(signal.SIGTERM)
-    assert _get(gw.port) == 503, "draining: out of rotation, but still answering"
+    assert _draining_within(gw.port, 5), "draining: out of rotation, but still answering"
     assert healthcheck(gw.port) == 1
     assert _refused_within(gw.port, 10), "stopped accepting once nothing came"
     reader.join(15)
@@ -110,10 +121,14 @@ def test_requests_that_keep_coming_after_sigterm_are_served_not_refused(upstream
     kept.request("GET", "/healthz")
     assert kept.getresponse().read() == b"ok\n"
     gw.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.1)
-    kept.request("GET", "/healthz")
-    response = kept.getresponse()
-    assert (response.status, response.read()) == (503, b"draining\n"), "on a connection it already had"
+    for _ in range(250):  # until the signal has reached the worker (bounded: 250 x 0.02 s)
+        kept.request("GET", "/healthz")
+        response = kept.getresponse()
+        body = response.read()
+        if response.status != 200:
+            break
+        time.sleep(0.02)
+    assert (response.status, body) == (503, b"draining\n"), "on a connection it already had"
     statuses = []
     for i in range(8):  # a health check every 0.15 s, for twice the quiet spell
         statuses.append(_get(gw.port))
@@ -154,6 +169,7 @@ def test_the_containers_own_health_check_does_not_hold_the_drain_open(upstream, 
     gw = gateway_process.start(upstream.url, tmp_path, env={"GATEWAY_DRAIN_QUIET_SECONDS": "0.6",
                                                              "GATEWAY_DRAIN_SECONDS": "60"})
     gw.proc.send_signal(signal.SIGTERM)
+    assert _draining_within(gw.port, 5, agent="llm-service-healthcheck")
     assert healthcheck(gw.port) == 1  # the command itself, once: it fails while draining
     for _ in range(200):
         try:
