@@ -120,8 +120,10 @@ def stage(folder: Path, tag: str, staging: Path = STAGING) -> Path:
     scratch.chmod(0o755)
     try:
         scratch.rename(target)
-    except OSError:  # another run staged the same tag first: same content
+    except OSError:
         shutil.rmtree(scratch, ignore_errors=True)
+        if not target.is_dir():  # not another run staging the same tag first: a real failure
+            raise
     return target
 
 

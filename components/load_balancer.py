@@ -27,7 +27,8 @@ Args (`LoadBalancerArgs`):
     access_log_retention_days: int = 90
     region: Optional[str] = None
 
-Outputs: .
+Outputs: listener, arn, arn_suffix, dns_name, security_group_id, target_group_arn,
+target_group_arn_suffix, url.
 
 Example (examples/load_balancer/, runs as written beside a copy of this file):
 
@@ -68,6 +69,8 @@ SSL_POLICIES = frozenset(
 # The target group's health check: a registered target is checked every interval, and taken out
 # of rotation after UNHEALTHY_THRESHOLD failures in a row.
 HEALTH_CHECK_INTERVAL, HEALTH_CHECK_TIMEOUT, UNHEALTHY_THRESHOLD = 15, 5, 3
+# The longest a target that starts failing its health checks still gets new requests.
+OUT_OF_ROTATION_SECONDS = UNHEALTHY_THRESHOLD * HEALTH_CHECK_INTERVAL + HEALTH_CHECK_TIMEOUT
 # The regional Elastic Load Balancing accounts that deliver access logs in Regions opened before
 # August 2022. Source: the ALB user guide, "Enable access logs" (bucket permissions), whose table
 # the Terraform provider's aws_elb_service_account carries too (plus the China Regions). Regions
@@ -286,9 +289,10 @@ class LoadBalancer(pulumi.ComponentResource):
 
     def _log_bucket(self, name: str, args: LoadBalancerArgs) -> _LogBucket:
         p = pulumi.ResourceOptions(parent=self)
-        # Emptied on destroy (every version): a versioned bucket with objects cannot be deleted
-        # otherwise. Prod keeps its logs by deletion protection and `protect` until a teardown.
-        bucket = aws.s3.Bucket(f"{name}-logs", force_destroy=True, opts=p)
+        # Emptied on destroy (every version) unless deletion protection is on: a versioned bucket
+        # holding objects cannot be deleted otherwise, and with protection on nothing may delete
+        # the logs (a replacement fails instead). A teardown's `up` turns it off first.
+        bucket = aws.s3.Bucket(f"{name}-logs", force_destroy=not args.deletion_protection, opts=p)
         aws.s3.BucketPublicAccessBlock(
             f"{name}-logs", bucket=bucket.id, block_public_acls=True, block_public_policy=True,
             ignore_public_acls=True, restrict_public_buckets=True, opts=p,

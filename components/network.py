@@ -21,7 +21,7 @@ Args (`NetworkArgs`):
     iam_path: str = '/' — e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
     guardduty_endpoint: bool = False
 
-Outputs: .
+Outputs: egress, vpc_id, cidr, public_subnet_ids, private_subnet_ids, isolated_subnet_ids.
 
 Example (examples/network/, runs as written beside a copy of this file):
 

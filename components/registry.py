@@ -1,8 +1,8 @@
 """A private container registry for the stack's image: an ECR repository and its lifecycle.
 
 Creates: an ECR repository (immutable tags, scan on push, encrypted with the given KMS key,
-deleted with its images on destroy; `protect` keeps it from being destroyed at all) and a
-lifecycle policy (untagged images expire after 7 days; at most 50 images kept).
+deleted with its images on destroy unless protected) and a lifecycle policy (untagged images
+expire after 7 days; at most 50 images kept).
 
 Cost: $0.10 per GB-month stored (a gateway image is about 60 MB: under $0.01); pulls from tasks
 in the same region are free; basic scanning on push is free.
@@ -11,7 +11,7 @@ Args (`RegistryArgs`):
     name: str, required — the repository name, e.g. llm-service-staging
     kms_key_arn: pulumi.Input[str], required
     keep_images: int = 50
-    protect: bool = False — a protected repository cannot be destroyed (prod, outside a teardown)
+    protect: bool = False — neither the repository nor its images can be destroyed
 
 Outputs: arn, repository_url, registry_id.
 
@@ -54,7 +54,7 @@ class RegistryArgs:
     name: str  # the repository name, e.g. llm-service-staging
     kms_key_arn: pulumi.Input[str]
     keep_images: int = 50
-    protect: bool = False  # a protected repository cannot be destroyed (prod, outside a teardown)
+    protect: bool = False  # neither the repository nor its images can be destroyed
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -73,9 +73,10 @@ class Registry(pulumi.ComponentResource):
             image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(scan_on_push=True),
             encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(
                 encryption_type="KMS", kms_key=args.kms_key_arn)],
-            # Deleted with its images on destroy: DeleteRepository refuses a repository that holds
-            # any. A protected repository (prod) cannot be destroyed until a teardown lifts that.
-            force_delete=True,
+            # Deleted with its images on destroy (DeleteRepository refuses a repository that holds
+            # any), unless protected: then neither the repository nor its images may go, and a
+            # teardown's `up` lifts both at once.
+            force_delete=not args.protect,
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
         aws.ecr.LifecyclePolicy(

@@ -19,7 +19,7 @@ Args (`SecretsArgs`):
     retain_key: bool = False
     adopt: Mapping[str, str] = {}
 
-Outputs: key_arn, secret_arns.
+Outputs: key_arn, secret_arns, values.
 
 Example (examples/secrets/, runs as written beside a copy of this file):
 

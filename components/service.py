@@ -55,6 +55,7 @@ Args (`ServiceArgs`):
     iam_path: str = '/' — e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
     wait_for: list[pulumi.Resource] = []
     protect: bool = False
+    cluster_tags: Mapping[str, str] = {} — e.g. GuardDutyManaged: false
 
 `CacheLink`:
     security_group_id: pulumi.Input[str], required
@@ -227,6 +228,7 @@ class ServiceArgs:
     # The cluster and the service cannot be deleted or replaced by an `up` (the task definition
     # is replaced on every image change, so it is never protected).
     protect: bool = False
+    cluster_tags: Mapping[str, str] = field(default_factory=dict)  # e.g. GuardDutyManaged: false
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -254,6 +256,7 @@ class Service(pulumi.ComponentResource):
         self.cluster = aws.ecs.Cluster(
             f"{name}-cluster", name=args.name,
             settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value="enabled")],
+            tags=dict(args.cluster_tags) or None,
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
         self.capacity = aws.ecs.ClusterCapacityProviders(

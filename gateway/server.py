@@ -6,10 +6,11 @@ margin for exiting before SIGKILL):
 - it marks itself draining: `/healthz` answers 503 from then on;
 - it keeps accepting while the load balancer may still send: until no request has come for
   GATEWAY_DRAIN_QUIET_SECONDS (a registered target is health-checked every interval; the
-  container's own check does not count). In a deploy or scale-in ECS sends SIGTERM only after
-  the target's deregistration has ended, so nothing comes and it stops accepting after that
-  quiet spell; on a Fargate Spot interruption SIGTERM comes first, and the failing health checks
-  take the target out of rotation while requests sent meanwhile are still served, not refused;
+  container's own check does not count), and for at most GATEWAY_DRAIN_ACCEPT_SECONDS (by then
+  the failing health checks have taken the target out of rotation). In a deploy or scale-in ECS
+  sends SIGTERM only after the target's deregistration has ended, so nothing comes and it stops
+  accepting after that quiet spell; on a Fargate Spot interruption SIGTERM comes first, and
+  requests the load balancer sends until it takes the target out are served, not refused;
 - then it stops accepting, lets the requests and streams in flight finish by the deadline, and
   exits 0. SIGINT (Ctrl-C, or a second signal) stops accepting at once.
 """
@@ -46,19 +47,27 @@ class _Server(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_started is not None and not self.should_exit:
-            now = time.monotonic()
-            deadline = self.drain_started + self.s.drain_seconds
-            quiet = now - self.gateway.last_request >= self.s.drain_quiet_seconds
-            if quiet or now >= deadline:
-                # uvicorn stops accepting, then waits for what is in flight for this long.
-                self.config.timeout_graceful_shutdown = max(0.0, deadline - now)
-                self.should_exit = True
-                why = (f"no request for {self.s.drain_quiet_seconds:g} s" if quiet
-                       else f"the drain deadline ({self.s.drain_seconds:g} s)")
-                print(f"gateway: draining: stopped accepting after {now - self.drain_started:.1f} s ({why}); "
-                      f"{len(self.server_state.tasks)} in flight, {self.config.timeout_graceful_shutdown:.0f} s "
-                      "left to finish", file=sys.stderr, flush=True)
+            why = self._stop_accepting(time.monotonic())
+            if why:
+                self.should_exit = True  # uvicorn stops accepting, then waits for what is in flight
+                print(f"gateway: draining: stopped accepting after {time.monotonic() - self.drain_started:.1f} s "
+                      f"({why}); {len(self.server_state.tasks)} in flight, "
+                      f"{self.config.timeout_graceful_shutdown:.0f} s left to finish", file=sys.stderr, flush=True)
         return await super().on_tick(counter)
+
+    def _stop_accepting(self, now: float) -> str:
+        """Why a draining worker stops accepting now ("" while it should go on), having set how
+        long what is in flight may still run."""
+        s, started = self.s, self.drain_started
+        deadline = started + s.drain_seconds
+        self.config.timeout_graceful_shutdown = max(0.0, deadline - now)
+        if now - self.gateway.last_request >= s.drain_quiet_seconds:
+            return f"no request for {s.drain_quiet_seconds:g} s"
+        if now - started >= min(s.drain_accept_seconds, s.drain_seconds):
+            if s.drain_accept_seconds < s.drain_seconds:
+                return f"{s.drain_accept_seconds:g} s since SIGTERM: the load balancer has taken the target out"
+            return f"the drain deadline ({s.drain_seconds:g} s)"
+        return ""
 
 
 def config(app: App, s: Settings) -> uvicorn.Config:

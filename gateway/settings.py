@@ -52,6 +52,9 @@ class Settings:
     # After SIGTERM, accept until no request has come for this long (the load balancer checks a
     # registered target every health-check interval: once it is quiet, nothing more will come).
     drain_quiet_seconds: float = 20.0
+    # ...and for at most this long, even if it still sends: by then the load balancer has taken a
+    # target whose health checks fail out of rotation (what still comes is only those checks).
+    drain_accept_seconds: float = 50.0
     # Longer than the load balancer's idle timeout: a target that closes a kept-alive connection
     # first makes the ALB answer 502 (AWS's ALB troubleshooting guide).
     client_keepalive_seconds: int = 620
@@ -132,6 +135,7 @@ def from_env(env: Mapping[str, str] = os.environ, log: Callable[[str], None] = p
         max_request_bytes=_get(env, "GATEWAY_MAX_REQUEST_BYTES", 8 * 1024 * 1024, pos_i, "bytes > 0"),
         drain_seconds=_get(env, "GATEWAY_DRAIN_SECONDS", 110.0, num, "seconds >= 0"),
         drain_quiet_seconds=_get(env, "GATEWAY_DRAIN_QUIET_SECONDS", 20.0, num, "seconds >= 0"),
+        drain_accept_seconds=_get(env, "GATEWAY_DRAIN_ACCEPT_SECONDS", 50.0, num, "seconds >= 0"),
         client_keepalive_seconds=_get(env, "GATEWAY_CLIENT_KEEPALIVE_SECONDS", 620, pos_i, "whole seconds > 0"),
         log_prompts=_get(env, "GATEWAY_LOG_PROMPTS", False, _bool, "true or false"),
         service=env.get("GATEWAY_SERVICE") or "llm-service-local",

@@ -24,7 +24,13 @@ from components.budget import Budget, BudgetArgs
 from components.cache import Cache, CacheArgs
 from components.edge import Edge, EdgeArgs
 from components.image import Image, ImageArgs
-from components.load_balancer import HEALTH_CHECK_INTERVAL, HEALTH_CHECK_TIMEOUT, LoadBalancer, LoadBalancerArgs
+from components.load_balancer import (
+    HEALTH_CHECK_INTERVAL,
+    HEALTH_CHECK_TIMEOUT,
+    OUT_OF_ROTATION_SECONDS,
+    LoadBalancer,
+    LoadBalancerArgs,
+)
 from components.monitoring import Monitoring, MonitoringArgs, Thresholds
 from components.network import FARGATE_ZONE_IDS, Network, NetworkArgs, zone_filters
 from components.registry import Registry, RegistryArgs
@@ -34,6 +40,7 @@ from infra.config import (
     BUILD,
     CACHE_AUTH_TOKEN,
     CLIENT_KEYS,
+    GUARDDUTY_TAG,
     PROJECT,
     ConfigError,
     ConfigErrors,
@@ -92,6 +99,8 @@ def gateway_environment(cfg: StackConfig, prefix: str) -> dict[str, str]:
         # A target the load balancer still holds is health-checked every interval: this long
         # without a request, nothing more will come (gateway/server.py).
         "GATEWAY_DRAIN_QUIET_SECONDS": str(HEALTH_CHECK_INTERVAL + HEALTH_CHECK_TIMEOUT),
+        # ...and by then a target failing its checks is out of rotation (a Spot interruption).
+        "GATEWAY_DRAIN_ACCEPT_SECONDS": str(OUT_OF_ROTATION_SECONDS),
         "GATEWAY_SERVICE": prefix,
         "GATEWAY_METRICS_NAMESPACE": METRICS_NAMESPACE,
         "GATEWAY_CACHE_TTL_SECONDS": str(g.cache_ttl_seconds),
@@ -291,6 +300,9 @@ def service(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: C
         execute_command=svc.execute_command,
         repository_arn=img.registry.arn if img.registry else None,
         wait_for=[alb.listener, *keys.values, *net.egress], protect=st.protect,
+        # Before a destroy, GuardDuty (where it runs) must stop adding its agent and endpoint to
+        # new tasks, or it could add the endpoint back between `ready` and the destroy.
+        cluster_tags={GUARDDUTY_TAG: "false"} if cfg.teardown else {},
     ), opts=st.opts)
 
 

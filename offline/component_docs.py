@@ -51,8 +51,10 @@ def args_section(name: str) -> str:
             out.append(f"    {f.name}: {f.type} = {_default(f)}{note}".replace(" = required", ", required"))
         out.append("")
     component = next(c for c in re.findall(r"^class (\w+)\(pulumi.ComponentResource\):", source, re.M))
-    outputs = re.findall(rf"class {component}\(pulumi.ComponentResource\):\n((?:    \w+: .+\n)+)", source)
-    names = [line.split(":")[0].strip() for line in outputs[0].splitlines()] if outputs else []
+    # The class's annotations, comment lines between them allowed.
+    outputs = re.findall(rf"class {component}\(pulumi.ComponentResource\):\n((?:    (?:#.*|\w+: .+)\n)+)", source)
+    names = [line.split(":")[0].strip() for line in outputs[0].splitlines()
+             if not line.strip().startswith("#")] if outputs else []
     out += textwrap.wrap(f"Outputs: {', '.join(names)}.", width=100, break_on_hyphens=False)
     out.append("")
     example = (ROOT / "examples" / name / "__main__.py").read_text()

@@ -144,10 +144,18 @@ def roll_out(ecs, s: Stack, timeout: int, sleep: Callable[[float], None],
     one. Only the new deployment's own state decides."""
     answer = ecs.update_service(cluster=s.cluster, service=s.service, forceNewDeployment=True)
     started = primary_id(answer.get("service", {}))
+    if started is None:
+        raise Failure("UpdateService answered without a PRIMARY deployment to follow; the new value is "
+                      f"stored: check the service with `python -m ops.verify --stack {s.name}`")
     log(f"forced a new deployment of {s.cluster}/{s.service}; waiting up to {timeout} s")
-    deadline = clock() + timeout
+    deadline, seen = clock() + timeout, False
     while True:
         svc = find_service(ecs, s) or {}
+        visible = any(d.get("id") == started for d in svc.get("deployments", []))
+        if seen and not visible:
+            raise Failure(f"deployment {started} was replaced by a newer one before it completed "
+                          "(another deploy or rollout started); run the command again once it is done")
+        seen = seen or visible
         if deployment_done(svc, started):
             log(f"{s.service} is stable: {svc['runningCount']} tasks run the new value")
             return

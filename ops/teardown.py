@@ -7,7 +7,8 @@
 `ready` runs after the one `up` with `llm-service:teardown: true` (`make destroy-ready`) and says,
 one PASS/FAIL line each, whether `pulumi destroy` can run to the end: that up lifted protection,
 the load balancer's deletion protection is off, and no endpoint GuardDuty added to the VPC (it
-never deletes its own) would stop the VPC's deletion; `--remove-guardduty-endpoint` deletes those.
+never deletes its own) would stop the VPC's deletion; `--remove-guardduty-endpoint` deletes those
+once the teardown up has tagged the cluster GuardDutyManaged=false (so none comes back).
 Then what the destroy keeps: the KMS key, the secrets (restorable for their recovery window),
 the cache's final snapshot.
 
@@ -34,18 +35,25 @@ from typing import Optional
 
 from botocore.exceptions import ClientError, NoCredentialsError
 
-from infra.config import CACHE_AUTH_TOKEN, CLIENT_KEYS, PROJECT, StackConfig, load, secret_prefix
+from infra.config import (
+    CACHE_AUTH_TOKEN,
+    CLIENT_KEYS,
+    GUARDDUTY_TAG,
+    PROJECT,
+    StackConfig,
+    load,
+    secret_prefix,
+)
 from infra.outputs import read_outputs
 from infra.stack_files import ROOT, read_stack_file
 from ops import rollout
 from ops.boto import client as _client
 from ops.verify import NO_CREDENTIALS, Result
 
-REQUIRED_OUTPUTS = ["teardown", "albArn", "vpcId", "kmsKeyArn"]
-GUARDDUTY_TAG = "GuardDutyManaged"  # on the endpoint and security group GuardDuty adds
+REQUIRED_OUTPUTS = ["teardown", "albArn", "vpcId", "kmsKeyArn", "clusterName"]
 # Every AWS action the two commands call.
 IAM_ACTIONS = [
-    "elasticloadbalancing:DescribeLoadBalancerAttributes", "ec2:DescribeVpcEndpoints",
+    "elasticloadbalancing:DescribeLoadBalancerAttributes", "ecs:DescribeClusters", "ec2:DescribeVpcEndpoints",
     "ec2:DescribeSecurityGroups", "ec2:DeleteVpcEndpoints", "ec2:DeleteSecurityGroup",
     "secretsmanager:ListSecrets", "secretsmanager:RestoreSecret", "kms:DescribeKey",
     "kms:CancelKeyDeletion", "kms:EnableKey",
@@ -86,6 +94,10 @@ def check_guardduty(out: dict, region: str, remove: bool, sleep: Callable[[float
     if not endpoints and not groups:
         return Result("guardduty", True, "no endpoint of GuardDuty's in the VPC")
     found = ", ".join(endpoints + groups)
+    if remove and not excluded_from_guardduty(out["clusterName"], region):
+        return Result("guardduty", False, f"GuardDuty added {found} to the VPC, and the cluster is not tagged "
+                                          f"{GUARDDUTY_TAG}=false: removed now, GuardDuty would add them back "
+                                          "for the next task; run the teardown `up` first (make destroy-ready)")
     if not remove:
         return Result("guardduty", False, f"GuardDuty added {found} to the VPC and never deletes them, so "
                                           "destroy would stop at the VPC: run again with "
@@ -93,6 +105,13 @@ def check_guardduty(out: dict, region: str, remove: bool, sleep: Callable[[float
                                           "true before the stack's next life)")
     remove_guardduty(endpoints, groups, region, sleep)
     return Result("guardduty", True, f"removed {found}")
+
+
+def excluded_from_guardduty(cluster: str, region: str) -> bool:
+    """Is the cluster tagged so that GuardDuty adds nothing for its new tasks (the teardown up)?"""
+    found = _client("ecs", region).describe_clusters(clusters=[cluster], include=["TAGS"])["clusters"]
+    tags = {t["key"]: t["value"] for c in found for t in c.get("tags", [])}
+    return tags.get(GUARDDUTY_TAG) == "false"
 
 
 def remove_guardduty(endpoints: list[str], groups: list[str], region: str,

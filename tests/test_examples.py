@@ -106,6 +106,9 @@ def test_each_docstring_lists_args_outputs_and_its_example_as_the_code_says(comp
     assert component_docs.updated(component) == text, "run `python -m offline.component_docs --write`"
     doc = text.split('"""')[1]
     assert "Creates:" in doc and "Cost:" in doc and "Args (`" in doc and "Outputs:" in doc
+    outputs = doc.split("Outputs:", 1)[1].split("\n\n", 1)[0]
+    names = [n.strip(" .\n") for n in outputs.split(",")]
+    assert names and all(re.fullmatch(r"[a-z_]+", n) for n in names), f"Outputs lists no names: {outputs!r}"
 
 
 def test_a_docstring_that_drifted_is_brought_back_to_the_code():

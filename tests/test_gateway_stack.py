@@ -147,6 +147,8 @@ def test_gateway_environment_follows_config(stack):
     # holds every interval, has sent nothing for an interval and a check's timeout.
     hc = stack.one("aws:lb/targetGroup:TargetGroup").inputs["healthCheck"]
     assert float(env["GATEWAY_DRAIN_QUIET_SECONDS"]) == hc["interval"] + hc["timeout"] == 20
+    # ...and stops at the latest once failing checks have taken the target out of rotation.
+    assert float(env["GATEWAY_DRAIN_ACCEPT_SECONDS"]) == hc["unhealthyThreshold"] * hc["interval"] + hc["timeout"]
     assert env["GATEWAY_WORKERS"] == str(max(1, svc.cpu // 1024))
     assert env["PORT"] == str(svc.container_port)
 
@@ -189,7 +191,7 @@ def stack_delay(s) -> int:
 
 
 def test_on_spot_the_delay_may_reach_the_drain_and_on_demand_anything_alb_allows():
-    load(*with_changes("staging", loadBalancer__deregistrationDelaySeconds=115))  # = 120 - 5
+    load(*with_changes("staging", loadBalancer__deregistrationDelaySeconds=65))  # = 120 - 5 - 50
     load(*with_changes("prod", loadBalancer__deregistrationDelaySeconds=3600))     # no Spot in prod
 
 

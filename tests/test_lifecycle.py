@@ -43,18 +43,26 @@ def test_prod_protects_what_cannot_come_back_and_staging_nothing(staging, prod):
     assert prod.one("aws:lb/loadBalancer:LoadBalancer").inputs["enableDeletionProtection"] is True
 
 
-def test_teardown_lifts_every_protection_in_one_up(synth):
+def test_teardown_lifts_every_protection_in_one_up(synth, prod):
     s = synth("prod", teardown=True)
     assert [r.name for r in s.resources if r.protect] == []
+    # ...and keeps GuardDuty from adding its agent (and endpoint) for new tasks meanwhile.
+    assert s.one("aws:ecs/cluster:Cluster").inputs["tags"] == {"GuardDutyManaged": "false"}
+    assert "tags" not in prod.one("aws:ecs/cluster:Cluster").inputs
     assert s.one("aws:lb/loadBalancer:LoadBalancer").inputs["enableDeletionProtection"] is False
     assert s.one("aws:kms/key:Key").retain_on_delete, "the key still outlives the destroy"
 
 
-def test_a_destroy_empties_the_repository_and_the_log_bucket_in_every_stack(stack):
+def test_a_destroy_empties_the_repository_and_the_log_bucket_once_protection_is_lifted(staging, prod, synth):
     """DeleteRepository refuses a repository with images, DeleteBucket a bucket with objects
-    (every version, in a versioned one): both are emptied, and only `protect` holds prod's."""
-    assert stack.one("aws:ecr/repository:Repository").inputs["forceDelete"] is True
-    assert stack.one("aws:s3/bucket:Bucket").inputs["forceDestroy"] is True
+    (every version, in a versioned one). Staging's are emptied on destroy; prod's only in the
+    teardown `up`, so that in its normal life no replacement can delete its logs or images."""
+    def forced(s):
+        return (s.one("aws:ecr/repository:Repository").inputs["forceDelete"],
+                s.one("aws:s3/bucket:Bucket").inputs["forceDestroy"])
+    assert forced(staging) == (True, True)
+    assert forced(prod) == (False, False)
+    assert forced(synth("prod", teardown=True)) == (True, True)
 
 
 def test_prods_key_outlives_a_destroy_and_stagings_does_not(staging, prod):

@@ -108,3 +108,17 @@ def test_an_old_deployment_completed_is_not_the_new_one(stack, mocker):
     with pytest.raises(rollout.Failure, match="not stable after 300 s .*the new value is stored"):
         _roll(stack, timeout=300)
 
+
+
+def test_a_deployment_that_was_seen_and_then_vanished_was_replaced(stack, mocker):
+    _scripted(mocker, ([("NEW", "PRIMARY", "IN_PROGRESS"), (OLD, "ACTIVE", "COMPLETED")], 2),
+              ([("ecs-svc/4", "PRIMARY", "IN_PROGRESS")], 2))
+    with pytest.raises(rollout.Failure, match="was replaced by a newer one before it completed"):
+        _roll(stack)
+
+
+def test_an_update_that_names_no_deployment_is_reported_not_waited_on(stack, mocker):
+    """Injected: an UpdateService answer without deployments (moto always lists one)."""
+    at_boundary(mocker, rollout, "ecs", "update_service", lambda real, **kw: {**real(**kw), "service": {}})
+    with pytest.raises(rollout.Failure, match="^UpdateService answered without a PRIMARY deployment"):
+        _roll(stack)

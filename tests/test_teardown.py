@@ -27,6 +27,7 @@ def _deploy() -> dict:
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.30.{i * 16}.0/20", AvailabilityZone=f"us-east-1{c}")[
         "Subnet"]["SubnetId"] for i, c in enumerate("abc")]
     alb = elb.create_load_balancer(Name="alb-lb-1234567", Subnets=subnets)["LoadBalancers"][0]["LoadBalancerArn"]
+    own_client("ecs").create_cluster(clusterName="llm-service-prod")
     key = kms.create_key(Description=f"{PREFIX}: secrets, logs, cache and alarm topic")["KeyMetadata"]
     arns = {n: sm.create_secret(Name=f"{PREFIX}/{n}", KmsKeyId=key["Arn"], SecretString=f"value of {n}")["ARN"]
             for n in NAMES}
@@ -40,7 +41,7 @@ def deployed(account):
 
 def _outputs(tmp_path, deployed, **changes):
     out = {"teardown": True, "albArn": deployed["alb"], "vpcId": deployed["vpc"],
-           "kmsKeyArn": deployed["key"]["Arn"], "region": "us-east-1",
+           "clusterName": "llm-service-prod", "kmsKeyArn": deployed["key"]["Arn"], "region": "us-east-1",
            "cacheFinalSnapshot": "llm-service-prod-final-1a2b3c4d", **changes}
     path = tmp_path / "outputs.json"
     path.write_text(json.dumps(out))
@@ -51,6 +52,13 @@ def _deletion_protection(deployed, on: bool) -> None:
     own_client("elbv2").modify_load_balancer_attributes(
         LoadBalancerArn=deployed["alb"],
         Attributes=[{"Key": "deletion_protection.enabled", "Value": "true" if on else "false"}])
+
+
+def _excluded_from_guardduty() -> None:
+    """What the teardown `up` does to the cluster (cluster_tags in infra/program.py)."""
+    ecs = own_client("ecs")
+    arn = ecs.describe_clusters(clusters=["llm-service-prod"])["clusters"][0]["clusterArn"]
+    ecs.tag_resource(resourceArn=arn, tags=[{"key": "GuardDutyManaged", "value": "false"}])
 
 
 def _guardduty_endpoint(deployed) -> tuple[str, str]:
@@ -115,6 +123,12 @@ def test_guarddutys_own_endpoint_is_found_and_removed_only_when_asked(deployed, 
     assert lines[2].startswith(f"FAIL guardduty: GuardDuty added {endpoint}, {sg} to the VPC and never deletes")
     assert teardown.guardduty_leftovers(deployed["vpc"], "us-east-1") == ([endpoint], [sg]), "only asked"
 
+    # Asked, but the cluster's tasks would still get GuardDuty's agent: it would add them back.
+    code, lines, _ = run(capsys, "ready", "--stack", STACK, "--outputs", outputs, "--remove-guardduty-endpoint")
+    assert code == 1 and "the cluster is not tagged GuardDutyManaged=false" in lines[2]
+    assert teardown.guardduty_leftovers(deployed["vpc"], "us-east-1") == ([endpoint], [sg])
+
+    _excluded_from_guardduty()
     code, lines, _ = run(capsys, "ready", "--stack", STACK, "--outputs", outputs, "--remove-guardduty-endpoint")
     assert code == 0 and lines[2] == f"PASS guardduty: removed {endpoint}, {sg}"
     assert teardown.guardduty_leftovers(deployed["vpc"], "us-east-1") == ([], [])
@@ -124,6 +138,7 @@ def test_the_guardduty_group_is_retried_while_the_endpoint_still_holds_it(deploy
     """Injected (moto deletes an endpoint at once): EC2 refuses the group with DependencyViolation
     until the endpoint's network interfaces are gone."""
     endpoint, sg = _guardduty_endpoint(deployed)
+    _excluded_from_guardduty()
     refusals = iter([True, True, False])
 
     def delete_group(real, **kw):
