@@ -136,6 +136,20 @@ RULES: dict[str, list[Rule]] = {
         ("availabilityZoneRebalancing is set",
          lambda i: i.get("availabilityZoneRebalancing") in ("ENABLED", "DISABLED")),
     ],
+    "aws:lb/loadBalancer:LoadBalancer": [
+        # Attribute values ELB stores in its own case; another would read back as a change.
+        ("desyncMitigationMode in ELB's case",
+         lambda i: i.get("desyncMitigationMode", "defensive") in ("monitor", "defensive", "strictest")),
+        ("ipAddressType in ELB's case", lambda i: i.get("ipAddressType", "ipv4") in (
+            "ipv4", "dualstack", "dualstack-without-public-ipv4")),
+        ("idleTimeout a whole number of seconds", lambda i: float(i["idleTimeout"]).is_integer()),
+    ],
+    "aws:lb/targetGroup:TargetGroup": [
+        ("protocols in ELB's case", lambda i: i["protocol"] in ("HTTP", "HTTPS")
+         and i["healthCheck"]["protocol"] in ("HTTP", "HTTPS")),
+        ("the algorithm in ELB's case", lambda i: i.get("loadBalancingAlgorithmType", "round_robin") in (
+            "round_robin", "least_outstanding_requests", "weighted_random")),
+    ],
     "aws:ecs/taskDefinition:TaskDefinition": [
         # ECS stores task sizes as CPU units and MiB: "0.5 vCPU" or "1 GB" would read back as 512, 1024.
         ("cpu and memory as plain numbers", lambda i: i["cpu"].isdigit() and i["memory"].isdigit()),

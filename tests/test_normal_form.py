@@ -94,6 +94,12 @@ BAD = [
      "extendedStatistic"),
     ("aws:ecs/service:Service", {"availabilityZoneRebalancing": None}, "availabilityZoneRebalancing"),
     ("aws:ecs/taskDefinition:TaskDefinition", {"cpu": "0.5 vCPU"}, "cpu and memory"),
+    ("aws:lb/loadBalancer:LoadBalancer", {"desyncMitigationMode": "Defensive"}, "desyncMitigationMode"),
+    ("aws:lb/loadBalancer:LoadBalancer", {"ipAddressType": "IPv4"}, "ipAddressType"),
+    ("aws:lb/loadBalancer:LoadBalancer", {"idleTimeout": 600.5}, "idleTimeout"),
+    ("aws:lb/targetGroup:TargetGroup", {"protocol": "http"}, "protocols"),
+    ("aws:lb/targetGroup:TargetGroup", {"loadBalancingAlgorithmType": "least-outstanding-requests"},
+     "the algorithm"),
     ("aws:cloudwatch/logGroup:LogGroup", {"kmsKeyId": "alias/llm-service/staging"}, "kmsKeyId is an ARN"),
 ]
 
