@@ -68,13 +68,15 @@ venvs: $(UV)  ## what `pulumi up --policy-pack policy` needs: .venv (runtime) an
 	$(UV) pip install --quiet --compile-bytecode --python policy/.venv/bin/python --require-hashes \
 		-r policy/requirements.txt
 
-# The one reviewed `up` before `pulumi destroy` of a protected stack (README, "Destroying and
-# re-creating prod"): it needs the Pulumi CLI and the stack's AWS credentials.
+# The one reviewed `up` before `pulumi destroy` of a protected stack (README, "Updating,
+# destroying, re-creating"): it needs the Pulumi CLI and the stack's AWS credentials.
+# REMOVE_GUARDDUTY=1 also removes an endpoint GuardDuty added to the VPC.
 destroy-ready: venvs  ## lift STACK's protection in one reviewed `up`, then check `pulumi destroy` can run to the end
 	pulumi config set --stack $(STACK) llm-service:teardown true
 	pulumi up --stack $(STACK) --policy-pack policy --policy-pack-config policy/teardown.json
 	pulumi stack output --stack $(STACK) --json > outputs-$(STACK).json
-	$(PY) -m ops.teardown ready --stack $(STACK) --outputs outputs-$(STACK).json
+	$(PY) -m ops.teardown ready --stack $(STACK) --outputs outputs-$(STACK).json \
+		$(if $(REMOVE_GUARDDUTY),--remove-guardduty-endpoint,)
 
 restore: $(VENV)/.installed  ## before re-creating a destroyed STACK: restore its secrets and key, print what to adopt
 	$(PY) -m ops.teardown restore --stack $(STACK)

@@ -211,6 +211,7 @@ def restore(stack: str, region: Optional[str] = None, root: Path = ROOT,
     if not secrets:
         log(f"nothing to restore: no secret under {secret_prefix(stack)}/ exists; "
             f"`pulumi up --stack {stack}` creates everything anew")
+        protect_again(stack, cfg, log)
         return 0
     keys = {s.key for s in secrets}
     if len(keys) != 1:
@@ -228,9 +229,15 @@ def restore(stack: str, region: Optional[str] = None, root: Path = ROOT,
     log(f"next: adopt them (each `pulumi preview --stack {stack}` then shows an import), then `pulumi up`:")
     for what, ref in [("key", key_id), *((s.name, s.arn) for s in secrets)]:
         log(f"pulumi config set --stack {stack} --path '{PROJECT}:secrets.adopt.{what}' {ref}")
-    if cfg.teardown:  # left on by the teardown: the new stack would be created unprotected
-        log(f"pulumi config set --stack {stack} {PROJECT}:teardown false")
+    protect_again(stack, cfg, log)
     return 0
+
+
+def protect_again(stack: str, cfg: StackConfig, log: Callable[[str], None]) -> None:
+    """Left on by the teardown, the new stack would be created unprotected (and its cluster
+    outside GuardDuty's coverage)."""
+    if cfg.teardown:
+        log(f"pulumi config set --stack {stack} {PROJECT}:teardown false")
 
 
 # --- command line ----------------------------------------------------------------------------------

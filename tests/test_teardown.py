@@ -220,6 +220,15 @@ def test_restore_turns_protection_back_on_when_the_stack_file_still_says_teardow
     assert "teardown" not in capsys.readouterr().out
 
 
+def test_restore_turns_protection_back_on_even_with_nothing_to_restore(aws, capsys, tmp_path):
+    from infra.stack_files import ROOT
+    text = (ROOT / "Pulumi.prod.yaml").read_text()
+    torn = text.replace("llm-service:teardown: false", "llm-service:teardown: true")
+    (tmp_path / "Pulumi.prod.yaml").write_text(torn)
+    assert teardown.restore(STACK, root=tmp_path, log=print) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "pulumi config set --stack prod llm-service:teardown false"
+
+
 def test_a_key_scheduled_for_deletion_is_saved_and_enabled(deployed, capsys):
     _destroyed(deployed, key_kept=False)
     code, lines, err = run(capsys, "restore", "--stack", STACK)
