@@ -26,7 +26,7 @@ from gateway import cache, errors, observe
 from gateway.errors import GatewayError
 from gateway.healthcheck import USER_AGENT
 from gateway.keys import Client
-from gateway.limits import Limits, estimate, rejection, windows
+from gateway.limits import Limits, check_model, estimate, rejection, windows
 from gateway.observe import Record
 from gateway.relay import UsageFilter, relay, usage_of
 from gateway.settings import Settings
@@ -113,6 +113,8 @@ class App:
 
     async def proxy(self, scope: dict, receive, send, route: str, rec: Record) -> None:
         headers = dict(scope["headers"])
+        if sum(1 for name, _ in scope["headers"] if name == b"authorization") > 1:
+            raise errors.invalid("Send one Authorization header.", code="invalid_api_key")
         client = self.s.clients.client_for(headers.get(b"authorization"))
         if client is None:
             raise errors.unauthorized(b"authorization" in headers)
@@ -120,9 +122,10 @@ class App:
         body, doc = None, {}
         if scope["method"] == "POST":
             body = await _read_body(receive, headers, self.s.max_request_bytes)
-            body, doc = self.prepare(route, body, rec)
+            body, doc = self.prepare(route, body, rec, client)
+        reserve = estimate(route, doc, len(body or b""), self.s.output_tokens_estimate)
         policy = cache.policy(route, doc, headers) if body is not None else cache.BYPASS
-        gate = await self.gate(client, route, doc, len(body or b""), policy, rec)
+        gate = await self.gate(client, route, doc, reserve, scope.get("query_string", b""), policy, rec)
         settled = False
 
         async def finish() -> None:
@@ -142,18 +145,18 @@ class App:
         finally:
             await finish()
 
-    async def gate(self, client: Client, route: str, doc: dict, size: int, policy: cache.Policy,
-                   rec: Record) -> Optional[Gate]:
+    async def gate(self, client: Client, route: str, doc: dict, reserve: tuple[int, int], query: bytes,
+                   policy: cache.Policy, rec: Record) -> Optional[Gate]:
         """One round trip: the entry and the client's limits. None: nothing to check, or the
         store did not answer (then the request goes on without cache and limits)."""
         limits = Limits.from_json(client.limits, self.s.default_limits)
         limited = limits.requests_per_minute or limits.tokens_per_minute or limits.usd_per_day
         if not policy.used and not limited:
             return None
-        tokens_in, tokens_out = estimate(route, doc, size, self.s.output_tokens_estimate)
+        tokens_in, tokens_out = reserve
         nano = self.s.prices.of(rec.model).nano(tokens_in, tokens_out) if limits.usd_per_day else 0
         tokens = tokens_in + tokens_out if limits.tokens_per_minute else 0
-        key = cache.key(route, doc, self.s.org_id, self.s.project_id) if policy.used else ""
+        key = cache.key(route, doc, self.s.org_id, self.s.project_id, query) if policy.used else ""
         try:
             gate = await self.store.gate(client.name, limits, key, policy.read, policy.write, tokens, nano,
                                          int(self.s.coalesce_wait_seconds * 1000))
@@ -247,6 +250,8 @@ class App:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 else:
                     data = await resp.read()
+                    if route == "models" and resp.status == 200:
+                        data = self.listed_models(data, rec)
                     if resp.status == 200:
                         found = usage_of(_loads(data))
                         if found:
@@ -264,6 +269,18 @@ class App:
                 except StoreUnavailable:
                     rec.cache_error = True
 
+    def listed_models(self, data: bytes, rec: Record) -> bytes:
+        """The upstream's model list, less what this client may not call."""
+        doc = _loads(data)
+        if not self.s.prices.listed or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+            return data
+        client = self.s.clients.named(rec.client)
+        allowed = client.models if client else None
+        doc["data"] = [m for m in doc["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)
+                       and (listed := self.s.prices.listed_as(m["id"])) is not None
+                       and (allowed is None or listed in allowed)]
+        return orjson.dumps(doc)
+
     async def fill(self, gate: Gate, entry: bytes, rec: Record) -> bool:
         try:
             await self.store.fill(gate, entry, self.s.cache_ttl_seconds)
@@ -272,13 +289,13 @@ class App:
             rec.cache_error = True
             return False
 
-    def prepare(self, route: str, body: bytes, rec: Record) -> tuple[bytes, dict]:
-        """Parse once for the log and the stream flag; ask a chat stream for its usage."""
+    def prepare(self, route: str, body: bytes, rec: Record, client: Client) -> tuple[bytes, dict]:
+        """Parse once for the log and the stream flag; check the model before anything uses it;
+        ask a chat stream for its usage."""
         doc = _loads(body)
         if not isinstance(doc, dict):
             raise errors.bad_json()
-        model = doc.get("model")
-        rec.model = model if isinstance(model, str) else None
+        rec.model = check_model(doc.get("model"), self.s.prices, client.models)
         rec.stream = doc.get("stream") is True
         rec.asked_usage = _asked_usage(doc)
         if self.s.log_prompts:

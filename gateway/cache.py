@@ -58,9 +58,10 @@ def policy(route: str, doc: dict[str, Any], headers: dict[bytes, bytes]) -> Poli
 
 
 
-def key(route: str, doc: dict[str, Any], org: str, project: str) -> str:
+def key(route: str, doc: dict[str, Any], org: str, project: str, query: bytes = b"") -> str:
     canonical = {k: v for k, v in doc.items() if k not in NOT_IN_KEY}
-    body = orjson.dumps([route, org, project, canonical], option=orjson.OPT_SORT_KEYS)
+    # The query string goes upstream as sent (an api-version, say), so it is part of the question.
+    body = orjson.dumps([route, org, project, query.decode("latin-1"), canonical], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(body).hexdigest()
 
 

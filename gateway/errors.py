@@ -18,10 +18,11 @@ class GatewayError(Exception):
     type: str = "invalid_request_error"
     code: Optional[str] = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    param: Optional[str] = None  # the request field at fault
 
     def body(self) -> bytes:
         return orjson.dumps({"error": {"message": self.message, "type": self.type,
-                                       "param": None, "code": self.code}})
+                                       "param": self.param, "code": self.code}})
 
     def sse_event(self) -> bytes:
         """The same error as a stream event: after a stream has begun no status can change,
@@ -37,6 +38,11 @@ def unauthorized(presented: bool) -> GatewayError:
                         code="missing_api_key")
 
 
+def invalid(message: str, param: Optional[str] = None, code: Optional[str] = None) -> GatewayError:
+    """A request the gateway refuses as OpenAI would: 400, the field at fault."""
+    return GatewayError(400, message, code=code, param=param)
+
+
 def not_found(method: str, path: str) -> GatewayError:
     return GatewayError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
 
@@ -50,7 +56,8 @@ def bad_json() -> GatewayError:
 
 
 def upstream_unavailable(detail: str) -> GatewayError:
-    return GatewayError(502, f"The LLM API could not be reached: {detail}", type="server_error",
+    # `detail` names the failure's kind only: never the upstream's address.
+    return GatewayError(502, f"The LLM API could not be reached ({detail}).", type="server_error",
                         code="upstream_unavailable")
 
 

@@ -67,6 +67,7 @@ def add_key(doc: dict[str, Any], client: str, keep_old: bool = True,
 class Client:
     name: str
     limits: dict[str, Any]
+    models: Optional[frozenset[str]] = None  # the listed models it may call; None: every one
 
 
 class ClientKeys:
@@ -75,7 +76,9 @@ class ClientKeys:
     def __init__(self, doc: dict[str, Any]):
         self._by_id: dict[str, tuple[bytes, Client]] = {}
         for name, entry in _clients(doc).items():
-            client = Client(name, dict(entry.get("limits") or {}))
+            models = entry.get("models")
+            client = Client(name, dict(entry.get("limits") or {}),
+                            frozenset(models) if isinstance(models, list) else None)
             for key in entry.get("keys") or []:
                 self._by_id[key["id"]] = (bytes.fromhex(key["sha256"]), client)
 
@@ -88,6 +91,9 @@ class ClientKeys:
 
     def __len__(self) -> int:
         return len({c.name for _, c in self._by_id.values()})
+
+    def named(self, name: str) -> Optional[Client]:
+        return next((c for _, c in self._by_id.values() if c.name == name), None)
 
     def client_for(self, authorization: Optional[bytes]) -> Optional[Client]:
         """The client behind an `Authorization: Bearer <key>` header value, or None."""

@@ -16,15 +16,25 @@ Money is counted in nano-dollars (integers): exact, and far from overflowing.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import orjson
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, invalid
 
 NANO = 1_000_000_000
+# A model name as OpenAI-compatible APIs write them (gpt-4o-mini-2024-07-18,
+# ft:gpt-4o-mini:acme:name:abc123): checked before anything looks it up or logs it.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # a dated snapshot of a listed model
+# Bounds on what a request may ask for, well above any model's own: beyond them a request is
+# refused rather than reserved against the limits at some other figure.
+MAX_OUTPUT_TOKENS = 1_000_000
+MAX_CHOICES = 128  # OpenAI's own bound on `n`
+OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
 @dataclass(frozen=True)
@@ -58,24 +68,44 @@ class Price:
 
 
 class Prices:
-    """Per-model prices; a model not in the table is priced as `default`."""
+    """The models clients may call, and what each costs. Any other model is refused; a dated
+    snapshot of a listed model (gpt-4o-mini-2024-07-18) is allowed and priced as that model.
+    Without a table (a local run) every model is allowed and costs nothing."""
 
-    def __init__(self, table: dict[str, Any]):
+    def __init__(self, table: Optional[dict[str, Any]]):
+        self.listed = table is not None
         self.table = {m: Price(float(p["inputPerMillion"]), float(p["outputPerMillion"]))
-                      for m, p in table.items()}
-        self.default = self.table.get("default", Price(0.0, 0.0))
+                      for m, p in (table or {}).items()}
 
     @classmethod
     def from_json(cls, text: str) -> Prices:
-        return cls(orjson.loads(text) if text else {})
+        return cls(orjson.loads(text) if text else None)
+
+    def listed_as(self, model: str) -> Optional[str]:
+        """The listed model this name is (itself, or the model it is a snapshot of), or None."""
+        if model in self.table or not self.listed:
+            return model
+        family = SNAPSHOT.sub("", model)
+        return family if family in self.table else None
 
     def of(self, model: Optional[str]) -> Price:
-        if not model:
-            return self.default
-        # Dated snapshots (gpt-4o-mini-2024-07-18) are priced as their family.
-        while model not in self.table and "-" in model:
-            model = model.rsplit("-", 1)[0]
-        return self.table.get(model, self.default)
+        listed = self.listed_as(model) if model else None
+        return self.table.get(listed, FREE) if listed else FREE
+
+
+FREE = Price(0.0, 0.0)
+
+
+def check_model(model: Any, prices: Prices, allowed: Optional[frozenset[str]] = None) -> str:
+    """The request's model, if this client may call it; else the 400 OpenAI answers with."""
+    if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
+        raise invalid("`model` must be a model name: letters, digits and . _ : / -, up to 128",
+                      param="model", code="invalid_model")
+    listed = prices.listed_as(model)
+    if listed is None or (allowed is not None and listed not in allowed):
+        raise invalid(f"The model `{model}` does not exist or you do not have access to it.",
+                      param="model", code="model_not_found")
+    return model
 
 
 @dataclass
@@ -88,13 +118,29 @@ class Reservation:
 
 def estimate(route: str, doc: dict[str, Any], body_size: int, default_output: int) -> tuple[int, int]:
     """(input, output) tokens reserved before the call: about a token per 4 bytes of the body in,
-    and the request's own output limit (or the default) out; embeddings have no output."""
+    and the request's own output limit (or the default) times its number of choices out;
+    embeddings and the model list have no output. A field it reads that is not a whole number in
+    bounds is refused (400), never read as some other figure."""
+    if route == "models":
+        return 0, 0
     out = 0 if route == "embeddings" else default_output
-    for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        if isinstance(doc.get(field), int):
-            out = doc[field]
+    for field in OUTPUT_FIELDS:
+        value = doc.get(field)
+        if value is not None:
+            out = _whole(field, value, 1, MAX_OUTPUT_TOKENS)
             break
+    choices = doc.get("n")
+    if route == "chat.completions" and choices is not None:
+        out *= _whole("n", choices, 1, MAX_CHOICES)
     return math.ceil(body_size / 4), out
+
+
+def _whole(field: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise invalid(f"`{field}` must be a whole number from {low} to {high:,}", param=field,
+                      code="integer_out_of_range" if isinstance(value, int) and not isinstance(value, bool)
+                      else "invalid_type")
+    return value
 
 
 def windows(now: Optional[float] = None) -> tuple[int, str, float, float]:

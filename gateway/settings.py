@@ -73,7 +73,7 @@ class Settings:
     cache_ttl_seconds: int = 3600
     coalesce_wait_seconds: float = 30.0
     default_limits: Limits = Limits()
-    prices: Prices = field(default_factory=lambda: Prices({}))
+    prices: Prices = field(default_factory=lambda: Prices(None))  # None: no model list (a local run)
     output_tokens_estimate: int = 1000
 
     @property
@@ -150,7 +150,7 @@ def from_env(env: Mapping[str, str] = os.environ, log: Callable[[str], None] = p
         coalesce_wait_seconds=_get(env, "GATEWAY_COALESCE_WAIT_SECONDS", 30.0, num, "seconds >= 0"),
         default_limits=_get(env, "GATEWAY_DEFAULT_LIMITS", Limits(), _limits,
                             'JSON such as {"requestsPerMinute": 600, "tokensPerMinute": 200000, "usdPerDay": 50}'),
-        prices=_get(env, "GATEWAY_PRICES", Prices({}), _prices,
+        prices=_get(env, "GATEWAY_PRICES", Prices(None), _prices,
                     'JSON such as {"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6}}'),
         output_tokens_estimate=_get(env, "GATEWAY_OUTPUT_TOKENS_ESTIMATE", 1000, pos_i, "tokens > 0"),
     )

@@ -139,4 +139,5 @@ class Upstream:
 
 
 def _describe(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    # The kind of failure only: its text names the upstream's host and port, not the client's to know.
+    return type(e).__name__

@@ -209,8 +209,9 @@ DEFAULT_PRICES = {
     "gpt-4o-mini": PriceConfig(input_per_million=0.15, output_per_million=0.60),
     "gpt-4o": PriceConfig(input_per_million=2.50, output_per_million=10.00),
     "text-embedding-3-small": PriceConfig(input_per_million=0.02, output_per_million=0.0),
-    "default": PriceConfig(input_per_million=2.50, output_per_million=10.00),
 }
+# A model name as the gateway accepts one (gateway/limits.py MODEL_NAME).
+MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 # An HTTP header value: visible ASCII, no spaces (OpenAI-Organization, OpenAI-Project).
 HEADER_VALUE = r"^[\x21-\x7e]*$"
 
@@ -228,9 +229,10 @@ class LlmConfig(_Section):
     """The LLM API the gateway calls (any OpenAI-compatible API)."""
     prices: dict[str, PriceConfig] = Field(default_factory=lambda: dict(DEFAULT_PRICES),
                                            json_schema_extra=allow("model: {inputPerMillion, "
-                                                                   "outputPerMillion}; needs `default`"))
-    """USD per million tokens by model, for spend limits and the cost estimate. A model not
-    listed (dated snapshots count as their family) is priced as `default`."""
+                                                                   "outputPerMillion}; at least one"))
+    """The models clients may call, with their USD per million tokens (spend limits and the cost
+    estimate). A dated snapshot of a listed model (gpt-4o-mini-2024-07-18) is allowed at its
+    price; any other model is refused (400, model_not_found)."""
 
     @field_validator("base_url")
     @classmethod
@@ -243,9 +245,15 @@ class LlmConfig(_Section):
 
     @field_validator("prices")
     @classmethod
-    def _has_default(cls, v: dict[str, PriceConfig]) -> dict[str, PriceConfig]:
-        if "default" not in v:
-            raise ValueError("needs a `default` entry: what a model not listed is priced at")
+    def _models(cls, v: dict[str, PriceConfig]) -> dict[str, PriceConfig]:
+        if not v:
+            raise ValueError("list at least one model clients may call, with its prices")
+        if "default" in v:
+            raise ValueError("there is no `default` price any more: the table lists the models clients may "
+                             "call, and any other is refused; list each model instead")
+        bad = [m for m in v if not MODEL.fullmatch(m)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a model name (letters, digits and . _ : / -, up to 128)")
         return v
 
 
@@ -733,6 +741,10 @@ class StackConfig(BaseModel):
         _certificate_in_region(self.load_balancer.certificate_arn, self.region)
         _streams_survive_the_idle_timeout(self.gateway, self.load_balancer)
         _streams_survive_a_stop(self)
+        if self.traffic.model not in self.llm.prices:
+            raise ConfigError(_key("traffic.model"), self.traffic.model,
+                              f"one of the models in llm.prices ({', '.join(sorted(self.llm.prices))}): the "
+                              "cost estimate prices it as the gateway would")
         if self.service.image == BUILD and not self.service.ecr_repository:
             raise ConfigError(_key("service.ecrRepository"), False,
                               "service.image: build pushes to the stack's ECR repository; set true, "

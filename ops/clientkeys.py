@@ -70,18 +70,34 @@ def write(s: Stack, doc: dict[str, Any], read_version: Optional[str]) -> None:
 LIMIT_FLAGS = {"rpm": "requestsPerMinute", "tpm": "tokensPerMinute", "usd_per_day": "usdPerDay"}
 
 
-def set_limits(s: Stack, client: str, limits: dict[str, Any], defaults: bool = False) -> dict[str, Any]:
+def set_limits(s: Stack, client: str, limits: dict[str, Any], defaults: bool = False,
+               models: Optional[list[str]] = None) -> dict[str, Any]:
     doc, version = read(s)
     entry = doc["clients"].get(client)
     if entry is None:
         raise Failure(f"no client {client!r}")
     entry["limits"] = {} if defaults else {**entry.get("limits", {}), **limits}
+    _set_models(s, entry, models)
     write(s, doc, version)
     return entry["limits"]
 
 
+def _set_models(s: Stack, entry: dict[str, Any], models: Optional[list[str]]) -> None:
+    """The listed models a client may call ([] or None: leave as is; ["all"]: every listed one)."""
+    if not models:
+        return
+    if models == ["all"]:
+        entry.pop("models", None)
+        return
+    unknown = sorted(set(models) - set(s.cfg.llm.prices))
+    if unknown:
+        raise Failure(f"{', '.join(unknown)}: not in llm.prices of {s.name} "
+                      f"({', '.join(sorted(s.cfg.llm.prices))})")
+    entry["models"] = sorted(set(models))
+
+
 def add(s: Stack, client: str, keep_old: bool = True, must_exist: bool = False,
-        limits: Optional[dict[str, Any]] = None) -> str:
+        limits: Optional[dict[str, Any]] = None, models: Optional[list[str]] = None) -> str:
     doc, version = read(s)
     if must_exist and client not in doc["clients"]:
         raise Failure(f"no client {client!r} (clients: {', '.join(sorted(doc['clients'])) or 'none'})")
@@ -93,6 +109,7 @@ def add(s: Stack, client: str, keep_old: bool = True, must_exist: bool = False,
         raise Failure(str(e)) from None
     if limits:
         doc["clients"][client]["limits"] = {**doc["clients"][client].get("limits", {}), **limits}
+    _set_models(s, doc["clients"][client], models)
     write(s, doc, version)
     return key
 
@@ -125,7 +142,8 @@ def listing(s: Stack) -> list[str]:
         keys = ", ".join(f"{k['id']} (created {k['created'][:10]})" for k in entry["keys"])
         own = sorted(entry.get("limits", {}).items())
         limits = ", ".join(f"{k} {v}" for k, v in own) or "the stack's defaults"
-        lines.append(f"{name}: {keys}; limits: {limits}")
+        models = ", ".join(entry["models"]) if "models" in entry else "every listed model"
+        lines.append(f"{name}: {keys}; limits: {limits}; models: {models}")
     return lines or ["no clients yet: python -m ops.clientkeys add --stack <stack> <client>"]
 
 
@@ -154,6 +172,9 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
     parser.add_argument("--tpm", type=_count, help="add, limits: tokens per minute (0: none)")
     parser.add_argument("--usd-per-day", type=_usd, help="add, limits: spend per UTC day (0: none)")
     parser.add_argument("--defaults", action="store_true", help="limits: back to the stack's defaults")
+    parser.add_argument("--models", type=lambda raw: [m for m in raw.split(",") if m],
+                        help="add, limits: the models of llm.prices this client may call, comma-separated "
+                             "(all: every one)")
     parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` saved to a file")
     parser.add_argument("--region", help="override the stack's region")
     parser.add_argument("--timeout", type=int, default=600, help="seconds to wait for the rollout")
@@ -172,13 +193,13 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
         if args.action == "revoke":
             _err(f"revoked {revoke(s, args.client, args.key_id)}; it stops working when the rollout completes")
         elif args.action == "limits":
-            if not limits and not args.defaults:
-                parser.error("limits needs --rpm, --tpm, --usd-per-day or --defaults")
-            now = set_limits(s, args.client, limits, args.defaults)
+            if not limits and not args.defaults and not args.models:
+                parser.error("limits needs --rpm, --tpm, --usd-per-day, --models or --defaults")
+            now = set_limits(s, args.client, limits, args.defaults, args.models)
             _err(f"limits of {args.client}: {now or 'the stack defaults'}; they apply when the rollout completes")
         else:
             key = add(s, args.client, keep_old=args.keep_old or args.action == "add",
-                      must_exist=args.action == "rotate", limits=limits)
+                      must_exist=args.action == "rotate", limits=limits, models=args.models)
             _err(f"new key for {args.client} (shown once, stored only as a hash):")
             print(key, flush=True)
         rollout.after_secret_change(s, args.timeout, sleep=sleep, log=_err)

@@ -9,6 +9,7 @@ what the tests assert on. Steps:
     {"kind": "drop"}                                  close the connection without an answer
     {"kind": "slow", "delay": 1.0}                    a normal answer, late
     {"kind": "stream", "first_delay": 0.5, "delay": 0.01, "chunks": ["Hel", "lo"], "drop_after": 1}
+    {"kind": "models", "ids": ["gpt-4o-mini", "gpt-4o"]}   GET /v1/models listing these
 
 Run alone for the benchmark: `python -m tests.fake_upstream 9001`.
 """
@@ -74,6 +75,9 @@ class FakeUpstream:
             return web.json_response(step.get("body") or {"error": {"message": f"fake {step['status']}",
                                                                    "type": "server_error", "code": None}},
                                      status=step["status"], headers={**RATE_HEADERS, **step.get("headers", {})})
+        if kind == "models":
+            return web.json_response({"object": "list", "data": [
+                {"id": m, "object": "model", "owned_by": "openai"} for m in step["ids"]]}, headers=RATE_HEADERS)
         if kind == "slow":
             await asyncio.sleep(step["delay"])
         if kind == "stream" or (body or {}).get("stream") is True:

@@ -117,6 +117,19 @@ def test_limits_sit_beside_the_keys_and_the_gateway_reads_them(deployed, capsys,
     assert "limits: the stack's defaults" in run(capsys, "list")[1]
 
 
+def test_a_client_may_be_held_to_some_of_the_stacks_models(deployed, capsys, rolls_out):
+    code, _, err = run(capsys, "add", "web-app", "--models", "gpt-4o-mini,text-embedding-3-small")
+    assert code == 0, err
+    client = next(iter(stored(deployed)._by_id.values()))[1]
+    assert client.models == frozenset({"gpt-4o-mini", "text-embedding-3-small"})
+    assert "models: gpt-4o-mini, text-embedding-3-small" in run(capsys, "list")[1]
+    code, _, err = run(capsys, "limits", "web-app", "--models", "o1")
+    assert code == 1 and "o1: not in llm.prices of staging (gpt-4o, gpt-4o-mini, text-embedding-3-small)" in err
+    assert run(capsys, "limits", "web-app", "--models", "all")[0] == 0
+    assert next(iter(stored(deployed)._by_id.values()))[1].models is None
+    assert "models: every listed model" in run(capsys, "list")[1]
+
+
 def test_a_negative_limit_is_refused_by_the_command_line(deployed, capsys):
     with pytest.raises(SystemExit):
         run(capsys, "add", "web-app", "--rpm", "-5")

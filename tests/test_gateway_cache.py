@@ -19,7 +19,7 @@ from gateway.limits import Price, estimate
 from tests import gateway_process, valkey_server
 from tests.fake_upstream import Running
 
-PRICES = {"default": {"inputPerMillion": 1.0, "outputPerMillion": 2.0}}
+PRICES = {m: {"inputPerMillion": 1.0, "outputPerMillion": 2.0} for m in ("gpt-4o-mini", "text-embedding-3-small")}
 TPM_LIMIT_EXTRA = 30  # tokens-per-minute limit = one estimate + this (see the tokens test)
 CHAT = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "What is 2+2?"}]}
 # Each test request differs by a one-digit seed, so every body has the same size and estimate.

@@ -10,7 +10,8 @@ import json
 import pytest
 
 from gateway import cache
-from gateway.limits import Limits, Price, Prices, estimate, rejection
+from gateway.errors import GatewayError
+from gateway.limits import Limits, Price, Prices, check_model, estimate, rejection
 from gateway.store import LocalStore
 
 CHAT = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
@@ -76,20 +77,74 @@ def test_only_finished_streams_count_as_complete():
     assert cache.complete_stream("responses", done)
 
 
-def test_prices_by_model_family_else_the_default():
-    prices = Prices({"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6},
-                     "default": {"inputPerMillion": 10, "outputPerMillion": 30}})
-    assert prices.of("gpt-4o-mini-2024-07-18") == Price(0.15, 0.6)
-    assert prices.of("some-new-model") == Price(10, 30) == prices.of(None)
+PRICES = Prices({"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6},
+                 "gpt-4o": {"inputPerMillion": 2.5, "outputPerMillion": 10}})
+
+
+def test_the_model_list_allows_listed_models_and_their_dated_snapshots_only():
+    assert check_model("gpt-4o-mini", PRICES) == "gpt-4o-mini"
+    assert check_model("gpt-4o-mini-2024-07-18", PRICES) == "gpt-4o-mini-2024-07-18"
+    assert PRICES.of("gpt-4o-mini-2024-07-18") == Price(0.15, 0.6)
+    for model in ("gpt-4o-mini-realtime-preview", "o1", "default", "gpt-4o-mini-2024-07", "GPT-4O-MINI"):
+        with pytest.raises(GatewayError) as e:
+            check_model(model, PRICES)
+        assert (e.value.status, e.value.code, e.value.param) == (400, "model_not_found", "model"), model
     assert Price(0.15, 0.6).nano(1_000_000, 1_000_000) == 750_000_000  # $0.75
 
 
-def test_estimates_reserve_the_requests_own_output_limit():
+def test_a_client_may_be_held_to_a_subset_of_the_list():
+    assert check_model("gpt-4o-mini-2024-07-18", PRICES, frozenset({"gpt-4o-mini"}))
+    with pytest.raises(GatewayError) as e:
+        check_model("gpt-4o", PRICES, frozenset({"gpt-4o-mini"}))
+    assert e.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize("model", [None, 7, "", "x" * 129, "gpt 4o", "gpt-4o\n", "-gpt", "ü-model", ["gpt-4o"]])
+def test_a_model_that_is_not_a_model_name_is_refused_before_it_is_looked_up(model):
+    with pytest.raises(GatewayError) as e:
+        check_model(model, PRICES)
+    assert (e.value.status, e.value.code, e.value.param) == (400, "invalid_model", "model")
+
+
+def test_the_lookup_is_linear_in_the_name_length():
+    """A 400,000-character name with hyphens blocked the event loop for a minute: names are now
+    checked (at most 128 characters) before any lookup, and the lookup strips one date suffix."""
+    long = "a-" * 200_000
+    with pytest.raises(GatewayError):
+        check_model(long, PRICES)
+    assert PRICES.listed_as("gpt-4o-" + "1" * 100) is None
+
+
+def test_without_a_list_every_model_is_allowed_and_free():
+    local = Prices(None)
+    assert check_model("anything-at-all", local) == "anything-at-all" and local.of("anything") == Price(0, 0)
+
+
+def test_estimates_reserve_the_requests_own_output_limit_times_its_choices():
     assert estimate("chat.completions", {"max_tokens": 50}, 400, 1000) == (100, 50)
     assert estimate("chat.completions", {"max_completion_tokens": 70}, 4, 1000) == (1, 70)
+    assert estimate("chat.completions", {"max_tokens": 50, "n": 128}, 400, 1000) == (100, 6400)
+    assert estimate("chat.completions", {"n": 3}, 4, 1000) == (1, 3000)
     assert estimate("responses", {"max_output_tokens": 9}, 8, 1000) == (2, 9)
     assert estimate("chat.completions", {}, 10, 1000) == (3, 1000)
+    assert estimate("chat.completions", {"max_tokens": None}, 10, 1000) == (3, 1000)
     assert estimate("embeddings", {"input": "x"}, 10, 1000) == (3, 0)
+    assert estimate("models", {}, 0, 1000) == (0, 0), "listing models is not charged"
+
+
+@pytest.mark.parametrize("field,value,code", [
+    ("max_tokens", 1e30, "invalid_type"), ("max_tokens", 10.0, "invalid_type"),
+    ("max_tokens", "10", "invalid_type"),
+    ("max_tokens", True, "invalid_type"), ("max_tokens", -5, "integer_out_of_range"),
+    ("max_tokens", 0, "integer_out_of_range"), ("max_completion_tokens", 1_000_001, "integer_out_of_range"),
+    ("max_output_tokens", -1, "integer_out_of_range"), ("n", 0, "integer_out_of_range"),
+    ("n", 129, "integer_out_of_range"), ("n", 2.5, "invalid_type"),
+])
+def test_what_the_estimate_reads_is_a_whole_number_in_bounds_or_refused(field, value, code):
+    route = "responses" if field == "max_output_tokens" else "chat.completions"
+    with pytest.raises(GatewayError) as e:
+        estimate(route, {field: value}, 10, 1000)
+    assert (e.value.status, e.value.param, e.value.code) == (400, field, code)
 
 
 def test_client_limits_override_the_defaults_field_by_field():

@@ -1,0 +1,176 @@
+"""The limits, spend and cache against a client holding a valid key and trying to get past them
+(issue 22): the real gateway process, the fake upstream and a real Valkey server with TLS and
+AUTH. Each test is one way through that used to work; the fake upstream's own record, the
+counters in Valkey and the gateway's log line say what really happened."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+from gateway.keys import add_key, empty_document
+from gateway.limits import estimate, windows
+from tests import gateway_process, valkey_server
+from tests.fake_upstream import Running
+
+SERVICE = "llm-service-adversary"
+PRICES = {"gpt-4o-mini": {"inputPerMillion": 1.0, "outputPerMillion": 2.0},
+          "text-embedding-3-small": {"inputPerMillion": 0.1, "outputPerMillion": 0.0}}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 10}
+
+
+def _reserved(body: dict) -> int:
+    tokens_in, tokens_out = estimate("chat.completions", body, len(json.dumps(body)), 1000)
+    return tokens_in + tokens_out
+
+
+CLIENTS = {
+    "web-app": {},
+    "mini-only": {"models": ["gpt-4o-mini"]},
+    # Room for one plain CHAT's reservation, not for the same with n: 2.
+    "tokens": {"limits": {"tokensPerMinute": _reserved(CHAT) + 5}},
+}
+
+
+def _keys() -> tuple[str, dict[str, str]]:
+    doc, keys = empty_document(), {}
+    for name, entry in CLIENTS.items():
+        keys[name] = add_key(doc, name)
+        doc["clients"][name].update(entry)
+    return json.dumps(doc), keys
+
+
+@pytest.fixture(scope="module")
+def valkey(tmp_path_factory):
+    server = valkey_server.start(tmp_path_factory.mktemp("valkey"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    return Running()
+
+
+@pytest.fixture(scope="module")
+def gw(valkey, upstream, tmp_path_factory):
+    env = {**valkey.env(), "GATEWAY_PRICES": json.dumps(PRICES), "GATEWAY_SERVICE": SERVICE,
+           "GATEWAY_CACHE_TIMEOUT_SECONDS": "3"}
+    gateway = gateway_process.start(upstream.url, tmp_path_factory.mktemp("gw"), env=env, keys_doc=_keys())
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def fake(upstream, valkey):
+    valkey.client().flushall()
+    upstream.fake.script, upstream.fake.requests = [], []
+    return upstream.fake
+
+
+def call(gw, method: str, path: str, body=None, client: str = "web-app", headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+    raw = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    conn.request(method, path, body=raw, headers={"Authorization": f"Bearer {gw.keys[client]}",
+                                                   "Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    data = resp.read()
+    return resp, (json.loads(data) if data[:1] == b"{" else data)
+
+
+def chat(gw, body, client="web-app", headers=None, path="/v1/chat/completions"):
+    return call(gw, "POST", path, body, client, headers)
+
+
+def tokens_used(valkey, client: str) -> int:
+    minute, _, _, _ = windows()
+    return int(valkey.client().get(f"llmgw:{SERVICE}:tpm:{client}:{minute}") or 0)
+
+
+# --- 4, 5: the model is checked before anything uses it, and only listed models are served ------
+
+def test_a_model_not_listed_is_refused_in_openais_shape_and_never_reaches_the_upstream(gw, fake):
+    for model in ("gpt-4o", "gpt-4o-mini-realtime-preview", "default"):
+        resp, body = chat(gw, {**CHAT, "model": model})
+        assert resp.status == 400, model
+        assert body["error"] == {"message": f"The model `{model}` does not exist or you do not have access to it.",
+                                 "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    assert fake.requests == []
+
+
+def test_a_dated_snapshot_of_a_listed_model_is_served_at_its_price(gw, fake):
+    resp, _ = chat(gw, {**CHAT, "model": "gpt-4o-mini-2024-07-18"})
+    assert resp.status == 200 and len(fake.requests) == 1
+    (line,) = gw.lines_where(lambda x: x.get("model") == "gpt-4o-mini-2024-07-18")
+    assert line["EstimatedCostUSD"] == pytest.approx((12 * 1.0 + 3 * 2.0) / 1e6)
+
+
+def test_a_client_held_to_some_models_can_neither_call_nor_list_the_others(gw, fake):
+    resp, body = chat(gw, {"model": "text-embedding-3-small", "input": "hi"}, client="mini-only",
+                      path="/v1/embeddings")
+    assert (resp.status, body["error"]["code"]) == (400, "model_not_found")
+    assert chat(gw, CHAT, client="mini-only")[0].status == 200
+    fake.script = [{"kind": "models", "ids": ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]}] * 2
+    assert [m["id"] for m in call(gw, "GET", "/v1/models", client="mini-only")[1]["data"]] == ["gpt-4o-mini"]
+    assert [m["id"] for m in call(gw, "GET", "/v1/models")[1]["data"]] == ["gpt-4o-mini", "text-embedding-3-small"]
+
+
+def test_a_huge_model_name_is_refused_at_once_and_logged_short(gw, fake):
+    """A 400,000-character name used to block the event loop for a minute in the price lookup."""
+    resp, body = chat(gw, {**CHAT, "model": "a-" * 200_000})
+    assert (resp.status, body["error"]["code"]) == (400, "invalid_model")
+    (line,) = gw.lines_where(lambda x: x.get("error") == "invalid_model")
+    assert line["model"] is None and len(json.dumps(line)) < 4096
+    assert fake.requests == []
+
+
+# --- 3: what the reservation reads is validated, and n counts -------------------------------------
+
+def test_n_choices_are_reserved_n_times(gw, fake, valkey):
+    resp, body = chat(gw, {**CHAT, "n": 2}, client="tokens")
+    assert (resp.status, body["error"]["type"]) == (429, "tokens")
+    assert fake.requests == [] and tokens_used(valkey, "tokens") == 0
+    assert chat(gw, CHAT, client="tokens")[0].status == 200
+
+
+@pytest.mark.parametrize("field,value", [("max_tokens", -10_000), ("max_tokens", 1e30), ("max_tokens", 10.0),
+                                         ("max_completion_tokens", 0), ("n", 129), ("n", True)])
+def test_a_negative_float_or_huge_output_limit_is_refused_before_the_limits_see_it(gw, fake, valkey, field, value):
+    resp, body = chat(gw, {**CHAT, field: value}, client="tokens")
+    assert resp.status == 400 and body["error"]["param"] == field
+    assert fake.requests == [] and tokens_used(valkey, "tokens") == 0
+
+
+def test_listing_models_charges_no_tokens(gw, fake, valkey):
+    for _ in range(3):
+        assert call(gw, "GET", "/v1/models", client="tokens")[0].status == 200
+    assert tokens_used(valkey, "tokens") == 0
+
+
+# --- 11: smaller ways through ----------------------------------------------------------------------
+
+def test_two_authorization_headers_are_refused(gw, fake):
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Authorization", "Bearer not-a-key")
+    conn.putheader("Authorization", f"Bearer {gw.keys['web-app']}")
+    conn.putheader("Content-Type", "application/json")
+    body = json.dumps(CHAT).encode()
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body)
+    resp = conn.getresponse()
+    assert resp.status == 400 and json.loads(resp.read())["error"]["code"] == "invalid_api_key"
+    assert fake.requests == []
+
+
+def test_the_query_string_is_part_of_the_cache_key(gw, fake):
+    cached = {**CHAT, "temperature": 0}
+    chat(gw, cached, path="/v1/chat/completions?api-version=1")
+    resp, _ = chat(gw, cached, path="/v1/chat/completions?api-version=2")
+    assert resp.getheader("x-gateway-cache") == "MISS"
+    assert [r["path"] for r in fake.requests] == ["/v1/chat/completions?api-version=1",
+                                                   "/v1/chat/completions?api-version=2"]
+    assert chat(gw, cached, path="/v1/chat/completions?api-version=2")[0].getheader("x-gateway-cache") == "HIT"
+
