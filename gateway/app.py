@@ -28,7 +28,7 @@ from gateway.healthcheck import USER_AGENT
 from gateway.keys import Client
 from gateway.limits import Limits, check_model, estimate, rejection, windows
 from gateway.observe import Record
-from gateway.relay import UsageFilter, relay, usage_of
+from gateway.relay import ENDINGS, UsageFilter, relay, usage_of
 from gateway.settings import Settings
 from gateway.store import Gate, LocalStore, StoreUnavailable, ValkeyStore
 from gateway.upstream import Upstream
@@ -119,13 +119,15 @@ class App:
         if client is None:
             raise errors.unauthorized(b"authorization" in headers)
         rec.client = client.name
-        body, doc = None, {}
+        body, doc, size = None, {}, 0
         if scope["method"] == "POST":
             body = await _read_body(receive, headers, self.s.max_request_bytes)
+            size = len(body)  # the client's bytes, before the gateway asks a stream for its usage
             body, doc = self.prepare(route, body, rec, client)
-        reserve = estimate(route, doc, len(body or b""), self.s.output_tokens_estimate)
+        rec.reserve = estimate(route, doc, size, self.s.output_tokens_estimate)
         policy = cache.policy(route, doc, headers) if body is not None else cache.BYPASS
-        gate = await self.gate(client, route, doc, reserve, scope.get("query_string", b""), policy, rec)
+        query = scope.get("query_string", b"")
+        gate = await self.gate(client, route, doc, query, policy, rec)
         settled = False
 
         async def finish() -> None:
@@ -135,8 +137,13 @@ class App:
                 await self.settle(client, gate, rec)
 
         try:
-            if gate is not None and gate.entry is not None and await self.from_cache(send, gate.entry, route, rec):
-                return
+            if gate is not None and gate.entry is not None:
+                if await self.from_cache(send, gate.entry, route, rec):
+                    return
+                # Stored the other way and not convertible: a miss, and a miss passes the limits
+                # (the request itself was counted with the hit).
+                gate = await self.gate(client, route, doc, query, cache.Policy(False, policy.write, ""), rec,
+                                       counted=True)
             if gate is not None and gate.outcome == "miss" and policy.read and not gate.holds_lock:
                 if await self.coalesce(send, gate, route, rec):
                     return
@@ -145,21 +152,22 @@ class App:
         finally:
             await finish()
 
-    async def gate(self, client: Client, route: str, doc: dict, reserve: tuple[int, int], query: bytes,
-                   policy: cache.Policy, rec: Record) -> Optional[Gate]:
+    async def gate(self, client: Client, route: str, doc: dict, query: bytes, policy: cache.Policy,
+                   rec: Record, counted: bool = False) -> Optional[Gate]:
         """One round trip: the entry and the client's limits. None: nothing to check, or the
-        store did not answer (then the request goes on without cache and limits)."""
+        store did not answer (then the request goes on without cache and limits). `counted`:
+        the request was counted already (a hit that could not be served)."""
         limits = Limits.from_json(client.limits, self.s.default_limits)
         limited = limits.requests_per_minute or limits.tokens_per_minute or limits.usd_per_day
         if not policy.used and not limited:
             return None
-        tokens_in, tokens_out = reserve
+        tokens_in, tokens_out = rec.reserve
         nano = self.s.prices.of(rec.model).nano(tokens_in, tokens_out) if limits.usd_per_day else 0
         tokens = tokens_in + tokens_out if limits.tokens_per_minute else 0
         key = cache.key(route, doc, self.s.org_id, self.s.project_id, query) if policy.used else ""
         try:
             gate = await self.store.gate(client.name, limits, key, policy.read, policy.write, tokens, nano,
-                                         int(self.s.coalesce_wait_seconds * 1000))
+                                         int(self.s.coalesce_wait_seconds * 1000), counted)
         except StoreUnavailable:
             rec.cache_error = True
             return None
@@ -196,24 +204,32 @@ class App:
         return True
 
     async def settle(self, client: Client, gate: Optional[Gate], rec: Record) -> None:
-        """Charge what the upstream really used instead of the estimate (nothing for a hit,
-        an error, or a request served from another's entry)."""
-        if rec.input_tokens is not None:
-            rec.cost_nano = self.s.prices.of(rec.model).nano(rec.input_tokens, rec.output_tokens or 0)
+        """Charge what the upstream worked on instead of the estimate: nothing for a hit, an
+        error or a request it never took on; its reported usage; else (a stream the client left
+        or that was cut, usage never reported) the input estimate and an output token for each
+        event relayed, or the whole output reserved for an answer that never said."""
+        used_in, used_out = self.consumed(rec)
+        rec.cost_nano = self.s.prices.of(rec.model).nano(used_in, used_out) if rec.answered else None
         r = gate.reservation if gate is not None else None
         if r is None:
             return
-        if rec.cache == "HIT" or rec.status != 200:
-            used_tokens, used_nano = 0, 0
-        elif rec.input_tokens is None:
-            used_tokens, used_nano = r.tokens, r.nano  # no usage reported: the estimate stands
-        else:
-            used_tokens = (rec.input_tokens + (rec.output_tokens or 0)) if r.tokens else 0
-            used_nano = rec.cost_nano if r.nano else 0
+        used_tokens = used_in + used_out if r.tokens else 0
+        used_nano = (rec.cost_nano or 0) if r.nano else 0
         try:
             await self.store.settle(client.name, r, used_tokens, used_nano)
         except StoreUnavailable:
             rec.cache_error = True
+
+    @staticmethod
+    def consumed(rec: Record) -> tuple[int, int]:
+        if rec.cache == "HIT" or not rec.answered:
+            return 0, 0
+        if rec.input_tokens is not None:
+            return rec.input_tokens, rec.output_tokens or 0
+        rec.tokens_estimated = True
+        reserved_in, reserved_out = rec.reserve
+        rec.input_tokens, rec.output_tokens = reserved_in, rec.relayed if rec.stream else reserved_out
+        return rec.input_tokens, rec.output_tokens
 
     async def forward(self, scope: dict, send, receive, route: str, headers: dict, body: Optional[bytes],
                       doc: dict, rec: Record, gate: Optional[Gate], policy: cache.Policy, finish) -> None:
@@ -231,15 +247,16 @@ class App:
         try:
             resp = await self.upstream.send(scope["method"], path, body, forward, rec)
             try:
-                rec.status = resp.status
+                rec.status, rec.answered = resp.status, resp.status == 200
                 rec.upstream_request_id = resp.headers.get("x-request-id")
                 out = _passed(resp.headers) + [(b"x-gateway-request-id", rec.request_id.encode())]
                 if rec.cache:
                     out.append((b"x-gateway-cache", rec.cache.encode()))
                 if rec.stream and resp.status == 200 and resp.content_type == "text/event-stream":
                     recorded: list[bytes] = []
-                    completed = await self.stream(resp, send, receive, out, rec,
-                                                  UsageFilter(route == "chat.completions" and not rec.asked_usage),
+                    watch = UsageFilter(route == "chat.completions" and not rec.asked_usage,
+                                        ENDINGS.get(route, ()))
+                    completed = await self.stream(resp, send, receive, out, rec, watch,
                                                   recorded.append if store else None)
                     if completed is None:
                         return  # the client left
@@ -323,7 +340,13 @@ class App:
                                               first, usage, tap))
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
-            await asyncio.wait({copying, gone}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({copying, gone}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # The drain's deadline: tell the client, rather than end the stream as if finished.
+                rec.error = errors.stream_cut_by_drain().code
+                await _quietly(write(errors.stream_cut_by_drain().sse_event()))
+                raise
             if gone.done() and not copying.done():
                 copying.cancel()
                 resp.close()
@@ -332,6 +355,8 @@ class App:
             completed = True
             try:
                 copying.result()
+                if not usage.ended:  # the upstream closed the stream without finishing it
+                    raise aiohttp.ClientPayloadError("the stream ended before its end")
             except (TimeoutError, aiohttp.ClientError):
                 failure = errors.stream_interrupted()
                 rec.error, completed = failure.code, False
@@ -340,9 +365,18 @@ class App:
                 rec.input_tokens, rec.output_tokens = usage.usage
             return completed
         finally:
+            rec.relayed = usage.events
             gone.cancel()
             if not copying.done():
                 copying.cancel()
+
+
+async def _quietly(write, seconds: float = 1.0) -> None:
+    """A last write that must not hold up a stop (the client may be gone too)."""
+    try:
+        await asyncio.wait_for(write, seconds)
+    except Exception:  # noqa: BLE001, S110 - nothing more can be told to this client
+        pass
 
 
 async def _disconnected(receive) -> None:

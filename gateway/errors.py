@@ -69,3 +69,8 @@ def upstream_timeout(seconds: float) -> GatewayError:
 def stream_interrupted() -> GatewayError:
     return GatewayError(502, "The LLM API closed the stream before it finished.", type="server_error",
                         code="upstream_stream_interrupted")
+
+
+def stream_cut_by_drain() -> GatewayError:
+    return GatewayError(503, "The gateway stopped before the stream finished (it is being replaced); "
+                             "retry the request.", type="server_error", code="gateway_draining")

@@ -51,6 +51,10 @@ class Record:
     cache_error: bool = False  # the store did not answer: no cache, no limits for this request
     rejected: Optional[str] = None  # the limit that refused it: requests, tokens, spend
     cost_nano: Optional[int] = None  # priced usage, nano-USD
+    answered: bool = False  # the upstream took the request on (answered 200): its tokens count
+    reserve: tuple[int, int] = (0, 0)  # (input, output) tokens estimated before the call
+    relayed: int = 0  # stream events relayed to the client
+    tokens_estimated: bool = False  # tokens are the estimate, the upstream reported no usage
 
 
 def line(r: Record, service: str, namespace: str, now_ms: Optional[int] = None) -> bytes:
@@ -80,6 +84,8 @@ def line(r: Record, service: str, namespace: str, now_ms: Optional[int] = None) 
     }
     if r.error:
         doc["error"] = r.error
+    if r.tokens_estimated:
+        doc["tokens_estimated"] = True
     if r.cache:
         doc["cache"] = r.cache
     if r.prompt is not None:

@@ -52,14 +52,28 @@ def usage_of(doc: Any) -> Optional[tuple[int, int]]:
     return inp, out
 
 
-class UsageFilter:
-    """Reads usage from complete events; drops the usage-only chunk the gateway asked for."""
+# How each route's upstream ends a finished stream. A stream that stops without one of these
+# was cut (the upstream closed early): the client is told so, never left with half an answer.
+ENDINGS = {"chat.completions": (b"data: [DONE]",),
+           "responses": (b"response.completed", b"response.incomplete", b"response.failed")}
 
-    def __init__(self, strip_usage_chunk: bool):
+
+class UsageFilter:
+    """Reads usage from complete events; drops the usage-only chunk the gateway asked for.
+    Also counts the events relayed (what an abandoned stream is charged for) and notes whether
+    the upstream ended the stream (`ended`)."""
+
+    def __init__(self, strip_usage_chunk: bool, endings: tuple[bytes, ...] = ()):
         self.strip = strip_usage_chunk
         self.usage: Optional[tuple[int, int]] = None
+        self.endings = endings
+        self.ended = not endings
+        self.events = 0  # data events seen: about one token each in a streamed answer
 
     def __call__(self, events: bytes) -> bytes:
+        self.events += events.count(b"data:")
+        if not self.ended and any(e in events for e in self.endings):
+            self.ended = True
         if not any(h in events for h in _USAGE_HINTS):
             return events  # the common case: no parsing at all
         kept = []

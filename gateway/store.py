@@ -39,11 +39,13 @@ if ARGV[2] ~= '' then
   local cv = redis.call('GET', KEYS[2]) or '0'
   entry_key = ARGV[1] .. gv .. ':' .. cv .. ':' .. ARGV[2]
 end
+local counted = ARGV[14] == '1'  -- a hit that could not be served, gated again as a miss
 local rpm_used = tonumber(redis.call('GET', KEYS[3]) or '0')
-if tonumber(ARGV[5]) > 0 and rpm_used >= tonumber(ARGV[5]) then
+if not counted and tonumber(ARGV[5]) > 0 and rpm_used >= tonumber(ARGV[5]) then
   return {'requests', rpm_used, entry_key}
 end
 local function count_request()
+  if counted then return end
   if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[12]) end
 end
 if ARGV[3] == '1' and entry_key ~= '' then
@@ -166,13 +168,13 @@ class ValkeyStore:
                 f"{p}usd:{client}:{day}"]
 
     async def gate(self, client: str, limits: Limits, cache_hash: str, read: bool, lock: bool,
-                   tokens: int, nano: int, lock_ms: int) -> Gate:
+                   tokens: int, nano: int, lock_ms: int, counted: bool = False) -> Gate:
         minute, day, _, _ = windows()
         token = os.urandom(8).hex()
         reply = await self._call(self._gate(keys=self._keys(client, minute, day), args=[
             f"{self.prefix}e:{client}:", cache_hash, int(read), int(lock), limits.requests_per_minute,
             limits.tokens_per_minute, limits.nano_per_day, tokens, nano, lock_ms, token,
-            WINDOW_TTL_MS, DAY_TTL_S]))
+            WINDOW_TTL_MS, DAY_TTL_S, int(counted)]))
         outcome = reply[0].decode()
         gate = Gate(outcome, entry_key=reply[2].decode() if len(reply) > 2 else "")
         if outcome == "hit":
@@ -252,14 +254,14 @@ class LocalStore:
         pass
 
     async def gate(self, client: str, limits: Limits, cache_hash: str, read: bool, lock: bool,
-                   tokens: int, nano: int, lock_ms: int) -> Gate:
+                   tokens: int, nano: int, lock_ms: int, counted: bool = False) -> Gate:
         minute, day, _, _ = windows()
         rpm, tpm, usd = f"rpm:{client}:{minute}", f"tpm:{client}:{minute}", f"usd:{client}:{day}"
         entry_key = ""
         if cache_hash:
             entry_key = f"e:{client}:{self._get('ver') or 0}:{self._get('ver:' + client) or 0}:{cache_hash}"
         used = int(self._get(rpm) or 0)
-        if limits.requests_per_minute and used >= limits.requests_per_minute:
+        if not counted and limits.requests_per_minute and used >= limits.requests_per_minute:
             return Gate("requests", used, entry_key=entry_key)
         if read and entry_key and self._get(entry_key) is not None:
             self._add(rpm, 1, 120)
@@ -268,7 +270,7 @@ class LocalStore:
             return Gate("tokens", int(self._get(tpm) or 0), entry_key=entry_key)
         if limits.nano_per_day and int(self._get(usd) or 0) + nano > limits.nano_per_day:
             return Gate("spend", int(self._get(usd) or 0), entry_key=entry_key)
-        self._add(rpm, 1, 120)
+        self._add(rpm, 0 if counted else 1, 120)
         self._add(tpm, tokens, 120)
         self._add(usd, nano, DAY_TTL_S)
         holds = bool(lock and entry_key and entry_key not in self.waiters)

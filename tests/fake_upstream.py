@@ -9,6 +9,7 @@ what the tests assert on. Steps:
     {"kind": "drop"}                                  close the connection without an answer
     {"kind": "slow", "delay": 1.0}                    a normal answer, late
     {"kind": "stream", "first_delay": 0.5, "delay": 0.01, "chunks": ["Hel", "lo"], "drop_after": 1}
+    {"kind": "stream", "chunks": ["Hel"], "unfinished": true}   end the body without the final events
     {"kind": "models", "ids": ["gpt-4o-mini", "gpt-4o"]}   GET /v1/models listing these
 
 Run alone for the benchmark: `python -m tests.fake_upstream 9001`.
@@ -100,6 +101,9 @@ class FakeUpstream:
             await resp.write(_event(_delta(text, responses_api), "response.output_text.delta"
                                     if responses_api else None))
             await asyncio.sleep(step.get("delay", 0))
+        if step.get("unfinished"):
+            await resp.write_eof()  # a clean end of the body, but not of the answer
+            return resp
         if responses_api:
             done = {"type": "response.completed", "response": {**RESPONSE, "usage": {
                 "input_tokens": 12, "output_tokens": len(chunks), "total_tokens": 12 + len(chunks)}}}

@@ -26,8 +26,19 @@ def _reserved(body: dict) -> int:
     return tokens_in + tokens_out
 
 
+RESPONSES = {"model": "gpt-4o-mini", "input": "What is 2+2?", "temperature": 0, "max_output_tokens": 10}
+
+
+def _reserved_responses(body: dict) -> int:
+    tokens_in, tokens_out = estimate("responses", body, len(json.dumps(body)), 1000)
+    return tokens_in + tokens_out
+
+
 CLIENTS = {
     "web-app": {},
+    "spender": {"limits": {"usdPerDay": 100}},
+    # Room for one Responses request, settled at the fake's 15 tokens, and not one more.
+    "flipper": {"limits": {"tokensPerMinute": _reserved_responses({**RESPONSES, "stream": True}) + 14}},
     "mini-only": {"models": ["gpt-4o-mini"]},
     # Room for one plain CHAT's reservation, not for the same with n: 2.
     "tokens": {"limits": {"tokensPerMinute": _reserved(CHAT) + 5}},
@@ -174,3 +185,64 @@ def test_the_query_string_is_part_of_the_cache_key(gw, fake):
                                                    "/v1/chat/completions?api-version=2"]
     assert chat(gw, cached, path="/v1/chat/completions?api-version=2")[0].getheader("x-gateway-cache") == "HIT"
 
+
+
+# --- 1: a stream the client abandons (or that is cut) is charged for what was consumed ------------
+
+def _read_events_then_close(gw, body, client, events: int) -> int:
+    """Read `events` content events of a stream, then close the socket; the events read."""
+    import socket as sockets
+    sock = sockets.create_connection(("127.0.0.1", gw.port), timeout=20)
+    raw = json.dumps(body).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {gw.keys[client]}\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
+    seen, data = 0, b""
+    while seen < events:
+        chunk = sock.recv(65536)
+        assert chunk, "the stream ended before the client left"
+        data += chunk
+        seen = data.count(b'"content"')
+    sock.close()
+    return seen
+
+
+def test_a_stream_abandoned_before_its_end_is_charged_its_input_and_what_was_relayed(gw, fake, valkey):
+    fake.script = [{"kind": "stream", "delay": 0.05, "chunks": [f"t{i} " for i in range(40)]}]
+    body = {**CHAT, "stream": True, "max_tokens": 100}
+    read = _read_events_then_close(gw, body, "spender", 30)
+    (line,) = gw.lines_where(lambda x: x.get("Client") == "spender" and x.get("status") == 499)
+    reserved_in, _ = estimate("chat.completions", body, len(json.dumps(body)), 1000)
+    assert line["tokens_estimated"] is True
+    assert line["InputTokens"] == reserved_in and line["OutputTokens"] >= read
+    expected = (reserved_in * 1.0 + line["OutputTokens"] * 2.0) / 1e6
+    assert line["EstimatedCostUSD"] == pytest.approx(expected)
+    _, day, _, _ = windows()
+    spent = int(valkey.client().get(f"llmgw:{SERVICE}:usd:spender:{day}") or 0)
+    assert spent == round(expected * 1e9), "the day's spend holds the charge, not a refund"
+
+
+def test_a_stream_the_upstream_ends_without_finishing_ends_with_an_error_the_sdk_raises(gw, fake):
+    import openai
+    fake.script = [{"kind": "stream", "chunks": ["Hel", "lo"], "unfinished": True}]
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.keys["web-app"], max_retries=0)
+    got = []
+    with pytest.raises(openai.APIError, match="closed the stream before it finished"):
+        for chunk in client.chat.completions.create(**{**CHAT, "stream": True}):
+            got += [c.delta.content for c in chunk.choices if c.delta.content]
+    assert got == ["Hel", "lo"]
+    (line,) = gw.lines_where(lambda x: x.get("error") == "upstream_stream_interrupted")
+    assert line["OutputTokens"] >= 2, "charged for what it relayed"
+
+
+# --- 2: a cached answer that cannot be served as asked is a miss, and a miss passes the limits -----
+
+def test_flipping_stream_on_a_cached_answer_does_not_get_past_the_limits(gw, fake):
+    """A Responses answer cached as JSON cannot be replayed as a stream: asking for it streamed
+    used to go to the upstream with no limit check and no charge, again and again."""
+    first, _ = chat(gw, RESPONSES, client="flipper", path="/v1/responses")
+    assert (first.status, first.getheader("x-gateway-cache")) == (200, "MISS")
+    resp, body = chat(gw, {**RESPONSES, "stream": True}, client="flipper", path="/v1/responses")
+    assert (resp.status, body["error"]["type"]) == (429, "tokens")
+    assert len(fake.requests) == 1
+    again, _ = chat(gw, RESPONSES, client="flipper", path="/v1/responses")
+    assert (again.status, again.getheader("x-gateway-cache")) == (200, "HIT"), "a servable hit still is one"

@@ -181,9 +181,14 @@ def test_what_is_still_in_flight_at_the_drain_deadline_is_stopped_and_the_proces
     gw.proc.send_signal(signal.SIGTERM)
     assert gw.proc.wait(15) == 0
     reader.join(15)
-    assert got.get("cut") and not (got["first"] + got["rest"]).endswith(b"data: [DONE]\n\n")
+    body = got["first"] + got["rest"]
+    assert b"data: [DONE]" not in body
+    # The client is told (an error event its SDK raises on), and the stream is charged.
+    assert body.rstrip().endswith(b'"code":"gateway_draining"}}'), body[-200:]
     (line,) = _drain_lines(gw)
     assert " 1 in flight" in line
+    (logged,) = gw.lines_where(lambda x: x.get("error") == "gateway_draining")
+    assert logged["tokens_estimated"] is True and logged["OutputTokens"] >= body.count(b'"content"')
 
 
 def test_the_containers_own_health_check_does_not_hold_the_drain_open(upstream, tmp_path):
