@@ -253,15 +253,15 @@ class App:
                 if rec.cache:
                     out.append((b"x-gateway-cache", rec.cache.encode()))
                 if rec.stream and resp.status == 200 and resp.content_type == "text/event-stream":
-                    recorded: list[bytes] = []
+                    recorded = _Recording(self.s.cache_max_entry_bytes)
                     watch = UsageFilter(route == "chat.completions" and not rec.asked_usage,
                                         ENDINGS.get(route, ()))
                     completed = await self.stream(resp, send, receive, out, rec, watch,
-                                                  recorded.append if store else None)
+                                                  recorded if store else None)
                     if completed is None:
                         return  # the client left
-                    entry = b"".join(recorded)
-                    if store and completed and cache.complete_stream(route, entry):
+                    entry = recorded.entry()
+                    if store and completed and entry is not None and cache.complete_stream(route, entry):
                         filled = await self.fill(gate, cache.encode(cache.SSE_ENTRY, entry), rec)
                     await finish()
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -273,7 +273,8 @@ class App:
                         found = usage_of(_loads(data))
                         if found:
                             rec.input_tokens, rec.output_tokens = found
-                        if store:
+                        if store and len(data) <= self.s.cache_max_entry_bytes \
+                                and cache.complete_answer(route, resp.content_type, data):
                             filled = await self.fill(gate, cache.encode(cache.JSON_ENTRY, data), rec)
                     await finish()
                     await _respond(send, resp.status, out, data)
@@ -369,6 +370,22 @@ class App:
             gone.cancel()
             if not copying.done():
                 copying.cancel()
+
+
+class _Recording:
+    """A stream's events for the cache, up to `limit` bytes: past it, nothing is kept."""
+
+    def __init__(self, limit: int):
+        self.parts: list[bytes] = []
+        self.size, self.limit = 0, limit
+
+    def __call__(self, events: bytes) -> None:
+        self.size += len(events)
+        if self.size <= self.limit:
+            self.parts.append(events)
+
+    def entry(self) -> Optional[bytes]:
+        return b"".join(self.parts) if self.size <= self.limit else None
 
 
 async def _quietly(write, seconds: float = 1.0) -> None:

@@ -4,7 +4,9 @@ Cached by default: requests whose answer is meant to be repeatable, i.e. embeddi
 Responses requests with `temperature: 0`. Any other request is cached when the client opts in with
 `X-Gateway-Cache: on`. `Cache-Control: no-store` bypasses the cache (no read, no write);
 `Cache-Control: no-cache` refreshes it (no read; the new answer replaces the entry). Only complete
-200 answers are stored; errors and interrupted streams never are.
+200 answers are stored (JSON of the route's shape, or a stream that ended as the upstream ends a
+finished one, with no error event), and none larger than GATEWAY_CACHE_MAX_ENTRY_BYTES; errors,
+interrupted streams and non-answers never are.
 
 The key is scoped to the client (a client never reads another's entry), the upstream organization
 and project, and the route, over a canonical form of the body: keys sorted, whitespace gone, and
@@ -70,13 +72,17 @@ def encode(kind: bytes, body: bytes) -> bytes:
 
 
 def serve(entry: bytes, route: str, stream: bool) -> Optional[bytes]:
-    """The entry as this request wants it (SSE bytes or a JSON body), or None when it cannot be."""
+    """The entry as this request wants it (SSE bytes or a JSON body), or None when it cannot be
+    (then the request is a miss)."""
     kind, body = entry[:1], entry[1:]
     if (kind == SSE_ENTRY) == stream:
         return body
     if route != "chat.completions":
         return None
-    return chat_json_to_sse(body) if stream else chat_sse_to_json(body)
+    try:
+        return chat_json_to_sse(body) if stream else chat_sse_to_json(body)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+        return None  # not an answer of the shape the conversion reads
 
 
 def chat_json_to_sse(body: bytes) -> Optional[bytes]:
@@ -129,8 +135,30 @@ def chat_sse_to_json(body: bytes) -> Optional[bytes]:
 
 
 def complete_stream(route: str, body: bytes) -> bool:
-    """Whether a recorded stream ended as the upstream ends a finished answer."""
+    """Whether a recorded stream ended as the upstream ends a finished answer, with no error
+    event on the way: only such a stream is an answer worth replaying."""
     tail = body.rstrip()
+    if b'data: {"error"' in body or b'data:{"error"' in body or b"event: error" in body:
+        return False
     if route == "chat.completions":
         return tail.endswith(b"data: [DONE]")
     return b"response.completed" in tail[-4096:]
+
+
+# What a finished answer of each route holds: a JSON object without `error`, and this.
+ANSWER_FIELDS = {"chat.completions": "choices", "embeddings": "data", "responses": "output"}
+
+
+def complete_answer(route: str, content_type: str, body: bytes) -> bool:
+    """Whether a 200 body is an answer worth replaying: JSON, of the route's shape, no error."""
+    if not content_type.startswith("application/json"):
+        return False
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(doc, dict) or doc.get("error"):
+        return False
+    if not isinstance(doc.get(ANSWER_FIELDS.get(route, "")), list):
+        return False
+    return route != "responses" or doc.get("status") == "completed"

@@ -524,6 +524,9 @@ class GatewayConfig(_Section):
     """Upstream 429s per 5 minutes that raise an alarm."""
     cache_ttl_seconds: int = Field(3600, ge=1, le=30 * 86400)
     """How long a cached answer is served."""
+    cache_max_entry_kilobytes: int = Field(1024, ge=1, le=100 * 1024)
+    """Answers larger than this are not cached (one huge write would hold the store, and every
+    client's limits, past its timeout)."""
     coalesce_wait_seconds: int = Field(30, ge=0, le=300)
     """How long identical requests wait for the first one's answer."""
     output_tokens_estimate: int = Field(1000, ge=1)

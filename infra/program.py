@@ -104,6 +104,7 @@ def gateway_environment(cfg: StackConfig, prefix: str) -> dict[str, str]:
         "GATEWAY_SERVICE": prefix,
         "GATEWAY_METRICS_NAMESPACE": METRICS_NAMESPACE,
         "GATEWAY_CACHE_TTL_SECONDS": str(g.cache_ttl_seconds),
+        "GATEWAY_CACHE_MAX_ENTRY_BYTES": str(g.cache_max_entry_kilobytes * 1024),
         "GATEWAY_COALESCE_WAIT_SECONDS": str(g.coalesce_wait_seconds),
         "GATEWAY_OUTPUT_TOKENS_ESTIMATE": str(g.output_tokens_estimate),
         "GATEWAY_DEFAULT_LIMITS": json.dumps(g.default_limits.model_dump(by_alias=True), sort_keys=True),

@@ -11,6 +11,9 @@ what the tests assert on. Steps:
     {"kind": "stream", "first_delay": 0.5, "delay": 0.01, "chunks": ["Hel", "lo"], "drop_after": 1}
     {"kind": "stream", "chunks": ["Hel"], "unfinished": true}   end the body without the final events
     {"kind": "models", "ids": ["gpt-4o-mini", "gpt-4o"]}   GET /v1/models listing these
+    {"kind": "raw", "status": 200, "content_type": "text/html", "body": "<html>"}   these bytes
+    {"kind": "ok", "content": "..."}                  a chat answer with this text
+    {"kind": "stream", "error_event": true}           an error event before [DONE]
 
 Run alone for the benchmark: `python -m tests.fake_upstream 9001`.
 """
@@ -76,6 +79,9 @@ class FakeUpstream:
             return web.json_response(step.get("body") or {"error": {"message": f"fake {step['status']}",
                                                                    "type": "server_error", "code": None}},
                                      status=step["status"], headers={**RATE_HEADERS, **step.get("headers", {})})
+        if kind == "raw":
+            return web.Response(status=step.get("status", 200), body=step["body"].encode(),
+                                content_type=step.get("content_type", "text/plain"))
         if kind == "models":
             return web.json_response({"object": "list", "data": [
                 {"id": m, "object": "model", "owned_by": "openai"} for m in step["ids"]]}, headers=RATE_HEADERS)
@@ -83,7 +89,11 @@ class FakeUpstream:
             await asyncio.sleep(step["delay"])
         if kind == "stream" or (body or {}).get("stream") is True:
             return await self._stream(request, body or {}, step)
-        return web.json_response(self._answer(request.path), headers=RATE_HEADERS)
+        answer = self._answer(request.path)
+        if step.get("content") is not None and answer is CHAT:
+            answer = {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant",
+                                                                            "content": step["content"]}}]}
+        return web.json_response(answer, headers=RATE_HEADERS)
 
     def _answer(self, path: str) -> dict[str, Any]:
         return {"/v1/embeddings": EMBEDDING, "/v1/responses": RESPONSE, "/v1/models": MODELS}.get(path, CHAT)
@@ -109,6 +119,8 @@ class FakeUpstream:
                 "input_tokens": 12, "output_tokens": len(chunks), "total_tokens": 12 + len(chunks)}}}
             await resp.write(_event(done, "response.completed"))
         else:
+            if step.get("error_event"):
+                await resp.write(b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n')
             await resp.write(_event(_chunk({}, "stop")))
             if (body.get("stream_options") or {}).get("include_usage"):
                 await resp.write(_event({**_chunk(None, None), "choices": [], "usage": USAGE}))

@@ -68,7 +68,7 @@ def upstream():
 @pytest.fixture(scope="module")
 def gw(valkey, upstream, tmp_path_factory):
     env = {**valkey.env(), "GATEWAY_PRICES": json.dumps(PRICES), "GATEWAY_SERVICE": SERVICE,
-           "GATEWAY_CACHE_TIMEOUT_SECONDS": "3"}
+           "GATEWAY_CACHE_TIMEOUT_SECONDS": "3", "GATEWAY_CACHE_MAX_ENTRY_BYTES": "4096"}
     gateway = gateway_process.start(upstream.url, tmp_path_factory.mktemp("gw"), env=env, keys_doc=_keys())
     yield gateway
     gateway.stop()
@@ -246,3 +246,31 @@ def test_flipping_stream_on_a_cached_answer_does_not_get_past_the_limits(gw, fak
     assert len(fake.requests) == 1
     again, _ = chat(gw, RESPONSES, client="flipper", path="/v1/responses")
     assert (again.status, again.getheader("x-gateway-cache")) == (200, "HIT"), "a servable hit still is one"
+
+
+# --- 7: only well-formed answers are cached ------------------------------------------------------
+
+CACHED = {**CHAT, "temperature": 0}
+
+
+def test_a_200_that_is_not_an_answer_is_not_cached(gw, fake):
+    fake.script = [{"kind": "raw", "status": 200, "content_type": "text/html", "body": "<html>maintenance</html>"}]
+    assert chat(gw, CACHED)[0].status == 200
+    resp, body = chat(gw, {**CACHED, "stream": True})
+    assert (resp.status, resp.getheader("x-gateway-cache")) == (200, "MISS"), "not a 500 from a bad entry"
+    assert len(fake.requests) == 2
+
+
+def test_a_stream_carrying_an_error_event_is_not_cached(gw, fake):
+    fake.script = [{"kind": "stream", "chunks": ["Hel"], "error_event": True}]
+    chat(gw, {**CACHED, "stream": True})
+    assert chat(gw, {**CACHED, "stream": True})[0].getheader("x-gateway-cache") == "MISS"
+    assert len(fake.requests) == 2
+
+
+def test_an_answer_larger_than_the_cap_is_served_but_not_cached(gw, fake):
+    fake.script = [{"kind": "ok", "content": "x" * 5000}]
+    resp, body = chat(gw, CACHED)
+    assert resp.status == 200 and len(body["choices"][0]["message"]["content"]) == 5000
+    assert chat(gw, CACHED)[0].getheader("x-gateway-cache") == "MISS"
+    assert len(fake.requests) == 2
