@@ -102,6 +102,13 @@ class App:
             rec.status, rec.error = e.status, e.code or e.type
             await _respond(send, e.status, e.headers + JSON + [(b"x-gateway-request-id", rec.request_id.encode())],
                            e.body())
+        except Exception as e:  # noqa: BLE001 - whatever it was, the client gets OpenAI's shape
+            failure = errors.internal()
+            rec.status, rec.error = failure.status, failure.code
+            print(f"gateway: request {rec.request_id} failed: {type(e).__name__}: {e}", file=sys.stderr,
+                  flush=True)
+            ids = [(b"x-gateway-request-id", rec.request_id.encode())]
+            await _quietly(_respond(send, failure.status, JSON + ids, failure.body()))
         finally:
             observe.emit(observe.line(rec, self.s.service, self.s.namespace))
 
@@ -266,7 +273,11 @@ class App:
                     await finish()
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 else:
-                    data = await resp.read()
+                    try:
+                        data = await resp.read()
+                    except (TimeoutError, aiohttp.ClientError):  # a short body, a bad length, a drop
+                        rec.status = 502
+                        raise errors.upstream_unavailable("the answer broke off") from None
                     if route == "models" and resp.status == 200:
                         data = self.listed_models(data, rec)
                     if resp.status == 200:

@@ -74,3 +74,8 @@ def stream_interrupted() -> GatewayError:
 def stream_cut_by_drain() -> GatewayError:
     return GatewayError(503, "The gateway stopped before the stream finished (it is being replaced); "
                              "retry the request.", type="server_error", code="gateway_draining")
+
+
+def internal() -> GatewayError:
+    return GatewayError(500, "The gateway failed on this request; retry it.", type="server_error",
+                        code="gateway_error")

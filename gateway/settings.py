@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -120,6 +121,9 @@ def from_env(env: Mapping[str, str] = os.environ, log: Callable[[str], None] = p
     base_url = env.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
     if not base_url.startswith(("https://", "http://")):
         raise SettingsError(f"OPENAI_BASE_URL={base_url!r}: an http(s) URL such as https://api.openai.com/v1")
+    if "@" in urllib.parse.urlsplit(base_url).netloc:
+        raise SettingsError("OPENAI_BASE_URL carries credentials (user:password@): the key goes in "
+                            "OPENAI_API_KEY, never in a URL that lands in logs and errors")
     num, pos_f, pos_i = float, _positive(float), _positive(int)
     return Settings(
         api_key=api_key.strip(), clients=clients, base_url=base_url,

@@ -241,6 +241,9 @@ class LlmConfig(_Section):
         if url.scheme != "https" or not url.hostname:
             raise ValueError("must be an https:// URL such as https://api.openai.com/v1: the "
                              "API key travels with every request")
+        if "@" in url.netloc:
+            raise ValueError("must not carry credentials (user:password@): the key is a secret "
+                             "(secrets.names), never part of a URL")
         return v
 
     @field_validator("prices")

@@ -14,6 +14,7 @@ what the tests assert on. Steps:
     {"kind": "raw", "status": 200, "content_type": "text/html", "body": "<html>"}   these bytes
     {"kind": "ok", "content": "..."}                  a chat answer with this text
     {"kind": "stream", "error_event": true}           an error event before [DONE]
+    {"kind": "short"}                                 a 200 whose body stops before its Content-Length
 
 Run alone for the benchmark: `python -m tests.fake_upstream 9001`.
 """
@@ -79,6 +80,12 @@ class FakeUpstream:
             return web.json_response(step.get("body") or {"error": {"message": f"fake {step['status']}",
                                                                    "type": "server_error", "code": None}},
                                      status=step["status"], headers={**RATE_HEADERS, **step.get("headers", {})})
+        if kind == "short":
+            resp = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "1000"})
+            await resp.prepare(request)
+            await resp.write(b'{"id": "chatcmpl-fake", "choi')
+            request.transport.close()
+            return resp
         if kind == "raw":
             return web.Response(status=step.get("status", 200), body=step["body"].encode(),
                                 content_type=step.get("content_type", "text/plain"))

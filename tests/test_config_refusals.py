@@ -141,6 +141,8 @@ BAD = [
      "llm-service:secrets.keyDeletionWindowDays", "prod needs 30 days"),
     ("base-url-plain-http", "staging", {"llm__baseUrl": "http://api.openai.com/v1"},
      "llm-service:llm.baseUrl", "https://"),
+    ("base-url-with-credentials", "prod", {"llm__baseUrl": "https://me:secret@api.example.net/v1"},
+     "llm-service:llm.baseUrl", "must not carry credentials"),
     ("org-id-with-a-space", "staging", {"llm__orgId": "org abc"},
      "llm-service:llm.orgId", "does not match"),
     ("domain-with-scheme", "staging", {"loadBalancer__domainName": "https://api.mycompany.com"},

@@ -274,3 +274,20 @@ def test_an_answer_larger_than_the_cap_is_served_but_not_cached(gw, fake):
     assert resp.status == 200 and len(body["choices"][0]["message"]["content"]) == 5000
     assert chat(gw, CACHED)[0].getheader("x-gateway-cache") == "MISS"
     assert len(fake.requests) == 2
+
+
+# --- 8: upstream protocol errors are OpenAI-shaped, counted and logged as what they were ----------
+
+def test_a_short_body_from_the_upstream_is_a_502_in_openais_shape(gw, fake):
+    fake.script = [{"kind": "short"}]
+    resp, body = chat(gw, CHAT)
+    assert resp.status == 502
+    assert body["error"]["code"] == "upstream_unavailable" and body["error"]["type"] == "server_error"
+    (line,) = gw.lines_where(lambda x: x.get("error") == "upstream_unavailable")
+    assert line["status"] == 502 and line["GatewayErrors"] == 1
+
+
+def test_a_base_url_carrying_credentials_is_refused_at_start_up(upstream, tmp_path):
+    bad = gateway_process.start(upstream.url.replace("http://", "http://user:pass@"), tmp_path, wait=False)
+    assert bad.proc.wait(10) == 2
+    assert bad.proc.stderr.read().decode().startswith("gateway: OPENAI_BASE_URL carries credentials")
