@@ -26,7 +26,7 @@ from gateway import cache, errors, observe
 from gateway.errors import GatewayError
 from gateway.healthcheck import USER_AGENT
 from gateway.keys import Client
-from gateway.limits import Limits, check_model, estimate, rejection, windows
+from gateway.limits import Limits, Reservation, check_model, estimate, rejection, windows
 from gateway.observe import Record
 from gateway.relay import ENDINGS, UsageFilter, relay, usage_of
 from gateway.settings import Settings
@@ -56,7 +56,13 @@ class App:
         self.store = ValkeyStore(
             settings.cache_host, settings.cache_reader_host, settings.cache_port, settings.cache_auth_token,
             settings.cache_tls, settings.cache_ca_file or None, settings.service, settings.cache_timeout_seconds,
+            settings.cache_connect_timeout_seconds,
         ) if settings.cache_host else LocalStore()
+        # The limits while the shared store does not answer: this process counts alone, and what
+        # it charged is added to the shared counters once the store answers again (`owed`).
+        self.local = LocalStore()
+        self.owed: dict[tuple[str, int, str], list[int]] = {}  # (client, minute, day) -> requests, tokens, nano
+        self.reconciling: Optional[asyncio.Future] = None
         self.draining = False  # set on SIGTERM: /healthz fails from then on
         # When a request last came from outside the task (the load balancer, its health checks):
         # a draining gateway stops accepting once this is quiet (gateway/server.py).
@@ -73,6 +79,8 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.upstream.start()
+                if isinstance(self.store, ValkeyStore):
+                    await self.store.warm()
                 where = (f"Valkey at {self.s.cache_host}:{self.s.cache_port}" if self.s.cache_host else
                          "this process only (no CACHE_HOST): nothing is shared with other processes")
                 print(f"gateway: cache and limits in {where}", file=sys.stderr, flush=True)
@@ -165,8 +173,7 @@ class App:
         store did not answer (then the request goes on without cache and limits). `counted`:
         the request was counted already (a hit that could not be served)."""
         limits = Limits.from_json(client.limits, self.s.default_limits)
-        limited = limits.requests_per_minute or limits.tokens_per_minute or limits.usd_per_day
-        if not policy.used and not limited:
+        if not policy.used and not limits.any:
             return None
         tokens_in, tokens_out = rec.reserve
         nano = self.s.prices.of(rec.model).nano(tokens_in, tokens_out) if limits.usd_per_day else 0
@@ -175,9 +182,15 @@ class App:
         try:
             gate = await self.store.gate(client.name, limits, key, policy.read, policy.write, tokens, nano,
                                          int(self.s.coalesce_wait_seconds * 1000), counted)
+            if self.owed:
+                self.reconcile()
         except StoreUnavailable:
             rec.cache_error = True
-            return None
+            if not limits.any:
+                return None
+            # No cache; the limits as this process alone sees them.
+            gate = await self.local.gate(client.name, limits, "", False, False, tokens, nano, 0, counted)
+            gate.local = True
         if not gate.admitted:
             rec.rejected = gate.outcome
             _, _, to_minute, to_day = windows()
@@ -222,10 +235,33 @@ class App:
             return
         used_tokens = used_in + used_out if r.tokens else 0
         used_nano = (rec.cost_nano or 0) if r.nano else 0
+        if gate.local:
+            await self.local.settle(client.name, r, used_tokens, used_nano)
+            owed = self.owed.setdefault((client.name, r.minute, r.day), [0, 0, 0])
+            owed[0] += 1
+            owed[1] += used_tokens
+            owed[2] += used_nano
+            return
         try:
             await self.store.settle(client.name, r, used_tokens, used_nano)
         except StoreUnavailable:
             rec.cache_error = True
+
+    def reconcile(self) -> None:
+        """Add what this process charged alone to the shared counters, in the background."""
+        if self.reconciling is not None and not self.reconciling.done():
+            return
+
+        async def pay() -> None:
+            owed, self.owed = self.owed, {}
+            for (client, minute, day), (requests, tokens, nano) in owed.items():
+                try:
+                    await self.store.settle(client, Reservation(0, 0, minute, day), tokens, nano, requests)
+                except StoreUnavailable:
+                    debt = self.owed.setdefault((client, minute, day), [0, 0, 0])
+                    for i, v in enumerate((requests, tokens, nano)):
+                        debt[i] += v
+        self.reconciling = asyncio.ensure_future(pay())
 
     @staticmethod
     def consumed(rec: Record) -> tuple[int, int]:

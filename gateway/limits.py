@@ -42,6 +42,7 @@ class Limits:
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
     usd_per_day: float = 0.0
+    concurrent_requests: int = 0  # in flight at once, across every task
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], base: Optional[Limits] = None) -> Limits:
@@ -50,7 +51,13 @@ class Limits:
             requests_per_minute=int(doc.get("requestsPerMinute", base.requests_per_minute)),
             tokens_per_minute=int(doc.get("tokensPerMinute", base.tokens_per_minute)),
             usd_per_day=float(doc.get("usdPerDay", base.usd_per_day)),
+            concurrent_requests=int(doc.get("concurrentRequests", base.concurrent_requests)),
         )
+
+    @property
+    def any(self) -> bool:
+        return bool(self.requests_per_minute or self.tokens_per_minute or self.usd_per_day
+                    or self.concurrent_requests)
 
     @property
     def nano_per_day(self) -> int:
@@ -114,6 +121,7 @@ class Reservation:
     nano: int
     minute: int  # the windows the reservation was charged to
     day: str
+    flight: str = ""  # its place among the client's requests in flight ("" when not bounded)
 
 
 def estimate(route: str, doc: dict[str, Any], body_size: int, default_output: int) -> tuple[int, int]:
@@ -154,6 +162,11 @@ def windows(now: Optional[float] = None) -> tuple[int, str, float, float]:
 def rejection(reason: str, limits: Limits, used: int, retry_after: float) -> GatewayError:
     """A 429 like OpenAI's own, with the headers its SDKs back off by."""
     wait = max(1, math.ceil(retry_after))
+    if reason == "concurrent":
+        message = (f"Too many requests in flight: limit {limits.concurrent_requests} at once. "
+                   "Wait for one to finish.")
+        return GatewayError(429, message, type="requests", code="rate_limit_exceeded",
+                            headers=[(b"retry-after", b"1")])
     if reason == "requests":
         message = (f"Rate limit reached for requests per minute: limit {limits.requests_per_minute}, "
                    f"used {used}. Try again in {wait}s.")

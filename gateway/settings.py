@@ -70,7 +70,8 @@ class Settings:
     cache_tls: bool = True
     cache_auth_token: str = field(default="", repr=False)
     cache_ca_file: str = ""  # only where the server's CA is not in the system's bundle (tests)
-    cache_timeout_seconds: float = 0.25
+    cache_timeout_seconds: float = 0.25  # a command's budget
+    cache_connect_timeout_seconds: float = 1.0  # a new connection's (TLS handshake included)
     cache_ttl_seconds: int = 3600
     # Larger answers are not cached: one huge write would hold the store (and every client's
     # limits) past its timeout.
@@ -153,6 +154,8 @@ def from_env(env: Mapping[str, str] = os.environ, log: Callable[[str], None] = p
         cache_tls=_get(env, "CACHE_TLS", True, _bool, "true or false"),
         cache_auth_token=env.get("CACHE_AUTH_TOKEN", ""), cache_ca_file=env.get("CACHE_TLS_CA_FILE", ""),
         cache_timeout_seconds=_get(env, "GATEWAY_CACHE_TIMEOUT_SECONDS", 0.25, pos_f, "seconds > 0"),
+        cache_connect_timeout_seconds=_get(env, "GATEWAY_CACHE_CONNECT_TIMEOUT_SECONDS", 1.0, pos_f,
+                                           "seconds > 0"),
         cache_ttl_seconds=_get(env, "GATEWAY_CACHE_TTL_SECONDS", 3600, pos_i, "whole seconds > 0"),
         cache_max_entry_bytes=_get(env, "GATEWAY_CACHE_MAX_ENTRY_BYTES", 1024 * 1024, pos_i, "bytes > 0"),
         coalesce_wait_seconds=_get(env, "GATEWAY_COALESCE_WAIT_SECONDS", 30.0, num, "seconds >= 0"),

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import redis.asyncio as redis
+from redis.asyncio.connection import ConnectionPool, RedisSSLContext, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -31,6 +32,10 @@ from gateway.limits import Limits, Reservation, windows
 
 WINDOW_TTL_MS = 120_000  # a minute window outlives its minute, then goes
 DAY_TTL_S = 2 * 86400
+# How long a request holds its place among a client's requests in flight, at most: one whose
+# task died frees its place after this (a longer one still running frees it early).
+INFLIGHT_TTL_MS = 15 * 60 * 1000
+WARM_CONNECTIONS = 8  # opened at start-up, so a burst on a new task does not open them at once
 
 GATE = """
 local entry_key = ''
@@ -62,6 +67,13 @@ end
 if tonumber(ARGV[7]) > 0 then
   local spent = tonumber(redis.call('GET', KEYS[5]) or '0')
   if spent + tonumber(ARGV[9]) > tonumber(ARGV[7]) then return {'spend', spent, entry_key} end
+end
+if tonumber(ARGV[15]) > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[16])
+  local flying = redis.call('ZCARD', KEYS[6])
+  if flying >= tonumber(ARGV[15]) then return {'concurrent', flying, entry_key} end
+  redis.call('ZADD', KEYS[6], tonumber(ARGV[16]) + tonumber(ARGV[17]), ARGV[11])
+  redis.call('PEXPIRE', KEYS[6], ARGV[17])
 end
 count_request()
 if ARGV[8] ~= '0' then
@@ -99,19 +111,25 @@ if ARGV[2] ~= '0' then
   redis.call('INCRBY', KEYS[2], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
+if ARGV[5] ~= '' then redis.call('ZREM', KEYS[3], ARGV[5]) end
+if ARGV[6] ~= '0' then
+  redis.call('INCRBY', KEYS[4], ARGV[6])
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+end
 return 1
 """
 
 
 @dataclass
 class Gate:
-    outcome: str  # hit, miss, or the limit refused: requests, tokens, spend
+    outcome: str  # hit, miss, or the limit refused: requests, tokens, spend, concurrent
     used: int = 0  # for a refusal: what the window already holds
     entry: Optional[bytes] = None
     entry_key: str = ""
     holds_lock: bool = False
     lock_token: str = ""
     reservation: Optional[Reservation] = None
+    local: bool = False  # checked by this process alone: the shared store did not answer
 
     @property
     def admitted(self) -> bool:
@@ -129,23 +147,33 @@ class ValkeyStore:
     kind = "valkey"
 
     def __init__(self, host: str, reader_host: str, port: int, password: str, tls: bool,
-                 ca_file: Optional[str], service: str, timeout: float):
+                 ca_file: Optional[str], service: str, timeout: float, connect_timeout: float = 0.0):
         self.prefix = f"llmgw:{service}:"
         # No client-side retries: redis-py's default retries a failed connection 3 times with
         # exponential backoff (seconds), which stalled the first requests after an outage for ~4 s.
         # A failed call here is one attempt, then the skip below.
         kwargs = dict(port=port, password=password or None, socket_timeout=timeout,
-                      socket_connect_timeout=timeout, max_connections=512, retry=Retry(NoBackoff(), 0))
+                      socket_connect_timeout=connect_timeout or timeout, retry=Retry(NoBackoff(), 0))
         if tls:
-            kwargs.update(ssl=True, ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_ca_certs=ca_file)
-        self.primary = redis.Redis(host=host, **kwargs)
-        self.reader = redis.Redis(host=reader_host, **kwargs) if reader_host and reader_host != host \
-            else self.primary
+            # One TLS context for every connection: redis-py makes one per connection otherwise,
+            # about 30 ms of CPU each, which a burst of new connections turned into timeouts.
+            context = RedisSSLContext(cert_reqs=ssl.CERT_REQUIRED, ca_certs=ca_file)
+            kwargs.update(connection_class=_SharedTls, shared_tls=context)
+        def client(at: str) -> redis.Redis:
+            return redis.Redis(connection_pool=ConnectionPool(host=at, max_connections=512, **kwargs))
+
+        self.primary = client(host)
+        self.reader = client(reader_host) if reader_host and reader_host != host else self.primary
         self._gate = self.primary.register_script(GATE)
         self._fill = self.primary.register_script(FILL)
         self._release = self.primary.register_script(RELEASE)
         self._settle = self.primary.register_script(SETTLE)
         self.down_until = 0.0
+
+    async def warm(self, n: int = WARM_CONNECTIONS) -> None:
+        """Open connections before the first requests need them (a failure here is harmless)."""
+        clients = {id(c): c for c in (self.primary, self.reader)}.values()
+        await asyncio.gather(*(c.ping() for c in clients for _ in range(n)), return_exceptions=True)
 
     async def close(self) -> None:
         await self.primary.aclose()
@@ -160,12 +188,16 @@ class ValkeyStore:
             return await coro
         except (TimeoutError, RedisError, OSError) as e:
             self.down_until = time.monotonic() + 1.0
+            # Every pooled connection is suspect after a failure (a failover or a restart leaves
+            # them all dead): drop them, so the store's return costs one failure, not one each.
+            for pool in {id(c.connection_pool): c.connection_pool for c in (self.primary, self.reader)}.values():
+                asyncio.ensure_future(pool.disconnect())
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from None
 
     def _keys(self, client: str, minute: int, day: str) -> list[str]:
         p = self.prefix
         return [f"{p}ver", f"{p}ver:{client}", f"{p}rpm:{client}:{minute}", f"{p}tpm:{client}:{minute}",
-                f"{p}usd:{client}:{day}"]
+                f"{p}usd:{client}:{day}", f"{p}inflight:{client}"]
 
     async def gate(self, client: str, limits: Limits, cache_hash: str, read: bool, lock: bool,
                    tokens: int, nano: int, lock_ms: int, counted: bool = False) -> Gate:
@@ -174,14 +206,16 @@ class ValkeyStore:
         reply = await self._call(self._gate(keys=self._keys(client, minute, day), args=[
             f"{self.prefix}e:{client}:", cache_hash, int(read), int(lock), limits.requests_per_minute,
             limits.tokens_per_minute, limits.nano_per_day, tokens, nano, lock_ms, token,
-            WINDOW_TTL_MS, DAY_TTL_S, int(counted)]))
+            WINDOW_TTL_MS, DAY_TTL_S, int(counted), limits.concurrent_requests, int(time.time() * 1000),
+            INFLIGHT_TTL_MS]))
         outcome = reply[0].decode()
         gate = Gate(outcome, entry_key=reply[2].decode() if len(reply) > 2 else "")
         if outcome == "hit":
             gate.entry = reply[3]
         elif outcome == "miss":
             gate.holds_lock, gate.lock_token = bool(reply[1]), token
-            gate.reservation = Reservation(tokens, nano, minute, day)
+            gate.reservation = Reservation(tokens, nano, minute, day,
+                                           token if limits.concurrent_requests else "")
         else:
             gate.used = int(reply[1])
         return gate
@@ -193,12 +227,16 @@ class ValkeyStore:
     async def release(self, gate: Gate) -> None:
         await self._call(self._release(keys=[gate.entry_key + ":lock"], args=[gate.lock_token]))
 
-    async def settle(self, client: str, r: Reservation, tokens: int, nano: int) -> None:
-        if tokens == r.tokens and nano == r.nano:
+    async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0) -> None:
+        """Correct the reservation to what was used, and give back its place in flight;
+        `requests` adds requests counted elsewhere (by a process while the store was away)."""
+        if tokens == r.tokens and nano == r.nano and not r.flight and not requests:
             return
         p = self.prefix
-        await self._call(self._settle(keys=[f"{p}tpm:{client}:{r.minute}", f"{p}usd:{client}:{r.day}"],
-                                      args=[tokens - r.tokens, nano - r.nano, WINDOW_TTL_MS, DAY_TTL_S]))
+        await self._call(self._settle(
+            keys=[f"{p}tpm:{client}:{r.minute}", f"{p}usd:{client}:{r.day}", f"{p}inflight:{client}",
+                  f"{p}rpm:{client}:{r.minute}"],
+            args=[tokens - r.tokens, nano - r.nano, WINDOW_TTL_MS, DAY_TTL_S, r.flight, requests]))
 
     async def wait(self, gate: Gate, bound: float) -> Optional[bytes]:
         """The entry another request is filling, or None (its holder failed, or the bound)."""
@@ -234,6 +272,7 @@ class LocalStore:
     def __init__(self):
         self.values: dict[str, tuple[float, object]] = {}
         self.waiters: dict[str, asyncio.Event] = {}
+        self.flying: dict[str, set[str]] = {}  # client -> its requests in flight
 
     def _get(self, key: str):
         found = self.values.get(key)
@@ -270,6 +309,12 @@ class LocalStore:
             return Gate("tokens", int(self._get(tpm) or 0), entry_key=entry_key)
         if limits.nano_per_day and int(self._get(usd) or 0) + nano > limits.nano_per_day:
             return Gate("spend", int(self._get(usd) or 0), entry_key=entry_key)
+        flying, flight = self.flying.setdefault(client, set()), ""
+        if limits.concurrent_requests:
+            if len(flying) >= limits.concurrent_requests:
+                return Gate("concurrent", len(flying), entry_key=entry_key)
+            flight = os.urandom(8).hex()
+            flying.add(flight)
         self._add(rpm, 0 if counted else 1, 120)
         self._add(tpm, tokens, 120)
         self._add(usd, nano, DAY_TTL_S)
@@ -277,7 +322,7 @@ class LocalStore:
         if holds:
             self.waiters[entry_key] = asyncio.Event()
         return Gate("miss", entry_key=entry_key, holds_lock=holds,
-                    reservation=Reservation(tokens, nano, minute, day))
+                    reservation=Reservation(tokens, nano, minute, day, flight))
 
     async def fill(self, gate: Gate, entry: bytes, ttl: int) -> None:
         self._set(gate.entry_key, entry, ttl)
@@ -289,9 +334,11 @@ class LocalStore:
             if event:
                 event.set()
 
-    async def settle(self, client: str, r: Reservation, tokens: int, nano: int) -> None:
+    async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0) -> None:
         self._add(f"tpm:{client}:{r.minute}", tokens - r.tokens, 120)
         self._add(f"usd:{client}:{r.day}", nano - r.nano, DAY_TTL_S)
+        self._add(f"rpm:{client}:{r.minute}", requests, 120)
+        self.flying.get(client, set()).discard(r.flight)
 
     async def wait(self, gate: Gate, bound: float) -> Optional[bytes]:
         event = self.waiters.get(gate.entry_key)
@@ -307,3 +354,11 @@ class LocalStore:
 
     async def ping(self) -> bool:
         return True
+
+
+class _SharedTls(SSLConnection):
+    """A TLS connection that uses its pool's one context instead of building its own."""
+
+    def __init__(self, *, shared_tls: RedisSSLContext, **kwargs):
+        super().__init__(**kwargs)
+        self.ssl_context = shared_tls

@@ -501,6 +501,8 @@ class LimitsConfig(_Section):
     """Tokens a client may send to the LLM API per UTC minute; 0 for no limit."""
     usd_per_day: float = Field(0.0, ge=0)
     """Estimated USD a client may spend per UTC day; 0 for no limit."""
+    concurrent_requests: int = Field(0, ge=0)
+    """Requests a client may have in flight at once, across every task; 0 for no limit."""
 
 
 class GatewayConfig(_Section):

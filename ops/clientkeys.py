@@ -67,7 +67,8 @@ def write(s: Stack, doc: dict[str, Any], read_version: Optional[str]) -> None:
     sm.put_secret_value(SecretId=secret_id, SecretString=json.dumps(doc, indent=1, sort_keys=True))
 
 
-LIMIT_FLAGS = {"rpm": "requestsPerMinute", "tpm": "tokensPerMinute", "usd_per_day": "usdPerDay"}
+LIMIT_FLAGS = {"rpm": "requestsPerMinute", "tpm": "tokensPerMinute", "usd_per_day": "usdPerDay",
+               "concurrent": "concurrentRequests"}
 
 
 def set_limits(s: Stack, client: str, limits: dict[str, Any], defaults: bool = False,
@@ -171,6 +172,7 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
     parser.add_argument("--rpm", type=_count, help="add, limits: requests per minute (0: none)")
     parser.add_argument("--tpm", type=_count, help="add, limits: tokens per minute (0: none)")
     parser.add_argument("--usd-per-day", type=_usd, help="add, limits: spend per UTC day (0: none)")
+    parser.add_argument("--concurrent", type=_count, help="add, limits: requests in flight at once (0: none)")
     parser.add_argument("--defaults", action="store_true", help="limits: back to the stack's defaults")
     parser.add_argument("--models", type=lambda raw: [m for m in raw.split(",") if m],
                         help="add, limits: the models of llm.prices this client may call, comma-separated "
@@ -194,7 +196,7 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
             _err(f"revoked {revoke(s, args.client, args.key_id)}; it stops working when the rollout completes")
         elif args.action == "limits":
             if not limits and not args.defaults and not args.models:
-                parser.error("limits needs --rpm, --tpm, --usd-per-day, --models or --defaults")
+                parser.error("limits needs --rpm, --tpm, --usd-per-day, --concurrent, --models or --defaults")
             now = set_limits(s, args.client, limits, args.defaults, args.models)
             _err(f"limits of {args.client}: {now or 'the stack defaults'}; they apply when the rollout completes")
         else:

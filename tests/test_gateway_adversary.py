@@ -5,8 +5,10 @@ counters in Valkey and the gateway's log line say what really happened."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import json
+import time
 
 import pytest
 
@@ -37,6 +39,8 @@ def _reserved_responses(body: dict) -> int:
 CLIENTS = {
     "web-app": {},
     "spender": {"limits": {"usdPerDay": 100}},
+    "burst": {"limits": {"requestsPerMinute": 5}},
+    "two-at-once": {"limits": {"concurrentRequests": 2}},
     # Room for one Responses request, settled at the fake's 15 tokens, and not one more.
     "flipper": {"limits": {"tokensPerMinute": _reserved_responses({**RESPONSES, "stream": True}) + 14}},
     "mini-only": {"models": ["gpt-4o-mini"]},
@@ -65,11 +69,14 @@ def upstream():
     return Running()
 
 
+KEYS = _keys()
+
+
 @pytest.fixture(scope="module")
 def gw(valkey, upstream, tmp_path_factory):
     env = {**valkey.env(), "GATEWAY_PRICES": json.dumps(PRICES), "GATEWAY_SERVICE": SERVICE,
            "GATEWAY_CACHE_TIMEOUT_SECONDS": "3", "GATEWAY_CACHE_MAX_ENTRY_BYTES": "4096"}
-    gateway = gateway_process.start(upstream.url, tmp_path_factory.mktemp("gw"), env=env, keys_doc=_keys())
+    gateway = gateway_process.start(upstream.url, tmp_path_factory.mktemp("gw"), env=env, keys_doc=KEYS)
     yield gateway
     gateway.stop()
 
@@ -291,3 +298,63 @@ def test_a_base_url_carrying_credentials_is_refused_at_start_up(upstream, tmp_pa
     bad = gateway_process.start(upstream.url.replace("http://", "http://user:pass@"), tmp_path, wait=False)
     assert bad.proc.wait(10) == 2
     assert bad.proc.stderr.read().decode().startswith("gateway: OPENAI_BASE_URL carries credentials")
+
+
+# --- 6 and 3: limits exact on fresh processes, a bound on requests in flight, an outage bounded ----
+
+def _burst(gws, client: str, n: int, body=None, path="/v1/chat/completions") -> list[int]:
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(chat, gws[i % len(gws)], body or CHAT, client, None, path) for i in range(n)]
+        return sorted(f.result()[0].status for f in futures)
+
+
+def test_a_burst_on_freshly_started_processes_admits_exactly_the_limit(valkey, upstream, fake, tmp_path):
+    """New tasks used to open a TLS connection per request at once (a TLS context each, ~30 ms of
+    CPU), time out their cache calls and let the burst through with no limits."""
+    env = {**valkey.env(), "GATEWAY_PRICES": json.dumps(PRICES), "GATEWAY_SERVICE": SERVICE}
+    fresh = [gateway_process.start(upstream.url, tmp_path, env=env, keys_doc=KEYS) for _ in range(2)]
+    try:
+        assert _burst(fresh, "burst", 24) == [200] * 5 + [429] * 19
+        assert len(fake.requests) == 5
+    finally:
+        for g in fresh:
+            g.stop()
+
+
+def test_requests_in_flight_at_once_are_bounded_per_client_and_places_come_back(gw, fake):
+    fake.script = [{"kind": "slow", "delay": 1.0}] * 4
+    assert _burst([gw], "two-at-once", 4) == [200, 200, 429, 429]
+    assert chat(gw, CHAT, client="two-at-once")[0].status == 200, "finished requests gave their places back"
+    (refused, *_) = gw.lines_where(lambda x: x.get("Client") == "two-at-once" and x.get("status") == 429)
+    assert refused["RejectedRequests"] == 1
+
+
+def test_a_store_outage_holds_each_processs_limits_and_the_spend_is_settled_after(upstream, fake, tmp_path):
+    """Limits fail open no longer: while Valkey does not answer each process counts alone
+    (bounded: tasks x workers x the limit), and once it answers what was charged meanwhile is
+    added to the shared counters."""
+    server = valkey_server.start(tmp_path)
+    keys = gateway_process.client_keys("outage", limits={"outage": {"requestsPerMinute": 3, "usdPerDay": 100}})
+    env = {**server.env(), "GATEWAY_PRICES": json.dumps(PRICES), "GATEWAY_SERVICE": SERVICE,
+           "GATEWAY_CACHE_TIMEOUT_SECONDS": "0.2"}
+    alone = gateway_process.start(upstream.url, tmp_path, env=env, keys_doc=keys)
+    try:
+        server.stop()
+        assert [chat(alone, CHAT, client="outage")[0].status for _ in range(5)] == [200] * 3 + [429] * 2
+        minute = windows()[0]
+        server.restart()
+        time.sleep(1.1)  # past the second the gateway skips a store that failed
+        assert chat(alone, CHAT, client="outage")[0].status == 200  # the store answers: it is paid what is owed
+        store = server.client()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(store.keys(f"llmgw:{SERVICE}:usd:outage:*")) == 0:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        requests = sum(int(store.get(k)) for k in store.keys(f"llmgw:{SERVICE}:rpm:outage:*"))
+        spent = sum(int(store.get(k)) for k in store.keys(f"llmgw:{SERVICE}:usd:outage:*"))
+        assert (requests, spent) == (4, 4 * round((12 * 1.0 + 3 * 2.0) * 1000))
+        if windows()[0] == minute:  # the requests counted alone count in their minute
+            assert chat(alone, CHAT, client="outage")[0].status == 429
+    finally:
+        alone.stop()
+        server.stop()

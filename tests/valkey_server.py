@@ -40,29 +40,43 @@ class Server:
             self.proc.terminate()
             self.proc.wait(10)
 
+    def restart(self) -> None:
+        """Back at the same address with the same certificates, and empty (as a replacement node)."""
+        self.stop()
+        self.proc = _run(self.folder, self.port, self.auth)
+        _wait(self)
+
 
 def start(folder: Path, port: int = 0, auth: str = AUTH) -> Server:
-    binary = shutil.which("valkey-server") or shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("no valkey-server or redis-server: `apt-get install redis-server` (.ci/run does)")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
     cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
     cert.private_key_pem.write_to_path(str(folder / "key.pem"))
     port = port or free_port()
-    proc = subprocess.Popen(
+    server = Server(port, folder / "ca.pem", _run(folder, port, auth), folder, auth)
+    _wait(server)
+    return server
+
+
+def _run(folder: Path, port: int, auth: str) -> subprocess.Popen:
+    binary = shutil.which("valkey-server") or shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("no valkey-server or redis-server: `apt-get install redis-server` (.ci/run does)")
+    return subprocess.Popen(
         [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
          "--tls-cert-file", str(folder / "cert.pem"), "--tls-key-file", str(folder / "key.pem"),
          "--tls-ca-cert-file", str(folder / "ca.pem"), "--tls-auth-clients", "no",
          "--requirepass", auth, "--save", "", "--appendonly", "no", "--dir", str(folder)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Server(port, folder / "ca.pem", proc, folder, auth)
+
+
+def _wait(server: Server) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
             if server.client().ping():
-                return server
+                return
         except (redis.RedisError, OSError):
             time.sleep(0.05)
     server.stop()
