@@ -13,6 +13,9 @@ from infra.config import ConfigError, load
 from tests.conftest import policy, with_changes
 
 SVC = "aws:ecs/service:Service"
+# tests/test_normal_form.py synthesizes the same variant: one synthesis for both.
+GUARDDUTY_VARIANT = {"llm__orgId": "org-0123456789abcdef", "llm__projectId": "proj_0123456789abcdef",
+                     "network__guardDutyEndpoint": True}
 ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
 KEY_ID = "0a1b2c3d-4e5f-4789-abcd-ef0123456789"
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:llm-service/prod/{}-AbC123"
@@ -101,7 +104,7 @@ def test_what_cannot_be_adopted_is_refused_naming_the_key(adopt, key, words):
 
 def test_guardduty_endpoint_when_asked_in_the_private_subnets_before_the_service(synth, staging):
     assert "guardduty" not in json.dumps([r.inputs for r in staging.of_type(ENDPOINT)])
-    s = synth("staging", network__guardDutyEndpoint=True)
+    s = synth("staging", **GUARDDUTY_VARIANT)
     (gd,) = [r for r in s.of_type(ENDPOINT) if r.inputs["serviceName"].endswith(".guardduty-data")]
     assert gd.inputs["serviceName"] == "com.amazonaws.us-east-1.guardduty-data"
     assert gd.inputs["vpcEndpointType"] == "Interface" and gd.inputs["privateDnsEnabled"] is True

@@ -20,7 +20,9 @@ def _definitions(stack) -> list[dict]:
 
 
 VARIANTS = {
-    "org-and-project-set": {"llm__orgId": "org-0123456789abcdef", "llm__projectId": "proj_0123456789abcdef"},
+    # The same variant tests/test_lifecycle.py synthesizes (one synthesis for both).
+    "org-and-project-set": {"llm__orgId": "org-0123456789abcdef", "llm__projectId": "proj_0123456789abcdef",
+                            "network__guardDutyEndpoint": True},
     "own-image": {"service__image": "public.ecr.aws/acme/llm-app:1.4.2"},
     "exec-on": {"service__executeCommand": True},
 }
