@@ -22,7 +22,7 @@ from typing import Any, Optional
 import aiohttp
 import orjson
 
-from gateway import cache, errors, observe
+from gateway import cache, errors, observe, tenancy
 from gateway.errors import GatewayError
 from gateway.healthcheck import USER_AGENT
 from gateway.keys import Client
@@ -279,6 +279,8 @@ class App:
         """The upstream's answer to the client. The entry is filled and the reservation settled
         (`finish`) before the answer's last byte goes out: whoever asks next sees both."""
         forward = {name: headers[raw].decode("latin-1") for raw, name in FORWARDED.items() if raw in headers}
+        if "Idempotency-Key" in forward:  # the API's key space is the project's: scope it to the client
+            forward["Idempotency-Key"] = tenancy.idempotency_key(rec.client, forward["Idempotency-Key"])
         forward["X-Client-Request-Id"] = rec.request_id
         if body is not None:
             forward["Content-Type"] = "application/json"
@@ -361,6 +363,15 @@ class App:
         if not isinstance(doc, dict):
             raise errors.bad_json()
         rec.model = check_model(doc.get("model"), self.s.prices, client.models)
+        if not client.stateful:
+            field = tenancy.stored_state(route, doc, body)
+            if field:
+                raise errors.invalid(f"`{field}` names state the API keeps, which this client may not use: "
+                                     "every client of this gateway shares the API's project.", param=field,
+                                     code="stateful_not_allowed")
+            kept = tenancy.stores_nothing(route, doc)
+            if kept is not None:
+                doc, body = kept, orjson.dumps(kept)
         rec.stream = doc.get("stream") is True
         rec.asked_usage = _asked_usage(doc)
         if self.s.log_prompts:

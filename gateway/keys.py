@@ -68,6 +68,7 @@ class Client:
     name: str
     limits: dict[str, Any]
     models: Optional[frozenset[str]] = None  # the listed models it may call; None: every one
+    stateful: bool = False  # may use state the API keeps by id (gateway/tenancy.py)
 
 
 class ClientKeys:
@@ -78,7 +79,8 @@ class ClientKeys:
         for name, entry in _clients(doc).items():
             models = entry.get("models")
             client = Client(name, dict(entry.get("limits") or {}),
-                            frozenset(models) if isinstance(models, list) else None)
+                            frozenset(models) if isinstance(models, list) else None,
+                            entry.get("stateful") is True)
             for key in entry.get("keys") or []:
                 self._by_id[key["id"]] = (bytes.fromhex(key["sha256"]), client)
 

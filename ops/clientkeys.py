@@ -72,15 +72,24 @@ LIMIT_FLAGS = {"rpm": "requestsPerMinute", "tpm": "tokensPerMinute", "usd_per_da
 
 
 def set_limits(s: Stack, client: str, limits: dict[str, Any], defaults: bool = False,
-               models: Optional[list[str]] = None) -> dict[str, Any]:
+               models: Optional[list[str]] = None, stateful: Optional[str] = None) -> dict[str, Any]:
     doc, version = read(s)
     entry = doc["clients"].get(client)
     if entry is None:
         raise Failure(f"no client {client!r}")
     entry["limits"] = {} if defaults else {**entry.get("limits", {}), **limits}
     _set_models(s, entry, models)
+    _set_stateful(entry, stateful)
     write(s, doc, version)
     return entry["limits"]
+
+
+def _set_stateful(entry: dict[str, Any], stateful: Optional[str]) -> None:
+    """Whether the client may use state the API keeps by id (gateway/tenancy.py)."""
+    if stateful == "yes":
+        entry["stateful"] = True
+    elif stateful == "no":
+        entry.pop("stateful", None)
 
 
 def _set_models(s: Stack, entry: dict[str, Any], models: Optional[list[str]]) -> None:
@@ -98,7 +107,8 @@ def _set_models(s: Stack, entry: dict[str, Any], models: Optional[list[str]]) ->
 
 
 def add(s: Stack, client: str, keep_old: bool = True, must_exist: bool = False,
-        limits: Optional[dict[str, Any]] = None, models: Optional[list[str]] = None) -> str:
+        limits: Optional[dict[str, Any]] = None, models: Optional[list[str]] = None,
+        stateful: Optional[str] = None) -> str:
     doc, version = read(s)
     if must_exist and client not in doc["clients"]:
         raise Failure(f"no client {client!r} (clients: {', '.join(sorted(doc['clients'])) or 'none'})")
@@ -111,6 +121,7 @@ def add(s: Stack, client: str, keep_old: bool = True, must_exist: bool = False,
     if limits:
         doc["clients"][client]["limits"] = {**doc["clients"][client].get("limits", {}), **limits}
     _set_models(s, doc["clients"][client], models)
+    _set_stateful(doc["clients"][client], stateful)
     write(s, doc, version)
     return key
 
@@ -144,7 +155,8 @@ def listing(s: Stack) -> list[str]:
         own = sorted(entry.get("limits", {}).items())
         limits = ", ".join(f"{k} {v}" for k, v in own) or "the stack's defaults"
         models = ", ".join(entry["models"]) if "models" in entry else "every listed model"
-        lines.append(f"{name}: {keys}; limits: {limits}; models: {models}")
+        state = "; may use stored state" if entry.get("stateful") else ""
+        lines.append(f"{name}: {keys}; limits: {limits}; models: {models}{state}")
     return lines or ["no clients yet: python -m ops.clientkeys add --stack <stack> <client>"]
 
 
@@ -177,6 +189,9 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
     parser.add_argument("--models", type=lambda raw: [m for m in raw.split(",") if m],
                         help="add, limits: the models of llm.prices this client may call, comma-separated "
                              "(all: every one)")
+    parser.add_argument("--stateful", choices=["yes", "no"],
+                        help="add, limits: may the client use state the API keeps by id (responses, "
+                             "conversations, files...)? Only where clients trust each other")
     parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` saved to a file")
     parser.add_argument("--region", help="override the stack's region")
     parser.add_argument("--timeout", type=int, default=600, help="seconds to wait for the rollout")
@@ -195,13 +210,15 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
         if args.action == "revoke":
             _err(f"revoked {revoke(s, args.client, args.key_id)}; it stops working when the rollout completes")
         elif args.action == "limits":
-            if not limits and not args.defaults and not args.models:
-                parser.error("limits needs --rpm, --tpm, --usd-per-day, --concurrent, --models or --defaults")
-            now = set_limits(s, args.client, limits, args.defaults, args.models)
+            if not limits and not args.defaults and not args.models and not args.stateful:
+                parser.error("limits needs --rpm, --tpm, --usd-per-day, --concurrent, --models, --stateful "
+                             "or --defaults")
+            now = set_limits(s, args.client, limits, args.defaults, args.models, args.stateful)
             _err(f"limits of {args.client}: {now or 'the stack defaults'}; they apply when the rollout completes")
         else:
             key = add(s, args.client, keep_old=args.keep_old or args.action == "add",
-                      must_exist=args.action == "rotate", limits=limits, models=args.models)
+                      must_exist=args.action == "rotate", limits=limits, models=args.models,
+                      stateful=args.stateful)
             _err(f"new key for {args.client} (shown once, stored only as a hash):")
             print(key, flush=True)
         rollout.after_secret_change(s, args.timeout, sleep=sleep, log=_err)

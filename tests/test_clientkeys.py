@@ -128,6 +128,9 @@ def test_a_client_may_be_held_to_some_of_the_stacks_models(deployed, capsys, rol
     assert run(capsys, "limits", "web-app", "--models", "all")[0] == 0
     assert next(iter(stored(deployed)._by_id.values()))[1].models is None
     assert "models: every listed model" in run(capsys, "list")[1]
+    assert run(capsys, "limits", "web-app", "--stateful", "yes")[0] == 0
+    assert next(iter(stored(deployed)._by_id.values()))[1].stateful is True
+    assert "may use stored state" in run(capsys, "list")[1]
 
 
 def test_a_negative_limit_is_refused_by_the_command_line(deployed, capsys):

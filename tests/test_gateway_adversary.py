@@ -40,6 +40,7 @@ CLIENTS = {
     "web-app": {},
     "spender": {"limits": {"usdPerDay": 100}},
     "burst": {"limits": {"requestsPerMinute": 5}},
+    "one-app": {"stateful": True},
     "two-at-once": {"limits": {"concurrentRequests": 2}},
     # Room for one Responses request, settled at the fake's 15 tokens, and not one more.
     "flipper": {"limits": {"tokensPerMinute": _reserved_responses({**RESPONSES, "stream": True}) + 14}},
@@ -358,3 +359,40 @@ def test_a_store_outage_holds_each_processs_limits_and_the_spend_is_settled_afte
     finally:
         alone.stop()
         server.stop()
+
+
+# --- 9: clients share the API's project, so none reaches another's stored state -----------------
+
+@pytest.mark.parametrize("body,field", [
+    ({"previous_response_id": "resp_someone_elses"}, "previous_response_id"),
+    ({"conversation": "conv_someone_elses"}, "conversation"),
+    ({"prompt": {"id": "pmpt_someone_elses"}}, "prompt"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-abc"}]}]}, "file_id"),
+    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_abc"]}]}, "vector_store_ids"),
+    ({"input": [{"type": "item_reference", "id": "msg_abc"}]}, "item_reference"),
+])
+def test_a_client_cannot_name_state_the_api_keeps_for_the_project(gw, fake, body, field):
+    resp, answer = chat(gw, {"model": "gpt-4o-mini", "input": "hi", **body}, path="/v1/responses")
+    assert resp.status == 400
+    assert (answer["error"]["param"], answer["error"]["code"]) == (field, "stateful_not_allowed")
+    assert fake.requests == []
+
+
+def test_what_a_client_sends_is_not_stored_where_another_could_reach_it(gw, fake):
+    mention = "the word prompt and \"file_id\" in a prompt"
+    chat(gw, {"model": "gpt-4o-mini", "input": mention}, path="/v1/responses")
+    chat(gw, {**CHAT, "store": True})
+    assert [r["body"]["store"] for r in fake.requests] == [False, False]
+    assert "file_id" in fake.requests[0]["body"]["input"], "text that merely mentions a field passes"
+
+
+def test_a_client_trusted_with_state_uses_it_as_sent(gw, fake):
+    body = {"model": "gpt-4o-mini", "input": "go on", "previous_response_id": "resp_mine"}
+    assert chat(gw, body, client="one-app", path="/v1/responses")[0].status == 200
+    assert fake.requests[0]["body"] == body, "passed through, stored as the API's default"
+
+
+def test_idempotency_keys_are_scoped_to_the_client(gw, fake):
+    for client in ("web-app", "one-app"):
+        chat(gw, CHAT, client=client, headers={"Idempotency-Key": "retry-1"})
+    assert [r["headers"]["Idempotency-Key"] for r in fake.requests] == ["web-app:retry-1", "one-app:retry-1"]

@@ -1,0 +1,64 @@
+"""What keeps clients apart at the LLM API, which sees one key and one project for all of them.
+
+Bodies pass through, so state the API keeps by id would be shared: a client that learned another's
+response id, conversation, file, vector store, container or stored prompt could read or continue
+it. A client may use such state only if its entry in client-keys says `"stateful": true` (one
+application, or clients that trust each other); for every other client the gateway refuses the
+fields that name stored state (400) and asks the API to store nothing it answers (`store: false`),
+so nothing it sends can be reached by id later. Idempotency keys are scoped to the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+# Fields naming state the API keeps by id. Looked for in the raw body first (a JSON key is
+# quoted there; the same word in a prompt is escaped), so an ordinary request pays one scan.
+STATE_FIELDS = ("previous_response_id", "conversation", "prompt", "file_id", "vector_store_ids",
+                "container", "item_reference")
+MARKERS = tuple(f'"{f}"'.encode() for f in STATE_FIELDS)
+TOP_LEVEL = ("previous_response_id", "conversation", "prompt")  # the Responses API's own
+
+
+def stored_state(route: str, doc: dict[str, Any], raw: bytes) -> Optional[str]:
+    """The first field of this body that names stored state, or None."""
+    if not any(m in raw for m in MARKERS):
+        return None
+    if route == "responses":
+        for field in TOP_LEVEL:
+            if doc.get(field) is not None:
+                return field
+    return _named_state(doc)
+
+
+def _named_state(value: Any) -> Optional[str]:
+    if isinstance(value, dict):
+        if value.get("type") == "item_reference":
+            return "item_reference"
+        for key in ("file_id", "vector_store_ids", "container"):
+            if value.get(key) is not None:
+                return key
+        values = value.values()
+    elif isinstance(value, list):
+        values = value
+    else:
+        return None
+    for v in values:
+        found = _named_state(v)
+        if found:
+            return found
+    return None
+
+
+def stores_nothing(route: str, doc: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The body with `store: false` where the API would otherwise keep the answer (the
+    Responses API stores by default), or None when it already stores nothing."""
+    if route == "responses" and doc.get("store") is not False:
+        return {**doc, "store": False}
+    if route == "chat.completions" and doc.get("store"):
+        return {**doc, "store": False}
+    return None
+
+
+def idempotency_key(client: str, key: str) -> str:
+    return f"{client}:{key}"
