@@ -24,6 +24,7 @@ import orjson
 
 from gateway import cache, errors, observe, tenancy
 from gateway.errors import GatewayError
+from gateway.exchange import SSE, ClientGone, Exchange
 from gateway.healthcheck import USER_AGENT
 from gateway.keys import Client
 from gateway.limits import Limits, Reservation, check_model, estimate, rejection, windows
@@ -64,6 +65,7 @@ class App:
         self.owed: dict[tuple[str, int, str], list[int]] = {}  # (client, minute, day) -> requests, tokens, nano
         self.reconciling: Optional[asyncio.Future] = None
         self.draining = False  # set on SIGTERM: /healthz fails from then on
+        self.in_flight = 0  # requests this worker is serving (GATEWAY_MAX_IN_FLIGHT bounds it)
         # When a request last came from outside the task (the load balancer, its health checks):
         # a draining gateway stops accepting once this is quiet (gateway/server.py).
         self.last_request = time.monotonic()
@@ -102,9 +104,12 @@ class App:
             return await self.ready(send)
         route = ROUTES.get((method, path))
         rec = Record(request_id=os.urandom(8).hex(), route=route or "unknown", started=time.perf_counter())
+        self.in_flight += 1
         try:
             if route is None:
                 raise errors.not_found(method, path)
+            if self.in_flight > self.s.max_in_flight:
+                raise errors.overloaded()
             await self.proxy(scope, receive, send, route, rec)
         except GatewayError as e:
             rec.status, rec.error = e.status, e.code or e.type
@@ -118,6 +123,7 @@ class App:
             ids = [(b"x-gateway-request-id", rec.request_id.encode())]
             await _quietly(_respond(send, failure.status, JSON + ids, failure.body()))
         finally:
+            self.in_flight -= 1
             observe.emit(observe.line(rec, self.s.service, self.s.namespace))
 
     async def ready(self, send) -> None:
@@ -136,7 +142,11 @@ class App:
         rec.client = client.name
         body, doc, size = None, {}, 0
         if scope["method"] == "POST":
-            body = await _read_body(receive, headers, self.s.max_request_bytes)
+            try:
+                async with asyncio.timeout(self.s.body_timeout_seconds):  # a trickled body holds nothing
+                    body = await _read_body(receive, headers, self.s.max_request_bytes)
+            except TimeoutError:
+                raise errors.body_timeout(self.s.body_timeout_seconds) from None
             size = len(body)  # the client's bytes, before the gateway asks a stream for its usage
             body, doc = self.prepare(route, body, rec, client)
         rec.reserve = estimate(route, doc, size, self.s.output_tokens_estimate)
@@ -151,20 +161,29 @@ class App:
                 settled = True
                 await self.settle(client, gate, rec)
 
+        ex = Exchange(send, receive, rec, self.s.sse_keepalive_seconds)
         try:
             if gate is not None and gate.entry is not None:
-                if await self.from_cache(send, gate.entry, route, rec):
+                if await self.from_cache(ex, gate.entry, route, rec):
                     return
                 # Stored the other way and not convertible: a miss, and a miss passes the limits
                 # (the request itself was counted with the hit).
                 gate = await self.gate(client, route, doc, query, cache.Policy(False, policy.write, ""), rec,
                                        counted=True)
             if gate is not None and gate.outcome == "miss" and policy.read and not gate.holds_lock:
-                if await self.coalesce(send, gate, route, rec):
+                if await self.coalesce(ex, gate, route, rec):
                     return
             rec.cache = (policy.label or "MISS") if body is not None else None
-            await self.forward(scope, send, receive, route, headers, body, doc, rec, gate, policy, finish)
+            await self.forward(scope, ex, route, headers, body, doc, rec, gate, policy, finish)
+        except ClientGone:
+            rec.status, rec.error = 499, "client_disconnected"
+        except GatewayError as e:
+            if not ex.started:
+                raise
+            rec.status, rec.error = e.status, e.code or e.type  # after an early start: an event
+            await _quietly(ex.fail(e))
         finally:
+            ex.close()
             await finish()
 
     async def gate(self, client: Client, route: str, doc: dict, query: bytes, policy: cache.Policy,
@@ -197,7 +216,8 @@ class App:
             raise rejection(gate.outcome, limits, gate.used, to_day if gate.outcome == "spend" else to_minute)
         return gate
 
-    async def from_cache(self, send, entry: bytes, route: str, rec: Record, coalesced: bool = False) -> bool:
+    async def from_cache(self, ex: Exchange, entry: bytes, route: str, rec: Record,
+                         coalesced: bool = False) -> bool:
         served = cache.serve(entry, route, rec.stream)
         if served is None:
             return False  # stored the other way and not convertible: ask the upstream
@@ -205,21 +225,20 @@ class App:
         headers = [(b"x-gateway-cache", b"HIT"), (b"x-gateway-request-id", rec.request_id.encode())]
         if rec.stream:
             events = UsageFilter(strip_usage_chunk=not rec.asked_usage)(served)
-            headers += [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-            await _respond(send, 200, headers, events)
+            await ex.respond(200, headers + SSE[:2], events)
         else:
-            await _respond(send, 200, headers + JSON, served)
+            await ex.respond(200, headers + JSON, served)
         rec.ttft_ms = round((time.perf_counter() - rec.started) * 1000, 3) if rec.stream else None
         return True
 
-    async def coalesce(self, send, gate: Gate, route: str, rec: Record) -> bool:
+    async def coalesce(self, ex: Exchange, gate: Gate, route: str, rec: Record) -> bool:
         """Another request is filling this entry: wait for it, within the bound."""
         try:
-            entry = await self.store.wait(gate, self.s.coalesce_wait_seconds)
+            entry = await ex.wait(self.store.wait(gate, self.s.coalesce_wait_seconds))
         except StoreUnavailable:
             rec.cache_error = True
             return False
-        if entry is None or not await self.from_cache(send, entry, route, rec, coalesced=True):
+        if entry is None or not await self.from_cache(ex, entry, route, rec, coalesced=True):
             return False
         return True
 
@@ -274,7 +293,7 @@ class App:
         rec.input_tokens, rec.output_tokens = reserved_in, rec.relayed if rec.stream else reserved_out
         return rec.input_tokens, rec.output_tokens
 
-    async def forward(self, scope: dict, send, receive, route: str, headers: dict, body: Optional[bytes],
+    async def forward(self, scope: dict, ex: Exchange, route: str, headers: dict, body: Optional[bytes],
                       doc: dict, rec: Record, gate: Optional[Gate], policy: cache.Policy, finish) -> None:
         """The upstream's answer to the client. The entry is filled and the reservation settled
         (`finish`) before the answer's last byte goes out: whoever asks next sees both."""
@@ -290,7 +309,11 @@ class App:
         store = gate is not None and policy.write
         filled = False
         try:
-            resp = await self.upstream.send(scope["method"], path, body, forward, rec)
+            try:
+                resp = await ex.wait(self.upstream.send(scope["method"], path, body, forward, rec))
+            except ClientGone:
+                rec.answered = True  # the upstream had the request: charge its reservation
+                raise
             try:
                 rec.status, rec.answered = resp.status, resp.status == 200
                 rec.upstream_request_id = resp.headers.get("x-request-id")
@@ -301,18 +324,17 @@ class App:
                     recorded = _Recording(self.s.cache_max_entry_bytes)
                     watch = UsageFilter(route == "chat.completions" and not rec.asked_usage,
                                         ENDINGS.get(route, ()))
-                    completed = await self.stream(resp, send, receive, out, rec, watch,
-                                                  recorded if store else None)
+                    completed = await self.stream(resp, ex, out, rec, watch, recorded if store else None)
                     if completed is None:
                         return  # the client left
                     entry = recorded.entry()
                     if store and completed and entry is not None and cache.complete_stream(route, entry):
                         filled = await self.fill(gate, cache.encode(cache.SSE_ENTRY, entry), rec)
                     await finish()
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await ex.end()
                 else:
                     try:
-                        data = await resp.read()
+                        data = await ex.wait(resp.read())
                     except (TimeoutError, aiohttp.ClientError):  # a short body, a bad length, a drop
                         rec.status = 502
                         raise errors.upstream_unavailable("the answer broke off") from None
@@ -326,7 +348,13 @@ class App:
                                 and cache.complete_answer(route, resp.content_type, data):
                             filled = await self.fill(gate, cache.encode(cache.JSON_ENTRY, data), rec)
                     await finish()
-                    await _respond(send, resp.status, out, data)
+                    if ex.started and resp.status != 200:  # an early-started stream: the error as an event
+                        rec.error = "upstream_error"
+                        await ex.write(b"data: " + (data if _is_error(data) else errors.upstream_unavailable(
+                            f"status {resp.status}").body()) + b"\n\n")
+                        await ex.end()
+                    else:
+                        await ex.respond(resp.status, out, data)
             finally:
                 resp.release()
         finally:
@@ -381,32 +409,27 @@ class App:
             body = orjson.dumps({**doc, "stream_options": {**options, "include_usage": True}})
         return body, doc
 
-    async def stream(self, resp: aiohttp.ClientResponse, send, receive, headers: list, rec: Record,
+    async def stream(self, resp: aiohttp.ClientResponse, ex: Exchange, headers: list, rec: Record,
                      usage: UsageFilter, tap=None) -> Optional[bool]:
         """Relay the stream, all but its end. True: the upstream finished it; False: it broke off
         (the client got an error event); None: the client went away (nothing more to send)."""
-        await send({"type": "http.response.start", "status": 200, "headers": headers + [
-            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})
-
-        async def write(data: bytes) -> None:
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+        await ex.start(200, headers + SSE[1:])
 
         def first() -> None:
             rec.ttft_ms = round((time.perf_counter() - rec.started) * 1000, 3)
 
         # A client that goes away stops the upstream too: nobody pays for tokens no one reads.
-        copying = asyncio.ensure_future(relay(resp.content.readany, write, self.s.sse_keepalive_seconds,
+        copying = asyncio.ensure_future(relay(resp.content.readany, ex.write, self.s.sse_keepalive_seconds,
                                               first, usage, tap))
-        gone = asyncio.ensure_future(_disconnected(receive))
         try:
             try:
-                await asyncio.wait({copying, gone}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({copying, ex.gone}, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
                 # The drain's deadline: tell the client, rather than end the stream as if finished.
                 rec.error = errors.stream_cut_by_drain().code
-                await _quietly(write(errors.stream_cut_by_drain().sse_event()))
+                await _quietly(ex.write(errors.stream_cut_by_drain().sse_event()))
                 raise
-            if gone.done() and not copying.done():
+            if ex.gone.done() and not copying.done():
                 copying.cancel()
                 resp.close()
                 rec.status, rec.error = 499, "client_disconnected"
@@ -419,13 +442,12 @@ class App:
             except (TimeoutError, aiohttp.ClientError):
                 failure = errors.stream_interrupted()
                 rec.error, completed = failure.code, False
-                await write(failure.sse_event())
+                await ex.write(failure.sse_event())
             if usage.usage:
                 rec.input_tokens, rec.output_tokens = usage.usage
             return completed
         finally:
             rec.relayed = usage.events
-            gone.cancel()
             if not copying.done():
                 copying.cancel()
 
@@ -454,9 +476,9 @@ async def _quietly(write, seconds: float = 1.0) -> None:
         pass
 
 
-async def _disconnected(receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+def _is_error(data: bytes) -> bool:
+    doc = _loads(data)
+    return isinstance(doc, dict) and isinstance(doc.get("error"), dict)
 
 
 async def _read_body(receive, headers: dict, limit: int) -> bytes:

@@ -79,3 +79,12 @@ def stream_cut_by_drain() -> GatewayError:
 def internal() -> GatewayError:
     return GatewayError(500, "The gateway failed on this request; retry it.", type="server_error",
                         code="gateway_error")
+
+
+def body_timeout(seconds: float) -> GatewayError:
+    return GatewayError(408, f"The request body did not arrive within {seconds:g} s.", code="request_timeout")
+
+
+def overloaded() -> GatewayError:
+    return GatewayError(503, "The gateway is serving as many requests as it can; retry shortly.",
+                        type="server_error", code="server_overloaded", headers=[(b"retry-after", b"1")])

@@ -49,6 +49,8 @@ class Settings:
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 600.0  # longest silence from the upstream before giving up
     max_request_bytes: int = 8 * 1024 * 1024
+    body_timeout_seconds: float = 30.0  # a request body that takes longer to arrive is refused (408)
+    max_in_flight: int = 1000  # requests one worker serves at once; beyond, a 503 to retry
     drain_seconds: float = 110.0  # after SIGTERM, how long streams in flight may run on
     # After SIGTERM, accept until no request has come for this long (the load balancer checks a
     # registered target every health-check interval: once it is quiet, nothing more will come).
@@ -141,6 +143,8 @@ def from_env(env: Mapping[str, str] = os.environ, log: Callable[[str], None] = p
         connect_timeout_seconds=_get(env, "GATEWAY_CONNECT_TIMEOUT_SECONDS", 5.0, pos_f, "seconds > 0"),
         read_timeout_seconds=_get(env, "GATEWAY_READ_TIMEOUT_SECONDS", 600.0, pos_f, "seconds > 0"),
         max_request_bytes=_get(env, "GATEWAY_MAX_REQUEST_BYTES", 8 * 1024 * 1024, pos_i, "bytes > 0"),
+        body_timeout_seconds=_get(env, "GATEWAY_BODY_TIMEOUT_SECONDS", 30.0, pos_f, "seconds > 0"),
+        max_in_flight=_get(env, "GATEWAY_MAX_IN_FLIGHT", 1000, pos_i, "requests > 0"),
         drain_seconds=_get(env, "GATEWAY_DRAIN_SECONDS", 110.0, num, "seconds >= 0"),
         drain_quiet_seconds=_get(env, "GATEWAY_DRAIN_QUIET_SECONDS", 20.0, num, "seconds >= 0"),
         drain_accept_seconds=_get(env, "GATEWAY_DRAIN_ACCEPT_SECONDS", 50.0, num, "seconds >= 0"),

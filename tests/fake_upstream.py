@@ -113,6 +113,9 @@ class FakeUpstream:
         responses_api = request.path == "/v1/responses"
         for i, text in enumerate(chunks):
             if step.get("drop_after") is not None and i >= step["drop_after"]:
+                # A moment first: the client's reader takes what was sent before it sees the drop
+                # (aiohttp raises a connection error before handing out what is still buffered).
+                await asyncio.sleep(0.1)
                 request.transport.close()
                 return resp
             await resp.write(_event(_delta(text, responses_api), "response.output_text.delta"

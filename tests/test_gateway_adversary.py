@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import socket
 import time
 
 import pytest
@@ -101,6 +102,15 @@ def call(gw, method: str, path: str, body=None, client: str = "web-app", headers
 
 def chat(gw, body, client="web-app", headers=None, path="/v1/chat/completions"):
     return call(gw, "POST", path, body, client, headers)
+
+
+def _open_request(gw, client: str, body: bytes, length: int | None = None) -> socket.socket:
+    """A POST sent by hand, so a test can stop reading, trickle the body or walk away."""
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=20)
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {gw.keys[client]}\r\nContent-Length: {length or len(body)}\r\n\r\n")
+    sock.sendall(head.encode() + body)
+    return sock
 
 
 def tokens_used(valkey, client: str) -> int:
@@ -199,11 +209,7 @@ def test_the_query_string_is_part_of_the_cache_key(gw, fake):
 
 def _read_events_then_close(gw, body, client, events: int) -> int:
     """Read `events` content events of a stream, then close the socket; the events read."""
-    import socket as sockets
-    sock = sockets.create_connection(("127.0.0.1", gw.port), timeout=20)
-    raw = json.dumps(body).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-                 + f"Authorization: Bearer {gw.keys[client]}\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
+    sock = _open_request(gw, client, json.dumps(body).encode())
     seen, data = 0, b""
     while seen < events:
         chunk = sock.recv(65536)
@@ -218,7 +224,7 @@ def test_a_stream_abandoned_before_its_end_is_charged_its_input_and_what_was_rel
     fake.script = [{"kind": "stream", "delay": 0.05, "chunks": [f"t{i} " for i in range(40)]}]
     body = {**CHAT, "stream": True, "max_tokens": 100}
     read = _read_events_then_close(gw, body, "spender", 30)
-    (line,) = gw.lines_where(lambda x: x.get("Client") == "spender" and x.get("status") == 499)
+    (line,) = gw.lines_where(lambda x: x.get("Client") == "spender" and x.get("status") == 499 and x["stream"])
     reserved_in, _ = estimate("chat.completions", body, len(json.dumps(body)), 1000)
     assert line["tokens_estimated"] is True
     assert line["InputTokens"] == reserved_in and line["OutputTokens"] >= read
@@ -396,3 +402,71 @@ def test_idempotency_keys_are_scoped_to_the_client(gw, fake):
     for client in ("web-app", "one-app"):
         chat(gw, CHAT, client=client, headers={"Idempotency-Key": "retry-1"})
     assert [r["headers"]["Idempotency-Key"] for r in fake.requests] == ["web-app:retry-1", "one-app:retry-1"]
+
+
+# --- 11: a waiting stream stays alive, a client that leaves stops the call, nothing holds a worker ---
+
+def _raw(gw, body: dict, path: str = "/v1/chat/completions") -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+    conn.request("POST", path, body=json.dumps(body), headers={
+        "Authorization": f"Bearer {gw.keys['web-app']}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    return resp.read()
+
+
+def test_a_stream_waiting_for_the_upstreams_first_answer_gets_keepalives(gw, fake):
+    fake.script = [{"kind": "slow", "delay": 0.8}]
+    body = _raw(gw, {**CHAT, "stream": True})
+    assert body.startswith(b": keepalive\n\n") and body.rstrip().endswith(b"data: [DONE]")
+
+
+def test_an_error_after_an_early_start_is_an_event_the_sdk_raises_on(gw, fake):
+    """Retries that wait (the upstream asks for 0.3 s each time) outlast the keepalive interval: the
+    stream has begun, so the upstream's final 429 arrives as its error event."""
+    import openai
+    fake.script = [{"kind": "status", "status": 429, "headers": {"retry-after-ms": "300"}}] * 3
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.keys["web-app"], max_retries=0)
+    with pytest.raises(openai.APIError, match="fake 429"):
+        for _ in client.chat.completions.create(**{**CHAT, "stream": True}):
+            pass
+    assert len(fake.requests) == 3
+
+
+def test_a_client_that_leaves_a_non_streamed_request_stops_it_and_is_charged(gw, fake):
+    fake.script = [{"kind": "slow", "delay": 8}]
+    sock = _open_request(gw, "spender", json.dumps(CHAT).encode())
+    deadline = time.monotonic() + 10
+    while not fake.requests and time.monotonic() < deadline:  # the upstream has it
+        time.sleep(0.02)
+    sock.close()
+    (line,) = gw.lines_where(lambda x: x.get("Client") == "spender" and x.get("status") == 499
+                             and not x["stream"], timeout=6)
+    assert line["error"] == "client_disconnected" and line["tokens_estimated"] is True
+    assert line["OutputTokens"] == CHAT["max_tokens"], "a non-streamed answer is charged its reservation"
+
+
+@pytest.fixture(scope="module")
+def tight(upstream, tmp_path_factory):
+    """A gateway with small bounds: a 0.5 s body budget, two requests in flight."""
+    gateway = gateway_process.start(upstream.url, tmp_path_factory.mktemp("tight"), env={
+        "GATEWAY_BODY_TIMEOUT_SECONDS": "0.5", "GATEWAY_MAX_IN_FLIGHT": "2"}, keys_doc=KEYS)
+    yield gateway
+    gateway.stop()
+
+
+def test_a_body_trickled_in_is_refused_not_waited_for(tight, fake):
+    sock = _open_request(tight, "web-app", b'{"model": ', length=100)
+    answer = sock.recv(65536)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b'"code":"request_timeout"' in answer
+    assert fake.requests == []
+
+
+def test_a_worker_serves_at_most_its_bound_at_once_and_says_so_in_openais_shape(tight, fake):
+    fake.script = [{"kind": "slow", "delay": 1.0}] * 2
+    statuses = _burst([tight], "web-app", 3)
+    assert statuses == [200, 200, 503]
+    (refused,) = tight.lines_where(lambda x: x.get("error") == "server_overloaded")
+    assert refused["status"] == 503
+    assert call(tight, "GET", "/healthz")[0].status == 200, "health checks are never refused"
