@@ -95,7 +95,7 @@ class FakeUpstream:
         if kind == "slow":
             await asyncio.sleep(step["delay"])
         if kind == "stream" or (body or {}).get("stream") is True:
-            return await self._stream(request, body or {}, step)
+            return await self._stream(request, body or {}, step if kind == "stream" else {})
         answer = self._answer(request.path)
         if step.get("content") is not None and answer is CHAT:
             answer = {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant",
