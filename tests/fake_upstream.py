@@ -16,6 +16,8 @@ what the tests assert on. Steps:
     {"kind": "stream", "error_event": true}           an error event before [DONE]
     {"kind": "short"}                                 a 200 whose body stops before its Content-Length
 
+A request may name its own step instead, in `metadata.fake_step` (a JSON string).
+
 Run alone for the benchmark: `python -m tests.fake_upstream 9001`.
 """
 
@@ -71,7 +73,10 @@ class FakeUpstream:
         body = json.loads(raw) if raw else None
         self.requests.append({"method": request.method, "path": request.path_qs,
                               "headers": dict(request.headers), "body": body, "raw": raw.decode()})
-        step = self.script.pop(0) if self.script else {"kind": "ok"}
+        # A request may carry its own step (metadata.fake_step, JSON): what concurrent tests need,
+        # where the order of arrival is not the order of sending.
+        own = ((body or {}).get("metadata") or {}).get("fake_step") if isinstance(body, dict) else None
+        step = json.loads(own) if own else self.script.pop(0) if self.script else {"kind": "ok"}
         kind = step["kind"]
         if kind == "drop":
             request.transport.close()

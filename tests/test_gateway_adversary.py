@@ -14,7 +14,7 @@ import time
 import pytest
 
 from gateway.keys import add_key, empty_document
-from gateway.limits import estimate, windows
+from gateway.limits import Price, estimate, windows
 from tests import gateway_process, valkey_server
 from tests.fake_upstream import Running
 
@@ -43,6 +43,7 @@ CLIENTS = {
     "burst": {"limits": {"requestsPerMinute": 5}},
     "one-app": {"stateful": True},
     "two-at-once": {"limits": {"concurrentRequests": 2}},
+    "mixed": {"limits": {"tokensPerMinute": 1200, "usdPerDay": 0.0008}},
     # Room for one Responses request, settled at the fake's 15 tokens, and not one more.
     "flipper": {"limits": {"tokensPerMinute": _reserved_responses({**RESPONSES, "stream": True}) + 14}},
     "mini-only": {"models": ["gpt-4o-mini"]},
@@ -215,6 +216,9 @@ def _read_events_then_close(gw, body, client, events: int) -> int:
         chunk = sock.recv(65536)
         assert chunk, "the stream ended before the client left"
         data += chunk
+        if not data.startswith(b"HTTP/1.1 200"):
+            sock.close()
+            raise AssertionError(f"refused: {data[:40]!r}")
         seen = data.count(b'"content"')
     sock.close()
     return seen
@@ -475,3 +479,52 @@ def test_a_worker_serves_at_most_its_bound_at_once_and_says_so_in_openais_shape(
     (refused,) = tight.lines_where(lambda x: x.get("error") == "server_overloaded")
     assert refused["status"] == 503
     assert call(tight, "GET", "/healthz")[0].status == 200, "health checks are never refused"
+
+
+# --- the invariant, under a mix ---------------------------------------------------------------------
+
+def _step(**step) -> dict:
+    return {"metadata": {"fake_step": json.dumps(step)}}
+
+
+def test_under_a_concurrent_mix_spend_is_never_below_what_was_delivered_nor_admission_past_a_limit(
+        gw, fake, valkey):
+    """Streams, abandoned streams, cache hits, upstream errors and n > 1 at once, for one client
+    with a token and a spend limit: the recorded spend is at least the usage the upstream reported
+    for what was delivered (and one output token per event an abandoned stream received), and
+    neither counter ends past its limit by more than one request's reservation."""
+    plain = {**CHAT, "max_tokens": 20}
+    kinds = {
+        "json": plain, "n3": {**plain, "n": 3}, "hit": {**plain, "temperature": 0},
+        "stream": {**plain, "stream": True}, "error": {**plain, **_step(kind="status", status=400)},
+        "abandon": {**plain, "stream": True,
+                    **_step(kind="stream", delay=0.03, chunks=[f"w{i}" for i in range(30)])},
+    }
+    plan = [k for _ in range(6) for k in kinds]
+    abandoned_events: list[int] = []
+
+    def one(kind: str):
+        if kind == "abandon":
+            try:
+                abandoned_events.append(_read_events_then_close(gw, kinds[kind], "mixed", 5))
+            except AssertionError:  # refused: the answer was a 429, not a stream
+                pass
+            return None
+        return chat(gw, kinds[kind], client="mixed")[0].status
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = [s for s in pool.map(one, plan) if s is not None]
+    assert set(statuses) == {200, 400, 429} and statuses.count(200) >= 5, "the limits were reached"
+    time.sleep(0.3)  # the last settlements land
+    lines = [x for x in gw.lines() if x.get("Client") == "mixed"]
+    delivered = sum(x["InputTokens"] * 1.0 + x["OutputTokens"] * 2.0 for x in lines
+                    if x["status"] == 200 and x.get("cache") != "HIT" and not x.get("tokens_estimated"))
+    delivered += sum(abandoned_events) * 2.0
+    _, day, _, _ = windows()
+    store = valkey.client()
+    spent = int(store.get(f"llmgw:{SERVICE}:usd:mixed:{day}") or 0)
+    assert spent >= round(delivered * 1000)
+    biggest = max(_reserved(body) for body in kinds.values())
+    assert spent <= 0.0008e9 + Price(1.0, 2.0).nano(biggest, biggest)
+    for key in store.keys(f"llmgw:{SERVICE}:tpm:mixed:*"):
+        assert int(store.get(key)) <= 1200 + biggest
