@@ -6,6 +6,10 @@ of waiting the client gets a 200 event stream and `: keepalive` comments until t
 so no idle timeout on the way cuts it. What then goes wrong is told as an error event, which the
 SDKs raise on. A client that leaves while the gateway waits for the upstream stops that call:
 nobody pays for an answer no one reads.
+
+Cheap on the request path: the client's connection is watched only once a wait has lasted half a
+second (or a stream is relayed), and the wait itself is a plain await, cancelled (as ClientGone)
+when the client leaves.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from gateway.observe import Record
 from gateway.relay import KEEPALIVE
 
 T = TypeVar("T")
+WATCH_AFTER_SECONDS = 0.5  # a wait this long starts watching whether the client is still there
 SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
        (b"x-accel-buffering", b"no")]
 
@@ -31,7 +36,23 @@ class Exchange:
     def __init__(self, send, receive, rec: Record, keepalive_seconds: float):
         self.send, self.rec, self.keepalive = send, rec, keepalive_seconds
         self.started = False
-        self.gone = asyncio.ensure_future(_disconnected(receive))
+        self.task = asyncio.current_task()
+        self.waiting = self.left = False
+        self.receive = receive
+        self._gone: Optional[asyncio.Future] = None
+
+    @property
+    def gone(self) -> asyncio.Future:
+        """Done when the client has left; watched from the first wait on (a hit never waits)."""
+        if self._gone is None:
+            self._gone = asyncio.ensure_future(_disconnected(self.receive))
+            self._gone.add_done_callback(self._client_left)
+        return self._gone
+
+    def _client_left(self, watcher: asyncio.Future) -> None:
+        if not watcher.cancelled() and self.waiting and self.task is not None:
+            self.left = True
+            self.task.cancel()  # the wait under way ends as ClientGone
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if not self.started:
@@ -61,24 +82,46 @@ class Exchange:
     async def wait(self, awaitable: Awaitable[T]) -> T:
         """`awaitable`'s result, keeping a waiting stream alive; ClientGone if the client leaves
         first (the awaitable is then cancelled)."""
-        task = asyncio.ensure_future(awaitable)
+        if self._gone is not None and self._gone.done():
+            raise ClientGone
+        loop = asyncio.get_running_loop()
+        # Most answers come fast: the client's connection is watched only once a wait is long.
+        watch = loop.call_later(WATCH_AFTER_SECONDS, lambda: self.gone) if self._gone is None else None
+        timer = loop.call_later(self.keepalive, self._keep_alive) if self.rec.stream else None
+        self.waiting = True
         try:
-            while True:
-                timeout: Optional[float] = self.keepalive if self.rec.stream else None
-                done, _ = await asyncio.wait({task, self.gone}, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if task in done:
-                    return task.result()
-                if self.gone in done:
-                    raise ClientGone
-                await self.start(200, SSE + [(b"x-gateway-request-id", self.rec.request_id.encode())])
-                await self.write(KEEPALIVE)
+            return await awaitable
+        except asyncio.CancelledError:
+            if not self.left:
+                raise  # not the client: the drain's deadline, say
+            if self.task is not None:
+                self.task.uncancel()
+            raise ClientGone from None
         finally:
-            if not task.done():
-                task.cancel()
+            self.waiting = False
+            if watch is not None:
+                watch.cancel()
+            if timer is not None:
+                timer.cancel()
+            keeper = self._keeper
+            if keeper is not None:
+                self._keeper = None
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
+
+    _keeper: Optional[asyncio.Task] = None
+
+    def _keep_alive(self) -> None:
+        async def beat() -> None:
+            await self.start(200, SSE + [(b"x-gateway-request-id", self.rec.request_id.encode())])
+            while True:
+                await self.write(KEEPALIVE)
+                await asyncio.sleep(self.keepalive)
+        self._keeper = asyncio.ensure_future(beat())
 
     def close(self) -> None:
-        self.gone.cancel()
+        if self._gone is not None:
+            self._gone.cancel()
 
 
 async def _disconnected(receive) -> None:

@@ -10,19 +10,20 @@ so nothing it sends can be reached by id later. Idempotency keys are scoped to t
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 # Fields naming state the API keeps by id. Looked for in the raw body first (a JSON key is
 # quoted there; the same word in a prompt is escaped), so an ordinary request pays one scan.
 STATE_FIELDS = ("previous_response_id", "conversation", "prompt", "file_id", "vector_store_ids",
                 "container", "item_reference")
-MARKERS = tuple(f'"{f}"'.encode() for f in STATE_FIELDS)
+MARKERS = re.compile(b'"(' + b"|".join(f.encode() for f in STATE_FIELDS) + b')"')
 TOP_LEVEL = ("previous_response_id", "conversation", "prompt")  # the Responses API's own
 
 
 def stored_state(route: str, doc: dict[str, Any], raw: bytes) -> Optional[str]:
     """The first field of this body that names stored state, or None."""
-    if not any(m in raw for m in MARKERS):
+    if MARKERS.search(raw) is None:
         return None
     if route == "responses":
         for field in TOP_LEVEL:
