@@ -24,7 +24,7 @@ import orjson
 
 from gateway import cache, errors, observe, tenancy
 from gateway.errors import GatewayError
-from gateway.exchange import SSE, ClientGone, Exchange
+from gateway.exchange import SSE, ClientGone, Exchange, Watchdog
 from gateway.healthcheck import USER_AGENT
 from gateway.keys import Client
 from gateway.limits import Limits, Reservation, check_model, estimate, rejection, windows
@@ -66,6 +66,7 @@ class App:
         self.reconciling: Optional[asyncio.Future] = None
         self.draining = False  # set on SIGTERM: /healthz fails from then on
         self.in_flight = 0  # requests this worker is serving (GATEWAY_MAX_IN_FLIGHT bounds it)
+        self.dog = Watchdog(settings.body_timeout_seconds)  # slow bodies, clients that leave
         # When a request last came from outside the task (the load balancer, its health checks):
         # a draining gateway stops accepting once this is quiet (gateway/server.py).
         self.last_request = time.monotonic()
@@ -88,6 +89,7 @@ class App:
                 print(f"gateway: cache and limits in {where}", file=sys.stderr, flush=True)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self.dog.stop()
                 await self.upstream.close()
                 await self.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -134,17 +136,22 @@ class App:
 
     async def proxy(self, scope: dict, receive, send, route: str, rec: Record) -> None:
         headers = dict(scope["headers"])
-        if sum(1 for name, _ in scope["headers"] if name == b"authorization") > 1:
+        if len(headers) < len(scope["headers"]) and \
+                sum(1 for name, _ in scope["headers"] if name == b"authorization") > 1:
             raise errors.invalid("Send one Authorization header.", code="invalid_api_key")
         client = self.s.clients.client_for(headers.get(b"authorization"))
         if client is None:
             raise errors.unauthorized(b"authorization" in headers)
         rec.client = client.name
+        ex = Exchange(send, receive, rec, self.s.sse_keepalive_seconds, self.dog)
+        await self.exchange(scope, ex, headers, client, route, rec)
+
+    async def exchange(self, scope: dict, ex: Exchange, headers: dict, client: Client, route: str,
+                       rec: Record) -> None:
         body, doc, size = None, {}, 0
         if scope["method"] == "POST":
-            try:
-                async with asyncio.timeout(self.s.body_timeout_seconds):  # a trickled body holds nothing
-                    body = await _read_body(receive, headers, self.s.max_request_bytes)
+            try:  # a trickled body holds nothing past its deadline
+                body = await ex.read(_read_body(ex.receive, headers, self.s.max_request_bytes))
             except TimeoutError:
                 raise errors.body_timeout(self.s.body_timeout_seconds) from None
             size = len(body)  # the client's bytes, before the gateway asks a stream for its usage
@@ -161,7 +168,6 @@ class App:
                 settled = True
                 await self.settle(client, gate, rec)
 
-        ex = Exchange(send, receive, rec, self.s.sse_keepalive_seconds)
         try:
             if gate is not None and gate.entry is not None:
                 if await self.from_cache(ex, gate.entry, route, rec):

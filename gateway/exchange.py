@@ -7,14 +7,17 @@ so no idle timeout on the way cuts it. What then goes wrong is told as an error 
 SDKs raise on. A client that leaves while the gateway waits for the upstream stops that call:
 nobody pays for an answer no one reads.
 
-Cheap on the request path: the client's connection is watched only once a wait has lasted half a
-second (or a stream is relayed), and the wait itself is a plain await, cancelled (as ClientGone)
-when the client leaves.
+Cheap on the request path: no request schedules a timer of its own. One `Watchdog` per worker
+ticks four times a second over the requests in flight: it times out a body that is slow to
+arrive, and starts watching the client's connection once a wait has lasted two ticks (a stream
+relayed is watched at once). The wait itself is a plain await, cancelled (as ClientGone) when
+the client leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable
 from typing import Optional, TypeVar
 
@@ -23,7 +26,8 @@ from gateway.observe import Record
 from gateway.relay import KEEPALIVE
 
 T = TypeVar("T")
-WATCH_AFTER_SECONDS = 0.5  # a wait this long starts watching whether the client is still there
+TICK_SECONDS = 0.25  # the watchdog's period
+WATCH_AFTER_TICKS = 2  # a wait this long (0.25 to 0.5 s) starts watching whether the client is there
 SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
        (b"x-accel-buffering", b"no")]
 
@@ -32,14 +36,67 @@ class ClientGone(Exception):
     """The client closed its connection."""
 
 
+class Watchdog:
+    """One worker's timer for every request in flight: bodies past their deadline, waits long
+    enough to watch the client. A request registers in a dict, with no timer of its own."""
+
+    def __init__(self, body_timeout_seconds: float):
+        self.tick = 0
+        self.body_ticks = math.ceil(body_timeout_seconds / TICK_SECONDS)
+        self.reading: dict[Exchange, int] = {}  # -> the tick its body is due by
+        self.waiting: dict[Exchange, int] = {}  # -> the tick its wait began
+        self.task: Optional[asyncio.Task] = None
+
+    def running(self) -> Watchdog:
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.tick += 1
+            for ex in [ex for ex, due in self.reading.items() if self.tick > due]:
+                del self.reading[ex]
+                ex.time_out()
+            for ex in [ex for ex, began in self.waiting.items() if self.tick - began >= WATCH_AFTER_TICKS]:
+                del self.waiting[ex]
+                ex.gone  # noqa: B018 - starts watching the connection
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+
 class Exchange:
-    def __init__(self, send, receive, rec: Record, keepalive_seconds: float):
+    def __init__(self, send, receive, rec: Record, keepalive_seconds: float, dog: Watchdog):
         self.send, self.rec, self.keepalive = send, rec, keepalive_seconds
         self.started = False
         self.task = asyncio.current_task()
-        self.waiting = self.left = False
+        self.waiting = self.left = self.timed_out = False
         self.receive = receive
+        self.dog = dog.running()
         self._gone: Optional[asyncio.Future] = None
+
+    async def read(self, awaitable: Awaitable[T]) -> T:
+        """`awaitable` (the request's body), or TimeoutError once the body is past its deadline."""
+        self.dog.reading[self] = self.dog.tick + self.dog.body_ticks
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if not self.timed_out:
+                raise
+            if self.task is not None:
+                self.task.uncancel()
+            raise TimeoutError from None
+        finally:
+            self.dog.reading.pop(self, None)
+
+    def time_out(self) -> None:
+        if self.task is not None:
+            self.timed_out = True
+            self.task.cancel()
 
     @property
     def gone(self) -> asyncio.Future:
@@ -84,10 +141,11 @@ class Exchange:
         first (the awaitable is then cancelled)."""
         if self._gone is not None and self._gone.done():
             raise ClientGone
-        loop = asyncio.get_running_loop()
         # Most answers come fast: the client's connection is watched only once a wait is long.
-        watch = loop.call_later(WATCH_AFTER_SECONDS, lambda: self.gone) if self._gone is None else None
-        timer = loop.call_later(self.keepalive, self._keep_alive) if self.rec.stream else None
+        if self._gone is None:
+            self.dog.waiting[self] = self.dog.tick
+        timer = asyncio.get_running_loop().call_later(self.keepalive, self._keep_alive) if self.rec.stream \
+            else None
         self.waiting = True
         try:
             return await awaitable
@@ -99,8 +157,7 @@ class Exchange:
             raise ClientGone from None
         finally:
             self.waiting = False
-            if watch is not None:
-                watch.cancel()
+            self.dog.waiting.pop(self, None)
             if timer is not None:
                 timer.cancel()
             keeper = self._keeper
@@ -120,6 +177,8 @@ class Exchange:
         self._keeper = asyncio.ensure_future(beat())
 
     def close(self) -> None:
+        self.dog.reading.pop(self, None)
+        self.dog.waiting.pop(self, None)
         if self._gone is not None:
             self._gone.cancel()
 

@@ -26,6 +26,7 @@ METRICS = {
 }
 REJECTED = {"requests": "RejectedRequests", "concurrent": "RejectedRequests", "tokens": "RejectedTokens",
             "spend": "RejectedSpend"}
+REJECTED_METRICS = tuple(dict.fromkeys(REJECTED.values()))
 
 
 @dataclass
@@ -67,7 +68,7 @@ def line(r: Record, service: str, namespace: str, now_ms: Optional[int] = None) 
         "CacheHits": 1 if r.cache == "HIT" else 0, "CacheMisses": 1 if r.cache in ("MISS", "REFRESH") else 0,
         "CacheCoalesced": 1 if r.coalesced else 0, "CacheErrors": 1 if r.cache_error else 0,
         "EstimatedCostUSD": r.cost_nano / 1e9 if r.cost_nano is not None else None,
-        **{metric: 1 if REJECTED.get(r.rejected or "") == metric else 0 for metric in set(REJECTED.values())},
+        **{metric: 1 if REJECTED.get(r.rejected or "") == metric else 0 for metric in REJECTED_METRICS},
     }
     present = {k: v for k, v in values.items() if v is not None}
     doc: dict[str, Any] = {
