@@ -329,7 +329,7 @@ class App:
                 if rec.stream and resp.status == 200 and resp.content_type == "text/event-stream":
                     recorded = _Recording(self.s.cache_max_entry_bytes)
                     watch = UsageFilter(route == "chat.completions" and not rec.asked_usage,
-                                        ENDINGS.get(route, ()))
+                                        ENDINGS.get(route))
                     completed = await self.stream(resp, ex, out, rec, watch, recorded if store else None)
                     if completed is None:
                         return  # the client left
@@ -391,28 +391,29 @@ class App:
             return False
 
     def prepare(self, route: str, body: bytes, rec: Record, client: Client) -> tuple[bytes, dict]:
-        """Parse once for the log and the stream flag; check the model before anything uses it;
-        ask a chat stream for its usage."""
+        """Parse once for the log and the stream flag; check the model and the stored state a
+        client names before anything uses them. What goes upstream is the document checked,
+        written again (a key sent twice cannot mean one thing here and another there), with
+        `store: false` for a client kept from stored state and a chat stream asked for its usage."""
         doc = _loads(body)
         if not isinstance(doc, dict):
             raise errors.bad_json()
         rec.model = check_model(doc.get("model"), self.s.prices, client.models)
+        rec.stream = doc.get("stream") is True
+        rec.asked_usage = _asked_usage(doc)
+        sent = doc if client.stateful else (tenancy.stores_nothing(route, doc) or doc)
+        if rec.stream and route == "chat.completions" and not rec.asked_usage:
+            options = doc.get("stream_options") if isinstance(doc.get("stream_options"), dict) else {}
+            sent = {**sent, "stream_options": {**options, "include_usage": True}}
+        body = orjson.dumps(sent)
         if not client.stateful:
-            field = tenancy.stored_state(route, doc, body)
+            field = tenancy.stored_state(route, sent, body)
             if field:
                 raise errors.invalid(f"`{field}` names state the API keeps, which this client may not use: "
                                      "every client of this gateway shares the API's project.", param=field,
                                      code="stateful_not_allowed")
-            kept = tenancy.stores_nothing(route, doc)
-            if kept is not None:
-                doc, body = kept, orjson.dumps(kept)
-        rec.stream = doc.get("stream") is True
-        rec.asked_usage = _asked_usage(doc)
         if self.s.log_prompts:
             rec.prompt = doc.get("messages", doc.get("input"))
-        if rec.stream and route == "chat.completions" and not _asked_usage(doc):
-            options = doc.get("stream_options") if isinstance(doc.get("stream_options"), dict) else {}
-            body = orjson.dumps({**doc, "stream_options": {**options, "include_usage": True}})
         return body, doc
 
     async def stream(self, resp: aiohttp.ClientResponse, ex: Exchange, headers: list, rec: Record,

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import orjson
 
-from gateway.relay import split_complete
+from gateway.relay import ENDINGS, split_complete
 
 # Fields that change how an answer is delivered or recorded, not what it says.
 NOT_IN_KEY = ("stream", "stream_options", "user", "store", "metadata", "service_tier")
@@ -137,12 +137,12 @@ def chat_sse_to_json(body: bytes) -> Optional[bytes]:
 def complete_stream(route: str, body: bytes) -> bool:
     """Whether a recorded stream ended as the upstream ends a finished answer, with no error
     event on the way: only such a stream is an answer worth replaying."""
-    tail = body.rstrip()
     if b'data: {"error"' in body or b'data:{"error"' in body or b"event: error" in body:
         return False
+    last = body.rstrip().replace(b"\r\n", b"\n").rsplit(b"\n\n", 1)[-1]  # the stream's last event
     if route == "chat.completions":
-        return tail.endswith(b"data: [DONE]")
-    return b"response.completed" in tail[-4096:]
+        return last.startswith(b"data: [DONE]")
+    return b"response.completed" in last and ENDINGS["responses"].search(last) is not None
 
 
 # What a finished answer of each route holds: a JSON object without `error`, and this.

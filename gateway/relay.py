@@ -15,6 +15,7 @@ reports usage in its `response.completed` event, which passes untouched.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Optional
 
@@ -54,8 +55,13 @@ def usage_of(doc: Any) -> Optional[tuple[int, int]]:
 
 # How each route's upstream ends a finished stream. A stream that stops without one of these
 # was cut (the upstream closed early): the client is told so, never left with half an answer.
-ENDINGS = {"chat.completions": (b"data: [DONE]",),
-           "responses": (b"response.completed", b"response.incomplete", b"response.failed")}
+# Matched as SSE framing only (a line's start, or a JSON `type` whose quotes are not escaped),
+# so a model that writes these words in its answer does not end its stream early.
+ENDINGS = {
+    "chat.completions": re.compile(rb"(?:^|\n)data: ?\[DONE\]"),
+    "responses": re.compile(rb'(?:^|\n)event: ?response\.(?:completed|incomplete|failed)\r?\n'
+                            rb'|"type": ?"response\.(?:completed|incomplete|failed)"'),
+}
 
 
 class UsageFilter:
@@ -63,16 +69,16 @@ class UsageFilter:
     Also counts the events relayed (what an abandoned stream is charged for) and notes whether
     the upstream ended the stream (`ended`)."""
 
-    def __init__(self, strip_usage_chunk: bool, endings: tuple[bytes, ...] = ()):
+    def __init__(self, strip_usage_chunk: bool, ending: Optional[re.Pattern] = None):
         self.strip = strip_usage_chunk
         self.usage: Optional[tuple[int, int]] = None
-        self.endings = endings
-        self.ended = not endings
+        self.ending = ending
+        self.ended = ending is None
         self.events = 0  # data events seen: about one token each in a streamed answer
 
     def __call__(self, events: bytes) -> bytes:
         self.events += events.count(b"data:")
-        if not self.ended and any(e in events for e in self.endings):
+        if not self.ended and self.ending.search(events):  # type: ignore[union-attr]
             self.ended = True
         if not any(h in events for h in _USAGE_HINTS):
             return events  # the common case: no parsing at all

@@ -13,23 +13,34 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-# Fields naming state the API keeps by id. Looked for in the raw body first (a JSON key is
-# quoted there; the same word in a prompt is escaped), so an ordinary request pays one scan.
+# Fields naming state the API keeps by id. Looked for first in the body as orjson writes it
+# (keys as plain quoted text, never escaped; the same word quoted in a prompt is escaped there),
+# so an ordinary request pays one scan; a client's `\u005f` spelling is gone by then.
 STATE_FIELDS = ("previous_response_id", "conversation", "prompt", "file_id", "vector_store_ids",
                 "container", "item_reference")
 MARKERS = re.compile(b'"(' + b"|".join(f.encode() for f in STATE_FIELDS) + b')"')
 TOP_LEVEL = ("previous_response_id", "conversation", "prompt")  # the Responses API's own
 
 
-def stored_state(route: str, doc: dict[str, Any], raw: bytes) -> Optional[str]:
-    """The first field of this body that names stored state, or None."""
-    if MARKERS.search(raw) is None:
+def stored_state(route: str, doc: dict[str, Any], serialised: bytes) -> Optional[str]:
+    """The first field of this body that names stored state, or None. `serialised` is
+    `orjson.dumps(doc)`, what goes upstream."""
+    if route == "responses" and _references_an_item(doc.get("input")):
+        return "item_reference"
+    if MARKERS.search(serialised) is None:
         return None
     if route == "responses":
         for field in TOP_LEVEL:
             if doc.get(field) is not None:
                 return field
     return _named_state(doc)
+
+
+def _references_an_item(items: Any) -> bool:
+    """An input item with an id and no type is a reference to a stored item (as is one of type
+    `item_reference`), in the Responses API."""
+    return isinstance(items, list) and any(
+        isinstance(item, dict) and item.get("id") is not None and item.get("type") is None for item in items)
 
 
 def _named_state(value: Any) -> Optional[str]:

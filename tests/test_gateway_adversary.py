@@ -388,6 +388,27 @@ def test_a_client_cannot_name_state_the_api_keeps_for_the_project(gw, fake, body
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("raw, field", [
+    (b'{"model":"gpt-4o-mini","input":"hi","previous\\u005fresponse_id":"resp_other"}', "previous_response_id"),
+    (b'{"model":"gpt-4o-mini","input":[{"role":"user","content":[{"type":"input_file","fil\\u0065_id":"file-x"}]}]}',
+     "file_id"),
+    (b'{"model":"gpt-4o-mini","input":[{"id":"msg_other"}]}', "item_reference"),  # a reference needs no type
+])
+def test_stored_state_spelt_another_way_is_still_refused(gw, fake, raw, field):
+    resp, answer = chat(gw, raw, path="/v1/responses")
+    assert resp.status == 400
+    assert (answer["error"]["param"], answer["error"]["code"]) == (field, "stateful_not_allowed")
+    assert fake.requests == []
+
+
+def test_a_key_sent_twice_means_to_the_upstream_what_the_gateway_checked(gw, fake):
+    raw = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"model":"gpt-4o-mini"}'
+    resp, _ = chat(gw, raw, client="mini-only")
+    assert resp.status == 200
+    assert fake.requests[0]["raw"].count('"model"') == 1
+    assert fake.requests[0]["body"]["model"] == "gpt-4o-mini"
+
+
 def test_what_a_client_sends_is_not_stored_where_another_could_reach_it(gw, fake):
     mention = "the word prompt and \"file_id\" in a prompt"
     chat(gw, {"model": "gpt-4o-mini", "input": mention}, path="/v1/responses")

@@ -12,6 +12,7 @@ import pytest
 from gateway import cache
 from gateway.errors import GatewayError
 from gateway.limits import Limits, Price, Prices, check_model, estimate, rejection
+from gateway.relay import ENDINGS, UsageFilter
 from gateway.store import LocalStore
 
 CHAT = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
@@ -75,6 +76,23 @@ def test_only_finished_streams_count_as_complete():
     assert not cache.complete_stream("chat.completions", b"data: {}\n\n")
     done = b'event: response.completed\ndata: {"type":"response.completed"}\n\n'
     assert cache.complete_stream("responses", done)
+    assert cache.complete_stream("responses", b'data: {"type":"response.completed"}\n\n'), "data lines only"
+
+
+def test_a_model_that_writes_the_end_marker_does_not_end_its_stream():
+    said = b'data: {"choices":[{"delta":{"content":"data: [DONE]"}}]}\n\n'
+    assert not cache.complete_stream("chat.completions", said)
+    watch = UsageFilter(False, ENDINGS["chat.completions"])
+    watch(said)
+    assert not watch.ended
+    watch(b"data: [DONE]\n\n")
+    assert watch.ended
+    text = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+            b'"delta":"event: response.completed \\"type\\":\\"response.completed\\""}\n\n')
+    assert not cache.complete_stream("responses", text)
+    watch = UsageFilter(False, ENDINGS["responses"])
+    watch(text)
+    assert not watch.ended
 
 
 PRICES = Prices({"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6},
