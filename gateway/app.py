@@ -57,15 +57,18 @@ class App:
         self.store = ValkeyStore(
             settings.cache_host, settings.cache_reader_host, settings.cache_port, settings.cache_auth_token,
             settings.cache_tls, settings.cache_ca_file or None, settings.service, settings.cache_timeout_seconds,
-            settings.cache_connect_timeout_seconds,
+            settings.cache_connect_timeout_seconds, settings.max_in_flight + 16,  # + background calls
         ) if settings.cache_host else LocalStore()
         # The limits while the shared store does not answer: this process counts alone, and what
         # it charged is added to the shared counters once the store answers again (`owed`).
         self.local = LocalStore()
         self.owed: dict[tuple[str, int, str], list[int]] = {}  # (client, minute, day) -> requests, tokens, nano
-        self.reconciling: Optional[asyncio.Future] = None
+        # Settlements the store missed (it failed while the request ran): paid when it answers.
+        self.unsettled: list[tuple[str, Reservation, int, int]] = []
+        self.paying: Optional[asyncio.Task] = None
         self.draining = False  # set on SIGTERM: /healthz fails from then on
         self.in_flight = 0  # requests this worker is serving (GATEWAY_MAX_IN_FLIGHT bounds it)
+        self.flying: dict[str, int] = {}  # client -> its requests this worker is serving
         self.dog = Watchdog(settings.body_timeout_seconds)  # slow bodies, clients that leave
         # When a request last came from outside the task (the load balancer, its health checks):
         # a draining gateway stops accepting once this is quiet (gateway/server.py).
@@ -84,12 +87,16 @@ class App:
                 await self.upstream.start()
                 if isinstance(self.store, ValkeyStore):
                     await self.store.warm()
+                    self.paying = asyncio.ensure_future(self.pay_every_second())
                 where = (f"Valkey at {self.s.cache_host}:{self.s.cache_port}" if self.s.cache_host else
                          "this process only (no CACHE_HOST): nothing is shared with other processes")
                 print(f"gateway: cache and limits in {where}", file=sys.stderr, flush=True)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.dog.stop()
+                if self.paying is not None:
+                    self.paying.cancel()
+                    await self.pay()  # a last try: what is still owed when the process exits is lost
                 await self.upstream.close()
                 await self.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -143,11 +150,23 @@ class App:
         if client is None:
             raise errors.unauthorized(b"authorization" in headers)
         rec.client = client.name
-        ex = Exchange(send, receive, rec, self.s.sse_keepalive_seconds, self.dog)
-        await self.exchange(scope, ex, headers, client, route, rec)
+        limits = Limits.from_json(client.limits, self.s.default_limits)
+        # A client's requests in flight here are some of its requests in flight everywhere: at its
+        # bound already, it is refused before its body is read (or a trickled body would hold a
+        # worker's places for everyone else until the store is asked).
+        here = self.flying.get(client.name, 0)
+        if limits.concurrent_requests and here >= limits.concurrent_requests:
+            rec.rejected = "concurrent"
+            raise rejection("concurrent", limits, here, 1)
+        self.flying[client.name] = here + 1
+        try:
+            ex = Exchange(send, receive, rec, self.s.sse_keepalive_seconds, self.dog)
+            await self.exchange(scope, ex, headers, client, limits, route, rec)
+        finally:
+            self.flying[client.name] -= 1
 
-    async def exchange(self, scope: dict, ex: Exchange, headers: dict, client: Client, route: str,
-                       rec: Record) -> None:
+    async def exchange(self, scope: dict, ex: Exchange, headers: dict, client: Client, limits: Limits,
+                       route: str, rec: Record) -> None:
         body, doc, size = None, {}, 0
         if scope["method"] == "POST":
             try:  # a trickled body holds nothing past its deadline
@@ -159,7 +178,7 @@ class App:
         rec.reserve = estimate(route, doc, size, self.s.output_tokens_estimate)
         policy = cache.policy(route, doc, headers) if body is not None else cache.BYPASS
         query = scope.get("query_string", b"")
-        gate = await self.gate(client, route, doc, query, policy, rec)
+        gate = await self.gate(client, limits, route, doc, query, policy, rec)
         settled = False
 
         async def finish() -> None:
@@ -174,8 +193,8 @@ class App:
                     return
                 # Stored the other way and not convertible: a miss, and a miss passes the limits
                 # (the request itself was counted with the hit).
-                gate = await self.gate(client, route, doc, query, cache.Policy(False, policy.write, ""), rec,
-                                       counted=True)
+                miss = cache.Policy(False, policy.write, "")
+                gate = await self.gate(client, limits, route, doc, query, miss, rec, counted=True)
             if gate is not None and gate.outcome == "miss" and policy.read and not gate.holds_lock:
                 if await self.coalesce(ex, gate, route, rec):
                     return
@@ -192,12 +211,11 @@ class App:
             ex.close()
             await finish()
 
-    async def gate(self, client: Client, route: str, doc: dict, query: bytes, policy: cache.Policy,
-                   rec: Record, counted: bool = False) -> Optional[Gate]:
+    async def gate(self, client: Client, limits: Limits, route: str, doc: dict, query: bytes,
+                   policy: cache.Policy, rec: Record, counted: bool = False) -> Optional[Gate]:
         """One round trip: the entry and the client's limits. None: nothing to check, or the
         store did not answer (then the request goes on without cache and limits). `counted`:
         the request was counted already (a hit that could not be served)."""
-        limits = Limits.from_json(client.limits, self.s.default_limits)
         if not policy.used and not limits.any:
             return None
         tokens_in, tokens_out = rec.reserve
@@ -207,8 +225,6 @@ class App:
         try:
             gate = await self.store.gate(client.name, limits, key, policy.read, policy.write, tokens, nano,
                                          int(self.s.coalesce_wait_seconds * 1000), counted)
-            if self.owed:
-                self.reconcile()
         except StoreUnavailable:
             rec.cache_error = True
             if not limits.any:
@@ -271,22 +287,38 @@ class App:
             await self.store.settle(client.name, r, used_tokens, used_nano)
         except StoreUnavailable:
             rec.cache_error = True
+            # Bounded: only requests admitted by the store before it failed get here.
+            self.unsettled.append((client.name, r, used_tokens, used_nano))
 
-    def reconcile(self) -> None:
-        """Add what this process charged alone to the shared counters, in the background."""
-        if self.reconciling is not None and not self.reconciling.done():
-            return
+    async def pay_every_second(self) -> None:
+        """What this process charged alone, or could not settle, goes to the shared counters as
+        soon as the store answers again (within a second or so), request or not."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.owed or self.unsettled:
+                await self.pay()
 
-        async def pay() -> None:
-            owed, self.owed = self.owed, {}
-            for (client, minute, day), (requests, tokens, nano) in owed.items():
-                try:
-                    await self.store.settle(client, Reservation(0, 0, minute, day), tokens, nano, requests)
-                except StoreUnavailable:
-                    debt = self.owed.setdefault((client, minute, day), [0, 0, 0])
-                    for i, v in enumerate((requests, tokens, nano)):
-                        debt[i] += v
-        self.reconciling = asyncio.ensure_future(pay())
+    async def pay(self) -> None:
+        """One try at each debt; what the store does not take (or a cancellation cuts) stays owed."""
+        for window in list(self.owed):
+            client, minute, day = window
+            requests, tokens, nano = self.owed.pop(window)
+            try:
+                await self.store.settle(client, Reservation(0, 0, minute, day), tokens, nano, requests)
+            except (StoreUnavailable, asyncio.CancelledError) as e:
+                debt = self.owed.setdefault(window, [0, 0, 0])
+                for i, v in enumerate((requests, tokens, nano)):
+                    debt[i] += v
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+        for _ in range(len(self.unsettled)):
+            client, r, tokens, nano = self.unsettled.pop(0)
+            try:
+                await self.store.settle(client, r, tokens, nano)
+            except (StoreUnavailable, asyncio.CancelledError) as e:
+                self.unsettled.append((client, r, tokens, nano))
+                if isinstance(e, asyncio.CancelledError):
+                    raise
 
     @staticmethod
     def consumed(rec: Record) -> tuple[int, int]:
@@ -450,11 +482,11 @@ class App:
                 failure = errors.stream_interrupted()
                 rec.error, completed = failure.code, False
                 await ex.write(failure.sse_event())
-            if usage.usage:
-                rec.input_tokens, rec.output_tokens = usage.usage
             return completed
         finally:
             rec.relayed = usage.events
+            if usage.usage:  # reported, even if the client left before the end: charge it
+                rec.input_tokens, rec.output_tokens = usage.usage
             if not copying.done():
                 copying.cancel()
 

@@ -17,11 +17,12 @@ the client leaves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Awaitable
 from typing import Optional, TypeVar
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, stream_cut_by_drain
 from gateway.observe import Record
 from gateway.relay import KEEPALIVE
 
@@ -150,8 +151,11 @@ class Exchange:
         try:
             return await awaitable
         except asyncio.CancelledError:
-            if not self.left:
-                raise  # not the client: the drain's deadline, say
+            if not self.left:  # not the client: the drain's deadline
+                if self.started:  # a stream started early: tell its client, its SDK raises on it
+                    with contextlib.suppress(Exception):
+                        await self.fail(stream_cut_by_drain())
+                raise
             if self.task is not None:
                 self.task.uncancel()
             raise ClientGone from None

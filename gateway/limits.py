@@ -126,17 +126,17 @@ class Reservation:
 
 def estimate(route: str, doc: dict[str, Any], body_size: int, default_output: int) -> tuple[int, int]:
     """(input, output) tokens reserved before the call: about a token per 4 bytes of the body in,
-    and the request's own output limit (or the default) times its number of choices out;
+    and the request's own output limit (the largest, if it sends several; else the default) times
+    its number of choices out;
     embeddings and the model list have no output. A field it reads that is not a whole number in
     bounds is refused (400), never read as some other figure."""
     if route == "models":
         return 0, 0
-    out = 0 if route == "embeddings" else default_output
-    for field in OUTPUT_FIELDS:
-        value = doc.get(field)
-        if value is not None:
-            out = _whole(field, value, 1, MAX_OUTPUT_TOKENS)
-            break
+    # Every output limit sent is checked, and the largest reserved: which one an upstream obeys
+    # when a client sends several is the upstream's business, not a way under the limits.
+    asked = [_whole(field, doc[field], 1, MAX_OUTPUT_TOKENS) for field in OUTPUT_FIELDS
+             if doc.get(field) is not None]
+    out = max(asked) if asked else 0 if route == "embeddings" else default_output
     choices = doc.get("n")
     if route == "chat.completions" and choices is not None:
         out *= _whole("n", choices, 1, MAX_CHOICES)

@@ -147,7 +147,8 @@ class ValkeyStore:
     kind = "valkey"
 
     def __init__(self, host: str, reader_host: str, port: int, password: str, tls: bool,
-                 ca_file: Optional[str], service: str, timeout: float, connect_timeout: float = 0.0):
+                 ca_file: Optional[str], service: str, timeout: float, connect_timeout: float = 0.0,
+                 max_connections: int = 1024):
         self.prefix = f"llmgw:{service}:"
         # No client-side retries: redis-py's default retries a failed connection 3 times with
         # exponential backoff (seconds), which stalled the first requests after an outage for ~4 s.
@@ -160,7 +161,9 @@ class ValkeyStore:
             context = RedisSSLContext(cert_reqs=ssl.CERT_REQUIRED, ca_certs=ca_file)
             kwargs.update(connection_class=_SharedTls, shared_tls=context)
         def client(at: str) -> redis.Redis:
-            return redis.Redis(connection_pool=ConnectionPool(host=at, max_connections=512, **kwargs))
+            # A request holds one connection at a time, so a pool as large as the requests a worker
+            # serves is never exhausted (an exhausted pool would read as an outage).
+            return redis.Redis(connection_pool=ConnectionPool(host=at, max_connections=max_connections, **kwargs))
 
         self.primary = client(host)
         self.reader = client(reader_host) if reader_host and reader_host != host else self.primary

@@ -14,6 +14,7 @@ what the tests assert on. Steps:
     {"kind": "raw", "status": 200, "content_type": "text/html", "body": "<html>"}   these bytes
     {"kind": "ok", "content": "..."}                  a chat answer with this text
     {"kind": "stream", "error_event": true}           an error event before [DONE]
+    {"kind": "stream", "before_done": 1.0}            a pause between the usage chunk and [DONE]
     {"kind": "short"}                                 a 200 whose body stops before its Content-Length
 
 A request may name its own step instead, in `metadata.fake_step` (a JSON string).
@@ -139,6 +140,7 @@ class FakeUpstream:
             await resp.write(_event(_chunk({}, "stop")))
             if (body.get("stream_options") or {}).get("include_usage"):
                 await resp.write(_event({**_chunk(None, None), "choices": [], "usage": USAGE}))
+            await asyncio.sleep(step.get("before_done", 0))
             await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

@@ -8,6 +8,8 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import os
+import signal
 import socket
 import time
 
@@ -47,6 +49,7 @@ CLIENTS = {
     # Room for one Responses request, settled at the fake's 15 tokens, and not one more.
     "flipper": {"limits": {"tokensPerMinute": _reserved_responses({**RESPONSES, "stream": True}) + 14}},
     "mini-only": {"models": ["gpt-4o-mini"]},
+    "leaver": {"limits": {"usdPerDay": 100}},
     # Room for one plain CHAT's reservation, not for the same with n: 2.
     "tokens": {"limits": {"tokensPerMinute": _reserved(CHAT) + 5}},
 }
@@ -239,6 +242,21 @@ def test_a_stream_abandoned_before_its_end_is_charged_its_input_and_what_was_rel
     assert spent == round(expected * 1e9), "the day's spend holds the charge, not a refund"
 
 
+def test_a_stream_left_after_its_usage_came_is_charged_that_usage(gw, fake):
+    fake.script = [{"kind": "stream", "chunks": ["a", "b", "c"], "before_done": 1.0}]
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    sock = _open_request(gw, "leaver", json.dumps(body).encode())
+    data = b""
+    while b'"usage":{"prompt_tokens"' not in data:  # the usage chunk, relayed: the gateway has seen it
+        chunk = sock.recv(65536)
+        assert chunk and b"[DONE]" not in chunk, "the stream ended before the client left"
+        data += chunk
+    sock.close()
+    (line,) = gw.lines_where(lambda x: x.get("Client") == "leaver" and x.get("status") == 499 and x["stream"])
+    assert (line["InputTokens"], line["OutputTokens"]) == (12, 2), "what the upstream reported"
+    assert "tokens_estimated" not in line
+
+
 def test_a_stream_the_upstream_ends_without_finishing_ends_with_an_error_the_sdk_raises(gw, fake):
     import openai
     fake.script = [{"kind": "stream", "chunks": ["Hel", "lo"], "unfinished": True}]
@@ -340,6 +358,20 @@ def test_requests_in_flight_at_once_are_bounded_per_client_and_places_come_back(
     assert refused["RejectedRequests"] == 1
 
 
+def test_a_client_at_its_bound_cannot_hold_a_worker_with_bodies_that_never_come(gw, fake):
+    body = json.dumps(CHAT).encode()
+    held = [_open_request(gw, "two-at-once", body[:10], length=len(body)) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both are being read
+        resp, answer = chat(gw, CHAT, client="two-at-once")
+        assert (resp.status, answer["error"]["code"]) == (429, "rate_limit_exceeded"), "refused before its body"
+        assert chat(gw, CHAT)[0].status == 200, "other clients are served"
+    finally:
+        for sock in held:
+            sock.close()
+    assert [r["body"]["model"] for r in fake.requests] == ["gpt-4o-mini"], "only the other client's"
+
+
 def test_a_store_outage_holds_each_processs_limits_and_the_spend_is_settled_after(upstream, fake, tmp_path):
     """Limits fail open no longer: while Valkey does not answer each process counts alone
     (bounded: tasks x workers x the limit), and once it answers what was charged meanwhile is
@@ -357,15 +389,54 @@ def test_a_store_outage_holds_each_processs_limits_and_the_spend_is_settled_afte
         time.sleep(1.1)  # past the second the gateway skips a store that failed
         assert chat(alone, CHAT, client="outage")[0].status == 200  # the store answers: it is paid what is owed
         store = server.client()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and len(store.keys(f"llmgw:{SERVICE}:usd:outage:*")) == 0:
+
+        def counted() -> tuple[int, int]:
+            return (sum(int(store.get(k)) for k in store.keys(f"llmgw:{SERVICE}:rpm:outage:*")),
+                    sum(int(store.get(k)) for k in store.keys(f"llmgw:{SERVICE}:usd:outage:*")))
+        deadline = time.monotonic() + 5  # paid within a second or so of the store's return
+        while time.monotonic() < deadline and counted()[0] < 4:
             time.sleep(0.05)
         time.sleep(0.2)
-        requests = sum(int(store.get(k)) for k in store.keys(f"llmgw:{SERVICE}:rpm:outage:*"))
-        spent = sum(int(store.get(k)) for k in store.keys(f"llmgw:{SERVICE}:usd:outage:*"))
+        requests, spent = counted()
         assert (requests, spent) == (4, 4 * round((12 * 1.0 + 3 * 2.0) * 1000))
         if windows()[0] == minute:  # the requests counted alone count in their minute
             assert chat(alone, CHAT, client="outage")[0].status == 429
+    finally:
+        alone.stop()
+        server.stop()
+
+
+def test_a_settlement_the_store_missed_is_paid_and_the_place_given_back_when_it_answers(upstream, fake, tmp_path):
+    """The store stops answering while an admitted request runs: its settlement (the refund of
+    what it did not use, its place in flight) waits in the process and is paid once the store
+    answers, with no request needed to trigger it."""
+    server = valkey_server.start(tmp_path)
+    keys = gateway_process.client_keys("settle", limits={"settle": {"concurrentRequests": 1, "usdPerDay": 100}})
+    env = {**server.env(), "GATEWAY_PRICES": json.dumps(PRICES), "GATEWAY_SERVICE": SERVICE,
+           "GATEWAY_CACHE_TIMEOUT_SECONDS": "0.2"}
+    alone = gateway_process.start(upstream.url, tmp_path, env=env, keys_doc=keys)
+    store = server.client()
+    flying = f"llmgw:{SERVICE}:inflight:settle"
+    try:
+        fake.script = [{"kind": "slow", "delay": 1.0}]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(chat, alone, CHAT, "settle")
+            deadline = time.monotonic() + 10
+            while not fake.requests and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert store.zcard(flying) == 1, "admitted: its place is taken"
+            os.kill(server.proc.pid, signal.SIGSTOP)  # the store stops answering, and keeps its data
+            try:
+                assert running.result(20)[0].status == 200
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while store.zcard(flying) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.zcard(flying) == 0, "the place came back"
+        spent = sum(int(store.get(k)) for k in store.keys(f"llmgw:{SERVICE}:usd:settle:*"))
+        assert spent == round((12 * 1.0 + 3 * 2.0) * 1000), "the reservation was settled to the usage"
+        assert chat(alone, CHAT, client="settle")[0].status == 200
     finally:
         alone.stop()
         server.stop()

@@ -191,6 +191,24 @@ def test_what_is_still_in_flight_at_the_drain_deadline_is_stopped_and_the_proces
     assert logged["tokens_estimated"] is True and logged["OutputTokens"] >= body.count(b'"content"')
 
 
+def test_a_stream_still_waiting_for_its_first_event_at_the_drain_deadline_is_told(upstream, tmp_path):
+    """Started early (keepalives while the upstream thinks), then cut by the deadline: the client
+    gets the same error event, never a stream that just stops."""
+    upstream.fake.script = [{"kind": "slow", "delay": 5.0}]  # no headers yet: the stream is the gateway's
+    gw = gateway_process.start(upstream.url, tmp_path, env={"GATEWAY_DRAIN_SECONDS": "1",
+                                                             "GATEWAY_SSE_KEEPALIVE_SECONDS": "0.2"})
+    got = {"started": threading.Event()}
+    reader = threading.Thread(target=_stream, args=(gw.port, gw.keys["web-app"], got))
+    reader.start()
+    assert got["started"].wait(10)
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(15) == 0
+    reader.join(15)
+    body = got["first"] + got["rest"]
+    assert body.startswith(b": keepalive") and b'"content"' not in body
+    assert body.rstrip().endswith(b'"code":"gateway_draining"}}'), body[-200:]
+
+
 def test_the_containers_own_health_check_does_not_hold_the_drain_open(upstream, tmp_path):
     """ECS runs the container check every 15 s inside the task: it names itself, so a draining
     gateway does not take it for the load balancer and stays open until the deadline."""
@@ -285,3 +303,12 @@ def test_client_keys_are_stored_as_hashes_and_checked_per_key():
     assert table.client_for(f"Bearer {rotated}".encode()).name == "web-app"
     with pytest.raises(keys.KeyDocumentError):
         keys.add_key(doc, "Web App")
+
+
+def test_the_store_pool_holds_as_many_connections_as_a_worker_serves_requests():
+    """A request holds one store connection at a time: a smaller pool would run out under a
+    burst, and an exhausted pool reads as an outage (every client on local limits)."""
+    from gateway.app import App
+    s = from_env({"OPENAI_API_KEY": "sk-x", "HOST": "127.0.0.1", "CACHE_HOST": "127.0.0.1",
+                  "GATEWAY_MAX_IN_FLIGHT": "3000"}, log=lambda _: None)
+    assert App(s).store.primary.connection_pool.max_connections >= 3000

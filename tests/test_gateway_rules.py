@@ -150,6 +150,14 @@ def test_estimates_reserve_the_requests_own_output_limit_times_its_choices():
     assert estimate("models", {}, 0, 1000) == (0, 0), "listing models is not charged"
 
 
+def test_several_output_limits_are_each_checked_and_the_largest_reserved():
+    both = {"max_completion_tokens": 5, "max_tokens": 900}
+    assert estimate("chat.completions", both, 4, 1000) == (1, 900)
+    with pytest.raises(GatewayError) as e:
+        estimate("chat.completions", {"max_completion_tokens": 5, "max_tokens": -1}, 4, 1000)
+    assert e.value.param == "max_tokens"
+
+
 @pytest.mark.parametrize("field,value,code", [
     ("max_tokens", 1e30, "invalid_type"), ("max_tokens", 10.0, "invalid_type"),
     ("max_tokens", "10", "invalid_type"),
