@@ -231,8 +231,9 @@ class LlmConfig(_Section):
                                            json_schema_extra=allow("model: {inputPerMillion, "
                                                                    "outputPerMillion}; at least one"))
     """The models clients may call, with their USD per million tokens (spend limits and the cost
-    estimate). A dated snapshot of a listed model (gpt-4o-mini-2024-07-18) is allowed at its
-    price; any other model is refused (400, model_not_found)."""
+    estimate). A dated snapshot of a listed model (gpt-4o-mini-2024-07-18) is allowed at that
+    model's price unless listed itself (list a snapshot that costs more); any other model is
+    refused (400, model_not_found)."""
 
     @field_validator("base_url")
     @classmethod
