@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 GW_VENV := .venv-gateway
 STACK ?= staging
 
-.PHONY: plan cost diff docs test lint lock bench bench-gateway serve clean venvs destroy-ready restore
+.PHONY: plan cost diff docs test lint lock bench bench-gateway mutate serve clean venvs destroy-ready restore
 
 # Every install is from a lock with hashes (requirements*.txt, made from the *.in files by
 # `make lock`): pip installs uv, uv installs the rest (about ten times faster than pip), compiled
@@ -58,6 +58,11 @@ diff: $(VENV)/.installed  ## what differs between two stacks (FROM=staging TO=pr
 test: $(VENV)/.installed $(GW_VENV)/.installed  ## the whole suite: config, stacks, gateway, commands against moto
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n auto
+
+# Mutation testing of the modules that carry the guarantees (mutation/packages.py); PACKAGES=gateway
+# runs one. Results are cached under .mutation/, so a second run tests only what changed.
+mutate: $(VENV)/.installed  ## score the tests by the mutants they kill, per package (target 90 %; weekly in CI)
+	$(PY) -m mutation.run $(PACKAGES)
 
 serve: $(GW_VENV)/.installed  ## the gateway on 127.0.0.1:8080 against OPENAI_BASE_URL, key from OPENAI_API_KEY
 	HOST=127.0.0.1 PYTHONPATH=. $(GW_VENV)/bin/python -m gateway

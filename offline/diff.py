@@ -102,7 +102,8 @@ def cost_lines(ra: cost.Report, rb: cost.Report) -> list[str]:
     a = {line.item: line.usd for line in ra.lines}
     b = {line.item: line.usd for line in rb.lines}
     lines = [f"  {item}: ${a.get(item, 0):,.2f} -> ${b.get(item, 0):,.2f}"
-             for item in sorted(set(a) | set(b), key=lambda i: -abs(b.get(i, 0) - a.get(i, 0)))
+             # Largest change first; ties by name, so the order is the same in every process.
+             for item in sorted(set(a) | set(b), key=lambda i: (-abs(b.get(i, 0) - a.get(i, 0)), i))
              if round(a.get(item, 0) - b.get(item, 0), 2)]
     lines.append(f"  AWS a month: ${ra.total:,.2f} -> ${rb.total:,.2f} "
                  f"({rb.total - ra.total:+,.2f}); LLM tokens: ${ra.tokens.with_cache:,.2f} -> "

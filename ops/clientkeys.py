@@ -174,7 +174,8 @@ def _usd(raw: str) -> float:
     return value
 
 
-def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time.sleep) -> int:
+def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time.sleep,
+         clock: Callable[[], float] = time.monotonic) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.clientkeys", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["add", "list", "limits", "rotate", "revoke"])
     parser.add_argument("client", nargs="?", help="the client's name (add, rotate, revoke)")
@@ -221,7 +222,7 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
                       stateful=args.stateful)
             _err(f"new key for {args.client} (shown once, stored only as a hash):")
             print(key, flush=True)
-        rollout.after_secret_change(s, args.timeout, sleep=sleep, log=_err)
+        rollout.after_secret_change(s, args.timeout, sleep=sleep, clock=clock, log=_err)
         return 0
 
     return rollout.run(act, lambda e: explain_aws(e, where, args.stack))

@@ -17,7 +17,11 @@ what the tests assert on. Steps:
     {"kind": "stream", "before_done": 1.0}            a pause between the usage chunk and [DONE]
     {"kind": "short"}                                 a 200 whose body stops before its Content-Length
 
-A request may name its own step instead, in `metadata.fake_step` (a JSON string).
+A request may name its own step instead, in `metadata.fake_step` (a JSON string). A step may set
+the usage it reports: `"usage": [prompt, completion]`. With `realistic = True`, each answer
+reports usage in the thousands, different for every request (`realistic_usage`), so a test of the
+limit and spend arithmetic can tell the input tokens from the output tokens, and one request
+from another; each recorded request holds the usage it was answered with (`usage`, or None).
 
 Run alone for the benchmark: `python -m tests.fake_upstream 9001`.
 """
@@ -28,7 +32,7 @@ import asyncio
 import json
 import sys
 import threading
-from typing import Any
+from typing import Any, Optional
 
 from aiohttp import web
 
@@ -48,10 +52,26 @@ RATE_HEADERS = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requ
 USAGE = {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}
 
 
+def realistic_usage(n: int) -> tuple[int, int]:
+    """The n-th request's (prompt, completion) tokens: thousands, never twice the same pair, and
+    never in a fixed ratio (a counter that swaps or drops one side comes out different)."""
+    return 1000 + (n * 7919) % 3001, 500 + (n * 104729) % 2503
+
+
+def _chat_usage(tokens: tuple[int, int]) -> dict[str, int]:
+    return {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens)}
+
+
+def _responses_usage(tokens: tuple[int, int]) -> dict[str, int]:
+    return {"input_tokens": tokens[0], "output_tokens": tokens[1], "total_tokens": sum(tokens)}
+
+
 class FakeUpstream:
     def __init__(self):
         self.script: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
+        self.realistic = False
+        self.answered = 0  # requests answered with realistic usage
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/_script", self._set_script)
         self.app.router.add_get("/_requests", self._get_requests)
@@ -79,6 +99,8 @@ class FakeUpstream:
         own = ((body or {}).get("metadata") or {}).get("fake_step") if isinstance(body, dict) else None
         step = json.loads(own) if own else self.script.pop(0) if self.script else {"kind": "ok"}
         kind = step["kind"]
+        answers = kind in ("ok", "slow", "stream") and request.path != "/v1/models"
+        tokens = self.requests[-1]["usage"] = self._tokens(step) if answers else None
         if kind == "drop":
             request.transport.close()
             raise asyncio.CancelledError  # the handler ends with the connection, no answer
@@ -101,17 +123,32 @@ class FakeUpstream:
         if kind == "slow":
             await asyncio.sleep(step["delay"])
         if kind == "stream" or (body or {}).get("stream") is True:
-            return await self._stream(request, body or {}, step if kind == "stream" else {})
-        answer = self._answer(request.path)
+            return await self._stream(request, body or {}, step if kind == "stream" else {}, tokens)
+        answer = self._answer(request.path, tokens)
         if step.get("content") is not None and answer is CHAT:
             answer = {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant",
                                                                             "content": step["content"]}}]}
         return web.json_response(answer, headers=RATE_HEADERS)
 
-    def _answer(self, path: str) -> dict[str, Any]:
-        return {"/v1/embeddings": EMBEDDING, "/v1/responses": RESPONSE, "/v1/models": MODELS}.get(path, CHAT)
+    def _tokens(self, step: dict[str, Any]) -> Optional[tuple[int, int]]:
+        """The (prompt, completion) tokens this answer reports, if not the fixed defaults."""
+        if step.get("usage") is not None:
+            return tuple(step["usage"])
+        if self.realistic:
+            self.answered += 1
+            return realistic_usage(self.answered)
+        return None
 
-    async def _stream(self, request: web.Request, body: dict, step: dict) -> web.StreamResponse:
+    def _answer(self, path: str, tokens: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+        answer = {"/v1/embeddings": EMBEDDING, "/v1/responses": RESPONSE, "/v1/models": MODELS}.get(path, CHAT)
+        if tokens is None or answer is MODELS:
+            return answer
+        if answer is EMBEDDING:
+            return {**EMBEDDING, "usage": {"prompt_tokens": tokens[0], "total_tokens": tokens[0]}}
+        return {**answer, "usage": _responses_usage(tokens) if answer is RESPONSE else _chat_usage(tokens)}
+
+    async def _stream(self, request: web.Request, body: dict, step: dict,
+                      tokens: Optional[tuple[int, int]] = None) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **RATE_HEADERS})
         await resp.prepare(request)
         await asyncio.sleep(step.get("first_delay", 0))
@@ -131,15 +168,16 @@ class FakeUpstream:
             await resp.write_eof()  # a clean end of the body, but not of the answer
             return resp
         if responses_api:
-            done = {"type": "response.completed", "response": {**RESPONSE, "usage": {
-                "input_tokens": 12, "output_tokens": len(chunks), "total_tokens": 12 + len(chunks)}}}
+            done = {"type": "response.completed", "response": {**RESPONSE, "usage": _responses_usage(
+                tokens or (12, len(chunks)))}}
             await resp.write(_event(done, "response.completed"))
         else:
             if step.get("error_event"):
                 await resp.write(b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n')
             await resp.write(_event(_chunk({}, "stop")))
             if (body.get("stream_options") or {}).get("include_usage"):
-                await resp.write(_event({**_chunk(None, None), "choices": [], "usage": USAGE}))
+                usage = _chat_usage(tokens) if tokens else USAGE
+                await resp.write(_event({**_chunk(None, None), "choices": [], "usage": usage}))
             await asyncio.sleep(step.get("before_done", 0))
             await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()

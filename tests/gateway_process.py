@@ -70,6 +70,19 @@ class Gateway:
         return self.proc.wait(timeout)
 
 
+def under_mutation() -> dict[str, str]:
+    """Under `make mutate`, the mutant a test runs against is active in the gateway process too, and
+    during mutmut's stats run the process reports the functions it runs (mutation/hook)."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST")
+    if not mutant or "MUTATION_HITS" not in os.environ:
+        return {}
+    env = {"MUTANT_UNDER_TEST": mutant}
+    if mutant == "stats":
+        env |= {"MUTATION_HITS": os.environ["MUTATION_HITS"],
+                "PYTHONPATH": f"{ROOT / 'mutation' / 'hook'}{os.pathsep}{ROOT}"}
+    return env
+
+
 def start(upstream: str, tmp: Path, env: Optional[dict[str, str]] = None, port: Optional[int] = None,
           clients: tuple[str, ...] = ("web-app", "batch"), user: Optional[tuple[int, int]] = None,
           wait: bool = True, keys_doc: Optional[tuple[str, dict[str, str]]] = None) -> Gateway:
@@ -82,7 +95,7 @@ def start(upstream: str, tmp: Path, env: Optional[dict[str, str]] = None, port: 
             "GATEWAY_SSE_KEEPALIVE_SECONDS": "0.2", "GATEWAY_RETRY_BUDGET_SECONDS": "3",
             # A stop after SIGTERM waits this long without a request (the stack's: 20 s).
             "GATEWAY_DRAIN_QUIET_SECONDS": "0.3",
-            "PYTHONPATH": str(ROOT), **(env or {})}
+            "PYTHONPATH": str(ROOT), **under_mutation(), **(env or {})}
     log = tmp / f"gateway-{port}.log"
     extra = {}
     if user is not None:

@@ -63,6 +63,12 @@ def moto_endpoint():
     os.environ.pop("AWS_SESSION_TOKEN", None)
     yield endpoint
     server.stop()
+    # Clients made for this server point at its port: a later session in the same process (mutmut
+    # runs several) must make new ones, as a new default session does for ops.boto.
+    import boto3
+
+    boto3.DEFAULT_SESSION = None
+    own_client.cache_clear()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

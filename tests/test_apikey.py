@@ -290,8 +290,10 @@ def test_rotate_reports_a_failed_rollout(deployed, mocker):
 
     at_boundary(mocker, rollout, "ecs", "describe_services", failed)
     target = apikey.resolve(STACK, "openai-api-key", None, None)
+    ticks = iter(range(0, 10_000, 100))  # a fake clock: were the failure missed, 300 s would pass at once
     with pytest.raises(apikey.Failure, match="the new deployment failed \\(tasks failed to start\\)"):
-        apikey.rotate(target, KEY, timeout=300, sleep=lambda s: None, log=lambda line: None)
+        apikey.rotate(target, KEY, timeout=300, sleep=lambda s: None, clock=lambda: next(ticks),
+                      log=lambda line: None)
 
 
 def test_rotate_against_a_missing_service_writes_nothing(deployed, capsys):

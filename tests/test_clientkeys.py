@@ -54,7 +54,8 @@ def rolls_out(mocker):
 
 
 def run(capsys, *argv):
-    code = clientkeys.main([*argv, "--stack", STACK], sleep=lambda s: None)
+    ticks = iter(range(0, 100_000, 10))  # a fake clock: a rollout that never ends times out at once
+    code = clientkeys.main([*argv, "--stack", STACK], sleep=lambda s: None, clock=lambda: next(ticks))
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -160,6 +161,27 @@ def test_revoke_a_client_or_one_of_its_keys(deployed, capsys, rolls_out):
     assert keys.client_for(f"Bearer {second}".encode()).name == "web-app"
     assert run(capsys, "revoke", "web-app")[0] == 0
     assert len(stored(deployed)) == 0
+
+
+def test_a_revoke_rolls_out_and_waits_for_the_tasks_to_drop_the_key(deployed, capsys, rolls_out):
+    """A revoked key works until every task has read the new document: the command says when."""
+    run(capsys, "add", "web-app")
+    rolls_out["ecs"].update_service.reset_mock()
+    code, _, err = run(capsys, "revoke", "web-app")
+    assert code == 0
+    rolls_out["ecs"].update_service.assert_called_once_with(
+        cluster="llm-service-staging", service="llm-service-staging", forceNewDeployment=True)
+    assert err.splitlines()[-1] == "llm-service-staging is stable: 1 tasks run the new value"
+
+
+def test_a_revoke_whose_rollout_never_ends_fails_and_says_so(deployed, capsys):
+    """moto's own rollout never completes: the stuck deployment a revoke must not call done."""
+    run(capsys, "add", "web-app")
+    code, _, err = run(capsys, "revoke", "web-app")
+    assert code == 1
+    assert "revoked client web-app" in err
+    assert err.splitlines()[-1] == ("error: llm-service-staging not stable after 600 s (running 0 of 1, "
+                                    "1 deployments); the new value is stored")
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -3,7 +3,11 @@ or named free, the token spend with and without the cache, and the budget check.
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +153,45 @@ def test_cost_command_prints_lines_and_totals(capsys):
     assert cost.main(["--stack", "staging", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["stack"] == "staging" and doc["lines"] and doc["awsTotal"] > 0
+
+
+def _shown_product(quantity: str, at_max: bool) -> float:
+    """The figure a reader gets by multiplying out a line's quantity: `x` is times, `a to b` the
+    minimum (or maximum) task count, words and a leading label ("5 endpoints, ...", "17 alarms
+    reading ...") are not figures."""
+    q = quantity.rsplit(", ", 1)[-1].split(" reading ")[-1]
+    q = re.sub(r"\([^()\d]*\)", "", q)  # "(one per AZ)"
+    q = re.sub(r"(\d),(\d)", r"\1\2", q)
+    q = re.sub(r"([\d.]+) to ([\d.]+)", lambda m: m[2] if at_max else m[1], q)
+    q = re.sub(r"\bx\b", "*", q)
+    expr = re.sub(r"[^\d.+*() ]", " ", q).strip()
+    return eval(compile(ast.parse(expr, mode="eval"), "<quantity>", "eval"), {"__builtins__": {}})  # noqa: S307
+
+
+@pytest.mark.parametrize("stack_name", ["staging", "prod"])
+def test_every_line_is_the_product_its_quantity_shows_at_the_tables_prices(reports, stack_name):
+    """What a reader checks by hand: each line's dollars are its quantity multiplied out (the
+    shown figures are rounded, hence the tolerance), and every price it shows is in the table."""
+    table = {item["usd"] for item in TABLE["items"].values()}
+    for x in reports[stack_name].lines:
+        for at_max, usd in ((False, x.usd), (True, x.usd_max)):
+            assert usd == pytest.approx(_shown_product(x.quantity, at_max), rel=0.02, abs=0.011), x
+        assert {float(p) for p in re.findall(r"\$([\d.]+)", x.quantity)} <= table, x
+        assert x.fixed == ("[traffic]" not in cost.to_text(cost.Report(**{**vars(reports[stack_name]),
+                                                                          "lines": [x]})))
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("name,argv", [("cost-staging.txt", ["--stack", "staging"]),
+                                       ("cost-prod.txt", ["--stack", "prod"]),
+                                       ("cost-prod.json", ["--stack", "prod", "--json"])])
+def test_the_cost_report_is_the_reviewed_one(capsys, name, argv):
+    """The report as README and a reviewer read it, line for line. After a deliberate change to
+    the stacks, the prices or the wording: UPDATE_GOLDEN=1 pytest tests/test_cost.py, and review."""
+    assert cost.main(argv) == 0
+    got = capsys.readouterr().out
+    if os.environ.get("UPDATE_GOLDEN"):
+        (GOLDEN / name).write_text(got)
+    assert got == (GOLDEN / name).read_text()

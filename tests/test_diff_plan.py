@@ -47,6 +47,55 @@ def test_resources_settings_and_cost_that_differ(shown):
     assert re.search(r"AWS a month: \$[\d,.]+ -> \$[\d,.]+ \(\+", shown)
 
 
+def _differ(value_a, value_b):
+    """Two stacks of one resource each, which differ at one input path."""
+    from types import SimpleNamespace
+
+    from offline.synth import Declared
+
+    def stack(name, inputs):
+        return SimpleNamespace(stack=name, resources=[Declared("t", "r", False, inputs=inputs)])
+    return stack("a", value_a), stack("b", value_b)
+
+
+def _nested(path: str, value) -> dict:
+    node = value
+    for part in reversed(path.removeprefix("len:").split(".")):
+        node = {part: node}
+    return node
+
+
+@pytest.mark.parametrize("typ,path", [(t, p) for t, paths in diff.SETTINGS.items() for p in paths])
+def test_each_setting_the_diff_promises_is_shown_when_it_alone_differs(monkeypatch, typ, path):
+    a_value, b_value = ([1], [1, 2]) if path.startswith("len:") else ("one", "two")
+    a, b = _differ(_nested(path, a_value), _nested(path, b_value))
+    for s in (a, b):
+        s.resources[0].type = typ
+    only, settings = diff.resource_lines(a, b)
+    shown = f"count {1} -> {2}" if path.startswith("len:") else "'one' -> 'two'"
+    assert only == [] and settings == [f"  {typ}  r: {path.removeprefix('len:')} {shown}"]
+    same_a, same_b = _differ(_nested(path, a_value), _nested(path, a_value))
+    for s in (same_a, same_b):
+        s.resources[0].type = typ
+    assert diff.resource_lines(same_a, same_b) == ([], [])
+
+
+def test_the_diff_is_the_reviewed_one(staging, prod):
+    """staging -> prod as a reviewer reads it, line for line (UPDATE_GOLDEN=1 rewrites it)."""
+    shown = diff.diff("staging", "prod", syntheses={"staging": staging, "prod": prod}) + "\n"
+    golden = ROOT / "tests" / "golden" / "diff-staging-prod.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(shown)
+    assert shown == golden.read_text()
+
+
+def test_diff_command_exits_2_with_one_line_for_a_stack_that_is_not_there(capsys, tmp_path):
+    (tmp_path / "Pulumi.staging.yaml").write_text((ROOT / "Pulumi.staging.yaml").read_text())
+    assert diff.main(["--from", "staging", "--to", "nowhere", "--dir", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "error: no stack file Pulumi.nowhere.yaml; stacks: ['staging']\n"
+
+
 def test_a_stack_against_itself_differs_in_nothing(staging):
     same = diff.diff("staging", "staging", syntheses={"staging": staging})
     assert "config:\n  (the same)" in same and "resources in one stack only:\n  (none)" in same
@@ -92,3 +141,16 @@ def test_make_writes_nothing_but_the_commands_output_to_stdout():
         assert recipe and all(line.startswith("\t@") for line in recipe), target
     installs = text.split("$(VENV)/.installed:")[1].split("\n\n")[0].splitlines()[1:]
     assert all(line.startswith("\t@") and (line.endswith(">&2") or "touch" in line) for line in installs)
+
+
+def test_cost_changes_come_largest_first_and_ties_by_name_in_any_process():
+    """The order once depended on string hashing: two changes of $0.80 swapped between runs."""
+    from types import SimpleNamespace
+
+    def report(**usd):
+        lines = [SimpleNamespace(item=k.replace("_", " "), usd=v) for k, v in usd.items()]
+        return SimpleNamespace(lines=lines, total=sum(usd.values()), tokens=SimpleNamespace(with_cache=1.0))
+    tied = ["echo", "delta", "charlie", "bravo", "alpha"]  # five changes of $0.80: 1 order in 120 by chance
+    a = report(big=5.0, **{n: 0.8 for n in tied})
+    b = report(big=1.0, **{n: 0.0 for n in tied})
+    assert diff.cost_lines(a, b)[:6] == ["  big: $5.00 -> $1.00"] + [f"  {n}: $0.80 -> $0.00" for n in sorted(tied)]

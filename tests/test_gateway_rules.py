@@ -216,3 +216,96 @@ def test_the_in_process_store_keeps_the_same_rules():
         loop.run_until_complete(scenario())
     finally:
         loop.close()
+
+
+# An answer as OpenAI sends it, every field a replay must carry set to a value of its own.
+OPENAI_ANSWER = {"id": "chatcmpl-AbC123", "object": "chat.completion", "created": 1733100000,
+          "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_0ba0d124f1",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there."},
+                       "finish_reason": "length", "logprobs": None}],
+          "usage": {"prompt_tokens": 1234, "completion_tokens": 567, "total_tokens": 1801}}
+CHUNK_FIELDS = {"id": "chatcmpl-AbC123", "object": "chat.completion.chunk", "created": 1733100000,
+                "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_0ba0d124f1"}
+
+
+def _sse(events: list) -> bytes:
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+# The same answer as OpenAI streams it: role first, the text in pieces, the finish, the usage.
+OPENAI_STREAM = _sse([
+    {**CHUNK_FIELDS, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                  "finish_reason": None}]},
+    {**CHUNK_FIELDS, "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
+    {**CHUNK_FIELDS, "choices": [{"index": 0, "delta": {"content": " there."}, "finish_reason": None}]},
+    {**CHUNK_FIELDS, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+    {**CHUNK_FIELDS, "choices": [], "usage": OPENAI_ANSWER["usage"]},
+])
+
+
+def _events(body: bytes) -> list:
+    assert body.endswith(b"data: [DONE]\n\n")
+    return [json.loads(e[len(b"data: "):]) for e in body.split(b"\n\n")[:-2]]
+
+
+def test_a_cached_answer_replayed_as_a_stream_is_the_stream_openai_would_send():
+    assert _events(cache.chat_json_to_sse(json.dumps(OPENAI_ANSWER).encode())) == [
+        {**CHUNK_FIELDS, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello there."},
+                                      "finish_reason": None}]},
+        {**CHUNK_FIELDS, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+        {**CHUNK_FIELDS, "choices": [], "usage": OPENAI_ANSWER["usage"]},
+    ]
+    tool = {**OPENAI_ANSWER, "usage": None, "choices": [{**OPENAI_ANSWER["choices"][0], "message": {
+        "role": "assistant", "content": None, "tool_calls": [{"id": "call_1"}]}}]}
+    assert cache.chat_json_to_sse(json.dumps(tool).encode()) is None, "a tool call is not replayed as text"
+    bare = {**OPENAI_ANSWER, "usage": None,
+            "choices": [{"index": 0, "message": {"content": None}, "finish_reason": "stop"}]}
+    first, last = _events(cache.chat_json_to_sse(json.dumps(bare).encode()))
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""} and "usage" not in last
+
+
+def test_a_cached_stream_replayed_as_an_answer_is_the_answer_openai_would_send():
+    assert json.loads(cache.chat_sse_to_json(OPENAI_STREAM)) == OPENAI_ANSWER
+    crlf = OPENAI_STREAM.replace(b"\n", b"\r\n")
+    assert json.loads(cache.chat_sse_to_json(crlf)) == OPENAI_ANSWER, "events framed with CRLF"
+    tight = OPENAI_STREAM.replace(b"data: ", b"data:")
+    assert json.loads(cache.chat_sse_to_json(tight)) == OPENAI_ANSWER, "no space after data:"
+    with_comment = b": keepalive\n\n" + OPENAI_STREAM
+    assert json.loads(cache.chat_sse_to_json(with_comment)) == OPENAI_ANSWER, "a comment is not the end"
+    for other in ({"index": 1, "delta": {"content": "x"}}, {"index": 0, "delta": {"tool_calls": [{}]}},
+                  {"index": 0, "delta": {"function_call": {"name": "f"}}}, {"delta": {"tool_calls": [{}]}}):
+        odd = _sse([{**CHUNK_FIELDS, "choices": [{"finish_reason": None, **other}]}])
+        assert cache.chat_sse_to_json(odd) is None, other
+    named = _sse([{**CHUNK_FIELDS, "choices": [{"index": 0, "delta": {"role": "developer", "content": "x"}}]}])
+    assert json.loads(cache.chat_sse_to_json(named))["choices"][0]["message"]["role"] == "developer"
+
+
+@pytest.mark.parametrize("body,complete", [
+    (b'data: {"choices":[]}\n\ndata: [DONE]\n\n', True),
+    (b'data: {"choices":[]}\r\n\r\ndata: [DONE]\r\n\r\n', True),
+    (b'data: {"error": {"message": "x"}}\n\ndata: [DONE]\n\n', False),
+    (b'data:{"error": {"message": "x"}}\n\ndata: [DONE]\n\n', False),
+    (b'event: error\ndata: {"message": "x"}\n\ndata: [DONE]\n\n', False),
+    (b"data: [DONE]\n\ndata: {}\n\n", False),  # the end marker is not the last event
+])
+def test_a_chat_stream_is_complete_only_when_it_ends_with_done_and_carries_no_error(body, complete):
+    assert cache.complete_stream("chat.completions", body) is complete
+
+
+@pytest.mark.parametrize("route,content_type,body,complete", [
+    ("chat.completions", "application/json", OPENAI_ANSWER, True),
+    ("chat.completions", "application/json; charset=utf-8", OPENAI_ANSWER, True),
+    ("chat.completions", "text/html", OPENAI_ANSWER, False),
+    ("chat.completions", "application/json", {**OPENAI_ANSWER, "error": {"message": "x"}}, False),
+    ("chat.completions", "application/json", {"data": []}, False),
+    ("chat.completions", "application/json", [OPENAI_ANSWER], False),
+    ("embeddings", "application/json", {"object": "list", "data": []}, True),
+    ("embeddings", "application/json", OPENAI_ANSWER, False),
+    ("responses", "application/json", {"status": "completed", "output": []}, True),
+    ("responses", "application/json", {"status": "incomplete", "output": []}, False),
+    ("responses", "application/json", {"status": "completed"}, False),
+])
+def test_an_answer_is_complete_only_as_json_of_its_routes_shape_without_an_error(route, content_type, body,
+                                                                               complete):
+    assert cache.complete_answer(route, content_type, json.dumps(body).encode()) is complete
+    assert cache.complete_answer(route, content_type, b"{not json") is False

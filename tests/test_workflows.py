@@ -51,7 +51,7 @@ def action(step: dict) -> str:
 
 
 def test_the_workflows_exist():
-    assert ALL == ["checks.yml", "deploy-stack.yml", "deploy.yml", "drift.yml", "pull-request.yml"]
+    assert ALL == ["checks.yml", "deploy-stack.yml", "deploy.yml", "drift.yml", "mutation.yml", "pull-request.yml"]
 
 
 def test_github_workflow_schema():
@@ -91,6 +91,8 @@ def test_every_action_is_pinned_to_a_commit_with_its_version_noted():
 INPUTS = {
     "actions/checkout": {"persist-credentials", "fetch-depth", "ref"},
     "actions/setup-python": {"python-version", "python-version-file"},
+    "actions/upload-artifact": {"name", "path", "if-no-files-found", "retention-days", "compression-level",
+                                "overwrite", "include-hidden-files"},
     "aws-actions/configure-aws-credentials": {"role-to-assume", "role-session-name", "aws-region",
                                               "role-duration-seconds", "audience"},
     "docker/setup-qemu-action": {"platforms", "cache-image", "image", "reset"},
@@ -235,6 +237,19 @@ def test_drift_is_checked_daily_for_every_stack_with_a_read_only_role():
 def _pins(path) -> dict[str, str]:
     """name -> version of a lock file (uv's `name==version \\` lines, hashes below)."""
     return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^ \\\n]+)", path.read_text(), re.M))
+
+
+def test_mutation_testing_runs_weekly_with_nothing_but_read_access_and_keeps_the_survivors():
+    doc = load("mutation.yml")
+    (cron,) = [entry["cron"] for entry in doc["on"]["schedule"]]
+    minute, hour, day, month, weekday = cron.split()
+    assert day == month == "*" and weekday.isdigit() and minute.isdigit() and hour.isdigit(), "weekly"
+    (job,) = doc["jobs"].values()
+    assert job["permissions"] == {"contents": "read"} and doc["permissions"] == {}
+    assert "make mutate" in runs(job) and "redis-server" in runs(job)
+    (upload,) = [s for s in steps(job) if action(s) == "actions/upload-artifact"]
+    assert upload["if"] == "always()" and upload["with"]["path"] == ".mutation/survivors.txt"
+    assert upload["with"]["include-hidden-files"] is True
 
 
 def test_the_cli_version_file_satisfies_the_sdk_requirement():

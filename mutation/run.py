@@ -1,0 +1,190 @@
+"""`make mutate`: mutation testing (mutmut) of the modules that carry the project's guarantees.
+
+    python -m mutation.run [PACKAGE ...] [--jobs N]
+
+Each package (mutation/packages.py) runs in its own copy of the checkout under .mutation/<package>/,
+so mutmut's per-mutant results stay cached between runs there and only changed functions are tested
+again. Prints each package's score (mutants killed over non-equivalent mutants), writes every
+survivor's diff to .mutation/survivors.txt, and exits 1 if a package scores below the target.
+Equivalent mutants (no test could tell them apart from the original) are listed, each with its
+reason, in mutation/equivalent.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mutation.packages import BY_NAME, PACKAGES, TARGET, Package
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".mutation"
+EQUIVALENT = ROOT / "mutation" / "equivalent.txt"
+KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+UNCOUNTED = {"skipped"}
+
+
+def checkout_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],  # noqa: S607
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+def sync(work: Path, files: list[str]) -> None:
+    """Copy the checkout into `work`, leaving unchanged files (and so mutmut's cache) alone."""
+    for name in files:
+        src, dst = ROOT / name, work / name
+        if dst.exists() and dst.read_bytes() == src.read_bytes():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    kept = set(files)
+    for path in work.rglob("*"):
+        rel = path.relative_to(work).as_posix()
+        if path.is_file() and not rel.startswith(("mutants/", "hits")) and rel != "pyproject.toml" \
+                and "__pycache__" not in rel and rel not in kept:
+            path.unlink()
+
+
+def mutmut_config(package: Package, files: list[str]) -> str:
+    sources = sorted({glob.split("/")[0] for glob in package.mutate})
+    tops = sorted({f.split("/")[0] + ("/" if "/" in f else "") for f in files})
+    also_copy = [t for t in tops if t.rstrip("/") not in sources and t != "tests/"]
+    return "\n".join([
+        "", "[tool.mutmut]",
+        f"source_paths = {json.dumps([s + '/' for s in sources])}",
+        f"only_mutate = {json.dumps(list(package.mutate))}",
+        f"also_copy = {json.dumps(also_copy)}",
+        # One test process per mutant; the suite's own parallelism (xdist) would fork servers twice.
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-q"]',
+        f"pytest_add_cli_args_test_selection = {json.dumps(list(package.tests))}",
+        "",
+    ])
+
+
+def run_mutmut(package: Package, jobs: int, only: list[str]) -> Path:
+    work = WORK / package.name
+    work.mkdir(parents=True, exist_ok=True)
+    files = checkout_files()
+    sync(work, files)
+    config = (ROOT / "pyproject.toml").read_text() + mutmut_config(package, files)
+    if not (work / "pyproject.toml").exists() or (work / "pyproject.toml").read_text() != config:
+        (work / "pyproject.toml").write_text(config)
+    hits = work / "hits"
+    hits.unlink(missing_ok=True)
+    # The gateway's tests start it as a process: MUTATION_HITS lets it report the functions it ran
+    # during mutmut's stats run (mutation/hook), so its mutants are tested by the tests that reach them.
+    env = {**os.environ, "MUTATION_HITS": str(hits)}
+    mutmut = Path(sys.executable).parent / "mutmut"
+    subprocess.run([str(mutmut), "run", "--max-children", str(jobs), *only],  # noqa: S603 - our own venv's
+                   cwd=work, env=env, check=False)
+    return work
+
+
+@contextmanager
+def inside(path: Path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@dataclass
+class Result:
+    package: str
+    status: dict[str, str] = field(default_factory=dict)  # mutant name -> mutmut's status
+    diffs: dict[str, str] = field(default_factory=dict)  # surviving mutant -> its diff
+
+    def count(self, wanted: set[str]) -> int:
+        return sum(1 for s in self.status.values() if s in wanted)
+
+
+def read_results(package: Package, work: Path) -> Result:
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.stats import status_by_exit_code
+
+    result = Result(package.name)
+    for meta in sorted((work / "mutants").rglob("*.py.meta")):
+        source = meta.relative_to(work / "mutants").as_posix().removesuffix(".meta")
+        exit_codes = json.loads(meta.read_text())["exit_code_by_key"]
+        for name, code in exit_codes.items():
+            result.status[name] = status_by_exit_code[code]
+            if result.status[name] not in KILLED | UNCOUNTED:
+                with inside(work):
+                    result.diffs[name] = get_diff_for_mutant(name, path=source)
+    return result
+
+
+def read_equivalent(path: Path = EQUIVALENT) -> dict[str, str]:
+    """`mutant name: why no test can tell it from the original`, one per line."""
+    entries = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, reason = line.partition(":")
+            if not reason.strip():
+                raise SystemExit(f"{path.name}: {name.strip()} has no reason")
+            entries[name.strip()] = reason.strip()
+    return entries
+
+
+def score(result: Result, equivalent: dict[str, str]) -> tuple[int, int, list[str]]:
+    """(killed, non-equivalent mutants, survivors not listed as equivalent)."""
+    survivors = [n for n, s in result.status.items() if s not in KILLED | UNCOUNTED and n not in equivalent]
+    counted = sum(1 for n, s in result.status.items() if s not in UNCOUNTED and n not in equivalent)
+    return counted - len(survivors), counted, survivors
+
+
+def report(results: list[Result], equivalent: dict[str, str]) -> bool:
+    ok = True
+    print(f"\n{'package':<12}{'mutants':>9}{'killed':>8}{'survived':>10}{'no tests':>10}{'equivalent':>12}"
+          f"{'score':>8}")
+    survivors_text = []
+    for r in results:
+        killed, counted, survivors = score(r, equivalent)
+        ratio = killed / counted if counted else 1.0
+        ok &= ratio >= TARGET
+        print(f"{r.package:<12}{len(r.status):>9}{killed:>8}{r.count({'survived', 'suspicious'}):>10}"
+              f"{r.count({'no tests', 'not checked'}):>10}{sum(n in equivalent for n in r.status):>12}"
+              f"{ratio:>8.1%}")
+        survivors_text += [f"# {n} ({r.status[n]})\n{r.diffs[n]}\n" for n in survivors]
+    modules = {n.rsplit(".", 1)[0] for r in results for n in r.status}
+    surviving = {n for r in results for n in r.diffs}
+    stale = sorted(n for n in equivalent if n.rsplit(".", 1)[0] in modules and n not in surviving)
+    for name in stale:
+        print(f"warning: {EQUIVALENT.name} lists {name}, which is no longer a surviving mutant")
+    WORK.mkdir(exist_ok=True)
+    (WORK / "survivors.txt").write_text("\n".join(survivors_text))
+    print(f"\ntarget {TARGET:.0%} per package; survivors' diffs in {os.path.relpath(WORK / 'survivors.txt')}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mutation.run", description=__doc__.split("\n")[0])
+    parser.add_argument("packages", nargs="*", metavar="PACKAGE", help=f"of {', '.join(BY_NAME)} (default: all)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants tested at once")
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="test only the mutants whose names match, e.g. 'gateway.limits.*' (repeatable)")
+    parser.add_argument("--report", action="store_true", help="only report the last run's results")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.packages if n not in BY_NAME]
+    if unknown:
+        parser.error(f"no package {', '.join(unknown)}: one of {', '.join(BY_NAME)}")
+    packages = [BY_NAME[n] for n in args.packages] or list(PACKAGES)
+    results = []
+    for package in packages:
+        work = WORK / package.name if args.report else run_mutmut(package, args.jobs, args.only)
+        results.append(read_results(package, work))
+    return 0 if report(results, read_equivalent()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
