@@ -82,10 +82,31 @@ def run_mutmut(package: Package, jobs: int, only: list[str]) -> Path:
     # The gateway's tests start it as a process: MUTATION_HITS lets it report the functions it ran
     # during mutmut's stats run (mutation/hook), so its mutants are tested by the tests that reach them.
     env = {**os.environ, "MUTATION_HITS": str(hits)}
-    mutmut = Path(sys.executable).parent / "mutmut"
-    subprocess.run([str(mutmut), "run", "--max-children", str(jobs), *only],  # noqa: S603 - our own venv's
-                   cwd=work, env=env, check=False)
+    cached = (work / "mutants").is_dir()
+    mutmut(["run", "--max-children", str(jobs), *only], work, env)
+    if cached and not only:
+        # mutmut keeps a cached survivor's verdict even when a test written since would kill it:
+        # named, a mutant is tested again.
+        again = [n for n, s in read_status(work).items() if s not in KILLED | UNCOUNTED]
+        if again:
+            mutmut(["run", "--max-children", str(jobs), *again], work, env)
     return work
+
+
+def mutmut(args: list[str], work: Path, env: dict[str, str]) -> None:
+    command = [str(Path(sys.executable).parent / "mutmut"), *args]
+    subprocess.run(command, cwd=work, env=env, check=False)  # noqa: S603 - our own venv's mutmut
+
+
+def read_status(work: Path) -> dict[str, str]:
+    """Each mutant's status (mutmut's words), from its per-file records."""
+    from mutmut.stats import status_by_exit_code
+
+    status = {}
+    for meta in sorted((work / "mutants").rglob("*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            status[name] = status_by_exit_code[code]
+    return status
 
 
 @contextmanager

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -137,7 +136,8 @@ def load_balancer(e: Estimate, typ: str) -> None:
         e.add("load balancer", "ALB public IPv4 addresses", f"{azs} (one per AZ) x {HOURS} h x ${ip}",
               azs * HOURS * ip)
         # LCUs: the largest of new connections (25/s), active connections (3,000/min) and
-        # processed bytes (1 GB/h) per LCU. At these loads processed bytes lead; one LCU minimum.
+        # processed bytes (1 GB/h) per LCU, each request counted as a new connection. At the shipped
+        # stacks' loads new connections lead; large bodies make bytes lead. A thirtieth of an LCU at least.
         gb_hour = t.requests_per_day / 24 * (t.request_kilobytes + t.response_kilobytes) / GB
         new_per_s = t.requests_per_day / 86400
         lcus = max(gb_hour, new_per_s / 25, 1 / 30)
@@ -196,13 +196,20 @@ def waf(e: Estimate, typ: str) -> None:
         e.add("edge", "WAF requests", f"{millions:.2f} M x ${m}", millions * m, fixed=False)
 
 
-def each(key: str, group: str, what: str) -> Callable[[Estimate, str], None]:
-    """A line for a resource priced per instance: how many the stack declares, times the price."""
-    def line(e: Estimate, typ: str) -> None:
+@dataclass(frozen=True)
+class Each:
+    """A line for a resource priced per instance: how many the stack declares, times the price.
+    (A class, not a closure made when the table is: a test of this module then reaches the code
+    that prices, whenever it runs.)"""
+
+    key: str
+    group: str
+    what: str
+
+    def __call__(self, e: Estimate, typ: str) -> None:
         n = len(e.of(typ))
-        price = e.price(key)
-        e.add(group, what, f"{n} x ${price}", n * price)
-    return line
+        price = e.price(self.key)
+        e.add(self.group, self.what, f"{n} x ${price}", n * price)
 
 
 def alarms(e: Estimate, typ: str) -> None:
@@ -277,14 +284,14 @@ BILLING: dict[str, Any] = {
     "aws:wafv2/webAcl:WebAcl": waf,
     "aws:wafv2/webAclAssociation:WebAclAssociation": FREE,
     "aws:wafv2/webAclLoggingConfiguration:WebAclLoggingConfiguration": "priced as log ingestion",
-    "aws:kms/key:Key": each("kms.key_month", "keys and secrets", "KMS keys"),
+    "aws:kms/key:Key": Each("kms.key_month", "keys and secrets", "KMS keys"),
     "aws:kms/alias:Alias": FREE,
-    "aws:secretsmanager/secret:Secret": each("secretsmanager.secret_month", "keys and secrets", "secrets"),
+    "aws:secretsmanager/secret:Secret": Each("secretsmanager.secret_month", "keys and secrets", "secrets"),
     "aws:secretsmanager/secretVersion:SecretVersion": "priced with the secret",
     "aws:cloudwatch/logGroup:LogGroup": logs,
     "aws:ec2/flowLog:FlowLog": "priced as log ingestion",
     "aws:cloudwatch/metricAlarm:MetricAlarm": alarms,
-    "aws:cloudwatch/dashboard:Dashboard": each("cloudwatch.dashboard_month", "monitoring", "dashboards"),
+    "aws:cloudwatch/dashboard:Dashboard": Each("cloudwatch.dashboard_month", "monitoring", "dashboards"),
     "aws:s3/bucket:Bucket": access_logs,
     "aws:ecr/repository:Repository": registry,
     "aws:ecr/lifecyclePolicy:LifecyclePolicy": FREE,

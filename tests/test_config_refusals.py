@@ -275,3 +275,42 @@ def test_a_stack_file_that_is_a_list_is_refused(tmp_path, capsys):
     assert plan.main(["--stack", "list", "--dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err == ("config error: Pulumi.list.yaml: a stack file is a mapping with "
                                        "a `config:` mapping of keys such as llm-service:network\n")
+
+
+def _bounded_fields():
+    """Every numeric setting with a declared range, as (section alias, field alias, low, high)."""
+    import annotated_types
+
+    from infra.config import StackConfig
+
+    for section in StackConfig.model_fields.values():
+        model = section.annotation
+        if not isinstance(model, type) or not hasattr(model, "model_fields"):
+            continue
+        for name, f in model.model_fields.items():
+            low = next((m.ge for m in f.metadata if isinstance(m, annotated_types.Ge)), None)
+            high = next((m.le for m in f.metadata if isinstance(m, annotated_types.Le)), None)
+            if low is not None or high is not None:
+                yield section.alias or [k for k, v in StackConfig.model_fields.items() if v is section][0], \
+                    f.alias or name, low, high
+
+
+BOUNDED = list(_bounded_fields())
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+@pytest.mark.parametrize("section,key,low,high", BOUNDED, ids=[f"{s}.{k}" for s, k, _, _ in BOUNDED])
+def test_each_side_of_each_declared_range_is_refused_naming_the_key(stack, section, key, low, high):
+    """A value one step outside a range, below it and above it, in both stacks: one line naming
+    the key as written and the value, and nothing else accepted in its place."""
+    assert low is not None or high is not None
+    for bound, step in ((low, -1), (high, 1)):
+        if bound is None:
+            continue
+        value = bound + step if isinstance(bound, int) else bound + step * max(abs(bound) * 0.01, 0.001)
+        raw, keys = with_changes(stack, **{f"{section}__{key}": value})
+        with pytest.raises(ConfigError) as e:
+            load(raw, keys)
+        first = str(e.value).splitlines()[0]
+        assert first.startswith(f"llm-service:{section}.{key}"), (first, value)
+        assert str(value) in first or f"{value:g}" in first, (first, value)

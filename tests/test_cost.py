@@ -7,6 +7,7 @@ import ast
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,17 +169,44 @@ def _shown_product(quantity: str, at_max: bool) -> float:
     return eval(compile(ast.parse(expr, mode="eval"), "<quantity>", "eval"), {"__builtins__": {}})  # noqa: S307
 
 
-@pytest.mark.parametrize("stack_name", ["staging", "prod"])
-def test_every_line_is_the_product_its_quantity_shows_at_the_tables_prices(reports, stack_name):
+def _check_as_a_reader(report: cost.Report, table: dict) -> None:
     """What a reader checks by hand: each line's dollars are its quantity multiplied out (the
     shown figures are rounded, hence the tolerance), and every price it shows is in the table."""
-    table = {item["usd"] for item in TABLE["items"].values()}
-    for x in reports[stack_name].lines:
+    prices = {item["usd"] for item in table["items"].values()}
+    for x in report.lines:
         for at_max, usd in ((False, x.usd), (True, x.usd_max)):
             assert usd == pytest.approx(_shown_product(x.quantity, at_max), rel=0.02, abs=0.011), x
-        assert {float(p) for p in re.findall(r"\$([\d.]+)", x.quantity)} <= table, x
-        assert x.fixed == ("[traffic]" not in cost.to_text(cost.Report(**{**vars(reports[stack_name]),
-                                                                          "lines": [x]})))
+        assert {float(p) for p in re.findall(r"\$([\d.]+)", x.quantity)} <= prices, x
+        assert x.fixed == ("[traffic]" not in cost.to_text(cost.Report(**{**vars(report), "lines": [x]})))
+
+
+@pytest.mark.parametrize("stack_name", ["staging", "prod"])
+def test_every_line_is_the_product_its_quantity_shows_at_the_tables_prices(reports, stack_name):
+    _check_as_a_reader(reports[stack_name], TABLE)
+
+
+def test_every_line_is_still_its_quantity_multiplied_out_at_other_prices(prod, monkeypatch):
+    """At the table's own prices some are $1.00, where times and divided-by agree: with every
+    price changed, each line must still be what its quantity shows."""
+    odd = {**TABLE, "items": {k: {**v, "usd": round(v["usd"] * 1.37 + 0.011, 5)}
+                              for k, v in TABLE["items"].items()}}
+    monkeypatch.setattr(cost, "load_prices", lambda region: odd)
+    _check_as_a_reader(cost.estimate("prod", prod.resources, config_of(prod)), odd)
+
+
+@pytest.mark.parametrize("request_kb,response_kb,leads", [(4.0, 2.0, "connections"), (100.0, 60.0, "bytes")])
+def test_alb_lcus_are_the_largest_of_new_connections_and_processed_bytes(synth, request_kb, response_kb, leads):
+    from infra.config import load
+    from tests.conftest import with_changes
+
+    changes = {"traffic__requestKilobytes": request_kb, "traffic__responseKilobytes": response_kb}
+    cfg = load(*with_changes("prod", **changes))
+    lcu = line(cost.estimate("prod", synth("prod", **changes).resources, cfg), "ALB LCUs at the assumed traffic")
+    per_day = cfg.traffic.requests_per_day
+    by = {"connections": per_day / 86400 / 25, "bytes": per_day / 24 * (request_kb + response_kb) / 1024 ** 2}
+    assert max(by, key=by.get) == leads
+    assert lcu.quantity.startswith(f"{by[leads]:.3f} LCU x 730 h")
+    assert lcu.usd == round(by[leads] * 730 * price("alb.lcu_hour"), 2)
 
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -195,3 +223,83 @@ def test_the_cost_report_is_the_reviewed_one(capsys, name, argv):
     if os.environ.get("UPDATE_GOLDEN"):
         (GOLDEN / name).write_text(got)
     assert got == (GOLDEN / name).read_text()
+
+
+def _stack_files(tmp_path: Path, **budget: float) -> Path:
+    import yaml
+
+    from infra.stack_files import ROOT
+
+    for stack in ("staging", "prod"):
+        doc = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
+        if budget:
+            doc["config"]["llm-service:budget"].update(budget)
+        (tmp_path / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(doc))
+    return tmp_path
+
+
+def test_cost_command_says_what_it_is_and_needs_a_stack(capsys):
+    with pytest.raises(SystemExit) as done:
+        cost.main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.startswith("usage: python -m offline.cost [-h] --stack STACK [--json]")
+    assert "What a stack costs a month" in out and re.search(r"--dir DIR\s+where the stack files are", out)
+    with pytest.raises(SystemExit) as done:
+        cost.main([])
+    assert done.value.code == 2 and "the following arguments are required: --stack" in capsys.readouterr().err
+
+
+def test_cost_command_reads_the_stack_files_it_is_pointed_at_and_warns_of_a_low_budget(capsys, tmp_path):
+    where = _stack_files(tmp_path, monthlyLimitUsd=50)
+    assert cost.main(["--stack", "staging", "--dir", str(where)]) == 0
+    out, err = capsys.readouterr()
+    assert out == (GOLDEN / "cost-staging.txt").read_text(), "the same stack, read from elsewhere"
+    assert err.startswith("warning: llm-service:budget.monthlyLimitUsd is $50.00, below the stack's fixed")
+    assert err.count("\n") == 1
+
+
+def test_cost_command_exits_2_with_one_line_for_a_bad_or_missing_stack(capsys, tmp_path):
+    where = _stack_files(tmp_path, monthlyLimitUsd=-1)
+    assert cost.main(["--stack", "staging", "--dir", str(where)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("config error: llm-service:budget.monthlyLimitUsd")
+    assert cost.main(["--stack", "qa", "--dir", str(where)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "error: no stack file Pulumi.qa.yaml; stacks: ['prod', 'staging']\n"
+
+
+def test_cost_refresh_is_handed_the_rest_of_the_command_line(monkeypatch):
+    import offline.prices_refresh
+
+    seen = []
+    monkeypatch.setattr(offline.prices_refresh, "main", lambda argv: seen.append(argv) or 7)
+    assert cost.main(["refresh", "--region", "eu-west-1"]) == 7
+    assert seen == [["--region", "eu-west-1"]]
+    monkeypatch.setattr(sys, "argv", ["offline.cost", "refresh", "--region", "us-west-2"])
+    assert cost.main() == 7 and seen[-1] == ["--region", "us-west-2"]
+
+
+def test_a_budget_exactly_at_the_fixed_cost_is_not_warned_about(reports, staging):
+    cfg = config_of(staging)
+    fixed = reports["staging"].fixed
+    at = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"monthly_limit_usd": fixed})})
+    assert cost.budget_warning(reports["staging"], at) is None
+    under = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"monthly_limit_usd": fixed - 0.01})})
+    assert cost.budget_warning(reports["staging"], under).endswith(
+        "the budget alert would fire every month; raise it above the estimate")
+
+
+def test_token_spend_and_totals_are_rounded_to_the_cent_at_any_traffic(synth):
+    """Shipped traffic gives whole-cent figures; these do not."""
+    from infra.config import load
+    from tests.conftest import with_changes
+
+    changes = {"traffic__requestsPerDay": 12_345, "traffic__inputTokensPerRequest": 777,
+               "traffic__outputTokensPerRequest": 333, "traffic__cacheHitRatePercent": 17}
+    cfg = load(*with_changes("staging", **changes))
+    r = cost.estimate("staging", synth("staging", **changes).resources, cfg)
+    month = 12_345 * 730 / 24 * (777 * 0.15 + 333 * 0.60) / 1e6
+    assert (r.tokens.without_cache, r.tokens.with_cache) == (round(month, 2), round(month * 0.83, 2))
+    assert r.tokens.without_cache != round(month, 3) and r.tokens.with_cache != round(month * 0.83, 3)
+    assert cost.to_json(r)["monthlyTotal"] == round(r.total + r.tokens.with_cache, 2)

@@ -153,4 +153,65 @@ def test_cost_changes_come_largest_first_and_ties_by_name_in_any_process():
     tied = ["echo", "delta", "charlie", "bravo", "alpha"]  # five changes of $0.80: 1 order in 120 by chance
     a = report(big=5.0, **{n: 0.8 for n in tied})
     b = report(big=1.0, **{n: 0.0 for n in tied})
-    assert diff.cost_lines(a, b)[:6] == ["  big: $5.00 -> $1.00"] + [f"  {n}: $0.80 -> $0.00" for n in sorted(tied)]
+    expected = ["  big: $5.00 -> $1.00"] + [f"  {n}: $0.80 -> $0.00" for n in sorted(tied)]
+    assert diff.cost_lines(a, b)[:6] == expected
+
+
+def test_diff_command_defaults_to_staging_against_prod(capsys):
+    assert diff.main([]) == 0
+    out, err = capsys.readouterr()
+    assert out == (ROOT / "tests" / "golden" / "diff-staging-prod.txt").read_text() and err == ""
+
+
+def test_diff_command_says_what_it_is_and_takes(capsys):
+    with pytest.raises(SystemExit) as done:
+        diff.main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert out.startswith("usage: python -m offline.diff [-h] [--from FIRST] [--to SECOND] [--dir DIR]")
+    assert "What differs between two stacks, grouped as a reviewer reads it." in out
+    assert re.search(r"--dir DIR\s+where the stack files are", out)
+
+
+def test_diff_command_exits_2_with_the_config_error_of_a_bad_stack_file(capsys, tmp_path):
+    for stack in ("staging", "prod"):
+        (tmp_path / f"Pulumi.{stack}.yaml").write_text((ROOT / f"Pulumi.{stack}.yaml").read_text())
+    bad = yaml.safe_load((tmp_path / "Pulumi.prod.yaml").read_text())
+    bad["config"]["llm-service:cache"]["nodes"] = 0
+    (tmp_path / "Pulumi.prod.yaml").write_text(yaml.safe_dump(bad))
+    assert diff.main(["--dir", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("config error: llm-service:cache.nodes") and err.count("\n") == 1
+
+
+def test_a_key_set_in_one_stack_only_shows_as_not_set_in_the_other():
+    assert diff.config_lines({"a": 1}, {"a": 1, "b": {"c": 2}}) == ["  b.c: '(not set)' -> 2"]
+    assert diff.config_lines({"b": [1, 2]}, {}) == ["  b: [1, 2] -> '(not set)'"]
+    import datetime
+    assert diff.config_lines({"d": [datetime.date(2026, 1, 1)]}, {"d": []}) == ['  d: ["2026-01-01"] -> []'], \
+        "YAML dates in a list are shown, not refused"
+
+
+def test_a_type_declared_in_one_stack_only_is_counted_from_zero():
+    a, b = _differ({}, {})
+    b.resources.append(type(b.resources[0])("aws:ec2/eip:Eip", "nat-2", False))
+    only, settings = diff.resource_lines(a, b)
+    assert only == ["  only in b: aws:ec2/eip:Eip  nat-2"]
+    assert settings == ["  count of aws:ec2/eip:Eip: 0 -> 1"]
+
+
+def test_a_list_setting_that_is_missing_counts_as_none():
+    assert diff._at({"subnets": None}, "len:subnets") == 0 and diff._at({}, "len:a.b") == 0
+    assert diff._at({"a": {"b": [1, 2, 3]}}, "len:a.b") == 3 and diff._at({"a": {"b": "x"}}, "a.b") == "x"
+
+
+def test_cost_lines_show_an_item_from_zero_or_to_zero_and_leave_out_what_rounds_to_no_change():
+    from types import SimpleNamespace
+
+    def report(**usd):
+        lines = [SimpleNamespace(item=k, usd=v) for k, v in usd.items()]
+        return SimpleNamespace(lines=lines, total=sum(usd.values()), tokens=SimpleNamespace(with_cache=2.5))
+    lines = diff.cost_lines(report(gone=3.0, same=1.0, tiny=1.0), report(new=2.0, same=1.0, tiny=1.004))
+    assert lines[:2] == ["  gone: $3.00 -> $0.00", "  new: $0.00 -> $2.00"]
+    assert lines[2] == "  AWS a month: $5.00 -> $4.00 (-1.00); LLM tokens: $2.50 -> $2.50"
+    assert len(lines) == 3, "a change under a cent is not a change"

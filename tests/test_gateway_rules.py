@@ -309,3 +309,74 @@ def test_an_answer_is_complete_only_as_json_of_its_routes_shape_without_an_error
                                                                                complete):
     assert cache.complete_answer(route, content_type, json.dumps(body).encode()) is complete
     assert cache.complete_answer(route, content_type, b"{not json") is False
+
+
+def test_no_price_table_lists_nothing_and_prices_nothing():
+    """A local run without GATEWAY_PRICES: every model allowed, at no cost."""
+    free = Prices.from_json("")
+    assert free.listed is False and free.listed_as("anything-at-all") == "anything-at-all"
+    assert free.of("gpt-4o").nano(1_000_000, 1_000_000) == 0
+
+
+def test_an_output_limit_of_exactly_one_token_is_allowed_and_the_refusal_names_the_range():
+    assert estimate("chat.completions", {"max_tokens": 1}, 4, 1000) == (1, 1)
+    assert estimate("chat.completions", {"max_tokens": 1_000_000}, 4, 1000) == (1, 1_000_000)
+    with pytest.raises(GatewayError) as e:
+        estimate("chat.completions", {"max_tokens": 1_000_001}, 4, 1000)
+    assert e.value.message == "`max_tokens` must be a whole number from 1 to 1,000,000"
+
+
+def test_windows_are_the_utc_minute_and_day_of_the_time_given():
+    import datetime
+
+    from gateway.limits import windows
+
+    now = datetime.datetime(2021, 3, 4, 23, 59, 30, 250_000, tzinfo=datetime.UTC).timestamp()
+    minute, day, to_minute, to_day = windows(now)
+    assert minute == int(now) // 60 == 26_915_039
+    assert day == "20210304", "the UTC day, whatever the machine's zone and whenever the test runs"
+    assert (to_minute, to_day) == pytest.approx((29.75, 29.75))
+
+
+@pytest.mark.parametrize("reason,used,retry,message,kind,code,headers", [
+    ("concurrent", 2, 0.2, "Too many requests in flight: limit 2 at once. Wait for one to finish.",
+     "requests", "rate_limit_exceeded", {"retry-after": "1"}),
+    ("requests", 60, 0.2, "Rate limit reached for requests per minute: limit 60, used 60. Try again in 1s.",
+     "requests", "rate_limit_exceeded", {"x-ratelimit-limit-requests": "60",
+                                         "x-ratelimit-remaining-requests": "0",
+                                         "x-ratelimit-reset-requests": "1s", "retry-after": "1"}),
+    ("tokens", 900, 12.5, "Rate limit reached for tokens per minute: limit 1000, used 900. Try again in 13s.",
+     "tokens", "rate_limit_exceeded", {"x-ratelimit-limit-tokens": "1000",
+                                       "x-ratelimit-remaining-tokens": "100",
+                                       "x-ratelimit-reset-tokens": "13s", "retry-after": "13"}),
+    ("spend", 2_700_000, 3600,
+     "Daily spend limit of $0.002 reached ($0.0027 spent today, UTC). It resets in 3600s.",
+     "insufficient_quota", "insufficient_quota", {"retry-after": "3600"}),
+])
+def test_each_refusal_says_what_openai_says_and_when_to_come_back(reason, used, retry, message, kind, code,
+                                                                 headers):
+    limits = Limits(requests_per_minute=60, tokens_per_minute=1000, usd_per_day=0.002, concurrent_requests=2)
+    e = rejection(reason, limits, used, retry)
+    assert (e.status, e.message, e.type, e.code) == (429, message, kind, code)
+    assert {k.decode(): v.decode() for k, v in e.headers} == headers
+
+
+def test_a_typed_input_item_with_an_id_is_not_a_reference_and_a_container_is_state():
+    from gateway import tenancy
+
+    def state(doc):
+        return tenancy.stored_state("responses", doc, json.dumps(doc, separators=(",", ":")).encode())
+    typed = {"model": "m", "input": [{"id": "msg_1", "type": "message", "role": "user", "content": "hi"}]}
+    assert state(typed) is None
+    assert state({"model": "m", "input": [{"id": "msg_1"}]}) == "item_reference"
+    tool = {"model": "m", "input": "hi", "tools": [{"type": "code_interpreter", "container": "cntr_1"}]}
+    assert state(tool) == "container"
+
+
+def test_a_client_looked_up_by_a_name_it_does_not_have_is_none():
+    from gateway.keys import ClientKeys, add_key, empty_document
+
+    doc = empty_document()
+    add_key(doc, "web-app")
+    keys = ClientKeys.from_json(json.dumps(doc))
+    assert keys.named("web-app").name == "web-app" and keys.named("nobody") is None
