@@ -164,6 +164,17 @@ BAD = [
      "llm-service:gateway.upstreamTcpKeepaliveSeconds", "NAT gateway drops the idle flow"),
     ("cache-too-many-nodes", "prod", {"cache__nodes": 7},
      "llm-service:cache.nodes", "1 to 6"),
+    # A key in plain text inside a longer value, or in a section that takes any text.
+    ("key-inside-a-value", "staging", {"llm__orgId": "org-1 sk-proj-" + "A" * 20 + " (rotated)"},
+     "llm-service:llm.orgId", "an API key may not be stored in plain text"),
+    ("key-in-a-tag", "prod", {"tags": {"Note": "key=sk-" + "b" * 24}},
+     "llm-service:tags.Note", "an API key may not be stored in plain text"),
+    # A misspelling deep in a map whose keys are the user's own (model names).
+    ("price-field-typo", "prod",
+     {"llm__prices": {"gpt-4o-mini": {"inputPerMilion": 0.15, "outputPerMillion": 0.6}}},
+     "llm-service:llm.prices.gpt-4o-mini.inputPerMilion", "did you mean `inputPerMillion`?"),
+    ("limit-typo-prod", "prod", {"gateway__defaultLimits": {"usdPerDy": 5}},
+     "llm-service:gateway.defaultLimits.usdPerDy", "did you mean `usdPerDay`?"),
 ]
 
 

@@ -303,3 +303,71 @@ def test_token_spend_and_totals_are_rounded_to_the_cent_at_any_traffic(synth):
     assert (r.tokens.without_cache, r.tokens.with_cache) == (round(month, 2), round(month * 0.83, 2))
     assert r.tokens.without_cache != round(month, 3) and r.tokens.with_cache != round(month * 0.83, 3)
     assert cost.to_json(r)["monthlyTotal"] == round(r.total + r.tokens.with_cache, 2)
+
+
+def test_a_stack_shaped_unlike_the_shipped_ones_is_priced_by_what_it_declares(staging):
+    """What a fork may declare: a fixed task count on the default provider, x86 tasks, a cache
+    group that names no engine or node count, Container Insights `enhanced`, log groups that
+    keep logs for ever by default, no flow logs."""
+    cfg = config_of(staging)
+    resources = [
+        Declared("aws:ecs/service:Service", "svc", False, inputs={"desiredCount": 2}),
+        Declared("aws:ecs/taskDefinition:TaskDefinition", "task", False, inputs={"cpu": "256", "memory": "512"}),
+        Declared("aws:ecs/cluster:Cluster", "cluster", False,
+                 inputs={"settings": [{"name": "containerInsights", "value": "enhanced"}]}),
+        Declared("aws:elasticache/replicationGroup:ReplicationGroup", "cache", False,
+                 inputs={"nodeType": "cache.t4g.micro"}),
+        Declared("aws:cloudwatch/logGroup:LogGroup", "a", False),
+        Declared("aws:cloudwatch/logGroup:LogGroup", "b", False, inputs={"retentionInDays": 7}),
+    ]
+    r = cost.estimate("fork", resources, cfg)
+    vcpu = line(r, "Fargate X86_64 on-demand vCPU")
+    assert (vcpu.usd, vcpu.usd_max) == (round(2 * 0.25 * 730 * price("fargate.vcpu_hour.X86_64"), 2),) * 2
+    assert vcpu.quantity.startswith("2 to 2 tasks x 0.25 vCPU")
+    assert not [x for x in r.lines if "Spot" in x.item]
+    assert line(r, "Container Insights metrics").usd == round(17 * price("cloudwatch.metric_month"), 2)
+    group = line(r, "ElastiCache valkey cache.t4g.micro")
+    assert group.usd == round(730 * price("elasticache.valkey.cache.t4g.micro"), 2)
+    month = cfg.traffic.requests_per_day * 730 / 24
+    gb = month * (0.7 + 1.5) / 1024 ** 2  # the gateway's lines and WAF's, no flow logs
+    assert line(r, "log ingestion").quantity == f"2 groups, {gb:.2f} GB x $0.5"
+    assert line(r, "log storage").usd == round(gb * 30 / 30.4 * price("logs.storage_gb_month"), 2), \
+        "a group without a retention counts as 30 days, the longest of the two"
+
+
+@pytest.mark.parametrize("strategies,tasks,on_demand", [
+    ([{"capacityProvider": "FARGATE_SPOT", "weight": 1}], 4, 0.0),
+    ([{"capacityProvider": "FARGATE", "base": 1, "weight": 1}, {"capacityProvider": "FARGATE_SPOT", "weight": 3}],
+     5, 2.0),
+    ([{"capacityProvider": "FARGATE", "base": 2}], 5, 5.0),
+    ([], 3, 3.0),
+])
+def test_tasks_split_between_on_demand_and_spot_as_ecs_places_them(strategies, tasks, on_demand):
+    svc = Declared("aws:ecs/service:Service", "svc", False, inputs={"capacityProviderStrategies": strategies})
+    e = cost.Estimate.__new__(cost.Estimate)
+    e.resources = [svc]
+    assert cost._tasks(e, tasks) == (on_demand, tasks - on_demand)
+
+
+def test_cost_and_diff_read_the_stack_file_they_are_pointed_at_with_its_secrets(capsys, tmp_path):
+    """`secrets.source: pulumi`: the key is a `secure:` value in the stack file, which the
+    commands must read as secret (else the contract refuses it), and the resources priced are
+    the ones that file declares, not the checkout's."""
+    import yaml
+
+    from offline import diff
+
+    where = _stack_files(tmp_path)
+    doc = yaml.safe_load((where / "Pulumi.staging.yaml").read_text())
+    doc["config"]["llm-service:secrets"]["source"] = "pulumi"
+    doc["config"]["llm-service:openai-api-key"] = {"secure": "v1:c2VjcmV0IGJ5IHB1bHVtaQ=="}
+    doc["config"]["llm-service:cache"]["nodeType"] = "cache.t4g.small"  # and what it declares is its own
+    (where / "Pulumi.staging.yaml").write_text(yaml.safe_dump(doc))
+    assert cost.main(["--stack", "staging", "--dir", str(where)]) == 0
+    out = capsys.readouterr().out
+    assert "ElastiCache valkey cache.t4g.small" in out and "cache.t4g.micro" not in out
+    assert diff.main(["--dir", str(where)]) == 0
+    out = capsys.readouterr().out
+    assert "  llm-service:secrets.source: 'pulumi' -> 'external'" in out
+    assert "cache-group: nodeType 'cache.t4g.small' -> 'cache.m7g.large'" in out
+    assert "c2VjcmV0" not in out

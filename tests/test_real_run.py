@@ -82,6 +82,11 @@ def test_a_certificate_of_another_account_is_refused(monkeypatch):
     ("llm__baseUrl", "https://llm.example.org/v1"),
     ("llm__orgId", "org-example"),
     ("tags", {"Owner": "ops@example.net"}),
+    # Inside a longer value, in another letter case, in a list:
+    ("llm__baseUrl", "https://LLM.EXAMPLE.COM/openai/v1"),
+    ("tags", {"Team": "platform-Example-team"}),
+    ("tags", {"Billing": "arn:aws:iam::111122223333:role/billing"}),
+    ("monitoring__alertEmails", ["oncall@acme.io", "Alerts@Example.Org"]),
 ])
 def test_other_example_values_are_refused_too(key, value, monkeypatch):
     monkeypatch.setattr(mocks, "ACCOUNT", OWN_ACCOUNT)
