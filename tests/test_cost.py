@@ -244,6 +244,7 @@ def test_cost_command_says_what_it_is_and_needs_a_stack(capsys):
     out = capsys.readouterr().out
     assert done.value.code == 0 and out.startswith("usage: python -m offline.cost [-h] --stack STACK [--json]")
     assert "What a stack costs a month" in out and re.search(r"--dir DIR\s+where the stack files are", out)
+    assert "refresh --region" not in out, "the description is the docstring's first line, not all of it"
     with pytest.raises(SystemExit) as done:
         cost.main([])
     assert done.value.code == 2 and "the following arguments are required: --stack" in capsys.readouterr().err
@@ -333,6 +334,10 @@ def test_a_stack_shaped_unlike_the_shipped_ones_is_priced_by_what_it_declares(st
     assert line(r, "log ingestion").quantity == f"2 groups, {gb:.2f} GB x $0.5"
     assert line(r, "log storage").usd == round(gb * 30 / 30.4 * price("logs.storage_gb_month"), 2), \
         "a group without a retention counts as 30 days, the longest of the two"
+    forever = [x for x in resources if x.name != "b"] + [
+        Declared("aws:cloudwatch/logGroup:LogGroup", "b", False, inputs={"retentionInDays": 3653})]
+    kept = line(cost.estimate("fork", forever, cfg), "log storage")
+    assert kept.usd == round(gb * 365 / 30.4 * price("logs.storage_gb_month"), 2), "a year's logs at most"
 
 
 @pytest.mark.parametrize("strategies,tasks,on_demand", [

@@ -170,6 +170,7 @@ def test_diff_command_says_what_it_is_and_takes(capsys):
     assert done.value.code == 0
     assert out.startswith("usage: python -m offline.diff [-h] [--from FIRST] [--to SECOND] [--dir DIR]")
     assert "What differs between two stacks, grouped as a reviewer reads it." in out
+    assert "python -m offline.diff --from prod" not in out, "the description is the docstring's first line"
     assert re.search(r"--dir DIR\s+where the stack files are", out)
 
 
@@ -215,3 +216,6 @@ def test_cost_lines_show_an_item_from_zero_or_to_zero_and_leave_out_what_rounds_
     assert lines[:2] == ["  gone: $3.00 -> $0.00", "  new: $0.00 -> $2.00"]
     assert lines[2] == "  AWS a month: $5.00 -> $4.00 (-1.00); LLM tokens: $2.50 -> $2.50"
     assert len(lines) == 3, "a change under a cent is not a change"
+    # Largest first, whichever side an item is missing from; an item at $0.00 on one side only is no change.
+    lines = diff.cost_lines(report(gone=1.5, free=0.0), report(new=2.0, also_free=0.001))
+    assert lines[:2] == ["  new: $0.00 -> $2.00", "  gone: $1.50 -> $0.00"] and len(lines) == 3
