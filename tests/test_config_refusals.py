@@ -325,3 +325,41 @@ def test_each_side_of_each_declared_range_is_refused_naming_the_key(stack, secti
         first = str(e.value).splitlines()[0]
         assert first.startswith(f"llm-service:{section}.{key}"), (first, value)
         assert str(value) in first or f"{value:g}" in first, (first, value)
+
+
+# Each prod rule at its edge: (key, the last value prod refuses, the first it accepts).
+PROD_EDGES = [
+    ("network__azCount", 2, 3),
+    ("network__natStrategy", "single", "per_az"),
+    ("cache__multiAz", False, True),
+    ("cache__automaticFailover", False, True),
+    ("cache__nodes", 1, 2),
+    ("cache__snapshotRetentionDays", 6, 7),
+    ("service__executeCommand", True, False),
+    ("service__minTasks", 1, 2),
+    ("secrets__keyDeletionWindowDays", 29, 30),
+    ("monitoring__alertEmails", [], ["oncall@acme.io"]),
+]
+
+
+def test_every_prod_rule_is_at_its_edge_here():
+    from infra.config import PROD_RULES
+
+    assert sorted(k.replace("__", ".") for k, _, _ in PROD_EDGES) == sorted(PROD_RULES)
+
+
+@pytest.mark.parametrize("key,refused,accepted", PROD_EDGES, ids=[e[0] for e in PROD_EDGES])
+def test_a_prod_rule_refuses_the_value_past_its_edge_in_prod_only(key, refused, accepted):
+    """Past the edge: refused in prod, naming the key and why; at the edge: accepted in prod; the
+    refused value: accepted in staging (where it is the point of a cheaper stack)."""
+    # The cache's own rules tie nodes, multi-AZ and failover together: past the edge, the three go
+    # together, so that prod's rule is what refuses.
+    together = {"cache__nodes": 1, "cache__multiAz": False, "cache__automaticFailover": False}
+    past = {**together, key: refused} if key in together else {key: refused}
+    raw, keys = with_changes("prod", **past)
+    with pytest.raises(ConfigError) as e:
+        load(raw, keys)
+    name = f"llm-service:{key.replace('__', '.')}: got "
+    assert [line for line in str(e.value).splitlines() if line.startswith(name) and "prod needs" in line]
+    load(*with_changes("prod", **{key: accepted}))
+    load(*with_changes("staging", **past))
