@@ -125,3 +125,31 @@ def test_cache_auth_token_is_secret_everywhere(stack):
     assert "cacheAuthToken" in stack.secret_outputs
     assert token.inputs["length"] >= 32 and token.inputs["special"] is False
     assert "mock-generated-password" not in json.dumps(to_json(stack))
+
+
+def test_key_policy_statements_are_each_bound_to_this_account_region_and_purpose(stack):
+    """Each grant to a principal outside the account's own administrators carries its condition,
+    checked one by one: without `aws:SourceAccount` the publishers could be used by any account's
+    alarms (the confused deputy); without `kms:CallerAccount` and `kms:ViaService` any principal
+    could call the key directly; without the log-group context CloudWatch Logs could encrypt
+    another account's groups with it."""
+    statements = {s["Sid"]: s for s in policy(stack.one(KEY))["Statement"]}
+    assert set(statements) == {"AccountAdministers", "ServicesInThisAccountAndRegion",
+                               "CloudWatchLogsEncryptsThisAccountsGroups", "CloudWatchLogsDescribesTheKey",
+                               "AlarmAndBudgetPublishersUseTheTopicKey"}
+    assert all(s["Effect"] == "Allow" and s["Resource"] == "*" for s in statements.values())
+    admin = statements["AccountAdministers"]
+    assert admin["Principal"] == {"AWS": "arn:aws:iam::123456789012:root"} and admin["Action"] == "kms:*"
+    services = statements["ServicesInThisAccountAndRegion"]
+    assert services["Principal"] == {"AWS": "*"}
+    assert set(services["Action"]) == {"kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*",
+                                       "kms:GenerateDataKey*", "kms:CreateGrant", "kms:DescribeKey"}
+    assert list(services["Condition"]) == ["StringEquals"]
+    assert services["Condition"]["StringEquals"]["kms:CallerAccount"] == "123456789012"
+    # Exactly the services that encrypt this stack's data at rest with the key, in this region.
+    assert set(services["Condition"]["StringEquals"]["kms:ViaService"]) == {
+        f"{s}.us-east-1.amazonaws.com" for s in ("secretsmanager", "elasticache", "sns", "logs", "ecr")}
+    logs = statements["CloudWatchLogsEncryptsThisAccountsGroups"]
+    assert set(logs["Action"]) == {"kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*"}
+    publishers = statements["AlarmAndBudgetPublishersUseTheTopicKey"]
+    assert publishers["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
