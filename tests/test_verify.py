@@ -346,6 +346,35 @@ def test_deregistered_targets_fail_the_target_check(live, capsys):
     assert failing(lines) == ["FAIL targets: 0 healthy (minimum 1); no targets registered"]
 
 
+def _health(states):
+    """describe_target_health answering these (state, reason) pairs: moto's targets are always
+    healthy, so a failing health check is injected at the boto3 boundary."""
+    def answer(real, **kwargs):
+        return {"TargetHealthDescriptions": [
+            {"Target": {"Id": f"10.0.1.{i}", "Port": 8080},
+             "TargetHealth": {"State": state, **({"Reason": reason} if reason else {})}}
+            for i, (state, reason) in enumerate(states, start=10)]}
+    return answer
+
+
+def test_an_unhealthy_target_fails_the_check_and_is_named_with_its_reason(live, capsys, mocker):
+    at_boundary(mocker, verify, "elbv2", "describe_target_health",
+                _health([("unhealthy", "Target.FailedHealthChecks")]))
+    code, lines, _ = run(live, capsys)
+    assert code == 1
+    assert failing(lines) == [
+        "FAIL targets: 0 healthy (minimum 1); 10.0.1.10 unhealthy (Target.FailedHealthChecks)"]
+
+
+def test_enough_healthy_targets_pass_and_the_others_are_still_named(live, capsys, mocker):
+    at_boundary(mocker, verify, "elbv2", "describe_target_health",
+                _health([("healthy", None), ("draining", "Target.DeregistrationInProgress"), ("initial", None)]))
+    code, lines, _ = run(live, capsys)
+    assert code == 0
+    assert ("PASS targets: 1 healthy (minimum 1); 10.0.1.11 draining (Target.DeregistrationInProgress), "
+            "10.0.1.12 initial") in lines
+
+
 def test_prod_needs_three_healthy_targets(deploy, prod, capsys):
     live = deploy("prod", prod)
     live.client("elbv2").deregister_targets(TargetGroupArn=live.ids["tg"], Targets=live.ids["targets"][:1])
