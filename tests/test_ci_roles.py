@@ -223,3 +223,36 @@ def test_show_writes_nothing_and_needs_no_credentials(capsys, monkeypatch):
     shown = json.loads(capsys.readouterr().out)
     assert sorted(shown) == ["llm-service-staging-deploy", "llm-service-staging-read"]
     assert shown["llm-service-staging-read"]["managed"] == [ci_roles.READ_ONLY_POLICY]
+
+
+def test_every_conditional_grant_carries_exactly_its_condition(pair):
+    """The evaluator above counts a conditional Allow as no grant, so each condition is asserted
+    here, one key at a time: without it the statement grants its actions on every resource."""
+    p, deploy, read = pair
+    by_sid = {s["Sid"]: s for s in deploy["Statement"]}
+    linked = by_sid["ServiceLinkedRoles"]
+    assert linked["Action"] == "iam:CreateServiceLinkedRole" and linked["Resource"] == "*"
+    assert linked["Condition"] == {"StringEquals": {"iam:AWSServiceName": [
+        "ecs.amazonaws.com", "elasticache.amazonaws.com", "elasticloadbalancing.amazonaws.com",
+        "ecs.application-autoscaling.amazonaws.com", "wafv2.amazonaws.com"]}}
+    for policy in (deploy, read):
+        decrypt = {s["Sid"]: s for s in policy["Statement"]}["ManagedSecretDecrypt"]
+        assert decrypt["Action"] == ["kms:Decrypt"] and decrypt["Resource"] == "*"
+        assert decrypt["Condition"]["StringEquals"] == {"kms:ViaService": "secretsmanager.us-east-1.amazonaws.com"}
+        assert decrypt["Condition"]["StringLike"] == {
+            "kms:EncryptionContext:SecretARN": [f"{p.secret_arn}cache-auth-token-*"]}
+    conditional = {s["Sid"] for policy in (deploy, read) for s in policy["Statement"] if "Condition" in s}
+    assert conditional == {"ServiceLinkedRoles", "ManagedSecretDecrypt"}
+
+
+def test_each_role_is_assumable_only_by_its_own_environment_of_this_repository(pair):
+    p, _, _ = pair
+    for role in ci_roles.roles(p):
+        (statement,) = role.trust["Statement"]
+        assert statement["Principal"] == {"Federated": f"arn:aws:iam::{ACCOUNT}:oidc-provider/"
+                                                       "token.actions.githubusercontent.com"}
+        assert statement["Action"] == "sts:AssumeRoleWithWebIdentity" and statement["Effect"] == "Allow"
+        assert statement["Condition"] == {"StringEquals": {
+            "token.actions.githubusercontent.com:aud": "sts.amazonaws.com",
+            "token.actions.githubusercontent.com:sub": f"repo:{REPO}:environment:{role.environment}"}}
+    assert {r.environment for r in ci_roles.roles(p)} == {p.deploy_environment, p.read_environment}
