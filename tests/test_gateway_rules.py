@@ -380,3 +380,65 @@ def test_a_client_looked_up_by_a_name_it_does_not_have_is_none():
     add_key(doc, "web-app")
     keys = ClientKeys.from_json(json.dumps(doc))
     assert keys.named("web-app").name == "web-app" and keys.named("nobody") is None
+
+
+@pytest.mark.parametrize("control,opt_in,expected", [
+    (b"max-age=0, No-Store", b"", (False, False, "BYPASS")),
+    (b"no-cache, no-store", b"", (False, False, "BYPASS")),  # no-store wins, whatever the order
+    (b"private, NO-CACHE", b"", (False, True, "REFRESH")),
+    (b"max-age=60", b"", (True, True, "")),  # directives the cache does not act on change nothing
+    (b"", b"ON", (True, True, "")),
+    (b"no-cache", b"On", (False, True, "REFRESH")),
+])
+def test_cache_control_with_several_directives_and_any_letter_case(control, opt_in, expected):
+    headers = {b"cache-control": control, b"x-gateway-cache": opt_in}
+    doc = {**CHAT, "temperature": 0.7} if opt_in else CHAT
+    p = cache.policy("chat.completions", doc, headers)
+    assert (p.read, p.write, p.label) == expected
+
+
+@pytest.mark.parametrize("route,doc,headers,cached", [
+    ("chat.completions", {**CHAT, "temperature": 0.0}, {}, True),
+    ("chat.completions", {**CHAT, "temperature": "0"}, {}, False),
+    ("responses", {"model": "m", "input": "x", "temperature": 1}, {}, False),
+    ("models", {}, {}, False),
+    ("models", {}, {b"x-gateway-cache": b"on"}, True),
+    ("chat.completions", {**CHAT, "temperature": 1}, {b"x-gateway-cache": b"off"}, False),
+])
+def test_what_is_repeatable_is_cached_and_the_rest_only_on_request(route, doc, headers, cached):
+    assert cache.policy(route, doc, headers).used is cached
+
+
+BASE = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+
+
+@pytest.mark.parametrize("field,value", [
+    ("model", "gpt-4o"), ("messages", [{"role": "user", "content": "hi!"}]), ("temperature", 0.0001),
+    ("max_tokens", 5), ("max_completion_tokens", 5), ("seed", 1), ("n", 2), ("top_p", 0.5),
+    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "none"),
+    ("response_format", {"type": "json_object"}), ("stop", ["\n"]), ("logprobs", True),
+    ("presence_penalty", 0.1), ("frequency_penalty", 0.1), ("logit_bias", {"1": 1}), ("reasoning_effort", "low"),
+])
+def test_every_field_that_changes_the_answer_changes_the_key(field, value):
+    assert cache.key("chat.completions", {**BASE, field: value}, "org", "proj") != \
+        cache.key("chat.completions", BASE, "org", "proj")
+
+
+@pytest.mark.parametrize("field,value", [
+    ("stream", True), ("stream_options", {"include_usage": True}), ("user", "u-1"), ("store", True),
+    ("metadata", {"k": "v"}), ("service_tier", "flex"),
+])
+def test_fields_that_only_change_delivery_or_records_share_the_key(field, value):
+    assert cache.key("chat.completions", {**BASE, field: value}, "org", "proj") == \
+        cache.key("chat.completions", BASE, "org", "proj")
+
+
+def test_the_key_is_scoped_to_route_org_project_and_query_and_blind_to_key_order():
+    k = cache.key("chat.completions", BASE, "org", "proj", b"api-version=1")
+    assert len({k, cache.key("responses", BASE, "org", "proj", b"api-version=1"),
+                cache.key("chat.completions", BASE, "org-2", "proj", b"api-version=1"),
+                cache.key("chat.completions", BASE, "org", "proj-2", b"api-version=1"),
+                cache.key("chat.completions", BASE, "org", "proj", b"api-version=2")}) == 5
+    reordered = dict(reversed(list(BASE.items())))
+    assert cache.key("chat.completions", reordered, "org", "proj", b"api-version=1") == k
+    assert len(k) == 64 and int(k, 16) >= 0, "a SHA-256 in hex"
