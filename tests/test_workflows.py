@@ -246,7 +246,12 @@ def test_mutation_testing_runs_weekly_with_nothing_but_read_access_and_keeps_the
     assert day == month == "*" and weekday.isdigit() and minute.isdigit() and hour.isdigit(), "weekly"
     (job,) = doc["jobs"].values()
     assert job["permissions"] == {"contents": "read"} and doc["permissions"] == {}
-    assert "make mutate" in runs(job) and "redis-server" in runs(job)
+    from mutation.packages import BY_NAME
+    assert job["strategy"]["matrix"]["package"] == list(BY_NAME), "every package, each in its own job"
+    assert job["strategy"]["fail-fast"] is False
+    (step,) = [s for s in steps(job) if "make mutate" in s.get("run", "")]
+    assert step["run"] == 'make mutate PACKAGES="$PACKAGE"' and step["env"] == {"PACKAGE": "${{ matrix.package }}"}
+    assert "redis-server" in runs(job)
     (upload,) = [s for s in steps(job) if action(s) == "actions/upload-artifact"]
     assert upload["if"] == "always()" and upload["with"]["path"] == ".mutation/survivors.txt"
     assert upload["with"]["include-hidden-files"] is True
