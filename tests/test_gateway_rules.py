@@ -442,3 +442,57 @@ def test_the_key_is_scoped_to_route_org_project_and_query_and_blind_to_key_order
     reordered = dict(reversed(list(BASE.items())))
     assert cache.key("chat.completions", reordered, "org", "proj", b"api-version=1") == k
     assert len(k) == 64 and int(k, 16) >= 0, "a SHA-256 in hex"
+
+
+def test_a_second_key_for_a_client_keeps_the_first_unless_told_not_to():
+    from gateway.keys import ClientKeys, add_key, empty_document
+
+    doc = empty_document()
+    first, second = add_key(doc, "web-app"), add_key(doc, "web-app")
+    keys = ClientKeys.from_json(json.dumps(doc))
+    assert keys.client_for(f"Bearer {first}".encode()) and keys.client_for(f"Bearer {second}".encode())
+    third = add_key(doc, "web-app", keep_old=False)
+    keys = ClientKeys.from_json(json.dumps(doc))
+    assert keys.client_for(f"Bearer {first}".encode()) is None and keys.client_for(f"Bearer {third}".encode())
+
+
+def test_a_keys_creation_time_is_utc_whatever_the_machines_zone(monkeypatch):
+    import datetime
+    import time
+
+    from gateway.keys import add_key, empty_document
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+5:30: a local time would be hours off
+    time.tzset()
+    try:
+        doc = empty_document()
+        add_key(doc, "web-app")
+        created = doc["clients"]["web-app"]["keys"][0]["created"]
+        stamp = datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        assert abs((datetime.datetime.now(datetime.UTC) - stamp).total_seconds()) < 120
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_bad_client_name_or_document_is_refused_saying_what_is_allowed():
+    from gateway.keys import ClientKeys, KeyDocumentError, add_key, empty_document
+
+    with pytest.raises(KeyDocumentError) as e:
+        add_key(empty_document(), "Web App")
+    assert str(e.value) == ("client name 'Web App': lower-case letters, digits, . _ - "
+                            "(up to 63, starting with a letter or digit)")
+    for doc in ({"version": 2, "clients": {}}, {"version": 1, "clients": []}, {"clients": {}}, []):
+        with pytest.raises(KeyDocumentError) as e:
+            ClientKeys.from_json(json.dumps(doc))
+        assert str(e.value) == 'not a client-keys document: expected {"version": 1, "clients": {...}}', doc
+
+
+def test_a_replay_carries_the_role_and_reads_a_choice_without_an_index_as_the_first():
+    tool = {**OPENAI_ANSWER, "usage": None,
+            "choices": [{"index": 0, "message": {"role": "tool", "content": "42"}, "finish_reason": "stop"}]}
+    first, _ = _events(cache.chat_json_to_sse(json.dumps(tool).encode()))
+    assert first["choices"][0]["delta"] == {"role": "tool", "content": "42"}
+    unnamed = _sse([{**CHUNK_FIELDS, "choices": [{"delta": {"content": "Hi"}, "finish_reason": "stop"}]}])
+    doc = json.loads(cache.chat_sse_to_json(unnamed))
+    assert doc["choices"][0]["message"] == {"role": "assistant", "content": "Hi"}, "no role sent: assistant"
