@@ -48,10 +48,12 @@ def test_tasks_admit_only_the_load_balancer(stack):
 
 
 def test_no_group_but_the_load_balancer_is_open_to_the_world(stack):
-    for rule in stack.of_type(IN):
-        if rule.inputs.get("cidrIpv4") == "0.0.0.0/0" or rule.inputs.get("cidrIpv6") == "::/0":
-            assert rule.inputs["securityGroupId"] == "alb-sg-id"
-            assert rule.inputs["fromPort"] in (80, 443)
+    open_rules = [r for r in stack.of_type(IN)
+                  if r.inputs.get("cidrIpv4") == "0.0.0.0/0" or r.inputs.get("cidrIpv6") == "::/0"]
+    assert {r.inputs["securityGroupId"] for r in open_rules} == {"alb-sg-id"}
+    # Exactly the HTTPS listener port, one port per rule.
+    assert all(r.inputs["fromPort"] == r.inputs["toPort"] for r in open_rules)
+    assert {r.inputs["fromPort"] for r in open_rules} == {443}
 
 
 def test_task_egress_is_https_and_the_cache(stack):
