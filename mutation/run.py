@@ -13,6 +13,7 @@ reason, in mutation/equivalent.txt.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -129,7 +130,8 @@ class Result:
         return sum(1 for s in self.status.values() if s in wanted)
 
 
-def read_results(package: Package, work: Path) -> Result:
+def read_results(package: Package, work: Path, only: list[str]) -> Result:
+    """The package's results (those matching `only`, when given)."""
     from mutmut.mutation.diff_apply import get_diff_for_mutant
     from mutmut.stats import status_by_exit_code
 
@@ -138,6 +140,8 @@ def read_results(package: Package, work: Path) -> Result:
         source = meta.relative_to(work / "mutants").as_posix().removesuffix(".meta")
         exit_codes = json.loads(meta.read_text())["exit_code_by_key"]
         for name, code in exit_codes.items():
+            if only and not any(fnmatch.fnmatchcase(name, glob) for glob in only):
+                continue
             result.status[name] = status_by_exit_code[code]
             if result.status[name] not in KILLED | UNCOUNTED:
                 with inside(work):
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for package in packages:
         work = WORK / package.name if args.report else run_mutmut(package, args.jobs, args.only)
-        results.append(read_results(package, work))
+        results.append(read_results(package, work, args.only))
     return 0 if report(results, read_equivalent()) else 1
 
 

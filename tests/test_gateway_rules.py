@@ -496,3 +496,25 @@ def test_a_replay_carries_the_role_and_reads_a_choice_without_an_index_as_the_fi
     unnamed = _sse([{**CHUNK_FIELDS, "choices": [{"delta": {"content": "Hi"}, "finish_reason": "stop"}]}])
     doc = json.loads(cache.chat_sse_to_json(unnamed))
     assert doc["choices"][0]["message"] == {"role": "assistant", "content": "Hi"}, "no role sent: assistant"
+
+
+@pytest.mark.parametrize("route,doc,sent", [
+    ("responses", {"input": "x"}, {"input": "x", "store": False}),  # the Responses API stores by default
+    ("responses", {"input": "x", "store": True}, {"input": "x", "store": False}),
+    ("responses", {"input": "x", "store": False}, None),  # already stores nothing: sent as it is
+    ("chat.completions", {"messages": [], "store": True}, {"messages": [], "store": False}),
+    ("chat.completions", {"messages": []}, None),  # chat stores only when asked
+    ("chat.completions", {"messages": [], "store": False}, None),
+])
+def test_what_a_client_that_may_not_keep_state_sends_is_never_stored(route, doc, sent):
+    from gateway import tenancy
+
+    assert tenancy.stores_nothing(route, doc) == sent
+
+
+def test_one_choice_is_allowed_and_a_bad_model_name_is_refused_saying_what_a_name_is():
+    assert estimate("chat.completions", {"max_tokens": 50, "n": 1}, 400, 1000) == (100, 50)
+    with pytest.raises(GatewayError) as e:
+        check_model("gpt 4o", Prices(None))
+    assert (e.value.message, e.value.param, e.value.code) == (
+        "`model` must be a model name: letters, digits and . _ : / -, up to 128", "model", "invalid_model")
