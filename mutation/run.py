@@ -1,6 +1,6 @@
 """`make mutate`: mutation testing (mutmut) of the modules that carry the project's guarantees.
 
-    python -m mutation.run [PACKAGE ...] [--jobs N]
+    python -m mutation.run [PACKAGE ...] [--jobs N] [--only GLOB ...] [--survivors] [--report]
 
 Each package (mutation/packages.py) runs in its own copy of the checkout under .mutation/<package>/,
 so mutmut's per-mutant results stay cached between runs there and only changed functions are tested
@@ -41,6 +41,8 @@ def checkout_files() -> list[str]:
 def sync(work: Path, files: list[str]) -> None:
     """Copy the checkout into `work`, leaving unchanged files (and so mutmut's cache) alone."""
     for name in files:
+        if name == "pyproject.toml":
+            continue  # written with the package's mutmut section (run_mutmut)
         src, dst = ROOT / name, work / name
         if dst.exists() and dst.read_bytes() == src.read_bytes():
             continue
@@ -70,7 +72,7 @@ def mutmut_config(package: Package, files: list[str]) -> str:
     ])
 
 
-def run_mutmut(package: Package, jobs: int, only: list[str]) -> Path:
+def run_mutmut(package: Package, jobs: int, only: list[str], survivors: bool = False) -> Path:
     work = WORK / package.name
     work.mkdir(parents=True, exist_ok=True)
     files = checkout_files()
@@ -84,11 +86,13 @@ def run_mutmut(package: Package, jobs: int, only: list[str]) -> Path:
     # during mutmut's stats run (mutation/hook), so its mutants are tested by the tests that reach them.
     env = {**os.environ, "MUTATION_HITS": str(hits)}
     cached = (work / "mutants").is_dir()
-    mutmut(["run", "--max-children", str(jobs), *only], work, env)
-    if cached and not only:
+    if not (survivors and cached):
+        mutmut(["run", "--max-children", str(jobs), *only], work, env)
+    if cached and (survivors or not only):
         # mutmut keeps a cached survivor's verdict even when a test written since would kill it:
         # named, a mutant is tested again.
-        again = [n for n, s in read_status(work).items() if s not in KILLED | UNCOUNTED]
+        again = [n for n, (s, _) in read_status(work).items() if s not in KILLED | UNCOUNTED
+                 and (not only or any(fnmatch.fnmatchcase(n, glob) for glob in only))]
         if again:
             mutmut(["run", "--max-children", str(jobs), *again], work, env)
     return work
@@ -99,14 +103,15 @@ def mutmut(args: list[str], work: Path, env: dict[str, str]) -> None:
     subprocess.run(command, cwd=work, env=env, check=False)  # noqa: S603 - our own venv's mutmut
 
 
-def read_status(work: Path) -> dict[str, str]:
-    """Each mutant's status (mutmut's words), from its per-file records."""
+def read_status(work: Path) -> dict[str, tuple[str, str]]:
+    """Each mutant's status (mutmut's words) and the file it mutates, from mutmut's records."""
     from mutmut.stats import status_by_exit_code
 
     status = {}
     for meta in sorted((work / "mutants").rglob("*.py.meta")):
+        source = meta.relative_to(work / "mutants").as_posix().removesuffix(".meta")
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            status[name] = status_by_exit_code[code]
+            status[name] = status_by_exit_code[code], source
     return status
 
 
@@ -131,21 +136,17 @@ class Result:
 
 
 def read_results(package: Package, work: Path, only: list[str]) -> Result:
-    """The package's results (those matching `only`, when given)."""
+    """The package's results (those matching `only`, when given), with each survivor's diff."""
     from mutmut.mutation.diff_apply import get_diff_for_mutant
-    from mutmut.stats import status_by_exit_code
 
     result = Result(package.name)
-    for meta in sorted((work / "mutants").rglob("*.py.meta")):
-        source = meta.relative_to(work / "mutants").as_posix().removesuffix(".meta")
-        exit_codes = json.loads(meta.read_text())["exit_code_by_key"]
-        for name, code in exit_codes.items():
-            if only and not any(fnmatch.fnmatchcase(name, glob) for glob in only):
-                continue
-            result.status[name] = status_by_exit_code[code]
-            if result.status[name] not in KILLED | UNCOUNTED:
-                with inside(work):
-                    result.diffs[name] = get_diff_for_mutant(name, path=source)
+    for name, (status, source) in read_status(work).items():
+        if only and not any(fnmatch.fnmatchcase(name, glob) for glob in only):
+            continue
+        result.status[name] = status
+        if status not in KILLED | UNCOUNTED:
+            with inside(work):
+                result.diffs[name] = get_diff_for_mutant(name, path=source)
     return result
 
 
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants tested at once")
     parser.add_argument("--only", action="append", default=[], metavar="GLOB",
                         help="test only the mutants whose names match, e.g. 'gateway.limits.*' (repeatable)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="test only the last run's survivors again (after writing tests for them)")
     parser.add_argument("--report", action="store_true", help="only report the last run's results")
     args = parser.parse_args(argv)
     unknown = [n for n in args.packages if n not in BY_NAME]
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     packages = [BY_NAME[n] for n in args.packages] or list(PACKAGES)
     results = []
     for package in packages:
-        work = WORK / package.name if args.report else run_mutmut(package, args.jobs, args.only)
+        work = WORK / package.name if args.report else run_mutmut(package, args.jobs, args.only, args.survivors)
         results.append(read_results(package, work, args.only))
     return 0 if report(results, read_equivalent()) else 1
 
