@@ -244,7 +244,8 @@ def test_cost_command_says_what_it_is_and_needs_a_stack(capsys):
     out = capsys.readouterr().out
     assert done.value.code == 0 and out.startswith("usage: python -m offline.cost [-h] --stack STACK [--json]")
     assert "What a stack costs a month" in out and re.search(r"--dir DIR\s+where the stack files are", out)
-    assert "refresh --region" not in out, "the description is the docstring's first line, not all of it"
+    described = " ".join(out.split("\n\n")[1].split())
+    assert described == cost.__doc__.split("\n")[0], "the description is the docstring's first line, no more"
     with pytest.raises(SystemExit) as done:
         cost.main([])
     assert done.value.code == 2 and "the following arguments are required: --stack" in capsys.readouterr().err
@@ -345,6 +346,7 @@ def test_a_stack_shaped_unlike_the_shipped_ones_is_priced_by_what_it_declares(st
     ([{"capacityProvider": "FARGATE", "base": 1, "weight": 1}, {"capacityProvider": "FARGATE_SPOT", "weight": 3}],
      5, 2.0),
     ([{"capacityProvider": "FARGATE", "base": 2}], 5, 5.0),
+    ([{"capacityProvider": "FARGATE", "weight": 1}, {"capacityProvider": "FARGATE_SPOT", "weight": 1}], 4, 2.0),
     ([], 3, 3.0),
 ])
 def test_tasks_split_between_on_demand_and_spot_as_ecs_places_them(strategies, tasks, on_demand):
@@ -376,3 +378,48 @@ def test_cost_and_diff_read_the_stack_file_they_are_pointed_at_with_its_secrets(
     assert "  llm-service:secrets.source: 'pulumi' -> 'external'" in out
     assert "cache-group: nodeType 'cache.t4g.small' -> 'cache.m7g.large'" in out
     assert "c2VjcmV0" not in out
+
+
+def _fork_config(requests_per_day: int = 5_000_000):
+    """Traffic large enough that a day more or less of logs shows in the cents."""
+    from infra.config import load
+    from tests.conftest import with_changes
+
+    return load(*with_changes("staging", traffic__requestsPerDay=requests_per_day))
+
+
+def _fork(*extra: Declared) -> list:
+    return [Declared("aws:ecs/service:Service", "svc", False),
+            Declared("aws:ecs/taskDefinition:TaskDefinition", "task", False,
+                     inputs={"cpu": "1024", "memory": "2048"}), *extra]
+
+
+def test_a_service_that_names_no_count_runs_one_task():
+    vcpu = line(cost.estimate("fork", _fork(), _fork_config()), "Fargate X86_64 on-demand vCPU")
+    assert vcpu.quantity.startswith("1 to 1 tasks x 1 vCPU")
+
+
+def test_a_redis_cache_is_priced_as_redis_and_an_unpriced_engine_says_so():
+    redis = Declared("aws:elasticache/replicationGroup:ReplicationGroup", "c", False,
+                     inputs={"nodeType": "cache.t4g.micro", "engine": "redis", "numCacheClusters": 2})
+    group = line(cost.estimate("fork", _fork(redis), _fork_config()), "ElastiCache redis cache.t4g.micro")
+    assert group.usd == round(2 * 730 * price("elasticache.redis.cache.t4g.micro"), 2)
+    memcached = Declared("aws:elasticache/replicationGroup:ReplicationGroup", "c", False,
+                         inputs={"nodeType": "cache.t4g.micro", "engine": "memcached"})
+    with pytest.raises(cost.Unpriced, match="no price for elasticache.memcached.cache.t4g.micro"):
+        cost.estimate("fork", _fork(memcached), _fork_config())
+
+
+@pytest.mark.parametrize("retentions,days", [([None], 30), ([None, 7], 30), ([14, 60], 60),
+                                             ([3653], 365), ([400, 7], 365)])
+def test_log_storage_is_kept_for_the_longest_retention_a_year_at_most(retentions, days):
+    """A group without a retention: 30 days (CloudWatch's default is for ever; the estimate assumes
+    a month); capped at a year: the estimate is of the first year's bill."""
+    groups = [Declared("aws:cloudwatch/logGroup:LogGroup", f"g{i}", False,
+                       inputs={} if r is None else {"retentionInDays": r}) for i, r in enumerate(retentions)]
+    cfg = _fork_config()
+    month = cfg.traffic.requests_per_day * 730 / 24
+    gb = month * (0.7 + 1.5) / 1024 ** 2
+    stored = line(cost.estimate("fork", _fork(*groups), cfg), "log storage")
+    assert stored.usd == round(gb * days / 30.4 * price("logs.storage_gb_month"), 2)
+    assert stored.usd != round(gb * (days + 1) / 30.4 * price("logs.storage_gb_month"), 2), "a day shows"

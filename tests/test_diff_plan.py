@@ -170,7 +170,9 @@ def test_diff_command_says_what_it_is_and_takes(capsys):
     assert done.value.code == 0
     assert out.startswith("usage: python -m offline.diff [-h] [--from FIRST] [--to SECOND] [--dir DIR]")
     assert "What differs between two stacks, grouped as a reviewer reads it." in out
-    assert "python -m offline.diff --from prod" not in out, "the description is the docstring's first line"
+    described = " ".join(out.split("\n\n")[1].split())
+    assert described == "What differs between two stacks, grouped as a reviewer reads it.", \
+        "the description is the docstring's first line, all of it and no more"
     assert re.search(r"--dir DIR\s+where the stack files are", out)
 
 
