@@ -100,7 +100,11 @@ def run_mutmut(package: Package, jobs: int, only: list[str], survivors: bool = F
 
 def mutmut(args: list[str], work: Path, env: dict[str, str]) -> None:
     command = [str(Path(sys.executable).parent / "mutmut"), *args]
-    subprocess.run(command, cwd=work, env=env, check=False)  # noqa: S603 - our own venv's mutmut
+    done = subprocess.run(command, cwd=work, env=env, check=False)  # noqa: S603 - our own venv's mutmut
+    if done.returncode != 0:
+        # mutmut stops before testing any mutant when the unmutated tests fail (its output says
+        # which): the results on disk are then the last run's, not this one's.
+        raise SystemExit(f"mutmut exited {done.returncode} in {work}: no mutant was tested")
 
 
 def read_status(work: Path) -> dict[str, tuple[str, str]]:

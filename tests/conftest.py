@@ -40,7 +40,9 @@ def synthesize_once(stack: str, raw: dict | None = None, secret_keys: set[str] |
     if raw is None:
         raw, file_keys = read_stack_file(stack)
         secret_keys = file_keys if secret_keys is None else secret_keys
-    key = (stack, json.dumps(raw, sort_keys=True, default=str), tuple(sorted(secret_keys or ())))
+    # In the order written: a synthesis keeps it (tags, say), so a copy of a stack file with its
+    # keys in another order is another synthesis, not this one served again.
+    key = (stack, json.dumps(raw, default=str), tuple(sorted(secret_keys or ())))
     if key not in _SYNTHESES:
         _SYNTHESES[key] = synthesize(stack, raw, secret_keys)
     return _SYNTHESES[key]

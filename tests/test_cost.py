@@ -234,7 +234,7 @@ def _stack_files(tmp_path: Path, **budget: float) -> Path:
         doc = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
         if budget:
             doc["config"]["llm-service:budget"].update(budget)
-        (tmp_path / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(doc))
+        (tmp_path / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return tmp_path
 
 
@@ -369,7 +369,7 @@ def test_cost_and_diff_read_the_stack_file_they_are_pointed_at_with_its_secrets(
     doc["config"]["llm-service:secrets"]["source"] = "pulumi"
     doc["config"]["llm-service:openai-api-key"] = {"secure": "v1:c2VjcmV0IGJ5IHB1bHVtaQ=="}
     doc["config"]["llm-service:cache"]["nodeType"] = "cache.t4g.small"  # and what it declares is its own
-    (where / "Pulumi.staging.yaml").write_text(yaml.safe_dump(doc))
+    (where / "Pulumi.staging.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     assert cost.main(["--stack", "staging", "--dir", str(where)]) == 0
     out = capsys.readouterr().out
     assert "ElastiCache valkey cache.t4g.small" in out and "cache.t4g.micro" not in out
