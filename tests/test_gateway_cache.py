@@ -232,7 +232,8 @@ def cachectl(env, *argv):
 
     from infra.stack_files import ROOT
     return subprocess.run([sys.executable, "-m", "gateway.cachectl", *argv], cwd=ROOT, capture_output=True,
-                          text=True, timeout=20, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env})
+                          text=True, timeout=20, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                                                      **gateway_process.under_mutation(), **env})
 
 
 # --- limits, shared by both tasks --------------------------------------------------------------
@@ -336,6 +337,10 @@ def test_requests_still_succeed_when_the_cache_server_stops(upstream, fake, tmp_
     try:
         assert post(gw, CHAT)[0].status == 200
         assert post(gw, CHAT)[0].getheader("x-gateway-cache") == "HIT"
+        up = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+        up.request("GET", "/readyz")
+        answer = up.getresponse()
+        assert (answer.status, json.loads(answer.read())["checks"]["cache"]) == (200, True), "the cache answers"
         server.stop()
         attempts = _Counting(server.port)
         for _ in range(3):
@@ -367,3 +372,14 @@ def test_without_a_cache_host_a_local_run_caches_in_process_and_says_so(upstream
     finally:
         gw.stop()
     assert "cache and limits in this process only (no CACHE_HOST)" in gw.proc.stderr.read().decode()
+
+
+def test_a_request_whose_answer_is_not_cached_leaves_no_lock_behind(gateways, valkey, fake):
+    """The request that took the fill lock got an error: it releases the lock at once, so the
+    next identical request goes upstream itself instead of waiting for a fill that never comes."""
+    a, _ = gateways
+    fake.script = [{"kind": "status", "status": 400}]
+    body = {**CHAT, "seed": 4242}
+    assert post(a, body)[0].status == 400
+    assert valkey.client().keys("*:lock") == []
+    assert post(a, body)[0].getheader("x-gateway-cache") == "MISS" and len(fake.requests) == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -518,3 +519,47 @@ def test_one_choice_is_allowed_and_a_bad_model_name_is_refused_saying_what_a_nam
         check_model("gpt 4o", Prices(None))
     assert (e.value.message, e.value.param, e.value.code) == (
         "`model` must be a model name: letters, digits and . _ : / -, up to 128", "model", "invalid_model")
+
+
+def _run(scenario):
+    # Its own loop, closed after, never installed (see test_the_in_process_store_keeps_the_same_rules).
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+def test_the_in_process_store_hands_a_waiter_nothing_when_the_filler_gives_up_or_is_late():
+    async def scenario():
+        store, free = LocalStore(), Limits()
+        holder = await store.gate("c", free, "h", True, True, 0, 0, 1000)
+        waiter = await store.gate("c", free, "h", True, True, 0, 0, 1000)
+        assert holder.holds_lock and not waiter.holds_lock
+        started = asyncio.get_running_loop().time()
+        assert await store.wait(waiter, 0.05) is None, "nothing within the bound"
+        assert asyncio.get_running_loop().time() - started >= 0.05, "it waited out the bound"
+        waiting = asyncio.create_task(store.wait(waiter, 5))
+        await asyncio.sleep(0)
+        await store.release(holder)  # the holder failed: no entry
+        assert await waiting is None
+        again = await store.gate("c", free, "h", True, True, 0, 0, 1000)
+        assert again.outcome == "miss" and again.holds_lock, "the lock is free for the next request"
+        assert await store.wait(await store.gate("d", free, "", False, False, 0, 0, 1000), 5) is None
+    _run(scenario)
+
+
+def test_the_in_process_store_invalidates_one_clients_entries_or_everyones():
+    async def scenario():
+        store, free = LocalStore(), Limits()
+        for client in ("a", "b"):
+            gate = await store.gate(client, free, "h", True, True, 0, 0, 1000)
+            await store.fill(gate, b"J{}", 60)
+        assert await store.invalidate("a") == 1 and await store.invalidate("a") == 2
+        assert (await store.gate("a", free, "h", True, True, 0, 0, 1000)).outcome == "miss"
+        assert (await store.gate("b", free, "h", True, True, 0, 0, 1000)).outcome == "hit", "b keeps its entries"
+        assert await store.invalidate() == 1
+        assert (await store.gate("b", free, "h", True, True, 0, 0, 1000)).outcome == "miss"
+        # The version outlives any entry: were it to lapse, old entries would be served again.
+        assert store.values["ver"][0] - time.monotonic() > 9 * 365 * 86400
+    _run(scenario)
