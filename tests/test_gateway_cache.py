@@ -383,3 +383,4 @@ def test_a_request_whose_answer_is_not_cached_leaves_no_lock_behind(gateways, va
     assert post(a, body)[0].status == 400
     assert valkey.client().keys("*:lock") == []
     assert post(a, body)[0].getheader("x-gateway-cache") == "MISS" and len(fake.requests) == 2
+    assert valkey.client().keys("*:lock") == [], "nor does a request that fills the entry"

@@ -563,3 +563,21 @@ def test_the_in_process_store_invalidates_one_clients_entries_or_everyones():
         # The version outlives any entry: were it to lapse, old entries would be served again.
         assert store.values["ver"][0] - time.monotonic() > 9 * 365 * 86400
     _run(scenario)
+
+
+def test_the_in_process_store_settles_to_the_usage_and_frees_the_place_in_flight():
+    async def scenario():
+        store = LocalStore()
+        limits = Limits(tokens_per_minute=1000, usd_per_day=1.0, concurrent_requests=1)
+        gate = await store.gate("c", limits, "", False, False, 600, 5_000, 1000)
+        assert (await store.gate("c", limits, "", False, False, 1, 1, 1000)).outcome == "concurrent"
+        await store.settle("c", gate.reservation, 250, 2_000, requests=3)
+        r = gate.reservation
+        assert store._get(f"tpm:c:{r.minute}") == 250 and store._get(f"usd:c:{r.day}") == 2_000
+        assert store._get(f"rpm:c:{r.minute}") == 1 + 3, "its own request and three counted elsewhere"
+        assert store.values[f"usd:c:{r.day}"][0] - time.monotonic() > 86_400, "the day's spend outlives the day"
+        nxt = await store.gate("c", limits, "", False, False, 750, 0, 1000)
+        assert nxt.outcome == "miss", "its place in flight is free again, and 250 + 750 tokens fit"
+        assert (await store.gate("d", Limits(), "", False, False, 0, 0, 1000)).outcome == "miss"
+        await store.settle("nobody", gate.reservation, 0, 0)  # a client with nothing in flight
+    _run(scenario)
