@@ -22,7 +22,8 @@ PACKAGES = (
         ("gateway/*.py",),
         # Not test_gateway_contract.py: it runs the gateway's own venv as the task's user, which
         # has no mutmut to import the mutated modules with.
-        ("tests/test_gateway_rules.py", "tests/test_gateway.py", "tests/test_gateway_adversary.py",
+        ("tests/test_gateway_rules.py", "tests/test_store.py", "tests/test_gateway.py",
+         "tests/test_gateway_adversary.py", "tests/test_gateway_accounting.py",
          "tests/test_gateway_cache.py", "tests/test_gateway_lifecycle.py", "tests/test_clientkeys.py"),
     ),
     Package(

@@ -1,0 +1,155 @@
+"""One suite, both stores: the in-process store a local run uses and Valkey (a real server with TLS
+and AUTH) must answer every gate, fill, settle and invalidation the same way, so that a limit
+tested against one holds on the other. Each case runs on its own event loop with a fresh store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gateway.limits import Limits
+from gateway.store import LocalStore, ValkeyStore
+from tests import valkey_server
+
+SERVICE = "llm-service-store"
+
+
+@pytest.fixture(scope="module")
+def valkey(tmp_path_factory):
+    server = valkey_server.start(tmp_path_factory.mktemp("valkey"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["in-process", "valkey"])
+def run(request, valkey):
+    """run(scenario): scenario(store) on a fresh store of the kind, on its own loop."""
+    def make():
+        if request.param == "in-process":
+            return LocalStore()
+        valkey.client().flushall()
+        return ValkeyStore("127.0.0.1", "", valkey.port, valkey.auth, True, str(valkey.ca_file), SERVICE, 2.0)
+
+    def go(scenario):
+        if time.time() % 60 > 57:  # a case's counters live in one minute's window
+            time.sleep(60 - time.time() % 60 + 0.05)
+        loop = asyncio.new_event_loop()
+
+        async def body():
+            store = make()
+            try:
+                await scenario(store)
+            finally:
+                await store.close()
+        try:
+            loop.run_until_complete(body())
+        finally:
+            loop.close()
+    return go
+
+
+NONE = Limits()  # no limit
+
+
+def gate(store, client="c", limits=NONE, cache_hash="", read=False, lock=False, tokens=0, nano=0,
+         counted=False):
+    return store.gate(client, limits, cache_hash, read, lock, tokens, nano, 5_000, counted)
+
+
+def test_requests_per_minute_are_counted_and_refused_at_the_limit(run):
+    async def scenario(store):
+        limits = Limits(requests_per_minute=2)
+        assert [(await gate(store, limits=limits)).outcome for _ in range(2)] == ["miss", "miss"]
+        refused = await gate(store, limits=limits)
+        assert (refused.outcome, refused.used) == ("requests", 2)
+        counted = await gate(store, limits=limits, counted=True)
+        assert counted.outcome == "miss", "a request counted already (a hit it could not serve) is let through"
+        assert (await gate(store, limits=limits)).used == 2, "and not counted twice"
+        assert (await gate(store, "other", limits)).outcome == "miss", "each client has its own count"
+    run(scenario)
+
+
+def test_tokens_and_spend_are_refused_past_the_limit_and_admitted_up_to_it(run):
+    async def scenario(store):
+        limits = Limits(tokens_per_minute=1000, usd_per_day=0.000001)  # 1,000 nano-dollars
+        assert (await gate(store, limits=limits, tokens=600, nano=600)).outcome == "miss"
+        over = await gate(store, limits=limits, tokens=401)
+        assert (over.outcome, over.used) == ("tokens", 600)
+        spend = await gate(store, limits=limits, nano=401)
+        assert (spend.outcome, spend.used) == ("spend", 600)
+        assert (await gate(store, limits=limits, tokens=400, nano=400)).outcome == "miss", "exactly at the limit"
+        assert (await gate(store, limits=limits, tokens=1)).outcome == "tokens"
+    run(scenario)
+
+
+def test_settling_corrects_the_reservation_and_adds_requests_counted_elsewhere(run):
+    async def scenario(store):
+        limits = Limits(requests_per_minute=5, tokens_per_minute=1000, usd_per_day=0.000001)
+        first = await gate(store, limits=limits, tokens=900, nano=900)
+        assert (await gate(store, limits=limits, tokens=200)).outcome == "tokens"
+        await store.settle("c", first.reservation, 100, 50, requests=3)
+        assert (await gate(store, limits=limits, tokens=900, nano=950)).outcome == "miss", "100 + 900, 50 + 950"
+        refused = await gate(store, limits=limits)
+        assert (refused.outcome, refused.used) == ("requests", 5), "2 gated and 3 settled"
+    run(scenario)
+
+
+def test_requests_in_flight_are_bounded_and_a_settled_one_frees_its_place(run):
+    async def scenario(store):
+        limits = Limits(concurrent_requests=2)
+        a, b = await gate(store, limits=limits), await gate(store, limits=limits)
+        assert a.reservation.flight and b.reservation.flight and a.reservation.flight != b.reservation.flight
+        third = await gate(store, limits=limits)
+        assert (third.outcome, third.used) == ("concurrent", 2)
+        await store.settle("c", a.reservation, 0, 0)
+        assert (await gate(store, limits=limits)).outcome == "miss"
+        assert not (await gate(store, "free")).reservation.flight, "no bound, no place taken"
+    run(scenario)
+
+
+def test_one_request_fills_an_entry_the_others_read_and_hits_count_as_requests(run):
+    async def scenario(store):
+        limits = Limits(requests_per_minute=3)
+        holder = await gate(store, limits=limits, cache_hash="h", read=True, lock=True)
+        other = await gate(store, limits=limits, cache_hash="h", read=True, lock=True)
+        assert (holder.outcome, holder.holds_lock) == ("miss", True)
+        assert (other.outcome, other.holds_lock) == ("miss", False)
+        await store.fill(holder, b"J{}", 60)
+        assert await store.wait(other, 5) == b"J{}"
+        hit = await gate(store, limits=limits, cache_hash="h", read=True, lock=True)
+        assert (hit.outcome, hit.entry) == ("hit", b"J{}")
+        assert (await gate(store, limits=limits, cache_hash="h", read=True)).outcome == "requests", "3 used"
+        fresh = await gate(store, "d", cache_hash="h", read=True, lock=True)
+        assert fresh.outcome == "miss" and fresh.entry is None, "another client never reads this one's entry"
+        unread = await gate(store, cache_hash="h", read=False, lock=True)
+        assert unread.outcome == "miss", "a refresh does not read the entry"
+        unlocked = await gate(store, "e", cache_hash="h2", read=True, lock=False)
+        assert not unlocked.holds_lock
+    run(scenario)
+
+
+def test_a_released_lock_passes_to_the_next_request_and_its_waiter_gets_nothing(run):
+    async def scenario(store):
+        holder = await gate(store, cache_hash="h", read=True, lock=True)
+        waiter = await gate(store, cache_hash="h", read=True, lock=True)
+        waiting = asyncio.create_task(store.wait(waiter, 5))
+        await asyncio.sleep(0.01)
+        await store.release(holder)
+        assert await waiting is None
+        nxt = await gate(store, cache_hash="h", read=True, lock=True)
+        assert nxt.outcome == "miss" and nxt.holds_lock
+    run(scenario)
+
+
+def test_invalidating_one_client_leaves_the_others_and_invalidating_all_reaches_everyone(run):
+    async def scenario(store):
+        for client in ("a", "b"):
+            await store.fill(await gate(store, client, cache_hash="h", read=True, lock=True), b"J{}", 60)
+        await store.invalidate("a")
+        assert (await gate(store, "a", cache_hash="h", read=True)).outcome == "miss"
+        assert (await gate(store, "b", cache_hash="h", read=True)).outcome == "hit"
+        await store.invalidate()
+        assert (await gate(store, "b", cache_hash="h", read=True)).outcome == "miss"
+    run(scenario)
