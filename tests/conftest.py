@@ -74,6 +74,34 @@ def _each_config_synthesized_once():
         yield
 
 
+def within_one_minute(seconds: float = 10) -> None:
+    """Per-minute limits start again with each UTC minute: a case that counts against one starts
+    with `seconds` left in its minute (waiting at most that long for the next)."""
+    import time
+
+    if time.time() % 60 > 60 - seconds:
+        time.sleep(60 - time.time() % 60 + 0.05)
+
+
+@pytest.fixture(scope="module")
+def valkey(tmp_path_factory):
+    """A real Valkey-compatible server with TLS and AUTH (tests/valkey_server.py), one per module."""
+    from tests import valkey_server
+
+    server = valkey_server.start(tmp_path_factory.mktemp("valkey"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake(upstream, valkey):
+    """The module's fake upstream (its `upstream` fixture), its script and record emptied, and the
+    store flushed: each test starts with no counters, entries or locks."""
+    valkey.client().flushall()
+    upstream.fake.script, upstream.fake.requests = [], []
+    return upstream.fake
+
+
 @pytest.fixture(scope="session")
 def staging() -> Synthesis:
     return synthesize_once("staging")

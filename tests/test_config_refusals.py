@@ -289,21 +289,20 @@ def test_a_stack_file_that_is_a_list_is_refused(tmp_path, capsys):
 
 
 def _bounded_fields():
-    """Every numeric setting with a declared range, as (section alias, field alias, low, high)."""
+    """Every numeric setting with a declared range, as (section, key, low, high) as written."""
     import annotated_types
 
     from infra.config import StackConfig
 
-    for section in StackConfig.model_fields.values():
+    for section_name, section in StackConfig.model_fields.items():
         model = section.annotation
-        if not isinstance(model, type) or not hasattr(model, "model_fields"):
+        if not (isinstance(model, type) and hasattr(model, "model_fields")):
             continue
         for name, f in model.model_fields.items():
             low = next((m.ge for m in f.metadata if isinstance(m, annotated_types.Ge)), None)
             high = next((m.le for m in f.metadata if isinstance(m, annotated_types.Le)), None)
             if low is not None or high is not None:
-                yield section.alias or [k for k, v in StackConfig.model_fields.items() if v is section][0], \
-                    f.alias or name, low, high
+                yield section.alias or section_name, f.alias or name, low, high
 
 
 BOUNDED = list(_bounded_fields())

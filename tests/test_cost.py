@@ -349,10 +349,9 @@ def test_a_stack_shaped_unlike_the_shipped_ones_is_priced_by_what_it_declares(st
     ([{"capacityProvider": "FARGATE", "weight": 1}, {"capacityProvider": "FARGATE_SPOT", "weight": 1}], 4, 2.0),
     ([], 3, 3.0),
 ])
-def test_tasks_split_between_on_demand_and_spot_as_ecs_places_them(strategies, tasks, on_demand):
+def test_tasks_split_between_on_demand_and_spot_as_ecs_places_them(staging, strategies, tasks, on_demand):
     svc = Declared("aws:ecs/service:Service", "svc", False, inputs={"capacityProviderStrategies": strategies})
-    e = cost.Estimate.__new__(cost.Estimate)
-    e.resources = [svc]
+    e = cost.Estimate([svc], config_of(staging), TABLE)
     assert cost._tasks(e, tasks) == (on_demand, tasks - on_demand)
 
 

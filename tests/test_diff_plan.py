@@ -47,15 +47,14 @@ def test_resources_settings_and_cost_that_differ(shown):
     assert re.search(r"AWS a month: \$[\d,.]+ -> \$[\d,.]+ \(\+", shown)
 
 
-def _differ(value_a, value_b):
-    """Two stacks of one resource each, which differ at one input path."""
+def _differ(inputs_a: dict, inputs_b: dict, typ: str = "t"):
+    """Two stacks, a and b, of one resource each (type `typ`, name r), with these inputs."""
     from types import SimpleNamespace
 
     from offline.synth import Declared
 
-    def stack(name, inputs):
-        return SimpleNamespace(stack=name, resources=[Declared("t", "r", False, inputs=inputs)])
-    return stack("a", value_a), stack("b", value_b)
+    return tuple(SimpleNamespace(stack=name, resources=[Declared(typ, "r", False, inputs=inputs)])
+                 for name, inputs in (("a", inputs_a), ("b", inputs_b)))
 
 
 def _nested(path: str, value) -> dict:
@@ -66,18 +65,12 @@ def _nested(path: str, value) -> dict:
 
 
 @pytest.mark.parametrize("typ,path", [(t, p) for t, paths in diff.SETTINGS.items() for p in paths])
-def test_each_setting_the_diff_promises_is_shown_when_it_alone_differs(monkeypatch, typ, path):
+def test_each_setting_the_diff_promises_is_shown_when_it_alone_differs(typ, path):
     a_value, b_value = ([1], [1, 2]) if path.startswith("len:") else ("one", "two")
-    a, b = _differ(_nested(path, a_value), _nested(path, b_value))
-    for s in (a, b):
-        s.resources[0].type = typ
-    only, settings = diff.resource_lines(a, b)
-    shown = f"count {1} -> {2}" if path.startswith("len:") else "'one' -> 'two'"
+    only, settings = diff.resource_lines(*_differ(_nested(path, a_value), _nested(path, b_value), typ))
+    shown = "count 1 -> 2" if path.startswith("len:") else "'one' -> 'two'"
     assert only == [] and settings == [f"  {typ}  r: {path.removeprefix('len:')} {shown}"]
-    same_a, same_b = _differ(_nested(path, a_value), _nested(path, a_value))
-    for s in (same_a, same_b):
-        s.resources[0].type = typ
-    assert diff.resource_lines(same_a, same_b) == ([], [])
+    assert diff.resource_lines(*_differ(_nested(path, a_value), _nested(path, a_value), typ)) == ([], [])
 
 
 def test_the_diff_is_the_reviewed_one(staging, prod):
@@ -143,13 +136,17 @@ def test_make_writes_nothing_but_the_commands_output_to_stdout():
     assert all(line.startswith("\t@") and (line.endswith(">&2") or "touch" in line) for line in installs)
 
 
-def test_cost_changes_come_largest_first_and_ties_by_name_in_any_process():
-    """The order once depended on string hashing: two changes of $0.80 swapped between runs."""
+def _report(**usd: float):
+    """A cost report of these lines (item: dollars), with $2.50 of tokens."""
     from types import SimpleNamespace
 
-    def report(**usd):
-        lines = [SimpleNamespace(item=k.replace("_", " "), usd=v) for k, v in usd.items()]
-        return SimpleNamespace(lines=lines, total=sum(usd.values()), tokens=SimpleNamespace(with_cache=1.0))
+    lines = [SimpleNamespace(item=item, usd=v) for item, v in usd.items()]
+    return SimpleNamespace(lines=lines, total=sum(usd.values()), tokens=SimpleNamespace(with_cache=2.5))
+
+
+def test_cost_changes_come_largest_first_and_ties_by_name_in_any_process():
+    """The order once depended on string hashing: two changes of $0.80 swapped between runs."""
+    report = _report
     tied = ["echo", "delta", "charlie", "bravo", "alpha"]  # five changes of $0.80: 1 order in 120 by chance
     a = report(big=5.0, **{n: 0.8 for n in tied})
     b = report(big=1.0, **{n: 0.0 for n in tied})
@@ -196,8 +193,10 @@ def test_a_key_set_in_one_stack_only_shows_as_not_set_in_the_other():
 
 
 def test_a_type_declared_in_one_stack_only_is_counted_from_zero():
+    from offline.synth import Declared
+
     a, b = _differ({}, {})
-    b.resources.append(type(b.resources[0])("aws:ec2/eip:Eip", "nat-2", False))
+    b.resources.append(Declared("aws:ec2/eip:Eip", "nat-2", False))
     only, settings = diff.resource_lines(a, b)
     assert only == ["  only in b: aws:ec2/eip:Eip  nat-2"]
     assert settings == ["  count of aws:ec2/eip:Eip: 0 -> 1"]
@@ -209,11 +208,7 @@ def test_a_list_setting_that_is_missing_counts_as_none():
 
 
 def test_cost_lines_show_an_item_from_zero_or_to_zero_and_leave_out_what_rounds_to_no_change():
-    from types import SimpleNamespace
-
-    def report(**usd):
-        lines = [SimpleNamespace(item=k, usd=v) for k, v in usd.items()]
-        return SimpleNamespace(lines=lines, total=sum(usd.values()), tokens=SimpleNamespace(with_cache=2.5))
+    report = _report
     lines = diff.cost_lines(report(gone=3.0, same=1.0, tiny=1.0), report(new=2.0, same=1.0, tiny=1.004))
     assert lines[:2] == ["  gone: $3.00 -> $0.00", "  new: $0.00 -> $2.00"]
     assert lines[2] == "  AWS a month: $5.00 -> $4.00 (-1.00); LLM tokens: $2.50 -> $2.50"

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from gateway.limits import Price, estimate
-from tests import gateway_process, valkey_server
+from tests import gateway_process
+from tests.conftest import within_one_minute
 from tests.fake_upstream import Running
 
 SERVICE = "llm-service-accounting"
@@ -43,13 +44,6 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def valkey(tmp_path_factory):
-    server = valkey_server.start(tmp_path_factory.mktemp("valkey"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def upstream():
     running = Running()
     running.fake.realistic = True
@@ -65,13 +59,6 @@ def gw(valkey, upstream, tmp_path_factory):
     gateway.stop()
 
 
-@pytest.fixture
-def fake(upstream, valkey):
-    valkey.client().flushall()
-    upstream.fake.script, upstream.fake.requests = [], []
-    return upstream.fake
-
-
 def post(gw, path: str, body: dict, client: str) -> tuple[int, bytes, http.client.HTTPResponse]:
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
     conn.request("POST", path, body=json.dumps(body).encode(),
@@ -80,13 +67,6 @@ def post(gw, path: str, body: dict, client: str) -> tuple[int, bytes, http.clien
     data = resp.read()
     conn.close()
     return resp.status, data, resp
-
-
-def within_one_minute() -> None:
-    """A per-minute limit starts again with each UTC minute: a case that counts against one starts
-    early enough in a minute to finish in it (at most 10 s of waiting)."""
-    if time.time() % 60 > 50:
-        time.sleep(60 - time.time() % 60 + 0.05)
 
 
 def counters(valkey, kind: str, client: str) -> dict[str, int]:

@@ -64,13 +64,6 @@ def _keys() -> tuple[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def valkey(tmp_path_factory):
-    server = valkey_server.start(tmp_path_factory.mktemp("valkey"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def upstream():
     return Running()
 
@@ -85,13 +78,6 @@ def gw(valkey, upstream, tmp_path_factory):
     gateway = gateway_process.start(upstream.url, tmp_path_factory.mktemp("gw"), env=env, keys_doc=KEYS)
     yield gateway
     gateway.stop()
-
-
-@pytest.fixture
-def fake(upstream, valkey):
-    valkey.client().flushall()
-    upstream.fake.script, upstream.fake.requests = [], []
-    return upstream.fake
 
 
 def call(gw, method: str, path: str, body=None, client: str = "web-app", headers=None):

@@ -17,6 +17,7 @@ import pytest
 from gateway import cache
 from gateway.limits import Price, estimate
 from tests import gateway_process, valkey_server
+from tests.conftest import within_one_minute
 from tests.fake_upstream import Running
 
 PRICES = {m: {"inputPerMillion": 1.0, "outputPerMillion": 2.0} for m in ("gpt-4o-mini", "text-embedding-3-small")}
@@ -40,13 +41,6 @@ LIMITS = {
     "spender": {"usdPerDay": (3 * ONE_REQUEST_NANO + SPEND_ESTIMATE_NANO) / 1e9},
     "tokens": {"tokensPerMinute": _estimated_tokens(TPM_BODY) + TPM_LIMIT_EXTRA},
 }
-
-
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory):
-    server = valkey_server.start(tmp_path_factory.mktemp("valkey"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +68,6 @@ def gateways(valkey, upstream, tmp_path_factory):
     yield pair
     for gw in pair:
         gw.stop()
-
-
-@pytest.fixture
-def fake(upstream, valkey):
-    valkey.client().flushall()
-    upstream.fake.script, upstream.fake.requests = [], []
-    return upstream.fake
 
 
 def post(gw, body, client="web-app", headers=None, path="/v1/chat/completions"):
@@ -239,8 +226,7 @@ def cachectl(env, *argv):
 # --- limits, shared by both tasks --------------------------------------------------------------
 
 def test_a_requests_per_minute_limit_is_exact_across_two_tasks(gateways, fake):
-    if time.time() % 60 > 50:
-        time.sleep(61 - time.time() % 60)  # one minute window for the whole burst
+    within_one_minute()  # one minute window for the whole burst
     with concurrent.futures.ThreadPoolExecutor(40) as pool:
         results = list(pool.map(lambda i: post(gateways[i % 2], {**CHAT, "seed": i}, client="limited"),
                                 range(40)))
@@ -283,8 +269,7 @@ def test_the_spend_cap_blocks_at_the_configured_amount(gateways, valkey, fake):
 def test_tokens_are_reserved_before_the_call_and_settled_with_the_real_usage(gateways, fake):
     """The limit holds one estimate plus 30 tokens. Unsettled, a second request would not fit;
     settled with the real usage (15 tokens each), two more do, and then no more."""
-    if time.time() % 60 > 50:
-        time.sleep(61 - time.time() % 60)
+    within_one_minute()
     statuses = [post(gateways[i % 2], {**TPM_BODY, "seed": i}, client="tokens")[0].status for i in range(4)]
     assert statuses == [200, 200, 200, 429]
 

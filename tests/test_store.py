@@ -5,22 +5,14 @@ tested against one holds on the other. Each case runs on its own event loop with
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from gateway.limits import Limits
 from gateway.store import LocalStore, ValkeyStore
-from tests import valkey_server
+from tests.conftest import within_one_minute
 
 SERVICE = "llm-service-store"
-
-
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory):
-    server = valkey_server.start(tmp_path_factory.mktemp("valkey"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["in-process", "valkey"])
@@ -33,8 +25,7 @@ def run(request, valkey):
         return ValkeyStore("127.0.0.1", "", valkey.port, valkey.auth, True, str(valkey.ca_file), SERVICE, 2.0)
 
     def go(scenario):
-        if time.time() % 60 > 57:  # a case's counters live in one minute's window
-            time.sleep(60 - time.time() % 60 + 0.05)
+        within_one_minute(3)  # a case takes well under a second
         loop = asyncio.new_event_loop()
 
         async def body():
@@ -134,6 +125,7 @@ def test_a_released_lock_passes_to_the_next_request_and_its_waiter_gets_nothing(
     async def scenario(store):
         holder = await gate(store, cache_hash="h", read=True, lock=True)
         waiter = await gate(store, cache_hash="h", read=True, lock=True)
+        assert await store.wait(waiter, 0.05) is None, "nothing within the bound"
         waiting = asyncio.create_task(store.wait(waiter, 5))
         await asyncio.sleep(0.01)
         await store.release(holder)
@@ -147,9 +139,9 @@ def test_invalidating_one_client_leaves_the_others_and_invalidating_all_reaches_
     async def scenario(store):
         for client in ("a", "b"):
             await store.fill(await gate(store, client, cache_hash="h", read=True, lock=True), b"J{}", 60)
-        await store.invalidate("a")
+        assert [await store.invalidate("a"), await store.invalidate("a")] == [1, 2], "a version, counted up"
         assert (await gate(store, "a", cache_hash="h", read=True)).outcome == "miss"
         assert (await gate(store, "b", cache_hash="h", read=True)).outcome == "hit"
-        await store.invalidate()
+        assert await store.invalidate() == 1
         assert (await gate(store, "b", cache_hash="h", read=True)).outcome == "miss"
     run(scenario)
