@@ -61,7 +61,8 @@ def test_github_workflow_schema():
 
 
 def test_zizmor_finds_nothing_even_as_auditor():
-    done = subprocess.run([BIN / "zizmor", "--offline", "--persona", "auditor", "--no-progress", WORKFLOWS],
+    # Over .github/, so Dependabot's configuration is audited too (a missing cooldown is a finding).
+    done = subprocess.run([BIN / "zizmor", "--offline", "--persona", "auditor", "--no-progress", WORKFLOWS.parent],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "No findings to report" in done.stdout + done.stderr
@@ -86,21 +87,69 @@ def test_every_action_is_pinned_to_a_commit_with_its_version_noted():
             assert re.search(r"# v\d+\.\d+\.\d+", comment), f"{name}: {uses} has no version comment"
 
 
-# The inputs each pinned action declares (its action.yml at that version), so a misspelt `with:`
-# key fails here instead of being ignored by the runner with a warning.
+# The inputs each pinned action declares (its action.yml at the version pinned), so a misspelt
+# `with:` key fails here instead of being ignored by the runner with a warning. Update with a pin.
 INPUTS = {
-    "actions/checkout": {"persist-credentials", "fetch-depth", "ref"},
-    "actions/setup-python": {"python-version", "python-version-file"},
-    "actions/upload-artifact": {"name", "path", "if-no-files-found", "retention-days", "compression-level",
-                                "overwrite", "include-hidden-files"},
-    "aws-actions/configure-aws-credentials": {"role-to-assume", "role-session-name", "aws-region",
-                                              "role-duration-seconds", "audience"},
-    "docker/setup-qemu-action": {"platforms", "cache-image", "image", "reset"},
-    "docker/setup-buildx-action": {"cache-binary", "version", "driver", "platforms"},
-    "pulumi/actions": {"command", "stack-name", "diff", "policyPacks", "comment-on-pr", "edit-pr-comment",
-                       "always-include-summary", "pulumi-version-file", "cloud-url", "refresh",
-                       "expect-no-changes", "comment-on-summary"},
+    "actions/checkout": {  # v7.0.1
+        "repository", "ref", "token", "ssh-key", "ssh-known-hosts", "ssh-strict", "ssh-user",
+        "persist-credentials", "path", "clean", "filter", "sparse-checkout", "sparse-checkout-cone-mode",
+        "fetch-depth", "fetch-tags", "show-progress", "lfs", "submodules", "set-safe-directory",
+        "github-server-url", "allow-unsafe-pr-checkout"},
+    "actions/setup-python": {  # v7.0.0
+        "python-version", "python-version-file", "cache", "architecture", "check-latest", "token",
+        "cache-dependency-path", "update-environment", "allow-prereleases", "freethreaded", "pip-version"},
+    "actions/upload-artifact": {  # v7.0.0
+        "name", "path", "if-no-files-found", "retention-days", "compression-level", "overwrite",
+        "include-hidden-files", "archive"},
+    "aws-actions/configure-aws-credentials": {  # v6.2.3
+        "aws-region", "aws-profile", "overwrite-aws-profile", "role-to-assume", "aws-access-key-id",
+        "aws-secret-access-key", "aws-session-token", "web-identity-token-file", "role-chaining", "audience",
+        "http-proxy", "no-proxy", "mask-aws-account-id", "role-duration-seconds", "role-external-id",
+        "role-session-name", "role-skip-session-tagging", "transitive-tag-keys", "inline-session-policy",
+        "managed-session-policies", "output-credentials", "output-env-credentials",
+        "unset-current-credentials", "disable-retry", "retry-max-attempts", "special-characters-workaround",
+        "use-existing-credentials", "allowed-account-ids", "force-skip-oidc", "action-timeout-s",
+        "custom-tags", "sts-endpoint"},
+    "docker/setup-qemu-action": {"platforms", "cache-image", "image", "reset"},  # v4.2.0
+    "docker/setup-buildx-action": {  # v4.3.0
+        "version", "driver", "driver-opts", "buildkitd-flags", "buildkitd-config", "buildkitd-config-inline",
+        "use", "name", "endpoint", "platforms", "append", "keep-state", "cache-binary", "cleanup"},
+    "pulumi/actions": {  # v7.0.0
+        "command", "stack-name", "pulumi-version", "pulumi-version-file", "work-dir", "comment-on-pr",
+        "comment-on-pr-number", "comment-on-summary", "github-token", "cloud-url", "secrets-provider",
+        "parallel", "message", "config-map", "expect-no-changes", "diff", "replace", "exclude",
+        "exclude-dependents", "target", "target-dependents", "refresh", "upsert", "remove", "edit-pr-comment",
+        "color", "exclude-protected", "plan", "suppress-outputs", "suppress-progress",
+        "always-include-summary", "continue-on-error", "log-verbosity", "log-flow", "debug", "policyPacks",
+        "policyPackConfigs"},
 }
+# The major each action is pinned at, no older: a runtime GitHub retires (node20) goes with the
+# majors before these. Dependabot (.github/dependabot.yml) proposes the next ones.
+LEAST_MAJOR = {"actions/checkout": 7, "actions/setup-python": 7, "actions/upload-artifact": 7,
+               "aws-actions/configure-aws-credentials": 6, "docker/setup-qemu-action": 4,
+               "docker/setup-buildx-action": 4, "pulumi/actions": 7}
+
+
+def test_every_action_is_at_least_at_its_current_major():
+    for name in ALL:
+        for uses, version in re.findall(r"uses:\s*([^@\s]+)@\S+\s+# v(\d+)\.", (WORKFLOWS / name).read_text()):
+            assert int(version) >= LEAST_MAJOR[uses], f"{name}: {uses} v{version} is behind v{LEAST_MAJOR[uses]}"
+
+
+def test_dependabot_proposes_updates_to_every_lock_and_every_action():
+    config = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    done = subprocess.run([BIN / "check-jsonschema", "--builtin-schema", "vendor.dependabot",
+                           ROOT / ".github" / "dependabot.yml"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    by_ecosystem = {u["package-ecosystem"]: u for u in config["updates"]}
+    assert by_ecosystem["github-actions"]["directory"] == "/"
+    # Every folder holding a lock compiled from a .in file (`make lock`) is watched.
+    tracked = subprocess.run(["git", "ls-files", "*requirements*.in"], cwd=ROOT, check=True,  # noqa: S607
+                             capture_output=True, text=True).stdout.split()
+    folders = {"/" + str(Path(f).parent).removeprefix(".") for f in tracked}
+    assert set(by_ecosystem["pip"]["directories"]) == {f.rstrip("/") or "/" for f in folders}
+    for update in config["updates"]:
+        assert update["cooldown"]["default-days"] >= 7, update["package-ecosystem"]
 
 
 def test_every_with_key_is_an_input_of_the_action():
