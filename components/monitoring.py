@@ -1,7 +1,7 @@
 """Alarms, an encrypted alarm topic and a dashboard for the LLM service.
 
 Creates: an SNS topic under the stack's KMS key (the key policy must let CloudWatch and AWS Budgets
-use it; see `components.secrets.key_policy`), a topic policy for those publishers, e-mail
+use it; see `components.secrets_store.key_policy`), a topic policy for those publishers, e-mail
 subscriptions; CloudWatch alarms with alarm and OK actions (5xx, p95/p99 latency, unhealthy hosts,
 running tasks below the minimum, service CPU and memory, cache CPU, memory, evictions and hit
 rate... and from the gateway's own metrics: time to first token p95, the LLM API's 429s, the cache

@@ -36,7 +36,7 @@ from components.load_balancer import OUT_OF_ROTATION_SECONDS
 from components.load_balancer import problems as load_balancer_problems
 from components.network import AZ_SLOTS
 from components.network import problems as network_problems
-from components.secrets import problems as secrets_problems
+from components.secrets_store import problems as secrets_problems
 from components.service import FARGATE_SIZES
 from components.service import problems as service_problems
 from infra.aws_rules import (

@@ -34,7 +34,7 @@ from components.load_balancer import (
 from components.monitoring import Monitoring, MonitoringArgs, Thresholds
 from components.network import FARGATE_ZONE_IDS, Network, NetworkArgs, zone_filters
 from components.registry import Registry, RegistryArgs
-from components.secrets import Secrets, SecretsArgs, env_var_name
+from components.secrets_store import Secrets, SecretsArgs, env_var_name
 from components.service import CacheLink, Service, ServiceArgs
 from infra.config import (
     BUILD,

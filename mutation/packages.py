@@ -34,7 +34,7 @@ PACKAGES = (
     ),
     Package(
         "components",
-        ("components/secrets.py", "components/cache.py", "components/network.py",
+        ("components/secrets_store.py", "components/cache.py", "components/network.py",
          "components/load_balancer.py", "components/edge.py", "components/registry.py"),
         ("tests/test_component_args.py", "tests/test_config_rules.py", "tests/test_network.py",
          "tests/test_secrets.py", "tests/test_edge_monitoring.py", "tests/test_cache.py"),

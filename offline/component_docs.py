@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPONENTS = ["network", "secrets", "load_balancer", "registry", "image", "service", "cache", "edge",
+COMPONENTS = ["network", "secrets_store", "load_balancer", "registry", "image", "service", "cache", "edge",
               "monitoring", "budget"]
 MARK = "Args ("  # where the generated part of a docstring begins
 

@@ -13,7 +13,7 @@ from components.load_balancer import LoadBalancerArgs
 from components.monitoring import MonitoringArgs
 from components.network import NetworkArgs
 from components.registry import RegistryArgs
-from components.secrets import SecretsArgs
+from components.secrets_store import SecretsArgs
 from components.service import ServiceArgs
 from infra.stack_files import ROOT
 

@@ -21,15 +21,16 @@ COMPONENTS = component_docs.COMPONENTS
 RUNNER = Path(__file__).parent / "run_examples.py"
 
 
-def _copy_name(component: str) -> str:
-    # A file named secrets.py beside a program shadows Python's own `secrets` module.
-    return "secrets_store.py" if component == "secrets" else f"{component}.py"
+# The type token's module, where it is not the file's name: the secrets component was renamed
+# (a file named secrets.py beside a program shadows Python's own `secrets` module) and keeps its
+# token, so a stack deployed before keeps its resources' URNs.
+TOKEN_MODULE = {"secrets_store": "secrets"}
 
 
 def _copy(component: str, root: Path) -> Path:
     folder = root / component
     shutil.copytree(ROOT / "examples" / component, folder)
-    shutil.copy(ROOT / "components" / f"{component}.py", folder / _copy_name(component))
+    shutil.copy(ROOT / "components" / f"{component}.py", folder / f"{component}.py")
     return folder
 
 
@@ -66,7 +67,7 @@ def test_each_example_runs_with_its_component_file_alone(ran, component):
     ok, declared, err = ran[component]
     assert ok, err
     (token,) = {r["type"] for r in declared if r["type"].startswith("llm-service:")}
-    assert token.startswith(f"llm-service:{component}:"), token
+    assert token.startswith(f"llm-service:{TOKEN_MODULE.get(component, component)}:"), token
 
 
 def test_what_the_examples_declare(ran):
@@ -74,9 +75,9 @@ def test_what_the_examples_declare(ran):
     (vpc,) = _of(d["network"], "aws:ec2/vpc:Vpc")
     assert vpc["cidrBlock"] == "10.40.0.0/16" and len(_of(d["network"], "aws:ec2/subnet:Subnet")) == 6
     assert len(_of(d["network"], "aws:ec2/natGateway:NatGateway")) == 1
-    (secret,) = _of(d["secrets"], "aws:secretsmanager/secret:Secret")
+    (secret,) = _of(d["secrets_store"], "aws:secretsmanager/secret:Secret")
     assert secret["name"] == "my-app/dev/openai-api-key"
-    assert _of(d["secrets"], "aws:kms/key:Key")[0]["enableKeyRotation"] is True
+    assert _of(d["secrets_store"], "aws:kms/key:Key")[0]["enableKeyRotation"] is True
     (listener,) = [x for x in _of(d["load_balancer"], "aws:lb/listener:Listener") if x["port"] == 443]
     assert listener["sslPolicy"].startswith("ELBSecurityPolicy-TLS13-") and listener["certificateArn"]
     assert _of(d["load_balancer"], "aws:lb/loadBalancer:LoadBalancer")[0]["idleTimeout"] == 600

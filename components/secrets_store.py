@@ -21,7 +21,7 @@ Args (`SecretsArgs`):
 
 Outputs: key_arn, secret_arns, values.
 
-Example (examples/secrets/, runs as written beside a copy of this file):
+Example (examples/secrets_store/, runs as written beside a copy of this file):
 
     import pulumi
     from secrets_store import Secrets, SecretsArgs

@@ -1,5 +1,4 @@
-"""The secrets component alone: copy components/secrets.py here as secrets_store.py (a file
-named secrets.py would shadow Python's own `secrets` module), then `pulumi up`."""
+"""The secrets component alone: copy components/secrets_store.py here, then `pulumi up`."""
 
 import pulumi
 from secrets_store import Secrets, SecretsArgs
