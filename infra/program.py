@@ -13,12 +13,6 @@ from typing import Any, Optional
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
-from pulumi.runtime.config import (
-    _SECRET_KEYS,
-    CONFIG,
-    get_config_env,
-    get_config_secret_keys_env,
-)
 
 from components.budget import Budget, BudgetArgs
 from components.cache import Cache, CacheArgs
@@ -36,6 +30,7 @@ from components.network import FARGATE_ZONE_IDS, Network, NetworkArgs, zone_filt
 from components.registry import Registry, RegistryArgs
 from components.secrets_store import Secrets, SecretsArgs, env_var_name
 from components.service import CacheLink, Service, ServiceArgs
+from infra import private_api
 from infra.config import (
     BUILD,
     CACHE_AUTH_TOKEN,
@@ -61,7 +56,7 @@ def read_config() -> tuple[dict[str, Any], set[str]]:
     Pulumi hands config to the program as strings (objects as JSON), either through the
     runtime's config map or the PULUMI_CONFIG environment variable.
     """
-    merged = {**get_config_env(), **CONFIG.get()}
+    merged, secret_keys = private_api.stack_config()
     raw: dict[str, Any] = {}
     for key, value in merged.items():
         if isinstance(value, str) and value[:1] in "{[":
@@ -70,7 +65,7 @@ def read_config() -> tuple[dict[str, Any], set[str]]:
             except json.JSONDecodeError:
                 pass
         raw[key] = value
-    return raw, set(get_config_secret_keys_env()) | set(_SECRET_KEYS.get())
+    return raw, secret_keys
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 
 import pulumi
-from pulumi.runtime import rpc
+
+from infra import private_api
 
 ACCOUNT = "123456789012"
 
@@ -165,7 +166,7 @@ def _ecr(m: AwsMocks, s: dict, name: str):
 
 
 def _random_password(m: AwsMocks, s: dict, name: str):
-    s["result"] = rpc.wrap_rpc_secret("mock-generated-password-0123456789")
+    s["result"] = private_api.wrap_secret("mock-generated-password-0123456789")
 
 
 def _random_id(m: AwsMocks, s: dict, name: str):

@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pulumi.runtime.sync_await import _sync_await
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
@@ -23,6 +22,7 @@ from pulumi_policy import (
     StackValidationArgs,
 )
 
+from infra import private_api
 from infra.config import PROJECT
 from offline.synth import Declared, Synthesis
 from policy.policies import POLICIES
@@ -54,7 +54,7 @@ def _options(d: Declared) -> PolicyResourceOptions:
 def _call(fn, *args) -> None:
     result = fn(*args)
     if inspect.isawaitable(result):
-        _sync_await(result)
+        private_api.wait(result)
 
 
 TEARDOWN_CONFIG = Path(__file__).resolve().parents[1] / "policy" / "teardown.json"

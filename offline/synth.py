@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pulumi
-from pulumi.runtime import rpc, settings
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
+from infra import private_api
 from infra.config import PROJECT
 from infra.stack_files import read_stack_file
 from offline.mocks import AwsMocks
@@ -87,7 +85,7 @@ class _Recorder(AwsMocks):
 
 
 def _has_secret(v: Any) -> bool:
-    if rpc.is_rpc_secret(v):
+    if private_api.is_secret(v):
         return True
     if isinstance(v, dict):
         return any(_has_secret(x) for x in v.values())
@@ -97,8 +95,8 @@ def _has_secret(v: Any) -> bool:
 
 
 def _unwrap(v: Any) -> Any:
-    if rpc.is_rpc_secret(v):
-        return _unwrap(rpc.unwrap_rpc_secret(v))
+    if private_api.is_secret(v):
+        return _unwrap(private_api.unwrap_secret(v))
     if isinstance(v, dict):
         return {k: _unwrap(x) for k, x in v.items()}
     if isinstance(v, list):
@@ -136,41 +134,39 @@ def synthesize(
 
     _ensure_event_loop()
     recorder = _Recorder(str(raw.get("aws:region", "us-east-1")))
-    settings.ROOT.set(None)
+    private_api.reset_root()  # nothing left over from an earlier, failed run
     pulumi.runtime.set_all_config(_as_pulumi_config(raw), sorted(secret_keys))
     pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=stack, preview=False)
-    settings.SETTINGS.outputs.clear()  # nothing left over from an earlier, failed run
 
     def record_options(args: pulumi.ResourceTransformationArgs):
         d = recorder.declared.setdefault(
             (args.type_, args.name), Declared(args.type_, args.name, custom=True)
         )
         parent = args.opts.parent if args.opts else None
-        if parent is not None and parent._type != STACK_TYPE:
-            d.parent = (parent._type, parent._name)
+        if parent is not None and private_api.resource_type(parent) != STACK_TYPE:
+            d.parent = (private_api.resource_type(parent), private_api.resource_name(parent))
         d.protect = bool(args.opts and args.opts.protect)
         d.retain_on_delete = bool(args.opts and args.opts.retain_on_delete)
         d.import_id = (args.opts and args.opts.import_) or None
         d.ignore_changes = list((args.opts and args.opts.ignore_changes) or [])
         deps = (args.opts and args.opts.depends_on) or []
-        d.depends_on = [r._name for r in (deps if isinstance(deps, list) else [deps])
+        d.depends_on = [private_api.resource_name(r) for r in (deps if isinstance(deps, list) else [deps])
                         if isinstance(r, pulumi.Resource)]
         return None
 
     pulumi.runtime.register_stack_transformation(record_options)
     try:
-        _sync_await(run_pulumi_func(program))
+        private_api.run_program(program)
     except Exception as e:
         # Tests prove that bad config declares nothing: hand them what was declared.
         e.declared = [d for d in recorder.declared.values() if d.type != STACK_TYPE]
         raise
 
-    root = settings.get_root_resource()
     outputs: dict[str, Any] = {}
     secret_outputs: set[str] = set()
-    for key, value in (root.outputs if root else {}).items():
+    for key, value in private_api.root_outputs().items():
         out = pulumi.Output.from_input(value)
-        outputs[key] = _sync_await(out.future())
-        if _sync_await(out.is_secret()):
+        outputs[key] = private_api.wait(out.future())
+        if private_api.wait(out.is_secret()):
             secret_outputs.add(key)
     return Synthesis(stack, list(recorder.declared.values()), outputs, secret_outputs)

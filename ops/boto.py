@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import weakref
 
-import boto3
+from infra import private_api
 
 _made: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def client(service: str, region: str):
-    session = boto3._get_default_session()  # noqa: SLF001 - what boto3.client() itself uses
+    session = private_api.default_boto3_session()  # what boto3.client() itself uses
     clients = _made.setdefault(session, {})
     if (service, region) not in clients:
         clients[service, region] = session.client(service, region_name=region)

@@ -13,6 +13,7 @@ Each child writes `declared.json` (or its traceback to `error.txt`) into its fol
 """
 
 import importlib
+import importlib.util
 import json
 import os
 import runpy
@@ -20,8 +21,18 @@ import sys
 import traceback
 
 import pulumi
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+
+
+def _private_api():
+    """infra/private_api.py, copied beside this file (and not importable by the examples)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "private_api.py")
+    spec = importlib.util.spec_from_file_location("private_api", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+private_api = _private_api()
 
 INVOKES = {
     "aws:index/getAvailabilityZones:getAvailabilityZones":
@@ -50,7 +61,7 @@ def run(folder: str) -> None:
     sys.path[0] = folder
     mocks = Minimal()
     pulumi.runtime.set_mocks(mocks, project="example", stack="dev", preview=False)
-    _sync_await(run_pulumi_func(lambda: runpy.run_path("__main__.py", run_name="__main__")))
+    private_api.run_program(lambda: runpy.run_path("__main__.py", run_name="__main__"))
     with open("declared.json", "w") as f:
         json.dump(mocks.declared, f, default=str)
 

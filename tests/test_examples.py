@@ -51,6 +51,7 @@ def _aws_modules() -> str:
 def ran(tmp_path_factory) -> dict[str, tuple[bool, list, str]]:
     root = tmp_path_factory.mktemp("examples")
     shutil.copy(RUNNER, root / "run_examples.py")
+    shutil.copy(ROOT / "infra" / "private_api.py", root / "private_api.py")
     folders = [_copy(c, root) for c in COMPONENTS]
     argv = [sys.executable, "-I", "run_examples.py", "--preload", _aws_modules(), *COMPONENTS]
     done = subprocess.run(argv, cwd=root, timeout=180, capture_output=True, text=True,

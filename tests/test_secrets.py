@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from components.service import read_policy
+from infra import private_api
 from offline.plan import to_json
 from tests.conftest import container, policy, with_changes
 
@@ -99,8 +100,7 @@ def test_read_policy_is_exact():
 
 
 def _resolve(output):
-    from pulumi.runtime.sync_await import _sync_await
-    return _sync_await(output.future())
+    return private_api.wait(output.future())
 
 
 def test_pulumi_mode_keeps_the_value_secret(synth):
