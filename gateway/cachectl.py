@@ -4,7 +4,8 @@ client's) unreachable at once, by raising a namespace version in Valkey.
 It runs where Valkey is reachable, inside the VPC: `python -m ops.cache invalidate` starts it as
 a one-off ECS task with the service's own task definition and network. It reads only the cache
 settings of that environment (CACHE_HOST, CACHE_PORT, CACHE_TLS, CACHE_AUTH_TOKEN,
-GATEWAY_SERVICE). The old entries expire by their TTL.
+CACHE_TLS_CA_FILE, GATEWAY_SERVICE), through the gateway's own table (gateway/settings.py), so it
+reads each exactly as the gateway does. The old entries expire by their TTL.
 """
 
 from __future__ import annotations
@@ -13,18 +14,32 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
+from gateway import settings
 from gateway.store import StoreUnavailable, ValkeyStore
+
+# The settings that reach the cache, as the gateway reads them.
+FIELDS = ("cache_host", "cache_port", "cache_tls", "cache_auth_token", "cache_ca_file", "service")
+
+
+def cache_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """FIELDS' values in this environment, defaults filled in."""
+    return {f: getattr(settings.DEFAULT, f) for f in FIELDS} | settings.read(env, FIELDS)
 
 
 async def invalidate(client: str | None) -> int:
-    env = os.environ
-    if not env.get("CACHE_HOST"):
+    try:
+        c = cache_settings(os.environ)
+    except settings.SettingsError as e:
+        print(f"cachectl: {e}", file=sys.stderr)
+        return 2
+    if not c["cache_host"]:
         print("cachectl: CACHE_HOST is not set: nothing to invalidate", file=sys.stderr)
         return 2
-    store = ValkeyStore(env["CACHE_HOST"], "", int(env.get("CACHE_PORT", "6379")), env.get("CACHE_AUTH_TOKEN", ""),
-                        env.get("CACHE_TLS", "true").lower() == "true", env.get("CACHE_TLS_CA_FILE") or None,
-                        env.get("GATEWAY_SERVICE", "llm-service-local"), timeout=5.0)
+    store = ValkeyStore(c["cache_host"], "", c["cache_port"], c["cache_auth_token"], c["cache_tls"],
+                        c["cache_ca_file"] or None, c["service"], timeout=5.0)
     try:
         version = await store.invalidate(client)
     except StoreUnavailable as e:

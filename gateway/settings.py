@@ -1,7 +1,9 @@
 """The gateway's settings, read once from the environment the task definition declares.
 
-Every variable has a default that suits a local run except the LLM key. A bad value stops the
-process at start-up with one line naming the variable (`SettingsError`), before it listens.
+`Settings` holds each setting's default (one that suits a local run; only the LLM key has none);
+`VARIABLES` maps each environment variable to its field, parser and allowed values, and is the
+only reader (`cachectl` uses it too). A bad value stops the process at start-up with one line
+naming the variable (`SettingsError`), before it listens.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import ipaddress
 import os
 import sys
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -88,14 +90,7 @@ class Settings:
         return self.base_url.rstrip("/")
 
 
-def _get(env: Mapping[str, str], name: str, default: T, parse: Callable[[str], T], allowed: str) -> T:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return parse(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: {allowed}") from None
+DEFAULT = Settings(api_key="", clients=None)  # type: ignore[arg-type] - the defaults, for reading them
 
 
 def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
@@ -115,60 +110,17 @@ def _bool(raw: str) -> bool:
     raise ValueError
 
 
-def from_env(env: Mapping[str, str] = os.environ, log: Callable[[str], None] = print) -> Settings:
-    api_key = env.get("OPENAI_API_KEY", "")
-    if not api_key.strip():
-        raise SettingsError("OPENAI_API_KEY is not set: the gateway holds the LLM key, clients never do")
-    host = env.get("HOST", "0.0.0.0")  # noqa: S104
-    clients = _clients(env, host, log)
-    base_url = env.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-    if not base_url.startswith(("https://", "http://")):
-        raise SettingsError(f"OPENAI_BASE_URL={base_url!r}: an http(s) URL such as https://api.openai.com/v1")
-    if "@" in urllib.parse.urlsplit(base_url).netloc:
+def _text(raw: str) -> str:
+    return raw
+
+
+def _base_url(raw: str) -> str:
+    if not raw.startswith(("https://", "http://")):
+        raise ValueError
+    if "@" in urllib.parse.urlsplit(raw).netloc:
         raise SettingsError("OPENAI_BASE_URL carries credentials (user:password@): the key goes in "
                             "OPENAI_API_KEY, never in a URL that lands in logs and errors")
-    num, pos_f, pos_i = float, _positive(float), _positive(int)
-    return Settings(
-        api_key=api_key.strip(), clients=clients, base_url=base_url,
-        org_id=env.get("OPENAI_ORG_ID", ""), project_id=env.get("OPENAI_PROJECT_ID", ""),
-        host=host,
-        port=_get(env, "PORT", 8080, pos_i, "a port number, 1 to 65535"),
-        workers=_get(env, "GATEWAY_WORKERS", 1, pos_i, "a positive number of processes"),
-        sse_keepalive_seconds=_get(env, "GATEWAY_SSE_KEEPALIVE_SECONDS", 15.0, pos_f, "seconds > 0"),
-        tcp_keepalive_seconds=_get(env, "GATEWAY_TCP_KEEPALIVE_SECONDS", 60, pos_i, "whole seconds > 0"),
-        max_attempts=_get(env, "GATEWAY_MAX_ATTEMPTS", 3, pos_i, "attempts >= 1"),
-        retry_budget_seconds=_get(env, "GATEWAY_RETRY_BUDGET_SECONDS", 20.0, num, "seconds >= 0"),
-        backoff_base_seconds=_get(env, "GATEWAY_BACKOFF_BASE_SECONDS", 0.5, pos_f, "seconds > 0"),
-        backoff_max_seconds=_get(env, "GATEWAY_BACKOFF_MAX_SECONDS", 8.0, pos_f, "seconds > 0"),
-        connect_timeout_seconds=_get(env, "GATEWAY_CONNECT_TIMEOUT_SECONDS", 5.0, pos_f, "seconds > 0"),
-        read_timeout_seconds=_get(env, "GATEWAY_READ_TIMEOUT_SECONDS", 600.0, pos_f, "seconds > 0"),
-        max_request_bytes=_get(env, "GATEWAY_MAX_REQUEST_BYTES", 8 * 1024 * 1024, pos_i, "bytes > 0"),
-        body_timeout_seconds=_get(env, "GATEWAY_BODY_TIMEOUT_SECONDS", 30.0, pos_f, "seconds > 0"),
-        max_in_flight=_get(env, "GATEWAY_MAX_IN_FLIGHT", 1000, pos_i, "requests > 0"),
-        drain_seconds=_get(env, "GATEWAY_DRAIN_SECONDS", 110.0, num, "seconds >= 0"),
-        drain_quiet_seconds=_get(env, "GATEWAY_DRAIN_QUIET_SECONDS", 20.0, num, "seconds >= 0"),
-        drain_accept_seconds=_get(env, "GATEWAY_DRAIN_ACCEPT_SECONDS", 50.0, num, "seconds >= 0"),
-        client_keepalive_seconds=_get(env, "GATEWAY_CLIENT_KEEPALIVE_SECONDS", 620, pos_i, "whole seconds > 0"),
-        log_prompts=_get(env, "GATEWAY_LOG_PROMPTS", False, _bool, "true or false"),
-        service=env.get("GATEWAY_SERVICE") or "llm-service-local",
-        namespace=env.get("GATEWAY_METRICS_NAMESPACE") or "LLMService",
-        environment=env.get("APP_ENV") or "local",
-        cache_host=env.get("CACHE_HOST", ""), cache_reader_host=env.get("CACHE_READER_HOST", ""),
-        cache_port=_get(env, "CACHE_PORT", 6379, pos_i, "a port number"),
-        cache_tls=_get(env, "CACHE_TLS", True, _bool, "true or false"),
-        cache_auth_token=env.get("CACHE_AUTH_TOKEN", ""), cache_ca_file=env.get("CACHE_TLS_CA_FILE", ""),
-        cache_timeout_seconds=_get(env, "GATEWAY_CACHE_TIMEOUT_SECONDS", 0.25, pos_f, "seconds > 0"),
-        cache_connect_timeout_seconds=_get(env, "GATEWAY_CACHE_CONNECT_TIMEOUT_SECONDS", 1.0, pos_f,
-                                           "seconds > 0"),
-        cache_ttl_seconds=_get(env, "GATEWAY_CACHE_TTL_SECONDS", 3600, pos_i, "whole seconds > 0"),
-        cache_max_entry_bytes=_get(env, "GATEWAY_CACHE_MAX_ENTRY_BYTES", 1024 * 1024, pos_i, "bytes > 0"),
-        coalesce_wait_seconds=_get(env, "GATEWAY_COALESCE_WAIT_SECONDS", 30.0, num, "seconds >= 0"),
-        default_limits=_get(env, "GATEWAY_DEFAULT_LIMITS", Limits(), _limits,
-                            'JSON such as {"requestsPerMinute": 600, "tokensPerMinute": 200000, "usdPerDay": 50}'),
-        prices=_get(env, "GATEWAY_PRICES", Prices(None), _prices,
-                    'JSON such as {"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6}}'),
-        output_tokens_estimate=_get(env, "GATEWAY_OUTPUT_TOKENS_ESTIMATE", 1000, pos_i, "tokens > 0"),
-    )
+    return raw
 
 
 def _limits(raw: str) -> Limits:
@@ -183,6 +135,97 @@ def _prices(raw: str) -> Prices:
         return Prices.from_json(raw)
     except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
         raise ValueError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: the Settings field it sets (whose default applies when it is
+    unset or empty), how its text is parsed, and what the error line says is allowed."""
+
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+    allowed: str
+
+
+_pos_f, _pos_i = _positive(float), _positive(int)
+SECONDS, WHOLE_SECONDS, SECONDS_OR_0 = "seconds > 0", "whole seconds > 0", "seconds >= 0"
+LIMITS_JSON = 'JSON such as {"requestsPerMinute": 600, "tokensPerMinute": 200000, "usdPerDay": 50}'
+PRICES_JSON = 'JSON such as {"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6}}'
+
+# Every variable the gateway reads besides its two secrets (OPENAI_API_KEY, CLIENT_KEYS), read by
+# `from_env` and by `cachectl` alike; the task definition's environment is checked against it
+# (tests/test_gateway_stack.py).
+VARIABLES = (
+    Variable("OPENAI_BASE_URL", "base_url", _base_url, "an http(s) URL such as https://api.openai.com/v1"),
+    Variable("OPENAI_ORG_ID", "org_id", _text, "an OpenAI organization id"),
+    Variable("OPENAI_PROJECT_ID", "project_id", _text, "an OpenAI project id"),
+    Variable("HOST", "host", _text, "an address to listen on"),
+    Variable("PORT", "port", _pos_i, "a port number, 1 to 65535"),
+    Variable("APP_ENV", "environment", _text, "the stack's environment"),
+    Variable("GATEWAY_WORKERS", "workers", _pos_i, "a positive number of processes"),
+    Variable("GATEWAY_SSE_KEEPALIVE_SECONDS", "sse_keepalive_seconds", _pos_f, SECONDS),
+    Variable("GATEWAY_TCP_KEEPALIVE_SECONDS", "tcp_keepalive_seconds", _pos_i, WHOLE_SECONDS),
+    Variable("GATEWAY_MAX_ATTEMPTS", "max_attempts", _pos_i, "attempts >= 1"),
+    Variable("GATEWAY_RETRY_BUDGET_SECONDS", "retry_budget_seconds", float, SECONDS_OR_0),
+    Variable("GATEWAY_BACKOFF_BASE_SECONDS", "backoff_base_seconds", _pos_f, SECONDS),
+    Variable("GATEWAY_BACKOFF_MAX_SECONDS", "backoff_max_seconds", _pos_f, SECONDS),
+    Variable("GATEWAY_CONNECT_TIMEOUT_SECONDS", "connect_timeout_seconds", _pos_f, SECONDS),
+    Variable("GATEWAY_READ_TIMEOUT_SECONDS", "read_timeout_seconds", _pos_f, SECONDS),
+    Variable("GATEWAY_MAX_REQUEST_BYTES", "max_request_bytes", _pos_i, "bytes > 0"),
+    Variable("GATEWAY_BODY_TIMEOUT_SECONDS", "body_timeout_seconds", _pos_f, SECONDS),
+    Variable("GATEWAY_MAX_IN_FLIGHT", "max_in_flight", _pos_i, "requests > 0"),
+    Variable("GATEWAY_DRAIN_SECONDS", "drain_seconds", float, SECONDS_OR_0),
+    Variable("GATEWAY_DRAIN_QUIET_SECONDS", "drain_quiet_seconds", float, SECONDS_OR_0),
+    Variable("GATEWAY_DRAIN_ACCEPT_SECONDS", "drain_accept_seconds", float, SECONDS_OR_0),
+    Variable("GATEWAY_CLIENT_KEEPALIVE_SECONDS", "client_keepalive_seconds", _pos_i, WHOLE_SECONDS),
+    Variable("GATEWAY_LOG_PROMPTS", "log_prompts", _bool, "true or false"),
+    Variable("GATEWAY_SERVICE", "service", _text, "the service's name"),
+    Variable("GATEWAY_METRICS_NAMESPACE", "namespace", _text, "a CloudWatch namespace"),
+    Variable("CACHE_HOST", "cache_host", _text, "the cache's primary endpoint"),
+    Variable("CACHE_READER_HOST", "cache_reader_host", _text, "the cache's reader endpoint"),
+    Variable("CACHE_PORT", "cache_port", _pos_i, "a port number"),
+    Variable("CACHE_TLS", "cache_tls", _bool, "true or false"),
+    Variable("CACHE_AUTH_TOKEN", "cache_auth_token", _text, "the cache's AUTH token"),
+    Variable("CACHE_TLS_CA_FILE", "cache_ca_file", _text, "a file of CA certificates"),
+    Variable("GATEWAY_CACHE_TIMEOUT_SECONDS", "cache_timeout_seconds", _pos_f, SECONDS),
+    Variable("GATEWAY_CACHE_CONNECT_TIMEOUT_SECONDS", "cache_connect_timeout_seconds", _pos_f, SECONDS),
+    Variable("GATEWAY_CACHE_TTL_SECONDS", "cache_ttl_seconds", _pos_i, WHOLE_SECONDS),
+    Variable("GATEWAY_CACHE_MAX_ENTRY_BYTES", "cache_max_entry_bytes", _pos_i, "bytes > 0"),
+    Variable("GATEWAY_COALESCE_WAIT_SECONDS", "coalesce_wait_seconds", float, SECONDS_OR_0),
+    Variable("GATEWAY_DEFAULT_LIMITS", "default_limits", _limits, LIMITS_JSON),
+    Variable("GATEWAY_PRICES", "prices", _prices, PRICES_JSON),
+    Variable("GATEWAY_OUTPUT_TOKENS_ESTIMATE", "output_tokens_estimate", _pos_i, "tokens > 0"),
+)
+BY_FIELD = {v.field: v for v in VARIABLES}
+SECRETS = ("OPENAI_API_KEY", "CLIENT_KEYS", "CACHE_AUTH_TOKEN")  # injected from Secrets Manager
+
+
+def read(env: Mapping[str, str], fields: Iterable[str] = BY_FIELD) -> dict[str, Any]:
+    """The Settings fields these variables set, parsed; a variable unset or empty is left out
+    (its field keeps the default)."""
+    values = {}
+    for name in fields:
+        var = BY_FIELD[name]
+        raw = env.get(var.name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = var.parse(raw)
+        except SettingsError:
+            raise
+        except ValueError:
+            raise SettingsError(f"{var.name}={raw!r}: {var.allowed}") from None
+    return values
+
+
+def from_env(env: Mapping[str, str] = os.environ, log: Callable[[str], None] = print) -> Settings:
+    api_key = env.get("OPENAI_API_KEY", "")
+    if not api_key.strip():
+        raise SettingsError("OPENAI_API_KEY is not set: the gateway holds the LLM key, clients never do")
+    values = read(env)
+    clients = _clients(env, values.get("host", DEFAULT.host), log)
+    return Settings(api_key=api_key.strip(), clients=clients, **values)
 
 
 def _clients(env: Mapping[str, str], host: str, log: Callable[[str], None]) -> ClientKeys:
