@@ -19,7 +19,7 @@ Args (`NetworkArgs`):
     flow_log_retention_days: int = 30
     kms_key_arn: Optional[pulumi.Input[str]] = None
     iam_path: str = '/' — e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
-    guardduty_endpoint: bool = False
+    guard_duty_endpoint: bool = False
 
 Outputs: egress, vpc_id, cidr, public_subnet_ids, private_subnet_ids, isolated_subnet_ids.
 
@@ -99,7 +99,7 @@ class NetworkArgs:
     # GuardDuty Runtime Monitoring's endpoint, declared here: with automated agent configuration
     # GuardDuty adds one of its own to the VPC of every monitored task and deletes it only when
     # Runtime Monitoring is disabled, so the VPC could not be deleted; it reuses one that exists.
-    guardduty_endpoint: bool = False
+    guard_duty_endpoint: bool = False
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -214,7 +214,7 @@ class Network(pulumi.ComponentResource):
             vpc_endpoint_type="Gateway", route_table_ids=[rt.id for rt in private_rts], opts=p,
         ))
         services = [*(INTERFACE_ENDPOINTS if args.interface_endpoints else ()),
-                    *((GUARDDUTY_ENDPOINT,) if args.guardduty_endpoint else ())]
+                    *((GUARDDUTY_ENDPOINT,) if args.guard_duty_endpoint else ())]
         if services:
             self.egress += self._interface_endpoints(name, args, [s.id for s in subnets["private"]], services)
 

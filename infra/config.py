@@ -272,7 +272,7 @@ class SecretsConfig(_Section):
     recovery_window_days: int = Field(7, json_schema_extra=allow("0, or 7 to 30"))
     """Days a deleted secret can be restored. Secrets Manager: 0 (at once) or 7 to 30."""
     rotation_age_days: int = Field(90, ge=1)
-    """The age at which the key-age alarm fires."""
+    """The age in days past which `python -m ops.apikey check` fails, asking for `rotate`."""
     key_deletion_window_days: int = Field(7, json_schema_extra=allow("7 to 30"))
     """Days before a deleted KMS key is gone. KMS: 7 to 30."""
     adopt: dict[str, str] = Field(default_factory=dict, json_schema_extra=allow(
@@ -683,6 +683,21 @@ class TrafficConfig(_Section):
     """Bytes on the wire per answer."""
     clients: int = Field(5, ge=1)
     """Client keys in use (the gateway's metrics are per client)."""
+
+
+# Where a section's default differs from the default of the component argument of the same name
+# (infra/program.py passes each section to its component whole), and why. Every other setting a
+# section shares with a component has one default: tests/test_component_args.py fails on any
+# difference not listed here.
+DELIBERATE_DEFAULTS = {
+    "network.cidr": "the component takes no default range; a stack uses 10.20.0.0/16",
+    "network.az_count": "the component takes no default count; a stack uses 2 (prod requires 3)",
+    "service.image": "the component takes an image reference; a stack builds gateway/ (`build`)",
+    "budget.monthly_limit_usd": "the component takes no default limit; a stack starts at $100",
+    "secrets.key_deletion_window_days": "7 in a stack, so a torn-down staging frees its key in a week "
+                                        "(prod requires 30); 30, KMS's longest, in the component, for "
+                                        "a fork that sets nothing",
+}
 
 
 class StackConfig(BaseModel):

@@ -5,6 +5,8 @@ Nothing is declared until the whole config has passed `infra.config.load`.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any, Optional
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
+from pydantic import BaseModel
 
 from components.budget import Budget, BudgetArgs
 from components.cache import Cache, CacheArgs
@@ -171,41 +174,40 @@ def checked_config(offline: bool = False) -> Stack:
     return Stack(cfg, name, physical_prefix(name), pulumi.ResourceOptions(providers={"aws": provider}))
 
 
+def settings_of(section: BaseModel, args_type: type, **wiring: Any) -> dict[str, Any]:
+    """A component's arguments: every setting of its config section that the component takes (by
+    the one name both use; infra/config.py DELIBERATE_DEFAULTS lists where their defaults differ),
+    then what the program wires in."""
+    takes = {f.name for f in dataclasses.fields(args_type)}
+    settings = {name: copy.copy(getattr(section, name)) for name in type(section).model_fields if name in takes}
+    return {**settings, **wiring}
+
+
 def secrets(st: Stack) -> Secrets:
     c = st.cfg.secrets
-    return Secrets("secrets", SecretsArgs(
-        prefix=secret_prefix(st.name), region=st.cfg.region, names=list(c.names), source=c.source,
+    return Secrets("secrets", SecretsArgs(**settings_of(
+        c, SecretsArgs, prefix=secret_prefix(st.name), region=st.cfg.region,
         values={n: pulumi.Config().require_secret(n) for n in c.names} if c.source == "pulumi" else {},
-        recovery_window_days=c.recovery_window_days,
-        key_deletion_window_days=c.key_deletion_window_days, protect=st.protect,
+        protect=st.protect,
         # Prod's key outlives a destroy: its secrets stay restorable and its final cache
         # snapshot readable; a re-create adopts it (python -m ops.teardown restore).
-        retain_key=st.cfg.is_prod, adopt=dict(c.adopt),
-    ), opts=st.opts)
+        retain_key=st.cfg.is_prod,
+    )), opts=st.opts)
 
 
 def network(st: Stack, keys: Secrets) -> Network:
     n = st.cfg.network
-    return Network("network", NetworkArgs(
-        cidr=n.cidr, az_count=n.az_count, region=st.cfg.region, nat_strategy=n.nat_strategy,
-        subnet_prefix_length=n.subnet_prefix_length, interface_endpoints=n.interface_endpoints,
-        flow_log_retention_days=n.flow_log_retention_days, kms_key_arn=keys.key_arn,
-        iam_path=iam_path(st.name), guardduty_endpoint=n.guard_duty_endpoint,
-    ), opts=st.opts)
+    return Network("network", NetworkArgs(**settings_of(
+        n, NetworkArgs, region=st.cfg.region, kms_key_arn=keys.key_arn, iam_path=iam_path(st.name),
+    )), opts=st.opts)
 
 
 def load_balancer(st: Stack, net: Network) -> LoadBalancer:
     lbc = st.cfg.load_balancer
-    return LoadBalancer("alb", LoadBalancerArgs(
-        vpc_id=net.vpc_id, subnet_ids=net.public_subnet_ids,
-        container_port=st.cfg.service.container_port, certificate_arn=lbc.certificate_arn,
-        domain_name=lbc.domain_name, hosted_zone_id=lbc.hosted_zone_id, http_mode=lbc.http_mode,
-        ingress_cidrs=list(lbc.ingress_cidrs), ingress_ipv6_cidrs=list(lbc.ingress_ipv6_cidrs),
-        idle_timeout_seconds=lbc.idle_timeout_seconds, health_check_path=lbc.health_check_path,
-        deregistration_delay_seconds=lbc.deregistration_delay_seconds, ssl_policy=lbc.ssl_policy,
-        deletion_protection=st.protect, access_log_retention_days=lbc.access_log_retention_days,
-        region=st.cfg.region,
-    ), opts=st.opts)
+    return LoadBalancer("alb", LoadBalancerArgs(**settings_of(
+        lbc, LoadBalancerArgs, vpc_id=net.vpc_id, subnet_ids=net.public_subnet_ids,
+        container_port=st.cfg.service.container_port, deletion_protection=st.protect, region=st.cfg.region,
+    )), opts=st.opts)
 
 
 @dataclass
@@ -225,16 +227,11 @@ def cache(st: Stack, net: Network, keys: Secrets) -> CacheParts:
     auth_secret_arn = keys.add_secret(CACHE_AUTH_TOKEN, auth_token.result)
     # Created and destroyed with the stack: each life of the cache names its final snapshot anew.
     snapshot_suffix = random.RandomId("cache-final-snapshot", byte_length=4)
-    group = Cache("cache", CacheArgs(
-        vpc_id=net.vpc_id, subnet_ids=net.isolated_subnet_ids,
+    group = Cache("cache", CacheArgs(**settings_of(
+        c, CacheArgs, vpc_id=net.vpc_id, subnet_ids=net.isolated_subnet_ids,
         kms_key_arn=keys.key_arn, auth_token=auth_token.result, replication_group_id=st.prefix,
-        engine=c.engine, engine_version=c.engine_version, node_type=c.node_type, nodes=c.nodes,
-        multi_az=c.multi_az, automatic_failover=c.automatic_failover,
-        snapshot_retention_days=c.snapshot_retention_days,
-        maintenance_window=c.maintenance_window, snapshot_window=c.snapshot_window,
-        log_retention_days=c.log_retention_days, port=c.port,
         final_snapshot_suffix=snapshot_suffix.hex, protect=st.protect,
-    ), opts=st.opts)
+    )), opts=st.opts)
     return CacheParts(group, auth_token.result, auth_secret_arn)
 
 
@@ -262,13 +259,12 @@ def service(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: C
             img: ImageParts, client_keys_arn: pulumi.Output[str]) -> Service:
     cfg, svc, llm = st.cfg, st.cfg.service, st.cfg.llm
     group = cached.cache
-    return Service("service", ServiceArgs(
-        name=st.prefix, region=cfg.region, vpc_id=net.vpc_id,
+    return Service("service", ServiceArgs(**settings_of(
+        svc, ServiceArgs, name=st.prefix, region=cfg.region, vpc_id=net.vpc_id,
         subnet_ids=net.private_subnet_ids, image=img.image,
         lb_security_group_id=alb.security_group_id, target_group_arn=alb.target_group_arn,
         request_count_label=pulumi.Output.concat(alb.arn_suffix, "/", alb.target_group_arn_suffix),
-        kms_key_arn=keys.key_arn, iam_path=iam_path(st.name), cpu=svc.cpu, memory=svc.memory,
-        architecture=svc.architecture, container_port=svc.container_port, user=svc.user,
+        kms_key_arn=keys.key_arn, iam_path=iam_path(st.name),
         health_check_path=cfg.load_balancer.health_check_path,
         health_check_command=svc.health_check_command or (
             GATEWAY_HEALTH_CHECK if svc.image == BUILD else ""),
@@ -286,29 +282,19 @@ def service(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: C
             "CACHE_AUTH_TOKEN": cached.auth_secret_arn,
         },
         cache=CacheLink(security_group_id=group.security_group_id, port=group.port),
-        min_tasks=svc.min_tasks, max_tasks=svc.max_tasks, desired_tasks=svc.desired_tasks,
-        autoscaling=svc.autoscaling, cpu_target=svc.cpu_target, memory_target=svc.memory_target,
-        requests_per_target=svc.requests_per_target, scale_out_cooldown=svc.scale_out_cooldown,
-        scale_in_cooldown=svc.scale_in_cooldown, fargate_base=svc.fargate_base,
-        fargate_weight=svc.fargate_weight, spot_weight=svc.spot_weight,
-        health_check_grace_seconds=svc.health_check_grace_seconds,
-        stop_timeout_seconds=svc.stop_timeout_seconds, log_retention_days=svc.log_retention_days,
-        execute_command=svc.execute_command,
         repository_arn=img.registry.arn if img.registry else None,
         wait_for=[alb.listener, *keys.values, *net.egress], protect=st.protect,
         # Before a destroy, GuardDuty (where it runs) must stop adding its agent and endpoint to
         # new tasks, or it could add the endpoint back between `ready` and the destroy.
         cluster_tags={GUARDDUTY_TAG: "false"} if cfg.teardown else {},
-    ), opts=st.opts)
+    )), opts=st.opts)
 
 
 def edge(st: Stack, alb: LoadBalancer, keys: Secrets) -> Edge:
     e = st.cfg.edge
-    return Edge("edge", EdgeArgs(
-        name=st.prefix, load_balancer_arn=alb.arn, rate_limit=e.rate_limit,
-        rate_window_seconds=e.rate_window_seconds, log_retention_days=e.log_retention_days,
-        kms_key_arn=keys.key_arn,
-    ), opts=st.opts)
+    return Edge("edge", EdgeArgs(**settings_of(
+        e, EdgeArgs, name=st.prefix, load_balancer_arn=alb.arn, kms_key_arn=keys.key_arn,
+    )), opts=st.opts)
 
 
 def monitoring(st: Stack, keys: Secrets, alb: LoadBalancer, svc: Service, cached: CacheParts,
@@ -332,11 +318,10 @@ def monitoring(st: Stack, keys: Secrets, alb: LoadBalancer, svc: Service, cached
 
 def budget(st: Stack, alarms: Monitoring) -> Budget:
     b = st.cfg.budget
-    return Budget("budget", BudgetArgs(
-        name=st.prefix, environment=st.cfg.environment, monthly_limit_usd=b.monthly_limit_usd,
-        actual_thresholds=list(b.actual_thresholds), forecast_thresholds=list(b.forecast_thresholds),
+    return Budget("budget", BudgetArgs(**settings_of(
+        b, BudgetArgs, name=st.prefix, environment=st.cfg.environment,
         emails=[str(e) for e in st.cfg.monitoring.alert_emails], topic_arn=alarms.topic_arn,
-    ), opts=st.opts)
+    )), opts=st.opts)
 
 
 def outputs(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: CacheParts,

@@ -3,6 +3,9 @@ a fork that takes one file keeps the rules (the stack config calls the same chec
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
 from components.budget import BudgetArgs
@@ -10,11 +13,12 @@ from components.cache import CacheArgs
 from components.edge import EdgeArgs
 from components.image import ImageArgs
 from components.load_balancer import LoadBalancerArgs
-from components.monitoring import MonitoringArgs
+from components.monitoring import MonitoringArgs, Thresholds
 from components.network import NetworkArgs
 from components.registry import RegistryArgs
 from components.secrets_store import SecretsArgs
 from components.service import ServiceArgs
+from infra.config import DELIBERATE_DEFAULTS, StackConfig
 from infra.stack_files import ROOT
 
 CERT = "arn:aws:acm:eu-west-1:111122223333:certificate/5f0c2a3e-1b7d-4c9a-8e21-0a5b6c7d8e9f"
@@ -234,3 +238,55 @@ def test_the_defaults_and_plausible_args_pass():
     RegistryArgs(name="my-app", kms_key_arn="k")
     ImageArgs(context=str(ROOT / "gateway"), repository_url="r", registry_id="1")
     MonitoringArgs(**MON, min_tasks=1, max_tasks=4)
+
+
+# Each config section and the component it is passed to whole (infra/program.py settings_of).
+SECTIONS = {"network": NetworkArgs, "secrets": SecretsArgs, "service": ServiceArgs,
+            "load_balancer": LoadBalancerArgs, "cache": CacheArgs, "edge": EdgeArgs, "budget": BudgetArgs,
+            "monitoring": Thresholds}
+
+
+def _default(f: dataclasses.Field) -> object:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)"
+
+
+def default_differences(sections: dict[str, type]) -> dict[str, tuple[object, object]]:
+    """section.field -> (the stack's default, the component's) wherever the two differ."""
+    found = {}
+    for section, args in sections.items():
+        model = StackConfig.model_fields[section].annotation
+        takes = {f.name: f for f in dataclasses.fields(args)}
+        for name, info in model.model_fields.items():
+            if name in takes:
+                ours, theirs = info.get_default(call_default_factory=True), _default(takes[name])
+                if ours != theirs:
+                    found[f"{section}.{name}"] = (ours, theirs)
+    return found
+
+
+def test_a_setting_has_one_default_unless_the_difference_is_listed_with_its_reason():
+    assert set(default_differences(SECTIONS)) == set(DELIBERATE_DEFAULTS)
+    assert all(len(why) > 40 for why in DELIBERATE_DEFAULTS.values())
+
+
+def test_a_default_that_drifts_in_a_component_is_found():
+    @dataclasses.dataclass
+    class Drifted:
+        rate_limit: int = 1  # EdgeConfig's is 300
+        log_retention_days: int = 30
+
+    assert default_differences({"edge": Drifted}) == {"edge.rate_limit": (300, 1)}
+
+
+def test_every_setting_of_a_section_reaches_its_component_or_is_the_programs_own():
+    """A section's field the component does not take is read by the program itself or by an
+    operator command, by name."""
+    program = "".join(p.read_text() for p in [ROOT / "infra" / "program.py", *(ROOT / "ops").glob("*.py")])
+    for section, args in SECTIONS.items():
+        model = StackConfig.model_fields[section].annotation
+        takes = {f.name for f in dataclasses.fields(args)}
+        for name in set(model.model_fields) - takes:
+            assert re.search(rf"\.{name}\b", program) or section == "monitoring" and name == "alert_emails", \
+                f"{section}.{name} reaches nothing"
