@@ -55,7 +55,7 @@ TO ?= prod
 diff: $(VENV)/.installed  ## what differs between two stacks (FROM=staging TO=prod): config, resources, settings, cost
 	@$(PY) -m offline.diff --from $(FROM) --to $(TO)
 
-test: $(VENV)/.installed $(GW_VENV)/.installed  ## the whole suite: config, stacks, gateway, commands against moto
+test: $(VENV)/.installed $(GW_VENV)/.installed  ## the whole suite: lint, strict types (components, gateway), config, stacks, gateway, commands against moto
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n auto
 

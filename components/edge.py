@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -86,7 +86,7 @@ class EdgeArgs:
             raise ValueError(f"EdgeArgs.{arg}: got {getattr(self, arg.split('[')[0])!r}; {why}")
 
 
-def _visibility(metric: str):
+def _visibility(metric: str) -> dict[str, Any]:
     return dict(cloudwatch_metrics_enabled=True, metric_name=metric, sampled_requests_enabled=True)
 
 
@@ -116,13 +116,15 @@ class Edge(pulumi.ComponentResource):
                 aws.wafv2.WebAclRuleStatementManagedRuleGroupStatementRuleActionOverrideArgs(
                     name=rule,
                     action_to_use=aws.wafv2.
-                    WebAclRuleStatementManagedRuleGroupStatementRuleActionOverrideActionToUseArgs(count={}),
+                    WebAclRuleStatementManagedRuleGroupStatementRuleActionOverrideActionToUseArgs(
+                        count=aws.wafv2.WebAclRuleStatementManagedRuleGroupStatementRuleActionOverrideActionToUseCountArgs()),
                 )
                 for rule in COUNT_ONLY.get(group, [])
             ]
             rules.append(aws.wafv2.WebAclRuleArgs(
                 name=group, priority=i,
-                override_action=aws.wafv2.WebAclRuleOverrideActionArgs(none={}),
+                override_action=aws.wafv2.WebAclRuleOverrideActionArgs(
+                    none=aws.wafv2.WebAclRuleOverrideActionNoneArgs()),  # type: ignore[no-untyped-call]
                 statement=aws.wafv2.WebAclRuleStatementArgs(
                     managed_rule_group_statement=aws.wafv2.WebAclRuleStatementManagedRuleGroupStatementArgs(
                         vendor_name="AWS", name=group, rule_action_overrides=overrides or None,
@@ -132,7 +134,8 @@ class Edge(pulumi.ComponentResource):
             ))
         self.acl = aws.wafv2.WebAcl(
             f"{name}-acl", name=args.name, scope="REGIONAL",
-            default_action=aws.wafv2.WebAclDefaultActionArgs(allow={}), rules=rules,
+            default_action=aws.wafv2.WebAclDefaultActionArgs(allow=aws.wafv2.WebAclDefaultActionAllowArgs()),
+            rules=rules,
             custom_response_bodies=[aws.wafv2.WebAclCustomResponseBodyArgs(
                 key=RATE_LIMITED_BODY, content=RATE_LIMITED, content_type="APPLICATION_JSON")],
             visibility_config=aws.wafv2.WebAclVisibilityConfigArgs(**_visibility(args.name)),

@@ -46,7 +46,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -128,7 +128,7 @@ def stage(folder: Path, tag: str, staging: Path = STAGING) -> Path:
 
 
 class Image(pulumi.ComponentResource):
-    ref: pulumi.Output[str]
+    ref: pulumi.Output[Optional[str]]  # None only where the digest is unknown (a mock builds nothing)
     tag: str
 
     def __init__(self, name: str, args: ImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -151,6 +151,10 @@ class Image(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         # None where the digest is not known (a test's mock does not build), never "repo@None".
-        self.ref = pulumi.Output.all(args.repository_url, self.image.digest).apply(
-            lambda a: f"{a[0]}@{a[1]}" if a[1] else None)
+        self.ref = pulumi.Output.all(args.repository_url, self.image.digest).apply(_by_digest)
         self.register_outputs({"ref": self.ref})
+
+
+def _by_digest(parts: list[Any]) -> Optional[str]:
+    repository, digest = parts
+    return f"{repository}@{digest}" if digest else None

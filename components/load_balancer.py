@@ -170,7 +170,7 @@ class LoadBalancer(pulumi.ComponentResource):
     security_group_id: pulumi.Output[str]
     target_group_arn: pulumi.Output[str]
     target_group_arn_suffix: pulumi.Output[str]
-    url: pulumi.Output[str]
+    url: pulumi.Output[Optional[str]]  # None only where the DNS name is unknown (a mock)
 
     def __init__(self, name: str, args: LoadBalancerArgs,
                  opts: Optional[pulumi.ResourceOptions] = None):
@@ -261,7 +261,7 @@ class LoadBalancer(pulumi.ComponentResource):
         self.target_group_arn = self.target_group.arn
         self.target_group_arn_suffix = self.target_group.arn_suffix
         # None, not "https://None", where a value is not known (a test's mock leaves dns_name unset).
-        self.url = pulumi.Output.from_input(host).apply(lambda h: f"https://{h}" if h else None)
+        self.url = pulumi.Output.from_input(host).apply(_https_url)
         self.register_outputs({
             "arn": self.arn, "dns_name": self.dns_name, "url": self.url,
             "security_group_id": self.security_group_id,
@@ -387,3 +387,7 @@ def access_log_policy(bucket_arn: str, region: Optional[str]) -> str:
              "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
         ],
     })
+
+
+def _https_url(host: Optional[str]) -> Optional[str]:
+    return f"https://{host}" if host else None

@@ -323,7 +323,7 @@ class Monitoring(pulumi.ComponentResource):
                     dimensions={"CacheClusterId": member},
                 ),
             ) for i, member in enumerate(args.cache_member_ids)]
-            ids = ", ".join(q.id for q in queries)
+            ids = ", ".join(f"m{i}" for i in range(len(queries)))
             queries.append(aws.cloudwatch.MetricAlarmMetricQueryArgs(
                 id="e", expression=f"{fn}([{ids}])", label=f"{metric} over all nodes",
                 return_data=True,

@@ -231,7 +231,7 @@ class Network(pulumi.ComponentResource):
             "isolated_subnet_ids": self.isolated_subnet_ids,
         })
 
-    def _interface_endpoints(self, name: str, args: NetworkArgs, subnet_ids: list,
+    def _interface_endpoints(self, name: str, args: NetworkArgs, subnet_ids: list[pulumi.Output[str]],
                              services: list[str]) -> list[pulumi.Resource]:
         p = pulumi.ResourceOptions(parent=self)
         sg = aws.ec2.SecurityGroup(

@@ -17,12 +17,14 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Optional
 
 import aiohttp
 import orjson
 
 from gateway import cache, errors, observe, tenancy
+from gateway.asgi import Doc, Headers, Receive, RequestHeaders, Scope, Send
 from gateway.errors import GatewayError
 from gateway.exchange import SSE, ClientGone, Exchange, Watchdog
 from gateway.healthcheck import USER_AGENT
@@ -65,7 +67,7 @@ class App:
         self.owed: dict[tuple[str, int, str], list[int]] = {}  # (client, minute, day) -> requests, tokens, nano
         # Settlements the store missed (it failed while the request ran): paid when it answers.
         self.unsettled: list[tuple[str, Reservation, int, int]] = []
-        self.paying: Optional[asyncio.Task] = None
+        self.paying: Optional[asyncio.Task[None]] = None
         self.draining = False  # set on SIGTERM: /healthz fails from then on
         self.in_flight = 0  # requests this worker is serving (GATEWAY_MAX_IN_FLIGHT bounds it)
         self.flying: dict[str, int] = {}  # client -> its requests this worker is serving
@@ -76,14 +78,14 @@ class App:
 
     # pragma: no mutate start
     # Not mutated: mutmut's wrapper would hide from uvicorn that this is an ASGI 3 coroutine.
-    async def __call__(self, scope: dict, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self.http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self.lifespan(receive, send)
     # pragma: no mutate end
 
-    async def lifespan(self, receive, send) -> None:
+    async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -105,7 +107,7 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def http(self, scope: dict, receive, send) -> None:
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
         if path == "/healthz":
             if (b"user-agent", OWN_HEALTH_CHECK) not in scope["headers"]:
@@ -138,13 +140,13 @@ class App:
             self.in_flight -= 1
             observe.emit(observe.line(rec, self.s.service, self.s.namespace))
 
-    async def ready(self, send) -> None:
+    async def ready(self, send: Send) -> None:
         checks = {"llm_key": bool(self.s.api_key), "client_keys": len(self.s.clients) > 0,
                   "cache": await self.store.ping(), "not_draining": not self.draining}
         ok = all(checks.values())
         await _respond(send, 200 if ok else 503, JSON, orjson.dumps({"ready": ok, "checks": checks}))
 
-    async def proxy(self, scope: dict, receive, send, route: str, rec: Record) -> None:
+    async def proxy(self, scope: Scope, receive: Receive, send: Send, route: str, rec: Record) -> None:
         headers = dict(scope["headers"])
         if len(headers) < len(scope["headers"]) and \
                 sum(1 for name, _ in scope["headers"] if name == b"authorization") > 1:
@@ -168,9 +170,11 @@ class App:
         finally:
             self.flying[client.name] -= 1
 
-    async def exchange(self, scope: dict, ex: Exchange, headers: dict, client: Client, limits: Limits,
+    async def exchange(self, scope: Scope, ex: Exchange, headers: RequestHeaders, client: Client, limits: Limits,
                        route: str, rec: Record) -> None:
-        body, doc, size = None, {}, 0
+        body: Optional[bytes] = None
+        doc: Doc = {}
+        size = 0
         if scope["method"] == "POST":
             try:  # a trickled body holds nothing past its deadline
                 body = await ex.read(_read_body(ex.receive, headers, self.s.max_request_bytes))
@@ -214,7 +218,7 @@ class App:
             ex.close()
             await finish()
 
-    async def gate(self, client: Client, limits: Limits, route: str, doc: dict, query: bytes,
+    async def gate(self, client: Client, limits: Limits, route: str, doc: Doc, query: bytes,
                    policy: cache.Policy, rec: Record, counted: bool = False) -> Optional[Gate]:
         """One round trip: the entry and the client's limits. None: nothing to check, or the
         store did not answer (then the request goes on without cache and limits). `counted`:
@@ -274,9 +278,9 @@ class App:
         event relayed, or the whole output reserved for an answer that never said."""
         used_in, used_out = self.consumed(rec)
         rec.cost_nano = self.s.prices.of(rec.model).nano(used_in, used_out) if rec.answered else None
-        r = gate.reservation if gate is not None else None
-        if r is None:
+        if gate is None or gate.reservation is None:
             return
+        r = gate.reservation
         used_tokens = used_in + used_out if r.tokens else 0
         used_nano = (rec.cost_nano or 0) if r.nano else 0
         if gate.local:
@@ -334,8 +338,9 @@ class App:
         rec.input_tokens, rec.output_tokens = reserved_in, rec.relayed if rec.stream else reserved_out
         return rec.input_tokens, rec.output_tokens
 
-    async def forward(self, scope: dict, ex: Exchange, route: str, headers: dict, body: Optional[bytes],
-                      doc: dict, rec: Record, gate: Optional[Gate], policy: cache.Policy, finish) -> None:
+    async def forward(self, scope: Scope, ex: Exchange, route: str, headers: RequestHeaders, body: Optional[bytes],
+                      doc: Doc, rec: Record, gate: Optional[Gate], policy: cache.Policy,
+                      finish: Callable[[], Awaitable[None]]) -> None:
         """The upstream's answer to the client. The entry is filled and the reservation settled
         (`finish`) before the answer's last byte goes out: whoever asks next sees both."""
         forward = {name: headers[raw].decode("latin-1") for raw, name in FORWARDED.items() if raw in headers}
@@ -347,7 +352,7 @@ class App:
         # OPENAI_BASE_URL ends in /v1, as the SDKs expect: append what follows the client's /v1.
         path = scope["path"][3:] + (f"?{scope['query_string'].decode('latin-1')}"
                                     if scope.get("query_string") else "")
-        store = gate is not None and policy.write
+        store = gate if policy.write else None  # the gate whose entry this answer fills
         filled = False
         try:
             try:
@@ -370,7 +375,7 @@ class App:
                         return  # the client left
                     entry = recorded.entry()
                     if store and completed and entry is not None and cache.complete_stream(route, entry):
-                        filled = await self.fill(gate, cache.encode(cache.SSE_ENTRY, entry), rec)
+                        filled = await self.fill(store, cache.encode(cache.SSE_ENTRY, entry), rec)
                     await finish()
                     await ex.end()
                 else:
@@ -387,7 +392,7 @@ class App:
                             rec.input_tokens, rec.output_tokens = found
                         if store and len(data) <= self.s.cache_max_entry_bytes \
                                 and cache.complete_answer(route, resp.content_type, data):
-                            filled = await self.fill(gate, cache.encode(cache.JSON_ENTRY, data), rec)
+                            filled = await self.fill(store, cache.encode(cache.JSON_ENTRY, data), rec)
                     await finish()
                     if ex.started and resp.status != 200:  # an early-started stream: the error as an event
                         rec.error = "upstream_error"
@@ -425,7 +430,7 @@ class App:
             rec.cache_error = True
             return False
 
-    def prepare(self, route: str, body: bytes, rec: Record, client: Client) -> tuple[bytes, dict]:
+    def prepare(self, route: str, body: bytes, rec: Record, client: Client) -> tuple[bytes, Doc]:
         """Parse once for the log and the stream flag; check the model and the stored state a
         client names before anything uses them. What goes upstream is the document checked,
         written again (a key sent twice cannot mean one thing here and another there), with
@@ -438,7 +443,8 @@ class App:
         rec.asked_usage = _asked_usage(doc)
         sent = doc if client.stateful else (tenancy.stores_nothing(route, doc) or doc)
         if rec.stream and route == "chat.completions" and not rec.asked_usage:
-            options = doc.get("stream_options") if isinstance(doc.get("stream_options"), dict) else {}
+            options = doc.get("stream_options")
+            options = options if isinstance(options, dict) else {}
             sent = {**sent, "stream_options": {**options, "include_usage": True}}
         body = orjson.dumps(sent)
         if not client.stateful:
@@ -451,8 +457,8 @@ class App:
             rec.prompt = doc.get("messages", doc.get("input"))
         return body, doc
 
-    async def stream(self, resp: aiohttp.ClientResponse, ex: Exchange, headers: list, rec: Record,
-                     usage: UsageFilter, tap=None) -> Optional[bool]:
+    async def stream(self, resp: aiohttp.ClientResponse, ex: Exchange, headers: Headers, rec: Record,
+                     usage: UsageFilter, tap: Optional[Callable[[bytes], None]] = None) -> Optional[bool]:
         """Relay the stream, all but its end. True: the upstream finished it; False: it broke off
         (the client got an error event); None: the client went away (nothing more to send)."""
         await ex.start(200, headers + SSE[1:])
@@ -510,7 +516,7 @@ class _Recording:
         return b"".join(self.parts) if self.size <= self.limit else None
 
 
-async def _quietly(write, seconds: float = 1.0) -> None:
+async def _quietly(write: Awaitable[Any], seconds: float = 1.0) -> None:
     """A last write that must not hold up a stop (the client may be gone too)."""
     try:
         await asyncio.wait_for(write, seconds)
@@ -523,11 +529,12 @@ def _is_error(data: bytes) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("error"), dict)
 
 
-async def _read_body(receive, headers: dict, limit: int) -> bytes:
+async def _read_body(receive: Receive, headers: RequestHeaders, limit: int) -> bytes:
     declared = headers.get(b"content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise errors.too_large(limit)
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         chunk = message.get("body", b"")
@@ -539,7 +546,7 @@ async def _read_body(receive, headers: dict, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _asked_usage(doc: Optional[dict]) -> bool:
+def _asked_usage(doc: Optional[Doc]) -> bool:
     options = (doc or {}).get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
 
@@ -551,7 +558,7 @@ def _loads(data: bytes) -> Any:
         return None
 
 
-def _passed(headers) -> list[tuple[bytes, bytes]]:
+def _passed(headers: Mapping[str, str]) -> Headers:
     out = []
     for name, value in headers.items():
         lower = name.lower()
@@ -560,11 +567,11 @@ def _passed(headers) -> list[tuple[bytes, bytes]]:
     return out
 
 
-async def _respond(send, status: int, headers: list, body: bytes) -> None:
+async def _respond(send: Send, status: int, headers: Headers, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": headers + [(b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _plain(send, status: int, body: bytes) -> None:
+async def _plain(send: Send, status: int, body: bytes) -> None:
     await _respond(send, status, [(b"content-type", b"text/plain")], body)

@@ -22,6 +22,7 @@ import math
 from collections.abc import Awaitable
 from typing import Optional, TypeVar
 
+from gateway.asgi import Receive, Send
 from gateway.errors import GatewayError, stream_cut_by_drain
 from gateway.observe import Record
 from gateway.relay import KEEPALIVE
@@ -46,7 +47,7 @@ class Watchdog:
         self.body_ticks = math.ceil(body_timeout_seconds / TICK_SECONDS)
         self.reading: dict[Exchange, int] = {}  # -> the tick its body is due by
         self.waiting: dict[Exchange, int] = {}  # -> the tick its wait began
-        self.task: Optional[asyncio.Task] = None
+        self.task: Optional[asyncio.Task[None]] = None
 
     def running(self) -> Watchdog:
         if self.task is None:
@@ -71,14 +72,15 @@ class Watchdog:
 
 
 class Exchange:
-    def __init__(self, send, receive, rec: Record, keepalive_seconds: float, dog: Watchdog):
+    def __init__(self, send: Send, receive: Receive, rec: Record, keepalive_seconds: float,
+                 dog: Watchdog) -> None:
         self.send, self.rec, self.keepalive = send, rec, keepalive_seconds
         self.started = False
         self.task = asyncio.current_task()
         self.waiting = self.left = self.timed_out = False
         self.receive = receive
         self.dog = dog.running()
-        self._gone: Optional[asyncio.Future] = None
+        self._gone: Optional[asyncio.Future[None]] = None
 
     async def read(self, awaitable: Awaitable[T]) -> T:
         """`awaitable` (the request's body), or TimeoutError once the body is past its deadline."""
@@ -100,14 +102,14 @@ class Exchange:
             self.task.cancel()
 
     @property
-    def gone(self) -> asyncio.Future:
+    def gone(self) -> asyncio.Future[None]:
         """Done when the client has left; watched from the first wait on (a hit never waits)."""
         if self._gone is None:
             self._gone = asyncio.ensure_future(_disconnected(self.receive))
             self._gone.add_done_callback(self._client_left)
         return self._gone
 
-    def _client_left(self, watcher: asyncio.Future) -> None:
+    def _client_left(self, watcher: asyncio.Future[None]) -> None:
         if not watcher.cancelled() and self.waiting and self.task is not None:
             self.left = True
             self.task.cancel()  # the wait under way ends as ClientGone
@@ -170,7 +172,7 @@ class Exchange:
                 keeper.cancel()
                 await asyncio.gather(keeper, return_exceptions=True)
 
-    _keeper: Optional[asyncio.Task] = None
+    _keeper: Optional[asyncio.Task[None]] = None
 
     def _keep_alive(self) -> None:
         async def beat() -> None:
@@ -187,6 +189,6 @@ class Exchange:
             self._gone.cancel()
 
 
-async def _disconnected(receive) -> None:
+async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass

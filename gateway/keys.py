@@ -111,4 +111,5 @@ class ClientKeys:
 def _clients(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("clients"), dict):
         raise KeyDocumentError('expected {"version": 1, "clients": {...}}')
-    return doc["clients"]
+    clients: dict[str, Any] = doc["clients"]
+    return clients

@@ -69,7 +69,7 @@ class UsageFilter:
     Also counts the events relayed (what an abandoned stream is charged for) and notes whether
     the upstream ended the stream (`ended`)."""
 
-    def __init__(self, strip_usage_chunk: bool, ending: Optional[re.Pattern] = None):
+    def __init__(self, strip_usage_chunk: bool, ending: Optional[re.Pattern[bytes]] = None):
         self.strip = strip_usage_chunk
         self.usage: Optional[tuple[int, int]] = None
         self.ending = ending
@@ -91,7 +91,7 @@ class UsageFilter:
             found = usage_of(doc)
             if found:
                 self.usage = found
-                if self.strip and doc.get("choices") == []:
+                if self.strip and isinstance(doc, dict) and doc.get("choices") == []:
                     continue  # the client did not ask for this chunk
             kept.append(event + b"\n\n")
         return b"".join(kept)

@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from types import FrameType
 from typing import Optional
 
 import uvicorn
@@ -31,12 +32,12 @@ from gateway.settings import Settings
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: App, s: Settings):
+    def __init__(self, config: uvicorn.Config, app: App, s: Settings) -> None:
         super().__init__(config)
         self.gateway, self.s = app, s
         self.drain_started: Optional[float] = None
 
-    def handle_exit(self, sig, frame) -> None:
+    def handle_exit(self, sig: int, frame: Optional[FrameType]) -> None:
         if sig == signal.SIGTERM and self.drain_started is None:
             self._captured_signals.append(sig)
             self.gateway.draining = True
@@ -47,7 +48,7 @@ class _Server(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_started is not None and not self.should_exit:
-            why = self._stop_accepting(time.monotonic())
+            why = self._stop_accepting(time.monotonic(), self.drain_started)
             if why:
                 self.should_exit = True  # uvicorn stops accepting, then waits for what is in flight
                 print(f"gateway: draining: stopped accepting after {time.monotonic() - self.drain_started:.1f} s "
@@ -55,12 +56,13 @@ class _Server(uvicorn.Server):
                       f"{self.config.timeout_graceful_shutdown:.0f} s left to finish", file=sys.stderr, flush=True)
         return await super().on_tick(counter)
 
-    def _stop_accepting(self, now: float) -> str:
+    def _stop_accepting(self, now: float, started: float) -> str:
         """Why a draining worker stops accepting now ("" while it should go on), having set how
         long what is in flight may still run."""
-        s, started = self.s, self.drain_started
+        s = self.s
         deadline = started + s.drain_seconds
-        self.config.timeout_graceful_shutdown = max(0.0, deadline - now)
+        # uvicorn annotates it int, and waits with it as a timeout: a float keeps the fraction.
+        self.config.timeout_graceful_shutdown = max(0.0, deadline - now)  # type: ignore[assignment]
         if now - self.gateway.last_request >= s.drain_quiet_seconds:
             return f"no request for {s.drain_quiet_seconds:g} s"
         if now - started >= min(s.drain_accept_seconds, s.drain_seconds):
@@ -112,7 +114,7 @@ def prefork(s: Settings, sock: socket.socket) -> int:
     # go on accepting connections into the backlog after every worker stopped.
     sock.close()
 
-    def forward(sig, frame) -> None:
+    def forward(sig: int, frame: Optional[FrameType]) -> None:
         for pid in children:
             try:
                 os.kill(pid, sig)

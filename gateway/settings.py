@@ -90,7 +90,8 @@ class Settings:
         return self.base_url.rstrip("/")
 
 
-DEFAULT = Settings(api_key="", clients=None)  # type: ignore[arg-type] - the defaults, for reading them
+# The defaults, for reading them (cachectl): no key, no clients.
+DEFAULT = Settings(api_key="", clients=ClientKeys(empty_document()))
 
 
 def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:

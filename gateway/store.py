@@ -19,8 +19,9 @@ import asyncio
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, TypeVar, cast
 
 import redis.asyncio as redis
 from redis.asyncio.connection import ConnectionPool, RedisSSLContext, SSLConnection
@@ -29,6 +30,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.limits import Limits, Reservation, windows
+
+T = TypeVar("T")
 
 WINDOW_TTL_MS = 120_000  # a minute window outlives its minute, then goes
 DAY_TTL_S = 2 * 86400
@@ -153,8 +156,9 @@ class ValkeyStore:
         # No client-side retries: redis-py's default retries a failed connection 3 times with
         # exponential backoff (seconds), which stalled the first requests after an outage for ~4 s.
         # A failed call here is one attempt, then the skip below.
-        kwargs = dict(port=port, password=password or None, socket_timeout=timeout,
-                      socket_connect_timeout=connect_timeout or timeout, retry=Retry(NoBackoff(), 0))
+        kwargs: dict[str, Any] = dict(port=port, password=password or None, socket_timeout=timeout,
+                                      socket_connect_timeout=connect_timeout or timeout,
+                                      retry=Retry(NoBackoff(), 0))
         if tls:
             # One TLS context for every connection: redis-py makes one per connection otherwise,
             # about 30 ms of CPU each, which a burst of new connections turned into timeouts.
@@ -183,9 +187,9 @@ class ValkeyStore:
         if self.reader is not self.primary:
             await self.reader.aclose()
 
-    async def _call(self, coro):
+    async def _call(self, coro: Awaitable[T]) -> T:
         if time.monotonic() < self.down_until:
-            coro.close()
+            cast(Coroutine[Any, Any, T], coro).close()  # redis-py's calls are coroutines
             raise StoreUnavailable("skipped after a recent failure")
         try:
             return await coro
@@ -246,14 +250,14 @@ class ValkeyStore:
         deadline, pause, polls = time.monotonic() + bound, 0.005, 0
         while time.monotonic() < deadline:
             await asyncio.sleep(pause)
-            entry = await self._call(self.reader.get(gate.entry_key))
+            entry: Optional[bytes] = await self._call(self.reader.get(gate.entry_key))  # type: ignore[arg-type]
             if entry is not None:
                 return entry
             polls += 1
             if polls % 4 == 0 and not await self._call(self.primary.exists(gate.entry_key + ":lock")):
                 # Gone without an entry: the holder failed. One more look at the primary, in
                 # case the reader lags behind the fill.
-                return await self._call(self.primary.get(gate.entry_key))
+                return await self._call(self.primary.get(gate.entry_key))  # type: ignore[arg-type]
             pause = min(pause * 1.5, 0.1)
         return None
 
@@ -272,19 +276,19 @@ class LocalStore:
 
     kind = "in-process"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.values: dict[str, tuple[float, object]] = {}
         self.waiters: dict[str, asyncio.Event] = {}
         self.flying: dict[str, set[str]] = {}  # client -> its requests in flight
 
-    def _get(self, key: str):
+    def _get(self, key: str) -> Any:
         found = self.values.get(key)
         if found is None or found[0] < time.monotonic():
             self.values.pop(key, None)
             return None
         return found[1]
 
-    def _set(self, key: str, value, ttl: float) -> None:
+    def _set(self, key: str, value: object, ttl: float) -> None:
         self.values[key] = (time.monotonic() + ttl, value)
 
     def _add(self, key: str, n: int, ttl: float) -> int:
@@ -350,7 +354,8 @@ class LocalStore:
                 await asyncio.wait_for(event.wait(), bound)
             except TimeoutError:
                 return None
-        return self._get(gate.entry_key)
+        entry: Optional[bytes] = self._get(gate.entry_key)
+        return entry
 
     async def invalidate(self, client: Optional[str] = None) -> int:
         return self._add("ver" + (f":{client}" if client else ""), 1, 10 * 365 * 86400)
@@ -362,6 +367,6 @@ class LocalStore:
 class _SharedTls(SSLConnection):
     """A TLS connection that uses its pool's one context instead of building its own."""
 
-    def __init__(self, *, shared_tls: RedisSSLContext, **kwargs):
+    def __init__(self, *, shared_tls: RedisSSLContext, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ssl_context = shared_tls

@@ -11,6 +11,7 @@ so nothing it sends can be reached by id later. Idempotency keys are scoped to t
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any, Optional
 
 # Fields naming state the API keeps by id. Looked for first in the body as orjson writes it
@@ -50,7 +51,7 @@ def _named_state(value: Any) -> Optional[str]:
         for key in ("file_id", "vector_store_ids", "container"):
             if value.get(key) is not None:
                 return key
-        values = value.values()
+        values: Iterable[Any] = value.values()
     elif isinstance(value, list):
         values = value
     else:

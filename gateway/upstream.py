@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Optional
+from typing import Any, Optional
 
 import aiohttp
 
@@ -27,12 +27,12 @@ from gateway.settings import Settings
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-def keepalive_socket_factory(idle_seconds: int) -> Callable[[tuple], socket.socket]:
+def keepalive_socket_factory(idle_seconds: int) -> Callable[[tuple[Any, ...]], socket.socket]:
     """Sockets that send TCP keepalive probes after `idle_seconds` of silence, so a stream that
     waits minutes for a reasoning model keeps its NAT mapping (NAT gateways drop idle flows
     after 350 s)."""
 
-    def make(addr_info: tuple) -> socket.socket:
+    def make(addr_info: tuple[Any, ...]) -> socket.socket:
         family, kind, proto, _, _ = addr_info
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -69,7 +69,7 @@ def retry_after(headers: Mapping[str, str], now: Optional[float] = None) -> Opti
 
 def backoff(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
-    return rand() * min(cap, base * 2 ** attempt)
+    return rand() * min(cap, base * 2.0 ** attempt)
 
 
 class Upstream:
