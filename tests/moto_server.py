@@ -56,7 +56,10 @@ def moto_endpoint():
              ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
               "AWS_PROFILE", "AWS_DEFAULT_REGION", "MOTO_EC2_LOAD_DEFAULT_AMIS")}
     os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_SECRET_ACCESS_KEY": "testing",
+                       # Not the stacks' region (us-east-1): a command that forgot the stack's region and
+                       # used the operator's default would find nothing, as it would in AWS.
+                       "AWS_DEFAULT_REGION": "ap-southeast-2",
                        # No test uses AMIs; loading moto's catalogue costs ~1 s after every reset.
                        "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"})
     os.environ.pop("AWS_PROFILE", None)

@@ -303,3 +303,72 @@ def test_rotate_against_a_missing_service_writes_nothing(deployed, capsys):
     assert code == 1
     assert "ECS service llm-service-staging/llm-service-staging not found" in out.err
     assert deployed["sm"].list_secret_version_ids(SecretId=SECRET_NAME)["Versions"] == []
+
+
+# `check` reads the secret's metadata; moto's dates are "now", so what AWS may hold instead (an
+# old value, a secret never changed since created, no dates, the AWS-managed key) is put into
+# its real answer.
+DAY = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _described(mocker, **fields):
+    def answer(real, **kw):
+        d = real(**kw)
+        for k, v in fields.items():
+            if v is None:
+                d.pop(k, None)
+            else:
+                d[k] = v
+        return d
+    at_boundary(mocker, apikey, "secretsmanager", "describe_secret", answer)
+
+
+@pytest.mark.parametrize(("changed", "created", "line"), [
+    (DAY, DAY - timedelta(days=400), "OK   llm-service/staging/openai-api-key: current value present, "
+                                     "last changed 2026-03-01 (10 days ago)"),
+    (None, DAY, "OK   llm-service/staging/openai-api-key: current value present, "
+                "last changed 2026-03-01 (10 days ago)"),  # never changed: its creation
+    (None, None, "OK   llm-service/staging/openai-api-key: current value present, last changed unknown "
+                 "(0 days ago)"),
+])
+def test_check_reads_the_age_from_the_last_change_else_the_creation(deployed, mocker, changed, created, line):
+    deployed["sm"].put_secret_value(SecretId=SECRET_NAME, SecretString=KEY)
+    _described(mocker, LastChangedDate=changed, CreatedDate=created)
+    lines, ok = apikey.check(apikey.resolve(STACK, "openai-api-key", None, None), now=DAY + timedelta(days=10))
+    assert (lines, ok) == ([line], True)
+
+
+@pytest.mark.parametrize(("days", "first_word"), [(90, "OK  "), (91, "WARN")])
+def test_check_warns_from_the_first_day_past_the_rotation_age(deployed, mocker, days, first_word):
+    deployed["sm"].put_secret_value(SecretId=SECRET_NAME, SecretString=KEY)
+    _described(mocker, LastChangedDate=DAY)
+    lines, ok = apikey.check(apikey.resolve(STACK, "openai-api-key", None, None), now=DAY + timedelta(days=days))
+    assert ok and lines[0].startswith(first_word)
+    if first_word == "WARN":
+        assert lines == ["WARN llm-service/staging/openai-api-key: last changed 2026-03-01, 91 days ago; older "
+                         "than the rotation age of 90 days: run `rotate`"]
+
+
+def test_check_fails_a_secret_under_the_aws_managed_key(deployed, mocker):
+    deployed["sm"].put_secret_value(SecretId=SECRET_NAME, SecretString=KEY)
+    _described(mocker, KmsKeyId=None, LastChangedDate=DAY)
+    lines, ok = apikey.check(apikey.resolve(STACK, "openai-api-key", None, None), now=DAY)
+    assert not ok
+    assert lines == ["FAIL llm-service/staging/openai-api-key: encrypted with the AWS-managed key, "
+                     "not the stack's",
+                     "OK   llm-service/staging/openai-api-key: current value present, last changed 2026-03-01 "
+                     "(0 days ago)"]
+
+
+def test_a_name_the_stack_does_not_have_is_one_exact_line(capsys):
+    code, out = run(["check", "--stack", STACK, "--name", "anthropic-api-key"], None, capsys)
+    assert code == 1
+    assert out.err == "error: 'anthropic-api-key' is not one of the stack's secrets.names ['openai-api-key']\n"
+
+
+def test_a_malformed_key_is_described_by_its_length_alone(deployed, capsys, mocker):
+    prompt = mocker.patch("ops.apikey.getpass.getpass", return_value="  not-a-key  ")
+    code, out = run(["put", "--stack", STACK], Tty(""), capsys)
+    prompt.assert_called_once_with("openai-api-key (input hidden): ")
+    assert code == 1
+    assert out.err == "error: that does not look like a openai-api-key (9 characters read); nothing was written\n"
