@@ -46,7 +46,7 @@ plan: $(VENV)/.installed  ## what STACK declares, offline, ending with its month
 cost: $(VENV)/.installed  ## the monthly cost of STACK, line by line, and its LLM token spend with and without the cache
 	@$(PY) -m offline.cost --stack $(STACK) $(if $(JSON),--json,)
 
-docs: $(VENV)/.installed  ## regenerate README's config reference and the components' docstrings from the code
+docs: $(VENV)/.installed  ## regenerate docs/configuration.md's reference and the components' docstrings from the code
 	$(PY) -m offline.config_doc --write
 	$(PY) -m offline.component_docs --write
 
@@ -56,12 +56,14 @@ diff: $(VENV)/.installed  ## what differs between two stacks (FROM=staging TO=pr
 	@$(PY) -m offline.diff --from $(FROM) --to $(TO)
 
 test: $(VENV)/.installed $(GW_VENV)/.installed  ## the whole suite: lint, strict types (components, gateway), config, stacks, gateway, commands against moto
+	@bash .ci/system-packages
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n auto
 
 # Mutation testing of the modules that carry the guarantees (mutation/packages.py); PACKAGES=gateway
 # runs one. Results are cached under .mutation/, so a second run tests only what changed.
 mutate: $(VENV)/.installed  ## score the tests by the mutants they kill, per package (target 90 %; weekly in CI)
+	@bash .ci/system-packages
 	$(PY) -m mutation.run $(PACKAGES)
 
 serve: $(GW_VENV)/.installed  ## the gateway on 127.0.0.1:8080 against OPENAI_BASE_URL, key from OPENAI_API_KEY
@@ -73,7 +75,7 @@ venvs: $(UV)  ## what `pulumi up --policy-pack policy` needs: .venv (runtime) an
 	$(UV) pip install --quiet --compile-bytecode --python policy/.venv/bin/python --require-hashes \
 		-r policy/requirements.txt
 
-# The one reviewed `up` before `pulumi destroy` of a protected stack (README, "Updating,
+# The one reviewed `up` before `pulumi destroy` of a protected stack (docs/deploying.md, "Updating,
 # destroying, re-creating"): it needs the Pulumi CLI and the stack's AWS credentials.
 # REMOVE_GUARDDUTY=1 also removes an endpoint GuardDuty added to the VPC.
 destroy-ready: venvs  ## lift STACK's protection in one reviewed `up`, then check `pulumi destroy` can run to the end

@@ -1,2 +1,2 @@
 """An OpenAI-compatible gateway: client keys instead of the LLM key, streaming with keepalives,
-retries with backoff, one structured log line and metrics per request. See README, "The gateway"."""
+retries with backoff, one structured log line and metrics per request. See docs/gateway.md."""

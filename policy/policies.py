@@ -3,7 +3,7 @@
 Each policy names the AWS Foundational Security Best Practices control it mirrors, where one
 exists. They read the same camelCase input properties in `pulumi preview --policy-pack policy`
 and in the offline plan (`offline/policy_check.py`). To add your own, append a
-`ResourceValidationPolicy` to `POLICIES` (see README, "Policies").
+`ResourceValidationPolicy` to `POLICIES` (see docs/security.md, "Policies").
 """
 
 from __future__ import annotations

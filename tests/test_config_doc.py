@@ -1,4 +1,4 @@
-"""README's configuration reference is generated from the contract and must match it."""
+"""The configuration reference (docs/configuration.md) is generated from the contract and must match it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _keys(model, prefix=""):
 
 
 def test_readme_holds_the_reference_the_contract_generates():
-    readme = config_doc.README.read_text()
+    readme = config_doc.REFERENCE.read_text()
     assert config_doc.updated(readme) == readme, "run `python -m offline.config_doc --write`"
 
 
@@ -33,5 +33,5 @@ def test_every_key_of_the_contract_has_a_described_row():
 
 
 def test_a_readme_that_drifted_is_caught():
-    readme = config_doc.README.read_text().replace("| `llm-service:cache.nodeType` |", "| `cache.type` |")
+    readme = config_doc.REFERENCE.read_text().replace("| `llm-service:cache.nodeType` |", "| `cache.type` |")
     assert config_doc.updated(readme) != readme

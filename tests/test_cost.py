@@ -216,7 +216,7 @@ GOLDEN = Path(__file__).parent / "golden"
                                        ("cost-prod.txt", ["--stack", "prod"]),
                                        ("cost-prod.json", ["--stack", "prod", "--json"])])
 def test_the_cost_report_is_the_reviewed_one(capsys, name, argv):
-    """The report as README and a reviewer read it, line for line. After a deliberate change to
+    """The report as docs/cost.md and a reviewer read it, line for line. After a deliberate change to
     the stacks, the prices or the wording: UPDATE_GOLDEN=1 pytest tests/test_cost.py, and review."""
     assert cost.main(argv) == 0
     got = capsys.readouterr().out

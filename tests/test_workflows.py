@@ -288,6 +288,18 @@ def _pins(path) -> dict[str, str]:
     return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^ \\\n]+)", path.read_text(), re.M))
 
 
+def _make_recipe(target: str) -> str:
+    """The lines of a Makefile target's recipe."""
+    text = (ROOT / "Makefile").read_text()
+    body = text.split(f"\n{target}:", 1)[1].split("\n")[1:]
+    return "\n".join(line for line in body[:next(i for i, x in enumerate(body) if not x.startswith("\t"))])
+
+
+def test_make_test_and_ci_install_the_system_package_the_suite_needs():
+    assert "system-packages" in _make_recipe("test")
+    assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
+
+
 def test_mutation_testing_runs_weekly_with_nothing_but_read_access_and_keeps_the_survivors():
     doc = load("mutation.yml")
     (cron,) = [entry["cron"] for entry in doc["on"]["schedule"]]
@@ -300,7 +312,7 @@ def test_mutation_testing_runs_weekly_with_nothing_but_read_access_and_keeps_the
     assert job["strategy"]["fail-fast"] is False
     (step,) = [s for s in steps(job) if "make mutate" in s.get("run", "")]
     assert step["run"] == 'make mutate PACKAGES="$PACKAGE"' and step["env"] == {"PACKAGE": "${{ matrix.package }}"}
-    assert "redis-server" in runs(job)
+    assert "system-packages" in _make_recipe("mutate")  # installs redis-server, as `make test` does
     (upload,) = [s for s in steps(job) if action(s) == "actions/upload-artifact"]
     assert upload["if"] == "always()" and upload["with"]["path"] == ".mutation/survivors.txt"
     assert upload["with"]["include-hidden-files"] is True
@@ -349,3 +361,18 @@ def test_every_job_that_previews_or_deploys_can_build_the_arm64_image():
         assert "arm64" in qemu["with"]["platforms"]
         first_pulumi = min(i for i, n in enumerate(names) if n == "pulumi/actions")
         assert names.index("docker/setup-buildx-action") < first_pulumi, (name, job_id)
+
+
+def test_without_a_server_or_apt_the_set_up_says_what_to_install(tmp_path):
+    done = subprocess.run(["/bin/bash", str(ROOT / ".ci" / "system-packages")], env={"PATH": str(tmp_path)},
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.startswith("make test needs redis-server or valkey-server on PATH")
+
+
+def test_with_a_server_on_path_the_set_up_does_nothing(tmp_path):
+    (tmp_path / "valkey-server").write_text("#!/bin/sh\n")
+    (tmp_path / "valkey-server").chmod(0o755)
+    done = subprocess.run(["/bin/bash", str(ROOT / ".ci" / "system-packages")], env={"PATH": str(tmp_path)},
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (0, "")
