@@ -9,8 +9,8 @@ or `aws ce update-cost-allocation-tags-status`); until then the filter matches n
 
 Cost: the first two budgets per account are free, then $0.02 per budget-day.
 
-Args (`BudgetArgs`):
-    name: str, required — e.g. llm-service-staging
+Args (`BudgetArgs`, each described where it is declared below):
+    name: str, required
     environment: str, required
     monthly_limit_usd: float, required
     actual_thresholds: list[int] = [50, 80, 100]
@@ -53,14 +53,22 @@ def problems(a: BudgetArgs) -> list[tuple[str, str]]:
 
 @dataclass
 class BudgetArgs:
-    name: str  # e.g. llm-service-staging
+    name: str
+    """The budget's name, e.g. llm-service-staging."""
     environment: str
+    """The value of the cost-allocation tag the budget counts (tag_key), e.g. staging."""
     monthly_limit_usd: float
+    """The monthly AWS budget of the stack's resources (by the Environment tag)."""
     actual_thresholds: list[int] = field(default_factory=lambda: [50, 80, 100])
+    """Alerts at these percentages of actual spend."""
     forecast_thresholds: list[int] = field(default_factory=lambda: [100])
+    """Alerts at these percentages of forecast spend."""
     emails: list[str] = field(default_factory=list)
+    """Addresses told when actual or forecast spend crosses a threshold."""
     topic_arn: Optional[pulumi.Input[str]] = None
+    """An SNS topic told as well (the alarms' topic), or None."""
     tag_key: str = "Environment"
+    """The cost-allocation tag whose value (environment) selects the spend counted; activate it in Billing."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -69,6 +77,7 @@ class BudgetArgs:
 
 class Budget(pulumi.ComponentResource):
     budget_name: pulumi.Output[str]
+    """The budget's name, as AWS Budgets shows it."""
 
     def __init__(self, name: str, args: BudgetArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:budget:Budget", name, None, opts)

@@ -10,12 +10,12 @@ Cost: cache.t4g.micro about $9/month per node with Valkey ($12 with Redis OSS), 
 about $92 (Valkey); snapshots beyond one
 node's size $0.085/GB-month. Prod runs at least two nodes (primary and replica in another AZ).
 
-Args (`CacheArgs`):
+Args (`CacheArgs`, each described where it is declared below):
     vpc_id: pulumi.Input[str], required
     subnet_ids: list[pulumi.Input[str]], required
     kms_key_arn: pulumi.Input[str], required
     auth_token: pulumi.Input[str], required
-    replication_group_id: str, required — e.g. llm-service-staging (at most 40 characters)
+    replication_group_id: str, required
     engine: Literal['valkey', 'redis'] = 'valkey'
     engine_version: str = '8.0'
     node_type: str = 'cache.t4g.micro'
@@ -178,29 +178,46 @@ def problems(a: CacheArgs) -> list[tuple[str, str]]:
 @dataclass
 class CacheArgs:
     vpc_id: pulumi.Input[str]
+    """The VPC the cache's security group belongs to."""
     subnet_ids: list[pulumi.Input[str]]
+    """The subnets the nodes run in (isolated: no route out), one or more per AZ."""
     kms_key_arn: pulumi.Input[str]
+    """The KMS key that encrypts the data at rest and the snapshots."""
     auth_token: pulumi.Input[str]
-    replication_group_id: str  # e.g. llm-service-staging (at most 40 characters)
+    """The AUTH token clients present (16 to 128 printable characters); a secret."""
+    replication_group_id: str
+    """The replication group's id, e.g. llm-service-staging (at most 40 characters)."""
     engine: Literal["valkey", "redis"] = "valkey"
+    """The ElastiCache engine: valkey or redis."""
     engine_version: str = "8.0"
+    """The engine version (a parameter group family must exist for it)."""
     node_type: str = "cache.t4g.micro"
+    """Every node's type, e.g. cache.t4g.micro."""
     nodes: int = 1
+    """Nodes: a primary and up to 5 replicas (cluster mode disabled)."""
     multi_az: bool = False
+    """Replicas in other AZs; needs automaticFailover and 2 nodes."""
     automatic_failover: bool = False
+    """Promote a replica when the primary fails; needs 2 nodes."""
     snapshot_retention_days: int = 0
+    """Days of daily snapshots kept (ElastiCache: 0 to 35; 0 takes none)."""
     maintenance_window: str = "sun:05:00-sun:06:00"
+    """The weekly maintenance window."""
     snapshot_window: str = "03:00-04:00"
-    # False holds changes for the maintenance window; until then the provider reads the running
-    # value back and shows the change on every preview (a drift check fails daily meanwhile).
-    # Valkey and Redis OSS scale node types online, with replicas failing over in turn.
+    """The daily snapshot window (UTC, hh:mm-hh:mm), apart from the maintenance window."""
     apply_immediately: bool = True
+    """Apply changes at once. False holds them for the maintenance window; until then the provider reads the
+    running value back and shows the change on every preview (a drift check fails daily meanwhile). Valkey
+    and Redis OSS scale node types online, with replicas failing over in turn."""
     log_retention_days: int = 14
+    """Days the slow and engine logs are kept."""
     port: int = 6379
-    # Appended to the final snapshot's name, so a second destroy (after a re-create) does not
-    # collide with the first one's snapshot; the stack passes a random id made with the cache.
+    """The port the cache listens on."""
     final_snapshot_suffix: pulumi.Input[str] = ""
+    """Appended to the final snapshot's name, so a second destroy (after a re-create) does not collide with
+    the first one's snapshot; the stack passes a random id made with the cache. "" takes none."""
     protect: bool = False
+    """The replication group cannot be deleted or replaced by an `up`."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -209,12 +226,19 @@ class CacheArgs:
 
 class Cache(pulumi.ComponentResource):
     primary_endpoint: pulumi.Output[str]
+    """The host name writes go to (it moves to the new primary on a failover)."""
     reader_endpoint: pulumi.Output[str]
+    """The host name that spreads reads over the replicas."""
     port: int
+    """The port the cache listens on."""
     security_group_id: pulumi.Output[str]
+    """The cache's security group: clients are let in by adding rules that name their own group."""
     replication_group_id: pulumi.Output[str]
+    """The replication group's id."""
     final_snapshot: pulumi.Output[Optional[str]]
+    """The name of the snapshot taken when the group is deleted, or None when none is taken."""
     member_ids: list[str]
+    """The ids of the cache's nodes (CacheClusterId), for per-node metrics."""
 
     def __init__(self, name: str, args: CacheArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:cache:Cache", name, None, opts)

@@ -8,10 +8,10 @@ rules on request bodies (prompts) only count; its association with the ALB; logg
 Cost: $5/month per ACL, $1/month per rule or managed group (4 here), $0.60 per million requests;
 logs $0.50/GB ingested.
 
-Args (`EdgeArgs`):
-    name: str, required — ACL and log group name suffix, e.g. llm-service-staging
+Args (`EdgeArgs`, each described where it is declared below):
+    name: str, required
     load_balancer_arn: pulumi.Input[str], required
-    rate_limit: int = 300 — requests per client IP per window
+    rate_limit: int = 300
     rate_window_seconds: int = 300
     log_retention_days: int = 30
     kms_key_arn: Optional[pulumi.Input[str]] = None
@@ -74,12 +74,18 @@ def problems(a: EdgeArgs) -> list[tuple[str, str]]:
 
 @dataclass
 class EdgeArgs:
-    name: str  # ACL and log group name suffix, e.g. llm-service-staging
+    name: str
+    """ACL and log group name suffix, e.g. llm-service-staging."""
     load_balancer_arn: pulumi.Input[str]
-    rate_limit: int = 300  # requests per client IP per window
+    """The ALB the web ACL is associated with."""
+    rate_limit: int = 300
+    """Requests per client IP per window."""
     rate_window_seconds: int = 300
+    """The rate-based rule's window in seconds."""
     log_retention_days: int = 30
+    """Days WAF logs are kept."""
     kms_key_arn: Optional[pulumi.Input[str]] = None
+    """The KMS key that encrypts the WAF log group; None leaves it to CloudWatch's own encryption."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -92,7 +98,9 @@ def _visibility(metric: str) -> dict[str, Any]:
 
 class Edge(pulumi.ComponentResource):
     web_acl_arn: pulumi.Output[str]
+    """The web ACL's ARN."""
     web_acl_name: pulumi.Output[str]
+    """The web ACL's name (the WAF metrics' WebACL dimension)."""
 
     def __init__(self, name: str, args: EdgeArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:edge:Edge", name, None, opts)

@@ -19,8 +19,8 @@ image fails the preview, not the deploy); building for another architecture need
 
 Cost: nothing beyond the repository's storage.
 
-Args (`ImageArgs`):
-    context: str, required — the folder holding the Dockerfile
+Args (`ImageArgs`, each described where it is declared below):
+    context: str, required
     repository_url: pulumi.Input[str], required
     registry_id: pulumi.Input[str], required
     architecture: Literal['ARM64', 'X86_64'] = 'ARM64'
@@ -68,10 +68,14 @@ def problems(a: ImageArgs) -> list[tuple[str, str]]:
 
 @dataclass
 class ImageArgs:
-    context: str  # the folder holding the Dockerfile
+    context: str
+    """The folder holding the Dockerfile."""
     repository_url: pulumi.Input[str]
+    """The ECR repository the image is pushed to."""
     registry_id: pulumi.Input[str]
+    """The registry's account id, to log in to it."""
     architecture: Literal["ARM64", "X86_64"] = "ARM64"
+    """The CPU architecture the image is built for (the tasks')."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -128,8 +132,11 @@ def stage(folder: Path, tag: str, staging: Path = STAGING) -> Path:
 
 
 class Image(pulumi.ComponentResource):
-    ref: pulumi.Output[Optional[str]]  # None only where the digest is unknown (a mock builds nothing)
+    ref: pulumi.Output[Optional[str]]
+    """The image by digest (<repository>@sha256:...), what a service deploys; None only where the
+    digest is unknown (a mock builds nothing)."""
     tag: str
+    """The tag pushed: the architecture and a hash of the build context's content."""
 
     def __init__(self, name: str, args: ImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:image:Image", name, None, opts)

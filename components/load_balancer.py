@@ -9,14 +9,14 @@ forwarding mode: API clients send a bearer key with every request.
 
 Cost: about $16/month plus $5.84 per LCU-month; the log bucket costs S3 storage.
 
-Args (`LoadBalancerArgs`):
+Args (`LoadBalancerArgs`, each described where it is declared below):
     vpc_id: pulumi.Input[str], required
     subnet_ids: list[pulumi.Input[str]], required
     container_port: int, required
     certificate_arn: str = ''
     domain_name: str = ''
     hosted_zone_id: str = ''
-    http_mode: Literal['none', 'redirect'] = 'none' — redirect: 80 answers 301 to HTTPS
+    http_mode: Literal['none', 'redirect'] = 'none'
     ingress_cidrs: list[str] = ['0.0.0.0/0']
     ingress_ipv6_cidrs: list[str] = ['::/0']
     idle_timeout_seconds: int = 600
@@ -137,23 +137,42 @@ def problems(a: LoadBalancerArgs) -> list[tuple[str, str]]:
 @dataclass
 class LoadBalancerArgs:
     vpc_id: pulumi.Input[str]
+    """The VPC of the load balancer and its target group."""
     subnet_ids: list[pulumi.Input[str]]
+    """The public subnets the ALB spans, one per AZ."""
     container_port: int
+    """The port the targets listen on."""
     certificate_arn: str = ""
+    """The ACM certificate the HTTPS listener serves; "" when domainName and hostedZoneId let the stack issue
+    one."""
     domain_name: str = ""
+    """The service's name; with hostedZoneId the stack issues its certificate and DNS record."""
     hosted_zone_id: str = ""
-    http_mode: Literal["none", "redirect"] = "none"  # redirect: 80 answers 301 to HTTPS
+    """The Route 53 public zone of domainName."""
+    http_mode: Literal["none", "redirect"] = "none"
+    """Redirect: 80 answers 301 to HTTPS."""
     ingress_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
+    """Who may reach the listeners over IPv4."""
     ingress_ipv6_cidrs: list[str] = field(default_factory=lambda: ["::/0"])
-    # Streamed completions hold a connection open for minutes; AWS's 60 s default cuts them off.
+    """Who may reach the listeners over IPv6."""
     idle_timeout_seconds: int = 600
+    """Seconds a connection may carry no byte (ALB: 1 to 4,000). Streamed completions hold a connection open
+    for minutes; AWS's 60 s default cuts them off."""
     health_check_path: str = "/healthz"
+    """The target group's health check path (ALB: up to 1,024 characters, starting with /)."""
     deregistration_delay_seconds: int = 60
+    """The longest stream a deploy or scale-in never cuts: requests in flight on a stopping task run this long
+    before ECS sends SIGTERM (ALB: 0 to 3,600); on Fargate Spot at most stop_timeout_seconds - 55 of the
+    service."""
     ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    """The HTTPS listener's predefined security policy."""
     deletion_protection: bool = False
+    """AWS refuses to delete the ALB while this is on (prod)."""
     access_log_retention_days: int = 90
-    # Where it has one, the Region's legacy ELB log account may write the access logs too.
+    """Days ALB access logs stay in their S3 bucket."""
     region: Optional[str] = None
+    """The region, for the access-log bucket's policy: where it has one, the Region's legacy ELB log account
+    may write the access logs too. None is the provider's."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -161,16 +180,24 @@ class LoadBalancerArgs:
 
 
 class LoadBalancer(pulumi.ComponentResource):
-    # The listener that forwards to the target group: an ECS service registering targets must
-    # wait for it (a target group joins a load balancer only through a listener).
     listener: aws.lb.Listener
+    """The listener that forwards to the target group: an ECS service registering targets must wait for it (a
+    target group joins a load balancer only through a listener)."""
     arn: pulumi.Output[str]
+    """The ALB's ARN."""
     arn_suffix: pulumi.Output[str]
+    """The ALB's ARN suffix (app/<name>/<id>), the LoadBalancer dimension of its metrics."""
     dns_name: pulumi.Output[str]
+    """The ALB's DNS name: point the service's name at it."""
     security_group_id: pulumi.Output[str]
+    """The ALB's security group: the tasks let in only this group."""
     target_group_arn: pulumi.Output[str]
+    """The target group the service registers its tasks in."""
     target_group_arn_suffix: pulumi.Output[str]
-    url: pulumi.Output[Optional[str]]  # None only where the DNS name is unknown (a mock)
+    """The target group's ARN suffix, the TargetGroup dimension of its metrics."""
+    url: pulumi.Output[Optional[str]]
+    """https://<the DNS name or domain_name>: where clients call; None only where the DNS name is
+    unknown (a mock)."""
 
     def __init__(self, name: str, args: LoadBalancerArgs,
                  opts: Optional[pulumi.ResourceOptions] = None):

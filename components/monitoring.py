@@ -11,8 +11,8 @@ hit ratio and cache errors, estimated spend per hour); a dashboard rendered from
 Cost: $0.10 per alarm-month (17 here; the percentile alarms $0.30, metric-math ones $0.10 per
 metric), $3/month for the dashboard, SNS e-mail free up to 1,000 a month.
 
-Args (`MonitoringArgs`):
-    name: str, required — e.g. llm-service-staging
+Args (`MonitoringArgs`, each described where it is declared below):
+    name: str, required
     region: str, required
     kms_key_arn: pulumi.Input[str], required
     lb_arn_suffix: pulumi.Input[str], required
@@ -40,10 +40,10 @@ Args (`MonitoringArgs`):
     cache_evictions_per_5min: int = 100
     cache_hit_rate_min_percent: int = 20
     waf_blocked_per_5min: int = 500
-    ttft_p95_seconds: float = 10.0 — the gateway's time to first token, streamed requests
-    upstream_429_per_5min: int = 20 — the LLM API refusing for rate limits, retries included
-    cache_errors_per_5min: int = 10 — requests the gateway served without its cache
-    spend_per_hour_usd: float = 10.0 — the gateway's estimate of LLM spend, all clients
+    ttft_p95_seconds: float = 10.0
+    upstream_429_per_5min: int = 20
+    cache_errors_per_5min: int = 10
+    spend_per_hour_usd: float = 10.0
 
 Outputs: topic_arn, dashboard_url, alarm_names.
 
@@ -168,20 +168,35 @@ DASHBOARD = jinja2.Environment(
 @dataclass
 class Thresholds:
     target_5xx_per_minute: int = 5
+    """5xx answers from tasks per minute that raise an alarm."""
     alb_5xx_per_minute: int = 5
+    """5xx answers from the load balancer itself per minute that raise an alarm."""
     p95_latency_seconds: float = 20.0
+    """Target response time p95 that raises an alarm."""
     p99_latency_seconds: float = 60.0
+    """Target response time p99 that raises an alarm."""
     cpu_high_percent: int = 85
+    """Service CPU % (after scaling) that raises an alarm."""
     memory_high_percent: int = 85
+    """Service memory % that raises an alarm."""
     cache_cpu_percent: int = 80
+    """The busiest cache node's engine CPU % that raises an alarm."""
     cache_memory_percent: int = 85
+    """The busiest cache node's memory % that raises an alarm."""
     cache_evictions_per_5min: int = 100
+    """Cache evictions per 5 minutes that raise an alarm."""
     cache_hit_rate_min_percent: int = 20
+    """The gateway's hit ratio of cacheable requests under which an alarm fires."""
     waf_blocked_per_5min: int = 500
-    ttft_p95_seconds: float = 10.0  # the gateway's time to first token, streamed requests
-    upstream_429_per_5min: int = 20  # the LLM API refusing for rate limits, retries included
-    cache_errors_per_5min: int = 10  # requests the gateway served without its cache
-    spend_per_hour_usd: float = 10.0  # the gateway's estimate of LLM spend, all clients
+    """Requests WAF blocks per 5 minutes that raise an alarm."""
+    ttft_p95_seconds: float = 10.0
+    """The gateway's time to first token, streamed requests."""
+    upstream_429_per_5min: int = 20
+    """The LLM API refusing for rate limits, retries included."""
+    cache_errors_per_5min: int = 10
+    """Requests the gateway served without its cache."""
+    spend_per_hour_usd: float = 10.0
+    """The gateway's estimate of LLM spend, all clients."""
 
 
 def problems(a: MonitoringArgs) -> list[tuple[str, str]]:
@@ -196,22 +211,36 @@ def problems(a: MonitoringArgs) -> list[tuple[str, str]]:
 
 @dataclass
 class MonitoringArgs:
-    name: str  # e.g. llm-service-staging
+    name: str
+    """The prefix of the topic, the alarms and the dashboard, e.g. llm-service-staging."""
     region: str
+    """The region the dashboard's widgets read."""
     kms_key_arn: pulumi.Input[str]
+    """The KMS key that encrypts the alarm topic."""
     lb_arn_suffix: pulumi.Input[str]
+    """The ALB's ARN suffix, for its metrics."""
     target_group_arn_suffix: pulumi.Input[str]
+    """The target group's ARN suffix, for its metrics."""
     cluster_name: pulumi.Input[str]
+    """The ECS cluster, for Container Insights' metrics."""
     service_name: pulumi.Input[str]
+    """The ECS service, for its CPU, memory and task count."""
     cache_member_ids: list[str]
+    """The cache's node ids, for their CPU, memory and evictions."""
     web_acl_name: pulumi.Input[str]
+    """The web ACL, for the requests it blocks."""
     min_tasks: int
+    """The fewest tasks the service keeps: fewer running raises an alarm."""
     max_tasks: int
+    """The most tasks autoscaling starts, drawn on the dashboard."""
     alert_emails: list[str] = field(default_factory=list)
+    """Who gets alarms and budget alerts (each confirms an SNS subscription)."""
     thresholds: Thresholds = field(default_factory=Thresholds)
-    # The gateway's metrics (Embedded Metric Format in its logs): namespace and Service dimension.
+    """What each alarm fires on (Thresholds, below)."""
     metrics_namespace: str = "LLMService"
+    """The namespace the gateway writes its metrics to (Embedded Metric Format in its logs)."""
     gateway_service: pulumi.Input[str] = ""
+    """The gateway's Service dimension (GATEWAY_SERVICE); "" leaves out the gateway's alarms and widgets."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -241,8 +270,11 @@ def render_dashboard(**values: Any) -> str:
 
 class Monitoring(pulumi.ComponentResource):
     topic_arn: pulumi.Output[str]
+    """The SNS topic every alarm notifies."""
     dashboard_url: pulumi.Output[str]
+    """The CloudWatch dashboard's address in the console."""
     alarm_names: list[pulumi.Output[str]]
+    """The name of every alarm created."""
 
     def __init__(self, name: str, args: MonitoringArgs,
                  opts: Optional[pulumi.ResourceOptions] = None):

@@ -9,7 +9,7 @@ endpoint; the default security group emptied; flow logs to an encrypted CloudWat
 Cost: each NAT gateway about $33/month plus $0.045/GB; each interface endpoint about $7.30/month
 per AZ ($110/month for the 5 endpoints in 3 AZs); flow logs $0.50/GB ingested.
 
-Args (`NetworkArgs`):
+Args (`NetworkArgs`, each described where it is declared below):
     cidr: str, required
     az_count: int, required
     region: str, required
@@ -18,7 +18,7 @@ Args (`NetworkArgs`):
     interface_endpoints: bool = False
     flow_log_retention_days: int = 30
     kms_key_arn: Optional[pulumi.Input[str]] = None
-    iam_path: str = '/' — e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
+    iam_path: str = '/'
     guard_duty_endpoint: bool = False
 
 Outputs: egress, vpc_id, cidr, public_subnet_ids, private_subnet_ids, isolated_subnet_ids.
@@ -88,18 +88,30 @@ def problems(a: NetworkArgs) -> list[tuple[str, str]]:
 @dataclass
 class NetworkArgs:
     cidr: str
+    """The VPC's address range. AWS: a VPC is /16 to /28; this stack carves 12 subnets from it."""
     az_count: int
+    """Availability zones used; the region must have this many standard AZs where Fargate runs (asked at
+    preview)."""
     region: str
+    """The region, for the endpoints' service names and the AZs."""
     nat_strategy: Literal["single", "per_az"] = "single"
+    """One NAT gateway for the VPC, or one per AZ (an AZ outage then cuts no other AZ's egress)."""
     subnet_prefix_length: int = 20
+    """Prefix length of every subnet (AWS: /16 to /28), longer than the VPC's."""
     interface_endpoints: bool = False
+    """Interface endpoints (Secrets Manager, ECR API and Docker, CloudWatch Logs, KMS) in each AZ instead of
+    the NAT."""
     flow_log_retention_days: int = 30
+    """Days VPC flow logs are kept in CloudWatch Logs."""
     kms_key_arn: Optional[pulumi.Input[str]] = None
-    iam_path: str = "/"  # e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
-    # GuardDuty Runtime Monitoring's endpoint, declared here: with automated agent configuration
-    # GuardDuty adds one of its own to the VPC of every monitored task and deletes it only when
-    # Runtime Monitoring is disabled, so the VPC could not be deleted; it reuses one that exists.
+    """The KMS key that encrypts the flow logs; None leaves them to CloudWatch's own encryption."""
+    iam_path: str = "/"
+    """The path of the flow logs' role, e.g. /llm-service/staging/, so a deploy role's IAM rights can be
+    scoped to it."""
     guard_duty_endpoint: bool = False
+    """Declare GuardDuty Runtime Monitoring's VPC endpoint here. With automated agent configuration GuardDuty
+    adds one of its own to the VPC of every monitored task and deletes it only when Runtime Monitoring is
+    disabled, so the VPC could not be deleted; it reuses one that exists."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -122,15 +134,20 @@ def subnet_cidrs(cidr: str, prefix_length: int, az_count: int) -> dict[str, list
 
 
 class Network(pulumi.ComponentResource):
-    # What makes the private subnets' way out: their routes and route table associations, the
-    # NAT gateways behind them, the endpoints. Whatever runs there (the service's tasks) is
-    # created after these, or a new AZ's first tasks could not pull their image or read secrets.
     egress: list[pulumi.Resource]
+    """What makes the private subnets' way out: their routes and route table associations, the NAT gateways
+    behind them, the endpoints. Whatever runs there (the service's tasks) is created after these, or a new
+    AZ's first tasks could not pull their image or read secrets."""
     vpc_id: pulumi.Output[str]
+    """The VPC's id."""
     cidr: str
+    """The VPC's address range. AWS: a VPC is /16 to /28; this stack carves 12 subnets from it."""
     public_subnet_ids: list[pulumi.Output[str]]
+    """One public subnet per AZ (the load balancer's)."""
     private_subnet_ids: list[pulumi.Output[str]]
+    """One private subnet per AZ (the tasks'), out through the NAT or the endpoints."""
     isolated_subnet_ids: list[pulumi.Output[str]]
+    """One isolated subnet per AZ (the cache's), with no route out."""
 
     def __init__(self, name: str, args: NetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:network:Network", name, None, opts)

@@ -7,11 +7,11 @@ expire after 7 days; at most 50 images kept).
 Cost: $0.10 per GB-month stored (a gateway image is about 60 MB: under $0.01); pulls from tasks
 in the same region are free; basic scanning on push is free.
 
-Args (`RegistryArgs`):
-    name: str, required — the repository name, e.g. llm-service-staging
+Args (`RegistryArgs`, each described where it is declared below):
+    name: str, required
     kms_key_arn: pulumi.Input[str], required
     keep_images: int = 50
-    protect: bool = False — neither the repository nor its images can be destroyed
+    protect: bool = False
 
 Outputs: arn, repository_url, registry_id.
 
@@ -51,10 +51,14 @@ def problems(a: RegistryArgs) -> list[tuple[str, str]]:
 
 @dataclass
 class RegistryArgs:
-    name: str  # the repository name, e.g. llm-service-staging
+    name: str
+    """The repository name, e.g. llm-service-staging."""
     kms_key_arn: pulumi.Input[str]
+    """The KMS key that encrypts the images."""
     keep_images: int = 50
-    protect: bool = False  # neither the repository nor its images can be destroyed
+    """The newest images kept; older ones expire (a lifecycle rule)."""
+    protect: bool = False
+    """Neither the repository nor its images can be destroyed."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -63,8 +67,11 @@ class RegistryArgs:
 
 class Registry(pulumi.ComponentResource):
     arn: pulumi.Output[str]
+    """The repository's ARN (the tasks' execution role may pull from it alone)."""
     repository_url: pulumi.Output[str]
+    """The repository's URL, to push and pull."""
     registry_id: pulumi.Output[str]
+    """The registry's account id."""
 
     def __init__(self, name: str, args: RegistryArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:registry:Registry", name, None, opts)

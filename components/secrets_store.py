@@ -7,12 +7,12 @@ secret. In `external` mode (the default) no value is declared, so it never enter
 
 Cost: $1/month for the key (plus $0.03 per 10k requests), $0.40/month per secret.
 
-Args (`SecretsArgs`):
-    prefix: str, required — e.g. llm-service/staging: secrets are named <prefix>/<name>
+Args (`SecretsArgs`, each described where it is declared below):
+    prefix: str, required
     region: str, required
     names: list[str] = ['openai-api-key']
     source: Literal['external', 'pulumi'] = 'external'
-    values: Mapping[str, pulumi.Input[str]] = {} — pulumi mode only
+    values: Mapping[str, pulumi.Input[str]] = {}
     recovery_window_days: int = 7
     key_deletion_window_days: int = 30
     protect: bool = False
@@ -81,20 +81,29 @@ def problems(a: SecretsArgs) -> list[tuple[str, str]]:
 
 @dataclass
 class SecretsArgs:
-    prefix: str  # e.g. llm-service/staging: secrets are named <prefix>/<name>
+    prefix: str
+    """Secrets are named <prefix>/<name>, e.g. llm-service/staging."""
     region: str
+    """The region, for the key policy's service principals."""
     names: list[str] = field(default_factory=lambda: ["openai-api-key"])
+    """The secrets injected into the container (NAME_IN_CAPS), the LLM API key first."""
     source: Literal["external", "pulumi"] = "external"
-    values: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # pulumi mode only
+    """External: the stack creates empty secrets and `python -m ops.apikey put` fills them; pulumi: the values
+    come from `pulumi config set --secret <name>`."""
+    values: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    """The secrets' values, name -> value, when source is pulumi; {} otherwise."""
     recovery_window_days: int = 7
+    """Days a deleted secret can be restored. Secrets Manager: 0 (at once) or 7 to 30."""
     key_deletion_window_days: int = 30
+    """Days before a deleted KMS key is gone. KMS: 7 to 30."""
     protect: bool = False
-    # Destroy leaves the key (not scheduled for deletion), so what it encrypted and outlives the
-    # stack (secrets in their recovery window, a final cache snapshot) stays readable.
+    """The key and the secrets cannot be deleted by an `up`."""
     retain_key: bool = False
-    # Existing resources to adopt instead of creating (a re-created stack taking back its restored
-    # key and secrets): "key" -> a KMS key id, <secret name> -> the secret's ARN.
+    """Destroy leaves the key (not scheduled for deletion), so what it encrypted and outlives the stack
+    (secrets in their recovery window, a final cache snapshot) stays readable."""
     adopt: Mapping[str, str] = field(default_factory=dict)
+    """Existing resources to adopt instead of creating (a re-created stack taking back its restored key and
+    secrets): "key" -> a KMS key id, <secret name> -> the secret's ARN."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -108,10 +117,12 @@ def env_var_name(secret_name: str) -> str:
 
 class Secrets(pulumi.ComponentResource):
     key_arn: pulumi.Output[str]
+    """The stack's KMS key."""
     secret_arns: dict[str, pulumi.Output[str]]
-    # The secret values the stack itself writes: whoever reads them at start-up (the service)
-    # depends on these, so its first tasks never find a secret without a value.
+    """Each secret's ARN, by its name."""
     values: list[pulumi.Resource]
+    """The secret values the stack itself writes (source pulumi, and add_secret's): whoever reads them at
+    start-up (the service) depends on these, so its first tasks never find a secret without a value."""
 
     def __init__(self, name: str, args: SecretsArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:secrets:Secrets", name, None, opts)

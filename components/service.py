@@ -14,15 +14,15 @@ Cost: Fargate ARM64 about $0.0324/vCPU-hour and $0.0036/GB-hour (x86 about 25 % 
 While autoscaling is on, `desired_count` is left to the autoscaler (ignored by updates); turn it
 off and the count comes from args again.
 
-Args (`ServiceArgs`):
-    name: str, required — cluster and service name, e.g. llm-service-staging
+Args (`ServiceArgs`, each described where it is declared below):
+    name: str, required
     region: str, required
     vpc_id: pulumi.Input[str], required
     subnet_ids: list[pulumi.Input[str]], required
-    image: pulumi.Input[str], required — a reference, best by digest (repository@sha256:...)
+    image: pulumi.Input[str], required
     lb_security_group_id: pulumi.Input[str], required
     target_group_arn: pulumi.Input[str], required
-    request_count_label: pulumi.Input[str], required — "<alb arn suffix>/<target group arn suffix>"
+    request_count_label: pulumi.Input[str], required
     kms_key_arn: pulumi.Input[str], required
     cpu: int = 512
     memory: int = 1024
@@ -32,7 +32,7 @@ Args (`ServiceArgs`):
     health_check_path: str = '/healthz'
     health_check_command: Union[str, list[str]] = ''
     environment: Mapping[str, pulumi.Input[str]] = {}
-    secrets: Mapping[str, pulumi.Input[str]] = {} — env name -> ARN
+    secrets: Mapping[str, pulumi.Input[str]] = {}
     cache: Optional[CacheLink] = None
     min_tasks: int = 1
     max_tasks: int = 4
@@ -50,12 +50,12 @@ Args (`ServiceArgs`):
     stop_timeout_seconds: int = 120
     log_retention_days: int = 30
     execute_command: bool = False
-    repository_arn: Optional[pulumi.Input[str]] = None — the ECR repository the tasks pull from
+    repository_arn: Optional[pulumi.Input[str]] = None
     task_role_statements: list[dict[str, Any]] = []
-    iam_path: str = '/' — e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
+    iam_path: str = '/'
     wait_for: list[pulumi.Resource] = []
     protect: bool = False
-    cluster_tags: Mapping[str, str] = {} — e.g. GuardDutyManaged: false
+    cluster_tags: Mapping[str, str] = {}
 
 `CacheLink`:
     security_group_id: pulumi.Input[str], required
@@ -145,7 +145,9 @@ class CacheLink:
     """How the tasks reach the cache: its security group and port."""
 
     security_group_id: pulumi.Input[str]
+    """The cache's security group: the tasks are let in."""
     port: int
+    """The cache's port."""
 
 
 def problems(a: ServiceArgs) -> list[tuple[str, str]]:
@@ -181,54 +183,93 @@ def problems(a: ServiceArgs) -> list[tuple[str, str]]:
 
 @dataclass
 class ServiceArgs:
-    name: str  # cluster and service name, e.g. llm-service-staging
+    name: str
+    """Cluster and service name, e.g. llm-service-staging."""
     region: str
+    """The region, for the log configuration and the GuardDuty agent's repository."""
     vpc_id: pulumi.Input[str]
+    """The VPC of the tasks' security group."""
     subnet_ids: list[pulumi.Input[str]]
-    image: pulumi.Input[str]  # a reference, best by digest (repository@sha256:...)
+    """The private subnets the tasks run in."""
+    image: pulumi.Input[str]
+    """The image to run: a reference, best by digest (repository@sha256:...)."""
     lb_security_group_id: pulumi.Input[str]
+    """The load balancer's security group: the only source let in to the container port."""
     target_group_arn: pulumi.Input[str]
-    request_count_label: pulumi.Input[str]  # "<alb arn suffix>/<target group arn suffix>"
+    """The target group the service registers its tasks in."""
+    request_count_label: pulumi.Input[str]
+    """The label of the ALB's requests-per-target metric: "<alb arn suffix>/<target group arn suffix>"."""
     kms_key_arn: pulumi.Input[str]
+    """The KMS key of the secrets and the log group (the execution role may decrypt with it)."""
     cpu: int = 512
+    """Task CPU units (1024 = one vCPU). Fargate's task sizes."""
     memory: int = 1024
+    """Task memory in MiB; Fargate accepts fixed steps per cpu size."""
     architecture: Literal["ARM64", "X86_64"] = "ARM64"
+    """CPU architecture of the tasks (and of the image the stack builds)."""
     container_port: int = 8080
+    """The port the container listens on; above 1023, since it runs as a non-root user."""
     user: str = "1000:1000"
+    """The user the container runs as. Never root (uid 0): the policy pack refuses it too."""
     health_check_path: str = "/healthz"
-    # A shell command (CMD-SHELL) or an exec form list (CMD); "" -> curl against
-    # health_check_path, which needs curl in the image.
+    """The path the load balancer's health check and the default container health check ask."""
     health_check_command: Union[str, list[str]] = ""
+    """A shell command (CMD-SHELL) or an exec form list (CMD) run inside the container; "" runs curl against
+    health_check_path, which needs curl in the image."""
     environment: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
-    secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # env name -> ARN
+    """Plain environment variables of the container, name -> value."""
+    secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    """Secrets injected into the container by ARN, env name -> Secrets Manager ARN (the execution role may
+    read exactly these)."""
     cache: Optional[CacheLink] = None
+    """The cache the tasks reach, or None."""
     min_tasks: int = 1
+    """Fewest tasks autoscaling keeps."""
     max_tasks: int = 4
+    """Most tasks autoscaling starts (ECS: 5,000 tasks a service)."""
     desired_tasks: int = 1
+    """Tasks at the first deploy (autoscaling owns the count afterwards)."""
     autoscaling: bool = True
+    """Target tracking on CPU, memory and requests per target."""
     cpu_target: int = 60
+    """Average CPU % that target tracking holds."""
     memory_target: int = 70
+    """Average memory % that target tracking holds."""
     requests_per_target: int = 50
+    """Requests a minute per task that target tracking holds (ALBRequestCountPerTarget)."""
     scale_out_cooldown: int = 60
+    """Seconds after a scale-out before the next."""
     scale_in_cooldown: int = 300
+    """Seconds after a scale-in before the next; at least health_check_grace_seconds."""
     fargate_base: int = 0
+    """Tasks that always run on on-demand Fargate (ECS: base 0 to 100,000)."""
     fargate_weight: int = 1
+    """Share of tasks beyond the base on on-demand Fargate (ECS: weight 0 to 1,000)."""
     spot_weight: int = 0
+    """Share of tasks beyond the base on Fargate Spot (ECS: weight 0 to 1,000)."""
     health_check_grace_seconds: int = 60
+    """Seconds ECS ignores failing load balancer health checks of a new task."""
     stop_timeout_seconds: int = 120
+    """Seconds between SIGTERM and SIGKILL (Fargate: at most 120); the gateway drains for this less 5."""
     log_retention_days: int = 30
+    """Days the container's logs are kept."""
     execute_command: bool = False
-    repository_arn: Optional[pulumi.Input[str]] = None  # the ECR repository the tasks pull from
+    """ECS Exec into tasks (staging only: prod refuses it)."""
+    repository_arn: Optional[pulumi.Input[str]] = None
+    """The ECR repository the tasks pull from."""
     task_role_statements: list[dict[str, Any]] = field(default_factory=list)
-    iam_path: str = "/"  # e.g. /llm-service/staging/, so a deploy role's IAM rights can be scoped to it
-    # What the service must be created after: the listener forwarding to target_group_arn (ECS
-    # refuses a target group that belongs to no load balancer) and the secret values its tasks
-    # read at start-up.
+    """IAM statements added to the task role (the application's own rights), least privilege."""
+    iam_path: str = "/"
+    """The path of the task and execution roles, e.g. /llm-service/staging/, so a deploy role's IAM rights can
+    be scoped to it."""
     wait_for: list[pulumi.Resource] = field(default_factory=list)
-    # The cluster and the service cannot be deleted or replaced by an `up` (the task definition
-    # is replaced on every image change, so it is never protected).
+    """What the service must be created after: the listener forwarding to target_group_arn (ECS refuses a
+    target group that belongs to no load balancer) and the secret values its tasks read at start-up."""
     protect: bool = False
-    cluster_tags: Mapping[str, str] = field(default_factory=dict)  # e.g. GuardDutyManaged: false
+    """The cluster and the service cannot be deleted or replaced by an `up` (the task definition is replaced
+    on every image change, so it is never protected)."""
+    cluster_tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags on the cluster alone, e.g. GuardDutyManaged: false before a destroy."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -245,9 +286,13 @@ def volumes(args: ServiceArgs) -> dict[str, str]:
 
 class Service(pulumi.ComponentResource):
     cluster_name: pulumi.Output[str]
+    """The ECS cluster's name."""
     service_name: pulumi.Output[str]
+    """The ECS service's name."""
     security_group_id: pulumi.Output[str]
+    """The tasks' security group."""
     log_group_name: pulumi.Output[str]
+    """The log group the containers write to."""
 
     def __init__(self, name: str, args: ServiceArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-service:service:Service", name, None, opts)

@@ -1,14 +1,18 @@
-"""Each component's docstring lists its args (type, default, note), its outputs and its example,
-generated from the code and examples/<component>/__main__.py so that they cannot drift.
+"""The components' documentation, generated from their code so that it cannot drift: each
+component's docstring lists its args (type, default), its outputs and its example
+(examples/<component>/__main__.py); docs/components.md's reference gives every arg and output
+with its description. A description is the attribute docstring under the field where it is
+declared (read with `ast`): the one place it is written.
 
-    python -m offline.component_docs --write    # rewrite the generated part of each docstring
+    python -m offline.component_docs --write    # rewrite both
 
-tests/test_examples.py fails when a docstring and its component or example disagree.
+tests/test_component_docs.py fails when a description is missing or either text drifted.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib
 import re
@@ -22,10 +26,41 @@ COMPONENTS = ["network", "secrets_store", "load_balancer", "registry", "image", 
 MARK = "Args ("  # where the generated part of a docstring begins
 
 
-def _comments(source: str, cls: str) -> dict[str, str]:
-    """Trailing comments of a dataclass's fields: `name: type = default  # note`."""
-    body = source.split(f"class {cls}:", 1)[1].split("\n\n\n", 1)[0]
-    return {m[1]: m[2].strip() for m in re.finditer(r"^    ([a-z_0-9]+): [^#\n]*#\s*(.+)$", body, re.M)}
+def described(name: str) -> dict[str, dict[str, str]]:
+    """class -> field -> its attribute docstring (whitespace folded), for every public class of the
+    component that declares fields: its args, their parts, and the component's outputs."""
+    tree = ast.parse((ROOT / "components" / f"{name}.py").read_text())
+    found: dict[str, dict[str, str]] = {}
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and not n.name.startswith("_")):
+        fields: dict[str, str] = {}
+        for st, after in zip(cls.body, [*cls.body[1:], None], strict=True):
+            if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name):
+                doc = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) \
+                    and isinstance(after.value.value, str) else ""
+                fields[st.target.id] = " ".join(doc.split())
+        if fields:
+            found[cls.name] = fields
+    return found
+
+
+def annotations(name: str, cls: str) -> dict[str, str]:
+    """A class's annotated names and their types, as written."""
+    tree = ast.parse((ROOT / "components" / f"{name}.py").read_text())
+    (node,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls]
+    return {st.target.id: ast.unparse(st.annotation) for st in node.body
+            if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)}
+
+
+def component_class(name: str) -> str:
+    tree = ast.parse((ROOT / "components" / f"{name}.py").read_text())
+    return next(n.name for n in tree.body if isinstance(n, ast.ClassDef)
+                and any(ast.unparse(b) == "pulumi.ComponentResource" for b in n.bases))
+
+
+def arg_classes(name: str) -> list[str]:
+    """The component's args class first, then the classes its args are made of."""
+    classes = [c for c in described(name) if c != component_class(name)]
+    return sorted(classes, key=lambda c: not c.endswith("Args"))
 
 
 def _default(f: dataclasses.Field) -> str:
@@ -39,23 +74,15 @@ def _default(f: dataclasses.Field) -> str:
 
 def args_section(name: str) -> str:
     module = importlib.import_module(f"components.{name}")
-    source = (ROOT / "components" / f"{name}.py").read_text()
-    classes = sorted(re.findall(r"^class (\w*(?:Args|Thresholds|Link)):", source, re.M),
-                     key=lambda c: not c.endswith("Args"))  # the component's own args first
     out = []
-    for cls in classes:
-        notes = _comments(source, cls)
-        out.append(f"{MARK}`{cls}`):" if cls.endswith("Args") else f"`{cls}`:")
+    for cls in arg_classes(name):
+        out.append(f"{MARK}`{cls}`, each described where it is declared below):" if cls.endswith("Args")
+                   else f"`{cls}`:")
         for f in dataclasses.fields(getattr(module, cls)):
-            note = f" — {notes[f.name]}" if f.name in notes else ""
-            out.append(f"    {f.name}: {f.type} = {_default(f)}{note}".replace(" = required", ", required"))
+            out.append(f"    {f.name}: {f.type} = {_default(f)}".replace(" = required", ", required"))
         out.append("")
-    component = next(c for c in re.findall(r"^class (\w+)\(pulumi.ComponentResource\):", source, re.M))
-    # The class's annotations, comment lines between them allowed.
-    outputs = re.findall(rf"class {component}\(pulumi.ComponentResource\):\n((?:    (?:#.*|\w+: .+)\n)+)", source)
-    names = [line.split(":")[0].strip() for line in outputs[0].splitlines()
-             if not line.strip().startswith("#")] if outputs else []
-    out += textwrap.wrap(f"Outputs: {', '.join(names)}.", width=100, break_on_hyphens=False)
+    outputs = list(described(name)[component_class(name)])
+    out += textwrap.wrap(f"Outputs: {', '.join(outputs)}.", width=100, break_on_hyphens=False)
     out.append("")
     example = (ROOT / "examples" / name / "__main__.py").read_text()
     call = example.split('"""', 2)[2].strip()  # the imports and the call, without the docstring
@@ -63,6 +90,45 @@ def args_section(name: str) -> str:
     out.append("")
     out += [f"    {line}" if line else "" for line in call.splitlines()]
     return "\n".join(out)
+
+
+REFERENCE = ROOT / "docs" / "components.md"
+START = "<!-- component-reference:start (generated by `python -m offline.component_docs --write`) -->"
+END = "<!-- component-reference:end -->"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def reference() -> str:
+    """Every component's args and outputs, with their descriptions, as Markdown tables."""
+    out = []
+    for name in COMPONENTS:
+        module = importlib.import_module(f"components.{name}")
+        docs, component = described(name), component_class(name)
+        out += [f"### {component} (`components/{name}.py`)", ""]
+        for cls in arg_classes(name):
+            out += [f"`{cls}`:", "", "| arg | type | default | description |", "|---|---|---|---|"]
+            for f in dataclasses.fields(getattr(module, cls)):
+                out.append(f"| `{f.name}` | `{_cell(str(f.type))}` | `{_cell(_default(f))}` | "
+                           f"{_cell(docs[cls][f.name])} |")
+            out.append("")
+        out += ["Outputs:", "", "| output | type | description |", "|---|---|---|"]
+        types = annotations(name, component)
+        for output, text in docs[component].items():
+            out.append(f"| `{output}` | `{_cell(types[output])}` | {_cell(text)} |")
+        out.append("")
+    return "\n".join(out).rstrip("\n")
+
+
+def updated_reference(text: str | None = None) -> str:
+    text = REFERENCE.read_text() if text is None else text
+    head, sep, rest = text.partition(START)
+    _, sep2, tail = rest.partition(END)
+    if not (sep and sep2):
+        raise ValueError(f"docs/components.md lacks the markers {START!r} ... {END!r}")
+    return f"{head}{START}\n{reference()}\n{END}{tail}"
 
 
 def updated(name: str, text: str | None = None) -> str:
@@ -84,12 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     stale = [n for n in COMPONENTS if updated(n) != (ROOT / "components" / f"{n}.py").read_text()]
+    reference_stale = updated_reference() != REFERENCE.read_text()
     if args.write:
         for name in stale:
             (ROOT / "components" / f"{name}.py").write_text(updated(name))
-    for name in stale:
-        print(f"{'rewrote' if args.write else 'stale'}: components/{name}.py", file=sys.stderr)
-    return 1 if stale and not args.write else 0
+        if reference_stale:
+            REFERENCE.write_text(updated_reference())
+    for path in [f"components/{n}.py" for n in stale] + (["docs/components.md"] if reference_stale else []):
+        print(f"{'rewrote' if args.write else 'stale'}: {path}", file=sys.stderr)
+    return 1 if (stale or reference_stale) and not args.write else 0
 
 
 if __name__ == "__main__":
