@@ -79,7 +79,7 @@ class EdgeArgs:
     load_balancer_arn: pulumi.Input[str]
     """The ALB the web ACL is associated with."""
     rate_limit: int = 300
-    """Requests per client IP per window."""
+    """Requests per client IP per window before WAF blocks it."""
     rate_window_seconds: int = 300
     """The rate-based rule's window in seconds."""
     log_retention_days: int = 30

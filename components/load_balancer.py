@@ -150,7 +150,7 @@ class LoadBalancerArgs:
     hosted_zone_id: str = ""
     """The Route 53 public zone of domainName."""
     http_mode: Literal["none", "redirect"] = "none"
-    """Redirect: 80 answers 301 to HTTPS."""
+    """Port 80: closed (none), or a 301 to HTTPS (redirect). Never forwarded: clients send keys."""
     ingress_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
     """Who may reach the listeners over IPv4."""
     ingress_ipv6_cidrs: list[str] = field(default_factory=lambda: ["::/0"])
@@ -162,8 +162,7 @@ class LoadBalancerArgs:
     """The target group's health check path (ALB: up to 1,024 characters, starting with /)."""
     deregistration_delay_seconds: int = 60
     """The longest stream a deploy or scale-in never cuts: requests in flight on a stopping task run this long
-    before ECS sends SIGTERM (ALB: 0 to 3,600); on Fargate Spot at most stop_timeout_seconds - 55 of the
-    service."""
+    before ECS sends SIGTERM (ALB: 0 to 3,600); on Fargate Spot at most the service's stop timeout - 55."""
     ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
     """The HTTPS listener's predefined security policy."""
     deletion_protection: bool = False

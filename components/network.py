@@ -109,9 +109,10 @@ class NetworkArgs:
     """The path of the flow logs' role, e.g. /llm-service/staging/, so a deploy role's IAM rights can be
     scoped to it."""
     guard_duty_endpoint: bool = False
-    """Declare GuardDuty Runtime Monitoring's VPC endpoint here. With automated agent configuration GuardDuty
-    adds one of its own to the VPC of every monitored task and deletes it only when Runtime Monitoring is
-    disabled, so the VPC could not be deleted; it reuses one that exists."""
+    """True where the account runs GuardDuty Runtime Monitoring for Fargate: the VPC endpoint GuardDuty needs
+    is declared here. With automated agent configuration GuardDuty otherwise adds one of its own to the VPC
+    of every monitored task and deletes it only when Runtime Monitoring is disabled, so the VPC could not
+    be deleted; it reuses one that exists."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):

@@ -88,8 +88,8 @@ class SecretsArgs:
     names: list[str] = field(default_factory=lambda: ["openai-api-key"])
     """The secrets injected into the container (NAME_IN_CAPS), the LLM API key first."""
     source: Literal["external", "pulumi"] = "external"
-    """External: the stack creates empty secrets and `python -m ops.apikey put` fills them; pulumi: the values
-    come from `pulumi config set --secret <name>`."""
+    """Where the values come from. external: the stack creates empty secrets and `python -m ops.apikey put`
+    fills them; pulumi: the values come from `pulumi config set --secret <name>` (passed as values)."""
     values: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     """The secrets' values, name -> value, when source is pulumi; {} otherwise."""
     recovery_window_days: int = 7

@@ -8,6 +8,7 @@ allowed. Defaults suit a small staging environment; prod must say more (see `_pr
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import re
@@ -28,16 +29,20 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from components.budget import BudgetArgs
 from components.budget import problems as budget_problems
-from components.cache import FAMILIES, MAX_NODES
+from components.cache import FAMILIES, MAX_NODES, CacheArgs
 from components.cache import problems as cache_problems
+from components.edge import EdgeArgs
 from components.edge import problems as edge_problems
-from components.load_balancer import OUT_OF_ROTATION_SECONDS
+from components.load_balancer import OUT_OF_ROTATION_SECONDS, LoadBalancerArgs
 from components.load_balancer import problems as load_balancer_problems
-from components.network import AZ_SLOTS
+from components.monitoring import Thresholds
+from components.network import AZ_SLOTS, NetworkArgs
 from components.network import problems as network_problems
+from components.secrets_store import SecretsArgs
 from components.secrets_store import problems as secrets_problems
-from components.service import FARGATE_SIZES
+from components.service import FARGATE_SIZES, ServiceArgs
 from components.service import problems as service_problems
 from infra.aws_rules import (
     LOG_RETENTION_DAYS,
@@ -46,6 +51,7 @@ from infra.aws_rules import (
     regions,
     tag_problem,
 )
+from infra.field_docs import attribute_docs
 
 PROJECT = "llm-service"
 # The secrets the stack adds beside secrets.names: the client keys' hashes (their value:
@@ -146,6 +152,23 @@ def allow(text: str) -> dict[str, str]:
     return {"allowed": text}
 
 
+def component_field(args: type, name: str, **kw: Any) -> Any:
+    """A setting that is one of a component's arguments, declared once, with the component: its
+    default and description are the argument's (an argument a section names in camelCase there,
+    as the stack file does). `kw` adds the stack's own bounds and the reference's allowed text;
+    a stack default that differs is passed as `default` and listed in DELIBERATE_DEFAULTS."""
+    arg = {f.name: f for f in dataclasses.fields(args)}[name]
+    names = {f.name for f in dataclasses.fields(args)}
+    description = re.sub(r"\b[a-z0-9]+(?:_[a-z0-9]+)+\b",
+                         lambda m: to_camel(m[0]) if m[0] in names else m[0], attribute_docs(args)[name])
+    if "default" not in kw and "default_factory" not in kw:
+        if arg.default is not dataclasses.MISSING:
+            kw["default"] = arg.default
+        elif arg.default_factory is not dataclasses.MISSING:
+            kw["default_factory"] = arg.default_factory
+    return Field(description=description, **kw)
+
+
 class _Section(BaseModel):
     # Field docstrings are the config reference's descriptions. Numbers are taken where a string
     # is expected (an unquoted `engineVersion: 8.0` or `user: 1000` in YAML).
@@ -167,24 +190,15 @@ Retention = Annotated[int, AfterValidator(_retention)]
 
 
 class NetworkConfig(_Section):
-    cidr: str = Field("10.20.0.0/16", json_schema_extra=allow("a private IPv4 CIDR, /16 to /24"))
-    """The VPC's address range. AWS: a VPC is /16 to /28; this stack carves 12 subnets from it."""
-    subnet_prefix_length: int = Field(20, ge=16, le=28)
-    """Prefix length of every subnet (AWS: /16 to /28), longer than the VPC's."""
-    az_count: int = Field(2, ge=2, le=AZ_SLOTS)
-    """Availability zones used; the region must have this many standard AZs where Fargate runs
-    (asked at preview)."""
-    nat_strategy: Literal["single", "per_az"] = "single"
-    """One NAT gateway for the VPC, or one per AZ (an AZ outage then cuts no other AZ's egress)."""
-    interface_endpoints: bool = False
-    """Interface endpoints (Secrets Manager, ECR API and Docker, CloudWatch Logs, KMS) in each AZ
-    instead of the NAT."""
-    guard_duty_endpoint: bool = False
-    """true where the account runs GuardDuty Runtime Monitoring for Fargate: the stack declares
-    GuardDuty's endpoint, which GuardDuty then uses instead of adding its own (which it never
-    deletes, so the VPC could not be)."""
-    flow_log_retention_days: Retention = Field(30, json_schema_extra=RETENTION)
-    """Days VPC flow logs are kept in CloudWatch Logs."""
+    cidr: str = component_field(
+        NetworkArgs, "cidr", default="10.20.0.0/16", json_schema_extra=allow("a private IPv4 CIDR, /16 to /24"))
+    subnet_prefix_length: int = component_field(NetworkArgs, "subnet_prefix_length", ge=16, le=28)
+    az_count: int = component_field(NetworkArgs, "az_count", default=2, ge=2, le=AZ_SLOTS)
+    nat_strategy: Literal["single", "per_az"] = component_field(NetworkArgs, "nat_strategy")
+    interface_endpoints: bool = component_field(NetworkArgs, "interface_endpoints")
+    guard_duty_endpoint: bool = component_field(NetworkArgs, "guard_duty_endpoint")
+    flow_log_retention_days: Retention = component_field(
+        NetworkArgs, "flow_log_retention_days", json_schema_extra=RETENTION)
 
     @model_validator(mode="after")
     def _what_the_layout_holds(self) -> NetworkConfig:
@@ -262,23 +276,20 @@ class LlmConfig(_Section):
 
 
 class SecretsConfig(_Section):
-    source: Literal["external", "pulumi"] = "external"
-    """external: the stack creates empty secrets and `python -m ops.apikey put` fills them;
-    pulumi: the values come from `pulumi config set --secret <name>`."""
-    names: list[str] = Field(default_factory=lambda: ["openai-api-key"], min_length=1,
-                             json_schema_extra=allow("unique names of 2 to 63 lower-case "
-                                                     "letters, digits and hyphens"))
-    """The secrets injected into the container (NAME_IN_CAPS), the LLM API key first."""
-    recovery_window_days: int = Field(7, json_schema_extra=allow("0, or 7 to 30"))
-    """Days a deleted secret can be restored. Secrets Manager: 0 (at once) or 7 to 30."""
+    source: Literal["external", "pulumi"] = component_field(SecretsArgs, "source")
+    names: list[str] = component_field(
+        SecretsArgs, "names",
+        min_length=1,
+        json_schema_extra=allow("unique names of 2 to 63 lower-case "
+                                                             "letters, digits and hyphens"))
+    recovery_window_days: int = component_field(
+        SecretsArgs, "recovery_window_days", json_schema_extra=allow("0, or 7 to 30"))
     rotation_age_days: int = Field(90, ge=1)
     """The age in days past which `python -m ops.apikey check` fails, asking for `rotate`."""
-    key_deletion_window_days: int = Field(7, json_schema_extra=allow("7 to 30"))
-    """Days before a deleted KMS key is gone. KMS: 7 to 30."""
-    adopt: dict[str, str] = Field(default_factory=dict, json_schema_extra=allow(
+    key_deletion_window_days: int = component_field(
+        SecretsArgs, "key_deletion_window_days", default=7, json_schema_extra=allow("7 to 30"))
+    adopt: dict[str, str] = component_field(SecretsArgs, "adopt", json_schema_extra=allow(
         "key: a KMS key id; each secret's name: its ARN (as `python -m ops.teardown restore` prints them)"))
-    """The key and secrets a re-created stack imports instead of creating (after
-    `python -m ops.teardown restore`); {} otherwise. Harmless once imported."""
 
     @model_validator(mode="after")
     def _what_aws_refuses(self) -> SecretsConfig:
@@ -306,52 +317,33 @@ class ServiceConfig(_Section):
                                                       "(registry/repository:tag or @sha256:digest)"))
     """build: the stack builds gateway/ (Docker with buildx where `pulumi up` runs) and deploys
     it by digest; anything else is an image used as given."""
-    cpu: int = Field(512, json_schema_extra=allow(", ".join(map(str, FARGATE_SIZES))))
-    """Task CPU units (1024 = one vCPU). Fargate's task sizes."""
-    memory: int = Field(1024, json_schema_extra=allow("what Fargate pairs with cpu"))
-    """Task memory in MiB; Fargate accepts fixed steps per cpu size."""
-    architecture: Literal["ARM64", "X86_64"] = "ARM64"
-    """CPU architecture of the tasks (and of the image the stack builds)."""
-    container_port: int = Field(8080, ge=1024, le=65535)
-    """The port the container listens on; above 1023, since it runs as a non-root user."""
-    user: str = Field("1000:1000", json_schema_extra=allow("uid[:gid] or name[:group], not root"))
-    """The user the container runs as. Never root (uid 0): the policy pack refuses it too."""
+    cpu: int = component_field(ServiceArgs, "cpu", json_schema_extra=allow(", ".join(map(str, FARGATE_SIZES))))
+    memory: int = component_field(ServiceArgs, "memory", json_schema_extra=allow("what Fargate pairs with cpu"))
+    architecture: Literal["ARM64", "X86_64"] = component_field(ServiceArgs, "architecture")
+    container_port: int = component_field(ServiceArgs, "container_port", ge=1024, le=65535)
+    user: str = component_field(
+        ServiceArgs, "user", json_schema_extra=allow("uid[:gid] or name[:group], not root"))
     health_check_command: str = ""
     """Run inside the container; "" means the gateway's own check for the built image, and
     `curl -fsS http://localhost:<port><healthCheckPath>` for any other."""
-    min_tasks: int = Field(1, ge=0)
-    """Fewest tasks autoscaling keeps."""
-    max_tasks: int = Field(4, ge=1, le=5000)
-    """Most tasks autoscaling starts (ECS: 5,000 tasks a service)."""
-    desired_tasks: int = Field(1, ge=0)
-    """Tasks at the first deploy (autoscaling owns the count afterwards)."""
-    autoscaling: bool = True
-    """Target tracking on CPU, memory and requests per target."""
-    cpu_target: int = Field(60, ge=10, le=90)
-    """Average CPU % that target tracking holds."""
-    memory_target: int = Field(70, ge=10, le=90)
-    """Average memory % that target tracking holds."""
-    requests_per_target: int = Field(50, ge=1)
-    """Requests a minute per task that target tracking holds (ALBRequestCountPerTarget)."""
-    scale_out_cooldown: int = Field(60, ge=0)
-    """Seconds after a scale-out before the next."""
-    scale_in_cooldown: int = Field(300, ge=0)
-    """Seconds after a scale-in before the next; at least healthCheckGraceSeconds."""
-    fargate_base: int = Field(0, ge=0, le=100000)
-    """Tasks that always run on on-demand Fargate (ECS: base 0 to 100,000)."""
-    fargate_weight: int = Field(1, ge=0, le=1000)
-    """Share of tasks beyond the base on on-demand Fargate (ECS: weight 0 to 1,000)."""
-    spot_weight: int = Field(0, ge=0, le=1000)
-    """Share of tasks beyond the base on Fargate Spot (ECS: weight 0 to 1,000)."""
-    health_check_grace_seconds: int = Field(60, ge=0, le=2147483647)
-    """Seconds ECS ignores failing load balancer health checks of a new task."""
-    stop_timeout_seconds: int = Field(120, json_schema_extra=allow("2 to 120"))
-    """Seconds between SIGTERM and SIGKILL (Fargate: at most 120); the gateway drains for this
-    less 5."""
-    log_retention_days: Retention = Field(30, json_schema_extra=RETENTION)
-    """Days the container's logs are kept."""
-    execute_command: bool = False
-    """ECS Exec into tasks (staging only: prod refuses it)."""
+    min_tasks: int = component_field(ServiceArgs, "min_tasks", ge=0)
+    max_tasks: int = component_field(ServiceArgs, "max_tasks", ge=1, le=5000)
+    desired_tasks: int = component_field(ServiceArgs, "desired_tasks", ge=0)
+    autoscaling: bool = component_field(ServiceArgs, "autoscaling")
+    cpu_target: int = component_field(ServiceArgs, "cpu_target", ge=10, le=90)
+    memory_target: int = component_field(ServiceArgs, "memory_target", ge=10, le=90)
+    requests_per_target: int = component_field(ServiceArgs, "requests_per_target", ge=1)
+    scale_out_cooldown: int = component_field(ServiceArgs, "scale_out_cooldown", ge=0)
+    scale_in_cooldown: int = component_field(ServiceArgs, "scale_in_cooldown", ge=0)
+    fargate_base: int = component_field(ServiceArgs, "fargate_base", ge=0, le=100000)
+    fargate_weight: int = component_field(ServiceArgs, "fargate_weight", ge=0, le=1000)
+    spot_weight: int = component_field(ServiceArgs, "spot_weight", ge=0, le=1000)
+    health_check_grace_seconds: int = component_field(
+        ServiceArgs, "health_check_grace_seconds", ge=0, le=2147483647)
+    stop_timeout_seconds: int = component_field(
+        ServiceArgs, "stop_timeout_seconds", json_schema_extra=allow("2 to 120"))
+    log_retention_days: Retention = component_field(ServiceArgs, "log_retention_days", json_schema_extra=RETENTION)
+    execute_command: bool = component_field(ServiceArgs, "execute_command")
     ecr_repository: bool = True
     """Create an ECR repository (needed by image: build)."""
 
@@ -389,38 +381,28 @@ HEALTH_CHECK_PATH = re.compile(r"/[A-Za-z0-9_.~$/'@:+&()!,;=%-]{0,1023}")
 
 
 class LoadBalancerConfig(_Section):
-    certificate_arn: str = Field("", json_schema_extra=allow(
+    certificate_arn: str = component_field(LoadBalancerArgs, "certificate_arn", json_schema_extra=allow(
         "arn:<partition>:acm:<the stack's region>:<account>:certificate/<uuid>, or \"\""))
-    """The ACM certificate the HTTPS listener serves; "" when domainName and hostedZoneId let
-    the stack issue one."""
-    domain_name: str = Field("", json_schema_extra=allow("a DNS name, or \"\""))
-    """The service's name; with hostedZoneId the stack issues its certificate and DNS record."""
-    hosted_zone_id: str = Field("", json_schema_extra=allow("a Route 53 zone id (Z...), or \"\""))
-    """The Route 53 public zone of domainName."""
+    domain_name: str = component_field(
+        LoadBalancerArgs, "domain_name", json_schema_extra=allow("a DNS name, or \"\""))
+    hosted_zone_id: str = component_field(
+        LoadBalancerArgs, "hosted_zone_id", json_schema_extra=allow("a Route 53 zone id (Z...), or \"\""))
     # No plain-HTTP mode: API clients send a bearer key with every request, and the policy
     # pack refuses a listener that forwards HTTP, so config never offers one.
-    http_mode: Literal["none", "redirect"] = "none"
-    """Port 80: closed, or a 301 to HTTPS. Never forwarded: clients send keys."""
-    ingress_cidrs: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"],
-                                     json_schema_extra=allow("IPv4 CIDRs (network addresses)"))
-    """Who may reach the listeners over IPv4."""
-    ingress_ipv6_cidrs: list[str] = Field(default_factory=lambda: ["::/0"],
-                                          json_schema_extra=allow("IPv6 CIDRs (network addresses)"))
-    """Who may reach the listeners over IPv6."""
-    idle_timeout_seconds: int = Field(600, json_schema_extra=allow("1 to 4000"))
-    """Seconds a connection may carry no byte (ALB: 1 to 4,000); streams need minutes."""
-    health_check_path: str = Field("/healthz", json_schema_extra=allow(
+    http_mode: Literal["none", "redirect"] = component_field(LoadBalancerArgs, "http_mode")
+    ingress_cidrs: list[str] = component_field(
+        LoadBalancerArgs, "ingress_cidrs", json_schema_extra=allow("IPv4 CIDRs (network addresses)"))
+    ingress_ipv6_cidrs: list[str] = component_field(
+        LoadBalancerArgs, "ingress_ipv6_cidrs", json_schema_extra=allow("IPv6 CIDRs (network addresses)"))
+    idle_timeout_seconds: int = component_field(
+        LoadBalancerArgs, "idle_timeout_seconds", json_schema_extra=allow("1 to 4000"))
+    health_check_path: str = component_field(LoadBalancerArgs, "health_check_path", json_schema_extra=allow(
         "/ and up to 1,023 of A-Z a-z 0-9 _ . ~ $ / ' @ : + & ( ) ! , ; = % -"))
-    """The target group's health check path (ALB: up to 1,024 characters, starting with /)."""
-    deregistration_delay_seconds: int = Field(60, json_schema_extra=allow("0 to 3600"))
-    """The longest stream a deploy or scale-in never cuts: requests in flight on a stopping task
-    run this long before ECS sends SIGTERM (ALB: 0 to 3,600); on Fargate Spot at most
-    service.stopTimeoutSeconds - 55."""
-    ssl_policy: str = Field("ELBSecurityPolicy-TLS13-1-2-2021-06",
-                            json_schema_extra=allow("an ALB security policy with TLS 1.3"))
-    """The HTTPS listener's predefined security policy."""
-    access_log_retention_days: int = Field(90, ge=1)
-    """Days ALB access logs stay in their S3 bucket."""
+    deregistration_delay_seconds: int = component_field(
+        LoadBalancerArgs, "deregistration_delay_seconds", json_schema_extra=allow("0 to 3600"))
+    ssl_policy: str = component_field(
+        LoadBalancerArgs, "ssl_policy", json_schema_extra=allow("an ALB security policy with TLS 1.3"))
+    access_log_retention_days: int = component_field(LoadBalancerArgs, "access_log_retention_days", ge=1)
 
     @field_validator("certificate_arn")
     @classmethod
@@ -555,34 +537,25 @@ class GatewayConfig(_Section):
 
 
 class CacheConfig(_Section):
-    engine: Literal["valkey", "redis"] = "valkey"
-    """The ElastiCache engine."""
-    engine_version: str = Field("8.0", json_schema_extra=allow(
+    engine: Literal["valkey", "redis"] = component_field(CacheArgs, "engine")
+    engine_version: str = component_field(CacheArgs, "engine_version", json_schema_extra=allow(
         "; ".join(f"{e}: {', '.join(v)}" for e, v in FAMILIES.items())))
-    """The engine version (a parameter group family must exist for it)."""
-    node_type: str = Field("cache.t4g.micro", json_schema_extra=allow(
+    node_type: str = component_field(CacheArgs, "node_type", json_schema_extra=allow(
         "a current-generation node type: cache.t4g/t3 micro to medium, m5/m6g/m7g/r5/r6g/r7g "
         "large and up"))
-    """Every node's type."""
-    nodes: int = Field(1, json_schema_extra=allow(f"1 to {MAX_NODES}"))
-    """Nodes: a primary and up to 5 replicas (cluster mode disabled)."""
-    multi_az: bool = False
-    """Replicas in other AZs; needs automaticFailover and 2 nodes."""
-    automatic_failover: bool = False
-    """Promote a replica when the primary fails; needs 2 nodes."""
-    snapshot_retention_days: int = Field(0, json_schema_extra=allow("0 to 35"))
-    """Days of daily snapshots kept (ElastiCache: 0 to 35; 0 takes none)."""
-    maintenance_window: str = Field("sun:05:00-sun:06:00",
-                                    json_schema_extra=allow("ddd:hh24:mi-ddd:hh24:mi, UTC, 60 minutes "
-                                                            "or more"))
-    """The weekly maintenance window."""
-    snapshot_window: str = Field("03:00-04:00", json_schema_extra=allow(
+    nodes: int = component_field(CacheArgs, "nodes", json_schema_extra=allow(f"1 to {MAX_NODES}"))
+    multi_az: bool = component_field(CacheArgs, "multi_az")
+    automatic_failover: bool = component_field(CacheArgs, "automatic_failover")
+    snapshot_retention_days: int = component_field(
+        CacheArgs, "snapshot_retention_days", json_schema_extra=allow("0 to 35"))
+    maintenance_window: str = component_field(
+        CacheArgs, "maintenance_window",
+        json_schema_extra=allow("ddd:hh24:mi-ddd:hh24:mi, UTC, 60 minutes "
+                                                                    "or more"))
+    snapshot_window: str = component_field(CacheArgs, "snapshot_window", json_schema_extra=allow(
         "hh24:mi-hh24:mi, UTC, not overlapping the maintenance window"))
-    """The daily snapshot window."""
-    log_retention_days: Retention = Field(14, json_schema_extra=RETENTION)
-    """Days the slow and engine logs are kept."""
-    port: int = Field(6379, json_schema_extra=allow("1 to 65535"))
-    """The port the cache listens on."""
+    log_retention_days: Retention = component_field(CacheArgs, "log_retention_days", json_schema_extra=RETENTION)
+    port: int = component_field(CacheArgs, "port", json_schema_extra=allow("1 to 65535"))
 
     @field_validator("engine_version", mode="before")
     @classmethod
@@ -603,12 +576,10 @@ class CacheConfig(_Section):
 
 
 class EdgeConfig(_Section):
-    rate_limit: int = Field(300, json_schema_extra=allow("10 to 2,000,000,000"))
-    """Requests per client IP per window before WAF blocks it."""
-    rate_window_seconds: int = Field(300, json_schema_extra=allow("60, 120, 300 or 600"))
-    """The rate-based rule's window in seconds."""
-    log_retention_days: Retention = Field(30, json_schema_extra=RETENTION)
-    """Days WAF logs are kept."""
+    rate_limit: int = component_field(EdgeArgs, "rate_limit", json_schema_extra=allow("10 to 2,000,000,000"))
+    rate_window_seconds: int = component_field(
+        EdgeArgs, "rate_window_seconds", json_schema_extra=allow("60, 120, 300 or 600"))
+    log_retention_days: Retention = component_field(EdgeArgs, "log_retention_days", json_schema_extra=RETENTION)
 
     @model_validator(mode="after")
     def _what_waf_refuses(self) -> EdgeConfig:
@@ -619,39 +590,31 @@ class EdgeConfig(_Section):
 class MonitoringConfig(_Section):
     alert_emails: list[EmailStr] = Field(default_factory=list)
     """Who gets alarms and budget alerts (each confirms an SNS subscription)."""
-    target_5xx_per_minute: int = Field(5, ge=1, alias="target5xxPerMinute")
-    """5xx answers from tasks per minute that raise an alarm."""
-    alb_5xx_per_minute: int = Field(5, ge=1, alias="alb5xxPerMinute")
-    """5xx answers from the load balancer itself per minute that raise an alarm."""
-    p95_latency_seconds: float = Field(20.0, gt=0, alias="p95LatencySeconds")
-    """Target response time p95 that raises an alarm."""
-    p99_latency_seconds: float = Field(60.0, gt=0, alias="p99LatencySeconds")
-    """Target response time p99 that raises an alarm."""
-    cpu_high_percent: int = Field(85, ge=1, le=100)
-    """Service CPU % (after scaling) that raises an alarm."""
-    memory_high_percent: int = Field(85, ge=1, le=100)
-    """Service memory % that raises an alarm."""
-    cache_cpu_percent: int = Field(80, ge=1, le=100)
-    """The busiest cache node's engine CPU % that raises an alarm."""
-    cache_memory_percent: int = Field(85, ge=1, le=100)
-    """The busiest cache node's memory % that raises an alarm."""
-    cache_evictions_per_5min: int = Field(100, ge=1, alias="cacheEvictionsPer5min")
-    """Cache evictions per 5 minutes that raise an alarm."""
-    cache_hit_rate_min_percent: int = Field(20, ge=0, le=100)
-    """The gateway's hit ratio of cacheable requests under which an alarm fires."""
-    waf_blocked_per_5min: int = Field(500, ge=1, alias="wafBlockedPer5min")
-    """Requests WAF blocks per 5 minutes that raise an alarm."""
+    target_5xx_per_minute: int = component_field(
+        Thresholds, "target_5xx_per_minute", ge=1, alias="target5xxPerMinute")
+    alb_5xx_per_minute: int = component_field(Thresholds, "alb_5xx_per_minute", ge=1, alias="alb5xxPerMinute")
+    p95_latency_seconds: float = component_field(
+        Thresholds, "p95_latency_seconds", gt=0, alias="p95LatencySeconds")
+    p99_latency_seconds: float = component_field(
+        Thresholds, "p99_latency_seconds", gt=0, alias="p99LatencySeconds")
+    cpu_high_percent: int = component_field(Thresholds, "cpu_high_percent", ge=1, le=100)
+    memory_high_percent: int = component_field(Thresholds, "memory_high_percent", ge=1, le=100)
+    cache_cpu_percent: int = component_field(Thresholds, "cache_cpu_percent", ge=1, le=100)
+    cache_memory_percent: int = component_field(Thresholds, "cache_memory_percent", ge=1, le=100)
+    cache_evictions_per_5min: int = component_field(
+        Thresholds, "cache_evictions_per_5min", ge=1, alias="cacheEvictionsPer5min")
+    cache_hit_rate_min_percent: int = component_field(Thresholds, "cache_hit_rate_min_percent", ge=0, le=100)
+    waf_blocked_per_5min: int = component_field(
+        Thresholds, "waf_blocked_per_5min", ge=1, alias="wafBlockedPer5min")
 
 
 class BudgetConfig(_Section):
-    monthly_limit_usd: float = Field(100.0, json_schema_extra=allow("a positive amount"))
-    """The monthly AWS budget of the stack's resources (by the Environment tag)."""
-    actual_thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100],
-                                         json_schema_extra=allow("percentages, 1 to 1000"))
-    """Alerts at these percentages of actual spend."""
-    forecast_thresholds: list[int] = Field(default_factory=lambda: [100],
-                                           json_schema_extra=allow("percentages, 1 to 1000"))
-    """Alerts at these percentages of forecast spend."""
+    monthly_limit_usd: float = component_field(
+        BudgetArgs, "monthly_limit_usd", default=100.0, json_schema_extra=allow("a positive amount"))
+    actual_thresholds: list[int] = component_field(
+        BudgetArgs, "actual_thresholds", json_schema_extra=allow("percentages, 1 to 1000"))
+    forecast_thresholds: list[int] = component_field(
+        BudgetArgs, "forecast_thresholds", json_schema_extra=allow("percentages, 1 to 1000"))
 
     @field_validator("actual_thresholds", "forecast_thresholds")
     @classmethod

@@ -20,6 +20,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from infra.field_docs import attribute_docs
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ["network", "secrets_store", "load_balancer", "registry", "image", "service", "cache", "edge",
               "monitoring", "budget"]
@@ -27,20 +29,13 @@ MARK = "Args ("  # where the generated part of a docstring begins
 
 
 def described(name: str) -> dict[str, dict[str, str]]:
-    """class -> field -> its attribute docstring (whitespace folded), for every public class of the
-    component that declares fields: its args, their parts, and the component's outputs."""
+    """class -> field -> its description, for every public class of the component that declares
+    fields: its args, their parts, and the component's outputs."""
+    module = importlib.import_module(f"components.{name}")
     tree = ast.parse((ROOT / "components" / f"{name}.py").read_text())
-    found: dict[str, dict[str, str]] = {}
-    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and not n.name.startswith("_")):
-        fields: dict[str, str] = {}
-        for st, after in zip(cls.body, [*cls.body[1:], None], strict=True):
-            if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name):
-                doc = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) \
-                    and isinstance(after.value.value, str) else ""
-                fields[st.target.id] = " ".join(doc.split())
-        if fields:
-            found[cls.name] = fields
-    return found
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef) and not n.name.startswith("_")
+               and any(isinstance(st, ast.AnnAssign) for st in n.body)]
+    return {c: attribute_docs(getattr(module, c)) for c in classes}
 
 
 def annotations(name: str, cls: str) -> dict[str, str]:

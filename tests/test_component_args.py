@@ -290,3 +290,25 @@ def test_every_setting_of_a_section_reaches_its_component_or_is_the_programs_own
         for name in set(model.model_fields) - takes:
             assert re.search(rf"\.{name}\b", program) or section == "monitoring" and name == "alert_emails", \
                 f"{section}.{name} reaches nothing"
+
+
+def test_a_section_takes_its_settings_default_and_description_from_the_component():
+    """One declaration: ServiceConfig.cpu states only the stack's bounds; its default and its
+    description are ServiceArgs.cpu's, and a snake_case argument named in it reads in camelCase."""
+    from infra.config import ServiceConfig, component_field
+
+    cpu = ServiceConfig.model_fields["cpu"]
+    assert cpu.default == 512 == {f.name: f for f in dataclasses.fields(ServiceArgs)}["cpu"].default
+    assert cpu.description == "Task CPU units (1024 = one vCPU). Fargate's task sizes."
+    assert "healthCheckGraceSeconds" in ServiceConfig.model_fields["scale_in_cooldown"].description
+
+    @dataclasses.dataclass
+    class WidgetArgs:
+        size_mb: int = 3
+        """Bigger than min_size_mb, and never 0 (not_a_field stays)."""
+        min_size_mb: int = 1
+        """The least."""
+
+    field = component_field(WidgetArgs, "size_mb", ge=1)
+    assert (field.default, field.description) == (3, "Bigger than minSizeMb, and never 0 (not_a_field stays).")
+    assert component_field(WidgetArgs, "size_mb", default=5).default == 5
