@@ -50,6 +50,7 @@ Args (`ServiceArgs`, each described where it is declared below):
     stop_timeout_seconds: int = 120
     log_retention_days: int = 30
     execute_command: bool = False
+    container_insights: Literal['enabled', 'enhanced'] = 'enabled'
     repository_arn: Optional[pulumi.Input[str]] = None
     task_role_statements: list[dict[str, Any]] = []
     iam_path: str = '/'
@@ -255,6 +256,9 @@ class ServiceArgs:
     """Days the container's logs are kept."""
     execute_command: bool = False
     """ECS Exec into tasks (staging only: prod refuses it)."""
+    container_insights: Literal["enabled", "enhanced"] = "enabled"
+    """Container Insights on the cluster: enabled, or enhanced (task- and container-level metrics,
+    billed as more CloudWatch metrics). Never off: the alarms read its task count."""
     repository_arn: Optional[pulumi.Input[str]] = None
     """The ECR repository the tasks pull from."""
     task_role_statements: list[dict[str, Any]] = field(default_factory=list)
@@ -300,7 +304,7 @@ class Service(pulumi.ComponentResource):
 
         self.cluster = aws.ecs.Cluster(
             f"{name}-cluster", name=args.name,
-            settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value="enabled")],
+            settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value=args.container_insights)],
             tags=dict(args.cluster_tags) or None,
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )

@@ -344,6 +344,7 @@ class ServiceConfig(_Section):
         ServiceArgs, "stop_timeout_seconds", json_schema_extra=allow("2 to 120"))
     log_retention_days: Retention = component_field(ServiceArgs, "log_retention_days", json_schema_extra=RETENTION)
     execute_command: bool = component_field(ServiceArgs, "execute_command")
+    container_insights: Literal["enabled", "enhanced"] = component_field(ServiceArgs, "container_insights")
     ecr_repository: bool = True
     """Create an ECR repository (needed by image: build)."""
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from infra.config import load
+import pytest
+
+from infra.config import ConfigError, load
 from ops.verify import Expect
 from tests.conftest import config_of, container, policy, with_changes
 
@@ -344,3 +346,16 @@ def test_task_log_group_is_encrypted_with_retention(stack):
     group = stack.one("aws:cloudwatch/logGroup:LogGroup", "service-logs")
     assert group.inputs["kmsKeyId"] == stack.outputs["kmsKeyArn"]
     assert group.inputs["retentionInDays"] == config_of(stack).service.log_retention_days
+
+
+def test_container_insights_is_enabled_by_default_and_enhanced_when_a_stack_says_so(synth, stack):
+    def insights(s):
+        return s.one("aws:ecs/cluster:Cluster").inputs["settings"]
+
+    assert insights(stack) == [{"name": "containerInsights", "value": "enabled"}]
+    raw, keys = with_changes("staging", service__containerInsights="enhanced")
+    enhanced = synth("staging", raw=raw, secret_keys=keys)
+    assert insights(enhanced) == [{"name": "containerInsights", "value": "enhanced"}]
+    # Off is refused: the alarms read Container Insights' task count.
+    with pytest.raises(ConfigError, match=r"service.containerInsights: got 'disabled'"):
+        load(*with_changes("staging", service__containerInsights="disabled"))
