@@ -176,7 +176,7 @@ def checked_config(offline: bool = False) -> Stack:
 
 def settings_of(section: BaseModel, args_type: type, **wiring: Any) -> dict[str, Any]:
     """A component's arguments: every setting of its config section that the component takes (by
-    the one name both use; infra/config.py DELIBERATE_DEFAULTS lists where their defaults differ),
+    the one name both use; infra/config/stack.py DELIBERATE_DEFAULTS lists where their defaults differ),
     then what the program wires in."""
     takes = {f.name for f in dataclasses.fields(args_type)}
     settings = {name: copy.copy(getattr(section, name)) for name in type(section).model_fields if name in takes}

@@ -28,7 +28,7 @@ PACKAGES = (
     ),
     Package(
         "config",
-        ("infra/config.py", "infra/aws_rules.py"),
+        ("infra/config/*.py", "infra/aws_rules.py"),
         ("tests/test_config.py", "tests/test_config_refusals.py", "tests/test_config_rules.py",
          "tests/test_lifecycle.py"),
     ),

@@ -48,7 +48,7 @@ def test_fargate_lines_price_each_tasks_size_by_architecture_and_spot_share(repo
 
 
 def test_a_spot_share_splits_tasks_beyond_the_base(synth, prod):
-    # With Spot, the deregistration delay may not exceed the drain (infra/config.py).
+    # With Spot, the deregistration delay may not exceed the drain (infra/config/stack.py).
     s = synth("prod", service__fargateBase=2, service__fargateWeight=1, service__spotWeight=3,
               loadBalancer__deregistrationDelaySeconds=60)
     report = cost.estimate("prod", s.resources, config_of(prod))

@@ -220,7 +220,7 @@ def test_capacity_providers_staging_spot_prod_on_demand_both_graviton(staging, p
 
 
 def test_the_document_that_allows_spot_on_arm64():
-    """infra/config.py has no Spot/ARM64 rule because the ECS API reference allows it; if a
+    """infra/config/ has no Spot/ARM64 rule because the ECS API reference allows it; if a
     botocore update drops this sentence, the decision must be read again."""
     import botocore.session
     model = botocore.session.get_session().get_service_model("ecs")
