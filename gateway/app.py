@@ -33,7 +33,7 @@ from gateway.limits import Limits, Reservation, check_model, estimate, rejection
 from gateway.observe import Record
 from gateway.relay import ENDINGS, UsageFilter, relay, usage_of
 from gateway.settings import Settings
-from gateway.store import Gate, LocalStore, StoreUnavailable, ValkeyStore
+from gateway.store import Gate, LocalStore, Store, StoreUnavailable, ValkeyStore
 from gateway.upstream import Upstream
 
 ROUTES = {
@@ -56,10 +56,12 @@ class App:
     def __init__(self, settings: Settings):
         self.s = settings
         self.upstream = Upstream(settings)
-        self.store = ValkeyStore(
-            settings.cache_host, settings.cache_reader_host, settings.cache_port, settings.cache_auth_token,
-            settings.cache_tls, settings.cache_ca_file or None, settings.service, settings.cache_timeout_seconds,
-            settings.cache_connect_timeout_seconds, settings.max_in_flight + 16,  # + background calls
+        self.store: Store = ValkeyStore(
+            settings.cache_host, reader_host=settings.cache_reader_host, port=settings.cache_port,
+            password=settings.cache_auth_token, tls=settings.cache_tls, ca_file=settings.cache_ca_file or None,
+            service=settings.service, timeout=settings.cache_timeout_seconds,
+            connect_timeout=settings.cache_connect_timeout_seconds,
+            max_connections=settings.max_in_flight + 16,  # + background calls
         ) if settings.cache_host else LocalStore()
         # The limits while the shared store does not answer: this process counts alone, and what
         # it charged is added to the shared counters once the store answers again (`owed`).

@@ -38,8 +38,8 @@ async def invalidate(client: str | None) -> int:
     if not c["cache_host"]:
         print("cachectl: CACHE_HOST is not set: nothing to invalidate", file=sys.stderr)
         return 2
-    store = ValkeyStore(c["cache_host"], "", c["cache_port"], c["cache_auth_token"], c["cache_tls"],
-                        c["cache_ca_file"] or None, c["service"], timeout=5.0)
+    store = ValkeyStore(c["cache_host"], port=c["cache_port"], password=c["cache_auth_token"], tls=c["cache_tls"],
+                        ca_file=c["cache_ca_file"] or None, service=c["service"], timeout=5.0)
     try:
         version = await store.invalidate(client)
     except StoreUnavailable as e:

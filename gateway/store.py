@@ -21,7 +21,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar, cast
+from typing import Any, Optional, Protocol, TypeVar, cast
 
 import redis.asyncio as redis
 from redis.asyncio.connection import ConnectionPool, RedisSSLContext, SSLConnection
@@ -40,87 +40,122 @@ DAY_TTL_S = 2 * 86400
 INFLIGHT_TTL_MS = 15 * 60 * 1000
 WARM_CONNECTIONS = 8  # opened at start-up, so a burst on a new task does not open them at once
 
-GATE = """
+@dataclass(frozen=True)
+class Script:
+    """A Lua script whose KEYS and ARGV are named once, here: its source opens by binding each to a
+    local of that name, and `keys`/`args` order the values a call passes by the same names."""
+
+    key_names: tuple[str, ...]
+    arg_names: tuple[str, ...]
+    body: str
+
+    @property
+    def source(self) -> str:
+        bind = [f"local {', '.join(names)} = unpack({table})"
+                for names, table in ((self.key_names, "KEYS"), (self.arg_names, "ARGV")) if names]
+        return "\n".join(bind) + "\n" + self.body
+
+    def keys(self, **values: str) -> list[str]:
+        return self._ordered(self.key_names, values)
+
+    def args(self, **values: Any) -> list[Any]:
+        return self._ordered(self.arg_names, values)
+
+    @staticmethod
+    def _ordered(names: tuple[str, ...], values: dict[str, Any]) -> list[Any]:
+        if values.keys() != set(names):
+            raise TypeError(f"expected {sorted(names)}, got {sorted(values)}")
+        return [values[n] for n in names]
+
+
+# One round trip per request: the cache entry and every limit of the client, counted atomically.
+GATE = Script(
+    ("ver_key", "client_ver_key", "rpm_key", "tpm_key", "usd_key", "inflight_key"),
+    ("entry_prefix", "cache_hash", "read", "lock", "rpm_limit", "tpm_limit", "nano_limit", "tokens", "nano",
+     "lock_ms", "token", "window_ttl_ms", "day_ttl_s", "counted", "concurrent_limit", "now_ms",
+     "inflight_ttl_ms"),
+    """
 local entry_key = ''
-if ARGV[2] ~= '' then
-  local gv = redis.call('GET', KEYS[1]) or '0'
-  local cv = redis.call('GET', KEYS[2]) or '0'
-  entry_key = ARGV[1] .. gv .. ':' .. cv .. ':' .. ARGV[2]
+if cache_hash ~= '' then
+  local gv = redis.call('GET', ver_key) or '0'
+  local cv = redis.call('GET', client_ver_key) or '0'
+  entry_key = entry_prefix .. gv .. ':' .. cv .. ':' .. cache_hash
 end
-local counted = ARGV[14] == '1'  -- a hit that could not be served, gated again as a miss
-local rpm_used = tonumber(redis.call('GET', KEYS[3]) or '0')
-if not counted and tonumber(ARGV[5]) > 0 and rpm_used >= tonumber(ARGV[5]) then
+local is_counted = counted == '1'  -- a hit that could not be served, gated again as a miss
+local rpm_used = tonumber(redis.call('GET', rpm_key) or '0')
+if not is_counted and tonumber(rpm_limit) > 0 and rpm_used >= tonumber(rpm_limit) then
   return {'requests', rpm_used, entry_key}
 end
 local function count_request()
-  if counted then return end
-  if redis.call('INCR', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[12]) end
+  if is_counted then return end
+  if redis.call('INCR', rpm_key) == 1 then redis.call('PEXPIRE', rpm_key, window_ttl_ms) end
 end
-if ARGV[3] == '1' and entry_key ~= '' then
+if read == '1' and entry_key ~= '' then
   local entry = redis.call('GET', entry_key)
   if entry then
     count_request()
     return {'hit', 0, entry_key, entry}
   end
 end
-if tonumber(ARGV[6]) > 0 then
-  local used = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if used + tonumber(ARGV[8]) > tonumber(ARGV[6]) then return {'tokens', used, entry_key} end
+if tonumber(tpm_limit) > 0 then
+  local used = tonumber(redis.call('GET', tpm_key) or '0')
+  if used + tonumber(tokens) > tonumber(tpm_limit) then return {'tokens', used, entry_key} end
 end
-if tonumber(ARGV[7]) > 0 then
-  local spent = tonumber(redis.call('GET', KEYS[5]) or '0')
-  if spent + tonumber(ARGV[9]) > tonumber(ARGV[7]) then return {'spend', spent, entry_key} end
+if tonumber(nano_limit) > 0 then
+  local spent = tonumber(redis.call('GET', usd_key) or '0')
+  if spent + tonumber(nano) > tonumber(nano_limit) then return {'spend', spent, entry_key} end
 end
-if tonumber(ARGV[15]) > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[16])
-  local flying = redis.call('ZCARD', KEYS[6])
-  if flying >= tonumber(ARGV[15]) then return {'concurrent', flying, entry_key} end
-  redis.call('ZADD', KEYS[6], tonumber(ARGV[16]) + tonumber(ARGV[17]), ARGV[11])
-  redis.call('PEXPIRE', KEYS[6], ARGV[17])
+if tonumber(concurrent_limit) > 0 then
+  redis.call('ZREMRANGEBYSCORE', inflight_key, '-inf', now_ms)
+  local flying = redis.call('ZCARD', inflight_key)
+  if flying >= tonumber(concurrent_limit) then return {'concurrent', flying, entry_key} end
+  redis.call('ZADD', inflight_key, tonumber(now_ms) + tonumber(inflight_ttl_ms), token)
+  redis.call('PEXPIRE', inflight_key, inflight_ttl_ms)
 end
 count_request()
-if ARGV[8] ~= '0' then
-  redis.call('INCRBY', KEYS[4], ARGV[8])
-  redis.call('PEXPIRE', KEYS[4], ARGV[12])
+if tokens ~= '0' then
+  redis.call('INCRBY', tpm_key, tokens)
+  redis.call('PEXPIRE', tpm_key, window_ttl_ms)
 end
-if ARGV[9] ~= '0' then
-  redis.call('INCRBY', KEYS[5], ARGV[9])
-  redis.call('EXPIRE', KEYS[5], ARGV[13])
+if nano ~= '0' then
+  redis.call('INCRBY', usd_key, nano)
+  redis.call('EXPIRE', usd_key, day_ttl_s)
 end
 local holds = 0
-if ARGV[4] == '1' and entry_key ~= '' then
-  if redis.call('SET', entry_key .. ':lock', ARGV[11], 'NX', 'PX', ARGV[10]) then holds = 1 end
+if lock == '1' and entry_key ~= '' then
+  if redis.call('SET', entry_key .. ':lock', token, 'NX', 'PX', lock_ms) then holds = 1 end
 end
 return {'miss', holds, entry_key}
-"""
+""")
 
-FILL = """
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+FILL = Script(("entry_key", "lock_key"), ("entry", "ttl", "lock_token"), """
+redis.call('SET', entry_key, entry, 'EX', ttl)
+if redis.call('GET', lock_key) == lock_token then redis.call('DEL', lock_key) end
 return 1
-"""
+""")
 
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+RELEASE = Script(("lock_key",), ("lock_token",), """
+if redis.call('GET', lock_key) == lock_token then redis.call('DEL', lock_key) end
 return 1
-"""
+""")
 
-SETTLE = """
-if ARGV[1] ~= '0' then
-  redis.call('INCRBY', KEYS[1], ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+SETTLE = Script(("tpm_key", "usd_key", "inflight_key", "rpm_key"),
+                ("tokens", "nano", "window_ttl_ms", "day_ttl_s", "flight", "requests"), """
+if tokens ~= '0' then
+  redis.call('INCRBY', tpm_key, tokens)
+  redis.call('PEXPIRE', tpm_key, window_ttl_ms)
 end
-if ARGV[2] ~= '0' then
-  redis.call('INCRBY', KEYS[2], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
+if nano ~= '0' then
+  redis.call('INCRBY', usd_key, nano)
+  redis.call('EXPIRE', usd_key, day_ttl_s)
 end
-if ARGV[5] ~= '' then redis.call('ZREM', KEYS[3], ARGV[5]) end
-if ARGV[6] ~= '0' then
-  redis.call('INCRBY', KEYS[4], ARGV[6])
-  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+if flight ~= '' then redis.call('ZREM', inflight_key, flight) end
+if requests ~= '0' then
+  redis.call('INCRBY', rpm_key, requests)
+  redis.call('PEXPIRE', rpm_key, window_ttl_ms)
 end
 return 1
-"""
+""")
 
 
 @dataclass
@@ -139,6 +174,46 @@ class Gate:
         return self.outcome in ("hit", "miss")
 
 
+class Store(Protocol):
+    """What the gateway asks of the store of its cache entries and limits. ValkeyStore (shared by
+    every task) and LocalStore (this process alone) both implement it; tests/test_store.py runs one
+    suite against both."""
+
+    kind: str
+
+    async def gate(self, client: str, limits: Limits, cache_hash: str, read: bool, lock: bool,
+                   tokens: int, nano: int, lock_ms: int, counted: bool = False) -> Gate:
+        """The cache entry (a hit) or the client's admission (a miss, with its reservation and,
+        when `lock`, the right to fill the entry), or the limit that refused it."""
+        ...
+
+    async def fill(self, gate: Gate, entry: bytes, ttl: int) -> None:
+        """Store the answer for the gate's entry and give up the right to fill it."""
+        ...
+
+    async def release(self, gate: Gate) -> None:
+        """Give up the right to fill the entry without filling it."""
+        ...
+
+    async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0) -> None:
+        """Correct a reservation to what was used and give back its place in flight."""
+        ...
+
+    async def wait(self, gate: Gate, bound: float) -> Optional[bytes]:
+        """The entry another request is filling, or None (its holder failed, or the bound)."""
+        ...
+
+    async def invalidate(self, client: Optional[str] = None) -> int:
+        """Make every entry (or one client's) unreachable; the new namespace version."""
+        ...
+
+    async def ping(self) -> bool:
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
 class StoreUnavailable(Exception):
     """The store did not answer; the request goes on without cache or limits."""
 
@@ -149,9 +224,9 @@ class ValkeyStore:
 
     kind = "valkey"
 
-    def __init__(self, host: str, reader_host: str, port: int, password: str, tls: bool,
-                 ca_file: Optional[str], service: str, timeout: float, connect_timeout: float = 0.0,
-                 max_connections: int = 1024):
+    def __init__(self, host: str, *, reader_host: str = "", port: int = 6379, password: str = "",
+                 tls: bool = True, ca_file: Optional[str] = None, service: str, timeout: float,
+                 connect_timeout: float = 0.0, max_connections: int = 1024):
         self.prefix = f"llmgw:{service}:"
         # No client-side retries: redis-py's default retries a failed connection 3 times with
         # exponential backoff (seconds), which stalled the first requests after an outage for ~4 s.
@@ -171,10 +246,10 @@ class ValkeyStore:
 
         self.primary = client(host)
         self.reader = client(reader_host) if reader_host and reader_host != host else self.primary
-        self._gate = self.primary.register_script(GATE)
-        self._fill = self.primary.register_script(FILL)
-        self._release = self.primary.register_script(RELEASE)
-        self._settle = self.primary.register_script(SETTLE)
+        self._gate = self.primary.register_script(GATE.source)
+        self._fill = self.primary.register_script(FILL.source)
+        self._release = self.primary.register_script(RELEASE.source)
+        self._settle = self.primary.register_script(SETTLE.source)
         self.down_until = 0.0
 
     async def warm(self, n: int = WARM_CONNECTIONS) -> None:
@@ -201,20 +276,22 @@ class ValkeyStore:
                 asyncio.ensure_future(pool.disconnect())
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from None
 
-    def _keys(self, client: str, minute: int, day: str) -> list[str]:
-        p = self.prefix
-        return [f"{p}ver", f"{p}ver:{client}", f"{p}rpm:{client}:{minute}", f"{p}tpm:{client}:{minute}",
-                f"{p}usd:{client}:{day}", f"{p}inflight:{client}"]
 
     async def gate(self, client: str, limits: Limits, cache_hash: str, read: bool, lock: bool,
                    tokens: int, nano: int, lock_ms: int, counted: bool = False) -> Gate:
         minute, day, _, _ = windows()
         token = os.urandom(8).hex()
-        reply = await self._call(self._gate(keys=self._keys(client, minute, day), args=[
-            f"{self.prefix}e:{client}:", cache_hash, int(read), int(lock), limits.requests_per_minute,
-            limits.tokens_per_minute, limits.nano_per_day, tokens, nano, lock_ms, token,
-            WINDOW_TTL_MS, DAY_TTL_S, int(counted), limits.concurrent_requests, int(time.time() * 1000),
-            INFLIGHT_TTL_MS]))
+        p = self.prefix
+        reply = await self._call(self._gate(
+            keys=GATE.keys(ver_key=f"{p}ver", client_ver_key=f"{p}ver:{client}",
+                           rpm_key=f"{p}rpm:{client}:{minute}", tpm_key=f"{p}tpm:{client}:{minute}",
+                           usd_key=f"{p}usd:{client}:{day}", inflight_key=f"{p}inflight:{client}"),
+            args=GATE.args(entry_prefix=f"{p}e:{client}:", cache_hash=cache_hash, read=int(read), lock=int(lock),
+                           rpm_limit=limits.requests_per_minute, tpm_limit=limits.tokens_per_minute,
+                           nano_limit=limits.nano_per_day, tokens=tokens, nano=nano, lock_ms=lock_ms,
+                           token=token, window_ttl_ms=WINDOW_TTL_MS, day_ttl_s=DAY_TTL_S, counted=int(counted),
+                           concurrent_limit=limits.concurrent_requests, now_ms=int(time.time() * 1000),
+                           inflight_ttl_ms=INFLIGHT_TTL_MS)))
         outcome = reply[0].decode()
         gate = Gate(outcome, entry_key=reply[2].decode() if len(reply) > 2 else "")
         if outcome == "hit":
@@ -228,11 +305,12 @@ class ValkeyStore:
         return gate
 
     async def fill(self, gate: Gate, entry: bytes, ttl: int) -> None:
-        await self._call(self._fill(keys=[gate.entry_key, gate.entry_key + ":lock"],
-                                    args=[entry, ttl, gate.lock_token]))
+        await self._call(self._fill(keys=FILL.keys(entry_key=gate.entry_key, lock_key=gate.entry_key + ":lock"),
+                                    args=FILL.args(entry=entry, ttl=ttl, lock_token=gate.lock_token)))
 
     async def release(self, gate: Gate) -> None:
-        await self._call(self._release(keys=[gate.entry_key + ":lock"], args=[gate.lock_token]))
+        await self._call(self._release(keys=RELEASE.keys(lock_key=gate.entry_key + ":lock"),
+                                       args=RELEASE.args(lock_token=gate.lock_token)))
 
     async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0) -> None:
         """Correct the reservation to what was used, and give back its place in flight;
@@ -241,9 +319,10 @@ class ValkeyStore:
             return
         p = self.prefix
         await self._call(self._settle(
-            keys=[f"{p}tpm:{client}:{r.minute}", f"{p}usd:{client}:{r.day}", f"{p}inflight:{client}",
-                  f"{p}rpm:{client}:{r.minute}"],
-            args=[tokens - r.tokens, nano - r.nano, WINDOW_TTL_MS, DAY_TTL_S, r.flight, requests]))
+            keys=SETTLE.keys(tpm_key=f"{p}tpm:{client}:{r.minute}", usd_key=f"{p}usd:{client}:{r.day}",
+                             inflight_key=f"{p}inflight:{client}", rpm_key=f"{p}rpm:{client}:{r.minute}"),
+            args=SETTLE.args(tokens=tokens - r.tokens, nano=nano - r.nano, window_ttl_ms=WINDOW_TTL_MS,
+                             day_ttl_s=DAY_TTL_S, flight=r.flight, requests=requests)))
 
     async def wait(self, gate: Gate, bound: float) -> Optional[bytes]:
         """The entry another request is filling, or None (its holder failed, or the bound)."""

@@ -22,7 +22,8 @@ def run(request, valkey):
         if request.param == "in-process":
             return LocalStore()
         valkey.client().flushall()
-        return ValkeyStore("127.0.0.1", "", valkey.port, valkey.auth, True, str(valkey.ca_file), SERVICE, 2.0)
+        return ValkeyStore("127.0.0.1", port=valkey.port, password=valkey.auth, ca_file=str(valkey.ca_file),
+                           service=SERVICE, timeout=2.0)
 
     def go(scenario):
         within_one_minute(3)  # a case takes well under a second
@@ -145,3 +146,19 @@ def test_invalidating_one_client_leaves_the_others_and_invalidating_all_reaches_
         assert await store.invalidate() == 1
         assert (await gate(store, "b", cache_hash="h", read=True)).outcome == "miss"
     run(scenario)
+
+
+def test_each_script_names_its_keys_and_arguments_once():
+    from gateway.store import FILL, GATE, RELEASE, SETTLE, Script
+
+    for script in (GATE, FILL, RELEASE, SETTLE):
+        assert "ARGV[" not in script.body and "KEYS[" not in script.body  # only the names
+        first = script.source.splitlines()
+        assert first[0] == f"local {', '.join(script.key_names)} = unpack(KEYS)"
+        assert first[1] == f"local {', '.join(script.arg_names)} = unpack(ARGV)"
+    demo = Script(("a_key",), ("x", "y"), "return 1")
+    assert demo.args(y=2, x=1) == [1, 2] and demo.keys(a_key="k") == ["k"]
+    with pytest.raises(TypeError, match=r"expected \['x', 'y'\], got \['x'\]"):
+        demo.args(x=1)
+    with pytest.raises(TypeError, match=r"got \['x', 'y', 'z'\]"):
+        demo.args(x=1, y=2, z=3)
