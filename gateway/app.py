@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import aiohttp
@@ -50,6 +51,28 @@ PASSED_PREFIXES = ("x-ratelimit-",)
 FORWARDED = {b"accept": "Accept", b"openai-beta": "OpenAI-Beta", b"idempotency-key": "Idempotency-Key"}
 JSON = [(b"content-type", b"application/json")]
 OWN_HEALTH_CHECK = USER_AGENT.encode()  # the container's own check, not the load balancer
+
+
+
+@dataclass(slots=True)
+class Call:
+    """One request on its way through the gateway, made once its client is known: who asks (client,
+    limits), what (route, headers, body, doc), the cache policy, the store's answer (gate), the
+    client's side of the exchange (ex) and the record that becomes its log line (rec). Each step
+    (gate, cache, upstream, relay, settle) reads it and adds what it learns."""
+
+    scope: Scope
+    ex: Exchange
+    headers: RequestHeaders
+    client: Client
+    limits: Limits
+    route: str
+    rec: Record
+    body: Optional[bytes] = None
+    doc: Doc = field(default_factory=dict)
+    policy: cache.Policy = cache.BYPASS
+    gate: Optional[Gate] = None
+    settled: bool = False  # the reservation was settled (once, by `App.finish`)
 
 
 class App:
@@ -168,47 +191,38 @@ class App:
         self.flying[client.name] = here + 1
         try:
             ex = Exchange(send, receive, rec, self.s.sse_keepalive_seconds, self.dog)
-            await self.exchange(scope, ex, headers, client, limits, route, rec)
+            await self.exchange(Call(scope, ex, headers, client, limits, route, rec))
         finally:
             self.flying[client.name] -= 1
 
-    async def exchange(self, scope: Scope, ex: Exchange, headers: RequestHeaders, client: Client, limits: Limits,
-                       route: str, rec: Record) -> None:
-        body: Optional[bytes] = None
-        doc: Doc = {}
+    async def exchange(self, call: Call) -> None:
+        ex, rec, route = call.ex, call.rec, call.route
         size = 0
-        if scope["method"] == "POST":
+        if call.scope["method"] == "POST":
             try:  # a trickled body holds nothing past its deadline
-                body = await ex.read(_read_body(ex.receive, headers, self.s.max_request_bytes))
+                body = await ex.read(_read_body(ex.receive, call.headers, self.s.max_request_bytes))
             except TimeoutError:
                 raise errors.body_timeout(self.s.body_timeout_seconds) from None
             size = len(body)  # the client's bytes, before the gateway asks a stream for its usage
-            body, doc = self.prepare(route, body, rec, client)
-        rec.reserve = estimate(route, doc, size, self.s.output_tokens_estimate)
-        policy = cache.policy(route, doc, headers) if body is not None else cache.BYPASS
-        query = scope.get("query_string", b"")
-        gate = await self.gate(client, limits, route, doc, query, policy, rec)
-        settled = False
-
-        async def finish() -> None:
-            nonlocal settled
-            if not settled:
-                settled = True
-                await self.settle(client, gate, rec)
-
+            call.body, call.doc = self.prepare(route, body, rec, call.client)
+        rec.reserve = estimate(route, call.doc, size, self.s.output_tokens_estimate)
+        if call.body is not None:
+            call.policy = cache.policy(route, call.doc, call.headers)
+        call.gate = await self.gate(call, call.policy)
         try:
+            gate = call.gate
             if gate is not None and gate.entry is not None:
                 if await self.from_cache(ex, gate.entry, route, rec):
                     return
                 # Stored the other way and not convertible: a miss, and a miss passes the limits
                 # (the request itself was counted with the hit).
-                miss = cache.Policy(False, policy.write, "")
-                gate = await self.gate(client, limits, route, doc, query, miss, rec, counted=True)
-            if gate is not None and gate.outcome == "miss" and policy.read and not gate.holds_lock:
+                miss = cache.Policy(False, call.policy.write, "")
+                call.gate = gate = await self.gate(call, miss, counted=True)
+            if gate is not None and gate.outcome == "miss" and call.policy.read and not gate.holds_lock:
                 if await self.coalesce(ex, gate, route, rec):
                     return
-            rec.cache = (policy.label or "MISS") if body is not None else None
-            await self.forward(scope, ex, route, headers, body, doc, rec, gate, policy, finish)
+            rec.cache = (call.policy.label or "MISS") if call.body is not None else None
+            await self.forward(call)
         except ClientGone:
             rec.status, rec.error = 499, "client_disconnected"
         except GatewayError as e:
@@ -218,13 +232,21 @@ class App:
             await _quietly(ex.fail(e))
         finally:
             ex.close()
-            await finish()
+            await self.finish(call)
 
-    async def gate(self, client: Client, limits: Limits, route: str, doc: Doc, query: bytes,
-                   policy: cache.Policy, rec: Record, counted: bool = False) -> Optional[Gate]:
+    async def finish(self, call: Call) -> None:
+        """Settle the request's reservation, once: before its answer's last byte where there is
+        one, else when the exchange ends."""
+        if not call.settled:
+            call.settled = True
+            await self.settle(call.client, call.gate, call.rec)
+
+    async def gate(self, call: Call, policy: cache.Policy, counted: bool = False) -> Optional[Gate]:
         """One round trip: the entry and the client's limits. None: nothing to check, or the
         store did not answer (then the request goes on without cache and limits). `counted`:
         the request was counted already (a hit that could not be served)."""
+        client, limits, route, doc, rec = call.client, call.limits, call.route, call.doc, call.rec
+        query = call.scope.get("query_string", b"")
         if not policy.used and not limits.any:
             return None
         tokens_in, tokens_out = rec.reserve
@@ -340,11 +362,11 @@ class App:
         rec.input_tokens, rec.output_tokens = reserved_in, rec.relayed if rec.stream else reserved_out
         return rec.input_tokens, rec.output_tokens
 
-    async def forward(self, scope: Scope, ex: Exchange, route: str, headers: RequestHeaders, body: Optional[bytes],
-                      doc: Doc, rec: Record, gate: Optional[Gate], policy: cache.Policy,
-                      finish: Callable[[], Awaitable[None]]) -> None:
+    async def forward(self, call: Call) -> None:
         """The upstream's answer to the client. The entry is filled and the reservation settled
         (`finish`) before the answer's last byte goes out: whoever asks next sees both."""
+        scope, ex, route, headers, body, rec, gate = call.scope, call.ex, call.route, call.headers, call.body, \
+            call.rec, call.gate
         forward = {name: headers[raw].decode("latin-1") for raw, name in FORWARDED.items() if raw in headers}
         if "Idempotency-Key" in forward:  # the API's key space is the project's: scope it to the client
             forward["Idempotency-Key"] = tenancy.idempotency_key(rec.client, forward["Idempotency-Key"])
@@ -354,7 +376,7 @@ class App:
         # OPENAI_BASE_URL ends in /v1, as the SDKs expect: append what follows the client's /v1.
         path = scope["path"][3:] + (f"?{scope['query_string'].decode('latin-1')}"
                                     if scope.get("query_string") else "")
-        store = gate if policy.write else None  # the gate whose entry this answer fills
+        store = gate if call.policy.write else None  # the gate whose entry this answer fills
         filled = False
         try:
             try:
@@ -378,7 +400,7 @@ class App:
                     entry = recorded.entry()
                     if store and completed and entry is not None and cache.complete_stream(route, entry):
                         filled = await self.fill(store, cache.encode(cache.SSE_ENTRY, entry), rec)
-                    await finish()
+                    await self.finish(call)
                     await ex.end()
                 else:
                     try:
@@ -395,7 +417,7 @@ class App:
                         if store and len(data) <= self.s.cache_max_entry_bytes \
                                 and cache.complete_answer(route, resp.content_type, data):
                             filled = await self.fill(store, cache.encode(cache.JSON_ENTRY, data), rec)
-                    await finish()
+                    await self.finish(call)
                     if ex.started and resp.status != 200:  # an early-started stream: the error as an event
                         rec.error = "upstream_error"
                         await ex.write(b"data: " + (data if _is_error(data) else errors.upstream_unavailable(
