@@ -77,8 +77,22 @@ GATEWAY_HEALTH_CHECK = ["python", "-m", "gateway.healthcheck"]
 METRICS_NAMESPACE = "LLMService"
 
 
+# The gateway keeps a client's idle connection this much longer than the load balancer does, so
+# the ALB, not the target, closes it (a target closing first makes the ALB answer 502).
+KEEPALIVE_OVER_IDLE_SECONDS = 20
+
+
 def gateway_environment(cfg: StackConfig, prefix: str) -> dict[str, str]:
-    """GATEWAY_* variables for the container, derived from config (gateway/settings.py reads them)."""
+    """GATEWAY_* variables for the container, derived from config: the one place where a stack
+    key takes the gateway's name for it (gateway/settings.py VARIABLES reads each). The ALB's idle
+    timeout, for one, carries through as:
+
+        loadBalancer.idleTimeoutSeconds (stack file)
+        -> LoadBalancerArgs.idle_timeout_seconds (the ALB's idle_timeout attribute)
+        -> GATEWAY_READ_TIMEOUT_SECONDS -> Settings.read_timeout_seconds (aiohttp's sock_read)
+        -> GATEWAY_CLIENT_KEEPALIVE_SECONDS (+ KEEPALIVE_OVER_IDLE_SECONDS)
+           -> Settings.client_keepalive_seconds (uvicorn's timeout_keep_alive)
+    """
     g, lb, svc = cfg.gateway, cfg.load_balancer, cfg.service
     return {
         "GATEWAY_WORKERS": str(max(1, svc.cpu // 1024)),  # one process per whole vCPU
@@ -91,7 +105,7 @@ def gateway_environment(cfg: StackConfig, prefix: str) -> dict[str, str]:
         # Past the ALB's idle timeout the client is gone anyway.
         "GATEWAY_READ_TIMEOUT_SECONDS": str(lb.idle_timeout_seconds),
         # Longer than the ALB's idle timeout, so the ALB, not the target, closes idle connections.
-        "GATEWAY_CLIENT_KEEPALIVE_SECONDS": str(lb.idle_timeout_seconds + 20),
+        "GATEWAY_CLIENT_KEEPALIVE_SECONDS": str(lb.idle_timeout_seconds + KEEPALIVE_OVER_IDLE_SECONDS),
         # Within the task's stop timeout, with time left to exit before SIGKILL.
         "GATEWAY_DRAIN_SECONDS": str(drain_seconds(svc.stop_timeout_seconds)),
         # A target the load balancer still holds is health-checked every interval: this long

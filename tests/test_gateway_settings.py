@@ -95,3 +95,17 @@ def test_a_base_url_with_credentials_is_refused_without_echoing_them():
     with pytest.raises(SettingsError) as e:
         quiet({**LOCAL, "OPENAI_BASE_URL": "https://user:hunter2@api.example.net/v1"})
     assert str(e.value).startswith("OPENAI_BASE_URL carries credentials") and "hunter2" not in str(e.value)
+
+
+def test_a_local_runs_timeouts_are_the_stacks_defaults():
+    """The gateway's own defaults (a `make serve`) follow the ALB idle timeout a stack gets by
+    default, as infra/program.py derives them for a deployed task."""
+    import dataclasses
+
+    from components.load_balancer import LoadBalancerArgs
+    from infra.program import KEEPALIVE_OVER_IDLE_SECONDS
+
+    idle = {f.name: f.default for f in dataclasses.fields(LoadBalancerArgs)}["idle_timeout_seconds"]
+    local = quiet(LOCAL)
+    assert local.read_timeout_seconds == idle
+    assert local.client_keepalive_seconds == idle + KEEPALIVE_OVER_IDLE_SECONDS
