@@ -97,7 +97,7 @@ def test_a_task_that_fails_says_why_in_one_line(service, capsys, mocker, runs):
 
 
 def test_a_task_that_never_stops_times_out(service, mocker, runs):
-    # moto's task stays RUNNING: exactly the stuck task to time out on.
+    # moto's task is still running for its first few descriptions: a stuck task to time out on.
     s = cache_ops.rollout.resolve("staging")
     ticks = iter(range(0, 1000, 100))
     with pytest.raises(cache_ops.Failure, match="has not stopped after 300 s"):
@@ -109,3 +109,109 @@ def test_no_service_is_one_line(aws, capsys):
     assert code == 1
     assert err == ("error: ECS service llm-service-staging/llm-service-staging not found in us-east-1; "
                    "deploy the stack first (pulumi up)\n")
+
+
+# Every part of the one-off task and every line the command prints, exactly (mutation testing of
+# ops/cache.py left 121 of its 296 mutants alive: the tests checked a few arguments and words).
+def test_the_task_is_asked_for_exactly(service, capsys, mocker, runs):
+    at_boundary(mocker, cache_ops, "ecs", "describe_tasks", _ends(0))
+    code, out, err = run(capsys, "--client", "web-app")
+    assert code == 0, err
+    assert runs == [{
+        "cluster": CLUSTER, "taskDefinition": service["task_definition"], "count": 1,
+        "startedBy": "llm-service-cache-invalidate",
+        "capacityProviderStrategy": [{"capacityProvider": "FARGATE", "weight": 1}],
+        "networkConfiguration": service["network"],
+        "overrides": {"containerOverrides": [{"name": "app", "command": [
+            "python", "-m", "gateway.cachectl", "invalidate", "--client", "web-app"]}]},
+    }]
+    (line,) = err.splitlines()
+    assert line.startswith("started ") and line.endswith(f" in {CLUSTER}; waiting up to 300 s")
+    assert "/" not in line.split()[1]  # the task's id, not its ARN
+
+
+def test_the_wait_polls_every_five_seconds_until_the_deadline_exactly(service, mocker, runs):
+    def running(real, **kw):  # moto moves a task on as it is described; this one never ends
+        r = real(**kw)
+        for task in r["tasks"]:
+            task["lastStatus"] = "RUNNING"
+        return r
+    at_boundary(mocker, cache_ops, "ecs", "describe_tasks", running)
+    s = cache_ops.rollout.resolve("staging")
+    slept, now = [], iter([0, 0, 10, 20, 29, 30, 31])
+    with pytest.raises(cache_ops.Failure) as e:
+        cache_ops.invalidate(s, None, 30, sleep=slept.append, clock=lambda: next(now), log=lambda _: None)
+    assert slept == [5, 5, 5, 5]  # at 0, 10, 20 and 29; at 30 the deadline has come
+    task = str(e.value).split()[2]
+    assert str(e.value) == (f"the task {task} has not stopped after 30 s (status RUNNING); look at its logs "
+                            "in the service's log group")
+
+
+def test_a_stopped_task_without_a_container_reason_gives_the_tasks(service, capsys, mocker, runs):
+    def stopped(real, **kw):
+        r = real(**kw)
+        for task in r["tasks"]:
+            task.update(lastStatus="STOPPED", stoppedReason="Essential container in task exited",
+                        containers=[{"name": "sidecar", "exitCode": 0}, {"name": "app", "exitCode": 137}])
+        return r
+    at_boundary(mocker, cache_ops, "ecs", "describe_tasks", stopped)
+    code, out, err = run(capsys)
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1] == "error: the task stopped with exit code 137: Essential container in task exited"
+
+
+def test_a_stopped_task_with_no_reason_at_all_says_so(service, capsys, mocker, runs):
+    def stopped(real, **kw):
+        r = real(**kw)
+        for task in r["tasks"]:
+            task.update(lastStatus="STOPPED", containers=[])
+            task.pop("stoppedReason", None)
+        return r
+    at_boundary(mocker, cache_ops, "ecs", "describe_tasks", stopped)
+    code, _, err = run(capsys)
+    assert code == 1
+    assert err.splitlines()[-1] == "error: the task stopped with exit code None: no reason given"
+
+
+@pytest.mark.parametrize(("answer", "line"), [
+    ({"tasks": [], "failures": [{"arn": "arn:aws:ecs:::container-instance/x", "reason": "RESOURCE:MEMORY"}]},
+     "error: the task did not start: arn:aws:ecs:::container-instance/x RESOURCE:MEMORY"),
+    ({"tasks": [{"taskArn": "arn:aws:ecs:us-east-1:1:task/c/t"}], "failures": [{"reason": "AGENT"}]},
+     "error: the task did not start:  AGENT"),
+    ({"tasks": [], "failures": []}, "error: the task did not start: no task returned"),
+])
+def test_a_task_that_does_not_start_says_why(service, capsys, mocker, answer, line):
+    at_boundary(mocker, cache_ops, "ecs", "run_task", lambda real, **kw: answer)
+    code, out, err = run(capsys)
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1] == line
+
+
+def test_a_service_without_a_network_configuration_is_refused(service, capsys, mocker):
+    def no_network(real, **kw):
+        r = real(**kw)
+        for svc in r["services"]:
+            svc.pop("networkConfiguration", None)
+        return r
+    at_boundary(mocker, cache_ops.rollout, "ecs", "describe_services", no_network)
+    code, _, err = run(capsys)
+    assert code == 1
+    assert err == f"error: {SERVICE} has no network configuration to run a task with\n"
+
+
+def test_an_aws_refusal_names_the_service(service, capsys, mocker):
+    from botocore.exceptions import ClientError
+
+    def denied(real, **kw):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not ecs:RunTask"}}, "RunTask")
+    at_boundary(mocker, cache_ops, "ecs", "run_task", denied)
+    code, _, err = run(capsys)
+    assert code == 1
+    assert err.splitlines()[-1] == "error: access denied to the ECS service of staging: not ecs:RunTask"
+
+
+def test_the_timeout_and_region_options_reach_the_task(service, capsys, mocker, runs):
+    at_boundary(mocker, cache_ops, "ecs", "describe_tasks", _ends(0))
+    code, _, err = run(capsys, "--timeout", "42", "--region", "us-east-1")
+    assert code == 0, err
+    assert err.splitlines()[0].endswith("; waiting up to 42 s")
