@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Literal
 
 import pytest
 
@@ -312,3 +313,27 @@ def test_a_section_takes_its_settings_default_and_description_from_the_component
     field = component_field(WidgetArgs, "size_mb", ge=1)
     assert (field.default, field.description) == (3, "Bigger than minSizeMb, and never 0 (not_a_field stays).")
     assert component_field(WidgetArgs, "size_mb", default=5).default == 5
+
+
+def test_a_new_argument_of_a_component_is_a_stack_key_with_no_line_in_the_config():
+    from infra.config.sections import settings_of
+
+    @dataclasses.dataclass
+    class GadgetArgs:
+        vpc_id: str
+        """Wired in by the program."""
+        retries: int = 3
+        """How often to try again."""
+        mode: Literal["fast", "safe"] = "safe"
+        """How it runs."""
+
+    section = settings_of(GadgetArgs, not_settings={"vpc_id"})
+    assert list(section.model_fields) == ["retries", "mode"]
+    assert section.model_fields["mode"].description == "How it runs."
+    assert section.model_validate({"retries": 5}).mode == "safe"
+    with pytest.raises(ValueError, match="mode"):
+        section.model_validate({"mode": "reckless"})
+    with pytest.raises(ValueError, match="vpcId"):  # wiring is not a key
+        section.model_validate({"vpcId": "vpc-1"})
+    with pytest.raises(TypeError, match=r"GadgetArgs has no argument \['vpc'\]"):
+        settings_of(GadgetArgs, not_settings={"vpc"})

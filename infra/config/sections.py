@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import typing
 import urllib.parse
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -15,6 +17,7 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -77,6 +80,27 @@ class _Section(BaseModel):
     )
 
 
+def settings_of(args: type, *, not_settings: Iterable[str]) -> type[_Section]:
+    """A section's base model: every argument of the component is a setting of the section, with
+    the argument's type, default and description (component_field), except `not_settings` (what
+    the program wires in or decides itself). A new argument of the component is therefore a new
+    stack key without a line here; the section declares a field again only to add the stack's
+    bounds, and adds its own keys and rules."""
+    skip = set(not_settings)
+    unknown = skip - {f.name for f in dataclasses.fields(args)}
+    if unknown:
+        raise TypeError(f"{args.__name__} has no argument {sorted(unknown)}: "
+                        "not_settings names only its arguments")
+    chosen = [f for f in dataclasses.fields(args) if f.name not in skip]
+    # The arguments' annotations are strings (postponed evaluation): resolve the chosen ones in
+    # the component's module, where the names they use are defined.
+    holder = type("Annotations", (), {"__annotations__": {f.name: f.type for f in chosen},
+                                      "__module__": args.__module__})
+    types = typing.get_type_hints(holder)
+    fields: dict[str, Any] = {f.name: (types[f.name], component_field(args, f.name)) for f in chosen}
+    return create_model(f"{args.__name__}Settings", __base__=_Section, **fields)
+
+
 def _retention(v: int) -> int:
     if v not in LOG_RETENTION_DAYS:
         raise ValueError("CloudWatch Logs keeps log events for one of "
@@ -88,14 +112,15 @@ RETENTION = allow("one of " + ", ".join(map(str, LOG_RETENTION_DAYS)))
 Retention = Annotated[int, AfterValidator(_retention)]
 
 
-class NetworkConfig(_Section):
+# What NetworkArgs takes that is not a stack setting: the program wires it in or decides it.
+NETWORK_NOT_SETTINGS = {"region", "kms_key_arn", "iam_path"}
+
+
+class NetworkConfig(settings_of(NetworkArgs, not_settings=NETWORK_NOT_SETTINGS)):
     cidr: str = component_field(
         NetworkArgs, "cidr", default="10.20.0.0/16", json_schema_extra=allow("a private IPv4 CIDR, /16 to /24"))
     subnet_prefix_length: int = component_field(NetworkArgs, "subnet_prefix_length", ge=16, le=28)
     az_count: int = component_field(NetworkArgs, "az_count", default=2, ge=2, le=AZ_SLOTS)
-    nat_strategy: Literal["single", "per_az"] = component_field(NetworkArgs, "nat_strategy")
-    interface_endpoints: bool = component_field(NetworkArgs, "interface_endpoints")
-    guard_duty_endpoint: bool = component_field(NetworkArgs, "guard_duty_endpoint")
     flow_log_retention_days: Retention = component_field(
         NetworkArgs, "flow_log_retention_days", json_schema_extra=RETENTION)
 
@@ -174,8 +199,11 @@ class LlmConfig(_Section):
         return v
 
 
-class SecretsConfig(_Section):
-    source: Literal["external", "pulumi"] = component_field(SecretsArgs, "source")
+# What SecretsArgs takes that is not a stack setting: the program wires it in or decides it.
+SECRETS_NOT_SETTINGS = {"prefix", "region", "values", "protect", "retain_key"}
+
+
+class SecretsConfig(settings_of(SecretsArgs, not_settings=SECRETS_NOT_SETTINGS)):
     names: list[str] = component_field(
         SecretsArgs, "names",
         min_length=1,
@@ -211,14 +239,23 @@ IMAGE_REFERENCE = re.compile(
 CONTAINER_USER = re.compile(r"([0-9]+|[a-z_][a-z0-9_-]*)(:([0-9]+|[a-z_][a-z0-9_-]*))?")
 
 
-class ServiceConfig(_Section):
+# What ServiceArgs takes that is not a stack setting: the program wires it in or decides it.
+# `image` and `healthCheckCommand` are stack keys of the section's own, with their own meaning
+# (`build`, and the gateway's own check for the image it builds).
+SERVICE_NOT_SETTINGS = {
+    "image", "health_check_command", "name", "region", "vpc_id", "subnet_ids", "lb_security_group_id",
+    "target_group_arn",
+    "request_count_label", "kms_key_arn", "health_check_path", "environment", "secrets", "cache",
+    "repository_arn", "task_role_statements", "iam_path", "wait_for", "protect", "cluster_tags"}
+
+
+class ServiceConfig(settings_of(ServiceArgs, not_settings=SERVICE_NOT_SETTINGS)):
     image: str = Field(BUILD, json_schema_extra=allow("build, or an image reference "
                                                       "(registry/repository:tag or @sha256:digest)"))
     """build: the stack builds gateway/ (Docker with buildx where `pulumi up` runs) and deploys
     it by digest; anything else is an image used as given."""
     cpu: int = component_field(ServiceArgs, "cpu", json_schema_extra=allow(", ".join(map(str, FARGATE_SIZES))))
     memory: int = component_field(ServiceArgs, "memory", json_schema_extra=allow("what Fargate pairs with cpu"))
-    architecture: Literal["ARM64", "X86_64"] = component_field(ServiceArgs, "architecture")
     container_port: int = component_field(ServiceArgs, "container_port", ge=1024, le=65535)
     user: str = component_field(
         ServiceArgs, "user", json_schema_extra=allow("uid[:gid] or name[:group], not root"))
@@ -228,7 +265,6 @@ class ServiceConfig(_Section):
     min_tasks: int = component_field(ServiceArgs, "min_tasks", ge=0)
     max_tasks: int = component_field(ServiceArgs, "max_tasks", ge=1, le=5000)
     desired_tasks: int = component_field(ServiceArgs, "desired_tasks", ge=0)
-    autoscaling: bool = component_field(ServiceArgs, "autoscaling")
     cpu_target: int = component_field(ServiceArgs, "cpu_target", ge=10, le=90)
     memory_target: int = component_field(ServiceArgs, "memory_target", ge=10, le=90)
     requests_per_target: int = component_field(ServiceArgs, "requests_per_target", ge=1)
@@ -242,8 +278,6 @@ class ServiceConfig(_Section):
     stop_timeout_seconds: int = component_field(
         ServiceArgs, "stop_timeout_seconds", json_schema_extra=allow("2 to 120"))
     log_retention_days: Retention = component_field(ServiceArgs, "log_retention_days", json_schema_extra=RETENTION)
-    execute_command: bool = component_field(ServiceArgs, "execute_command")
-    container_insights: Literal["enabled", "enhanced"] = component_field(ServiceArgs, "container_insights")
     ecr_repository: bool = True
     """Create an ECR repository (needed by image: build)."""
 
@@ -280,7 +314,11 @@ HOSTED_ZONE_ID = re.compile(r"(Z[A-Z0-9]{4,32})?")
 HEALTH_CHECK_PATH = re.compile(r"/[A-Za-z0-9_.~$/'@:+&()!,;=%-]{0,1023}")
 
 
-class LoadBalancerConfig(_Section):
+# What LoadBalancerArgs takes that is not a stack setting: the program wires it in or decides it.
+LOAD_BALANCER_NOT_SETTINGS = {"vpc_id", "subnet_ids", "container_port", "deletion_protection", "region"}
+
+
+class LoadBalancerConfig(settings_of(LoadBalancerArgs, not_settings=LOAD_BALANCER_NOT_SETTINGS)):
     certificate_arn: str = component_field(LoadBalancerArgs, "certificate_arn", json_schema_extra=allow(
         "arn:<partition>:acm:<the stack's region>:<account>:certificate/<uuid>, or \"\""))
     domain_name: str = component_field(
@@ -289,7 +327,6 @@ class LoadBalancerConfig(_Section):
         LoadBalancerArgs, "hosted_zone_id", json_schema_extra=allow("a Route 53 zone id (Z...), or \"\""))
     # No plain-HTTP mode: API clients send a bearer key with every request, and the policy
     # pack refuses a listener that forwards HTTP, so config never offers one.
-    http_mode: Literal["none", "redirect"] = component_field(LoadBalancerArgs, "http_mode")
     ingress_cidrs: list[str] = component_field(
         LoadBalancerArgs, "ingress_cidrs", json_schema_extra=allow("IPv4 CIDRs (network addresses)"))
     ingress_ipv6_cidrs: list[str] = component_field(
@@ -436,16 +473,19 @@ class GatewayConfig(_Section):
         return v
 
 
-class CacheConfig(_Section):
-    engine: Literal["valkey", "redis"] = component_field(CacheArgs, "engine")
+# What CacheArgs takes that is not a stack setting: the program wires it in or decides it.
+CACHE_NOT_SETTINGS = {
+    "vpc_id", "subnet_ids", "kms_key_arn", "auth_token", "replication_group_id", "apply_immediately",
+    "final_snapshot_suffix", "protect"}
+
+
+class CacheConfig(settings_of(CacheArgs, not_settings=CACHE_NOT_SETTINGS)):
     engine_version: str = component_field(CacheArgs, "engine_version", json_schema_extra=allow(
         "; ".join(f"{e}: {', '.join(v)}" for e, v in FAMILIES.items())))
     node_type: str = component_field(CacheArgs, "node_type", json_schema_extra=allow(
         "a current-generation node type: cache.t4g/t3 micro to medium, m5/m6g/m7g/r5/r6g/r7g "
         "large and up"))
     nodes: int = component_field(CacheArgs, "nodes", json_schema_extra=allow(f"1 to {MAX_NODES}"))
-    multi_az: bool = component_field(CacheArgs, "multi_az")
-    automatic_failover: bool = component_field(CacheArgs, "automatic_failover")
     snapshot_retention_days: int = component_field(
         CacheArgs, "snapshot_retention_days", json_schema_extra=allow("0 to 35"))
     maintenance_window: str = component_field(
@@ -475,7 +515,11 @@ class CacheConfig(_Section):
         return self
 
 
-class EdgeConfig(_Section):
+# What EdgeArgs takes that is not a stack setting: the program wires it in or decides it.
+EDGE_NOT_SETTINGS = {"name", "load_balancer_arn", "kms_key_arn"}
+
+
+class EdgeConfig(settings_of(EdgeArgs, not_settings=EDGE_NOT_SETTINGS)):
     rate_limit: int = component_field(EdgeArgs, "rate_limit", json_schema_extra=allow("10 to 2,000,000,000"))
     rate_window_seconds: int = component_field(
         EdgeArgs, "rate_window_seconds", json_schema_extra=allow("60, 120, 300 or 600"))
@@ -487,7 +531,13 @@ class EdgeConfig(_Section):
         return self
 
 
-class MonitoringConfig(_Section):
+# What Thresholds takes that is not a stack setting: the program wires it in or decides it.
+MONITORING_NOT_SETTINGS = {
+    # The gateway's alarms: set in the gateway section, next to what they watch.
+    "ttft_p95_seconds", "upstream_429_per_5min", "cache_errors_per_5min", "spend_per_hour_usd"}
+
+
+class MonitoringConfig(settings_of(Thresholds, not_settings=MONITORING_NOT_SETTINGS)):
     alert_emails: list[EmailStr] = Field(default_factory=list)
     """Who gets alarms and budget alerts (each confirms an SNS subscription)."""
     target_5xx_per_minute: int = component_field(
@@ -508,7 +558,11 @@ class MonitoringConfig(_Section):
         Thresholds, "waf_blocked_per_5min", ge=1, alias="wafBlockedPer5min")
 
 
-class BudgetConfig(_Section):
+# What BudgetArgs takes that is not a stack setting: the program wires it in or decides it.
+BUDGET_NOT_SETTINGS = {"name", "environment", "emails", "topic_arn", "tag_key"}
+
+
+class BudgetConfig(settings_of(BudgetArgs, not_settings=BUDGET_NOT_SETTINGS)):
     monthly_limit_usd: float = component_field(
         BudgetArgs, "monthly_limit_usd", default=100.0, json_schema_extra=allow("a positive amount"))
     actual_thresholds: list[int] = component_field(
