@@ -58,7 +58,7 @@ class BudgetArgs:
     environment: str
     """The value of the cost-allocation tag the budget counts (tag_key), e.g. staging."""
     monthly_limit_usd: float
-    """The monthly AWS budget of the stack's resources (by the Environment tag)."""
+    """The monthly budget in USD, of the costs tagged with the environment (under tag_key)."""
     actual_thresholds: list[int] = field(default_factory=lambda: [50, 80, 100])
     """Alerts at these percentages of actual spend."""
     forecast_thresholds: list[int] = field(default_factory=lambda: [100])

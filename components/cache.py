@@ -196,7 +196,7 @@ class CacheArgs:
     nodes: int = 1
     """Nodes: a primary and up to 5 replicas (cluster mode disabled)."""
     multi_az: bool = False
-    """Replicas in other AZs; needs automaticFailover and 2 nodes."""
+    """Replicas in other AZs; needs automatic_failover and 2 nodes."""
     automatic_failover: bool = False
     """Promote a replica when the primary fails; needs 2 nodes."""
     snapshot_retention_days: int = 0

@@ -143,12 +143,12 @@ class LoadBalancerArgs:
     container_port: int
     """The port the targets listen on."""
     certificate_arn: str = ""
-    """The ACM certificate the HTTPS listener serves; "" when domainName and hostedZoneId let the stack issue
-    one."""
+    """The ACM certificate the HTTPS listener serves; "" when domain_name and hosted_zone_id let the component
+    issue one."""
     domain_name: str = ""
-    """The service's name; with hostedZoneId the stack issues its certificate and DNS record."""
+    """The service's name; with hosted_zone_id the component issues its certificate and DNS record."""
     hosted_zone_id: str = ""
-    """The Route 53 public zone of domainName."""
+    """The Route 53 public zone of domain_name."""
     http_mode: Literal["none", "redirect"] = "none"
     """Port 80: closed (none), or a 301 to HTTPS (redirect). Never forwarded: clients send keys."""
     ingress_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
@@ -162,11 +162,11 @@ class LoadBalancerArgs:
     """The target group's health check path (ALB: up to 1,024 characters, starting with /)."""
     deregistration_delay_seconds: int = 60
     """The longest stream a deploy or scale-in never cuts: requests in flight on a stopping task run this long
-    before ECS sends SIGTERM (ALB: 0 to 3,600); on Fargate Spot at most the service's stop timeout - 55."""
+    before ECS sends SIGTERM (ALB: 0 to 3,600)."""
     ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
     """The HTTPS listener's predefined security policy."""
     deletion_protection: bool = False
-    """AWS refuses to delete the ALB while this is on (prod)."""
+    """AWS refuses to delete the ALB while this is on."""
     access_log_retention_days: int = 90
     """Days ALB access logs stay in their S3 bucket."""
     region: Optional[str] = None

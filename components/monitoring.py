@@ -234,7 +234,7 @@ class MonitoringArgs:
     max_tasks: int
     """The most tasks autoscaling starts, drawn on the dashboard."""
     alert_emails: list[str] = field(default_factory=list)
-    """Who gets alarms and budget alerts (each confirms an SNS subscription)."""
+    """Who gets the alarms (each confirms an SNS subscription)."""
     thresholds: Thresholds = field(default_factory=Thresholds)
     """What each alarm fires on (Thresholds, below)."""
     metrics_namespace: str = "LLMService"

@@ -88,7 +88,7 @@ def problems(a: NetworkArgs) -> list[tuple[str, str]]:
 @dataclass
 class NetworkArgs:
     cidr: str
-    """The VPC's address range. AWS: a VPC is /16 to /28; this stack carves 12 subnets from it."""
+    """The VPC's address range (AWS: /16 to /28); the component carves 12 subnets from it."""
     az_count: int
     """Availability zones used; the region must have this many standard AZs where Fargate runs (asked at
     preview)."""
@@ -142,7 +142,7 @@ class Network(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
     """The VPC's id."""
     cidr: str
-    """The VPC's address range. AWS: a VPC is /16 to /28; this stack carves 12 subnets from it."""
+    """The VPC's address range."""
     public_subnet_ids: list[pulumi.Output[str]]
     """One public subnet per AZ (the load balancer's)."""
     private_subnet_ids: list[pulumi.Output[str]]

@@ -86,10 +86,10 @@ class SecretsArgs:
     region: str
     """The region, for the key policy's service principals."""
     names: list[str] = field(default_factory=lambda: ["openai-api-key"])
-    """The secrets injected into the container (NAME_IN_CAPS), the LLM API key first."""
+    """The secrets to create, each named <prefix>/<name>."""
     source: Literal["external", "pulumi"] = "external"
-    """Where the values come from. external: the stack creates empty secrets and `python -m ops.apikey put`
-    fills them; pulumi: the values come from `pulumi config set --secret <name>` (passed as values)."""
+    """Where the values come from. external: the secrets are created empty, for values written out of band;
+    pulumi: from values."""
     values: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     """The secrets' values, name -> value, when source is pulumi; {} otherwise."""
     recovery_window_days: int = 7

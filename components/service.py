@@ -207,7 +207,7 @@ class ServiceArgs:
     memory: int = 1024
     """Task memory in MiB; Fargate accepts fixed steps per cpu size."""
     architecture: Literal["ARM64", "X86_64"] = "ARM64"
-    """CPU architecture of the tasks (and of the image the stack builds)."""
+    """CPU architecture of the tasks (the image must be built for it)."""
     container_port: int = 8080
     """The port the container listens on; above 1023, since it runs as a non-root user."""
     user: str = "1000:1000"
@@ -251,11 +251,11 @@ class ServiceArgs:
     health_check_grace_seconds: int = 60
     """Seconds ECS ignores failing load balancer health checks of a new task."""
     stop_timeout_seconds: int = 120
-    """Seconds between SIGTERM and SIGKILL (Fargate: at most 120); the gateway drains for this less 5."""
+    """Seconds between SIGTERM and SIGKILL (Fargate: at most 120)."""
     log_retention_days: int = 30
     """Days the container's logs are kept."""
     execute_command: bool = False
-    """ECS Exec into tasks (staging only: prod refuses it)."""
+    """ECS Exec into tasks (with the writable paths its agent needs)."""
     container_insights: Literal["enabled", "enhanced"] = "enabled"
     """Container Insights on the cluster: enabled, or enhanced (task- and container-level metrics,
     billed as more CloudWatch metrics). Never off: the alarms read its task count."""

@@ -53,7 +53,8 @@ class Settings:
     max_request_bytes: int = 8 * 1024 * 1024
     body_timeout_seconds: float = 30.0  # a request body that takes longer to arrive is refused (408)
     max_in_flight: int = 1000  # requests one worker serves at once; beyond, a 503 to retry
-    drain_seconds: float = 110.0  # after SIGTERM, how long streams in flight may run on
+    # After SIGTERM, how long streams in flight may run on: a task's default stop timeout less 5.
+    drain_seconds: float = 115.0
     # After SIGTERM, accept until no request has come for this long (the load balancer checks a
     # registered target every health-check interval: once it is quiet, nothing more will come).
     drain_quiet_seconds: float = 20.0
@@ -154,9 +155,10 @@ SECONDS, WHOLE_SECONDS, SECONDS_OR_0 = "seconds > 0", "whole seconds > 0", "seco
 LIMITS_JSON = 'JSON such as {"requestsPerMinute": 600, "tokensPerMinute": 200000, "usdPerDay": 50}'
 PRICES_JSON = 'JSON such as {"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6}}'
 
-# Every variable the gateway reads besides its two secrets (OPENAI_API_KEY, CLIENT_KEYS), read by
-# `from_env` and by `cachectl` alike; the task definition's environment is checked against it
-# (tests/test_gateway_stack.py).
+# Every variable the gateway reads besides the LLM key and the client keys (OPENAI_API_KEY,
+# CLIENT_KEYS; CACHE_AUTH_TOKEN, the third secret, is read here too), by `from_env` and by
+# `cachectl` alike; the task definition's environment is checked against it
+# (tests/test_gateway_settings.py).
 VARIABLES = (
     Variable("OPENAI_BASE_URL", "base_url", _base_url, "an http(s) URL such as https://api.openai.com/v1"),
     Variable("OPENAI_ORG_ID", "org_id", _text, "an OpenAI organization id"),

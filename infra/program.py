@@ -188,18 +188,28 @@ def checked_config(offline: bool = False) -> Stack:
     return Stack(cfg, name, physical_prefix(name), pulumi.ResourceOptions(providers={"aws": provider}))
 
 
-def settings_of(section: BaseModel, args_type: type, **wiring: Any) -> dict[str, Any]:
+# Section keys of the stack's own that share a name with a component argument the program sets
+# itself (`build` becomes the built image's digest; "" becomes the gateway's own health check).
+OWN_MEANING = {"image", "health_check_command"}
+
+
+def component_kwargs(section: BaseModel, args_type: type, **wiring: Any) -> dict[str, Any]:
     """A component's arguments: every setting of its config section that the component takes (by
-    the one name both use; infra/config/stack.py DELIBERATE_DEFAULTS lists where their defaults differ),
-    then what the program wires in."""
+    the one name both use; infra/config/stack.py DELIBERATE_DEFAULTS lists where their defaults
+    differ), then what the program wires in. A wired value never silently replaces a setting the
+    stack file may set: that is refused, but for the keys listed in OWN_MEANING."""
     takes = {f.name for f in dataclasses.fields(args_type)}
     settings = {name: copy.copy(getattr(section, name)) for name in type(section).model_fields if name in takes}
+    both = set(settings) & set(wiring) - OWN_MEANING
+    if both:
+        raise TypeError(f"{type(section).__name__} has settings the program also wires in: {sorted(both)}; "
+                        "list them in the section's *_NOT_SETTINGS")
     return {**settings, **wiring}
 
 
 def secrets(st: Stack) -> Secrets:
     c = st.cfg.secrets
-    return Secrets("secrets", SecretsArgs(**settings_of(
+    return Secrets("secrets", SecretsArgs(**component_kwargs(
         c, SecretsArgs, prefix=secret_prefix(st.name), region=st.cfg.region,
         values={n: pulumi.Config().require_secret(n) for n in c.names} if c.source == "pulumi" else {},
         protect=st.protect,
@@ -211,14 +221,14 @@ def secrets(st: Stack) -> Secrets:
 
 def network(st: Stack, keys: Secrets) -> Network:
     n = st.cfg.network
-    return Network("network", NetworkArgs(**settings_of(
+    return Network("network", NetworkArgs(**component_kwargs(
         n, NetworkArgs, region=st.cfg.region, kms_key_arn=keys.key_arn, iam_path=iam_path(st.name),
     )), opts=st.opts)
 
 
 def load_balancer(st: Stack, net: Network) -> LoadBalancer:
     lbc = st.cfg.load_balancer
-    return LoadBalancer("alb", LoadBalancerArgs(**settings_of(
+    return LoadBalancer("alb", LoadBalancerArgs(**component_kwargs(
         lbc, LoadBalancerArgs, vpc_id=net.vpc_id, subnet_ids=net.public_subnet_ids,
         container_port=st.cfg.service.container_port, deletion_protection=st.protect, region=st.cfg.region,
     )), opts=st.opts)
@@ -241,7 +251,7 @@ def cache(st: Stack, net: Network, keys: Secrets) -> CacheParts:
     auth_secret_arn = keys.add_secret(CACHE_AUTH_TOKEN, auth_token.result)
     # Created and destroyed with the stack: each life of the cache names its final snapshot anew.
     snapshot_suffix = random.RandomId("cache-final-snapshot", byte_length=4)
-    group = Cache("cache", CacheArgs(**settings_of(
+    group = Cache("cache", CacheArgs(**component_kwargs(
         c, CacheArgs, vpc_id=net.vpc_id, subnet_ids=net.isolated_subnet_ids,
         kms_key_arn=keys.key_arn, auth_token=auth_token.result, replication_group_id=st.prefix,
         final_snapshot_suffix=snapshot_suffix.hex, protect=st.protect,
@@ -273,7 +283,7 @@ def service(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: C
             img: ImageParts, client_keys_arn: pulumi.Output[str]) -> Service:
     cfg, svc, llm = st.cfg, st.cfg.service, st.cfg.llm
     group = cached.cache
-    return Service("service", ServiceArgs(**settings_of(
+    return Service("service", ServiceArgs(**component_kwargs(
         svc, ServiceArgs, name=st.prefix, region=cfg.region, vpc_id=net.vpc_id,
         subnet_ids=net.private_subnet_ids, image=img.image,
         lb_security_group_id=alb.security_group_id, target_group_arn=alb.target_group_arn,
@@ -306,7 +316,7 @@ def service(st: Stack, net: Network, keys: Secrets, alb: LoadBalancer, cached: C
 
 def edge(st: Stack, alb: LoadBalancer, keys: Secrets) -> Edge:
     e = st.cfg.edge
-    return Edge("edge", EdgeArgs(**settings_of(
+    return Edge("edge", EdgeArgs(**component_kwargs(
         e, EdgeArgs, name=st.prefix, load_balancer_arn=alb.arn, kms_key_arn=keys.key_arn,
     )), opts=st.opts)
 
@@ -332,7 +342,7 @@ def monitoring(st: Stack, keys: Secrets, alb: LoadBalancer, svc: Service, cached
 
 def budget(st: Stack, alarms: Monitoring) -> Budget:
     b = st.cfg.budget
-    return Budget("budget", BudgetArgs(**settings_of(
+    return Budget("budget", BudgetArgs(**component_kwargs(
         b, BudgetArgs, name=st.prefix, environment=st.cfg.environment,
         emails=[str(e) for e in st.cfg.monitoring.alert_emails], topic_arn=alarms.topic_arn,
     )), opts=st.opts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Literal
+from typing import Literal, Optional
 
 import pytest
 
@@ -241,7 +241,8 @@ def test_the_defaults_and_plausible_args_pass():
     MonitoringArgs(**MON, min_tasks=1, max_tasks=4)
 
 
-# Each config section and the component it is passed to whole (infra/program.py settings_of).
+# Each config section and the component its settings come from (infra/config/sections.py settings_of;
+# infra/program.py component_kwargs passes them back; monitoring's become MonitoringArgs.thresholds).
 SECTIONS = {"network": NetworkArgs, "secrets": SecretsArgs, "service": ServiceArgs,
             "load_balancer": LoadBalancerArgs, "cache": CacheArgs, "edge": EdgeArgs, "budget": BudgetArgs,
             "monitoring": Thresholds}
@@ -253,11 +254,10 @@ def _default(f: dataclasses.Field) -> object:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)"
 
 
-def default_differences(sections: dict[str, type]) -> dict[str, tuple[object, object]]:
+def default_differences(sections: dict[str, tuple[type, type]]) -> dict[str, tuple[object, object]]:
     """section.field -> (the stack's default, the component's) wherever the two differ."""
     found = {}
-    for section, args in sections.items():
-        model = StackConfig.model_fields[section].annotation
+    for section, (model, args) in sections.items():
         takes = {f.name: f for f in dataclasses.fields(args)}
         for name, info in model.model_fields.items():
             if name in takes:
@@ -268,17 +268,29 @@ def default_differences(sections: dict[str, type]) -> dict[str, tuple[object, ob
 
 
 def test_a_setting_has_one_default_unless_the_difference_is_listed_with_its_reason():
-    assert set(default_differences(SECTIONS)) == set(DELIBERATE_DEFAULTS)
+    """Sections take their defaults from the components, so a difference exists only where a
+    section passes its own `default=`: each must be listed, with its reason, and each listed one
+    must be a difference."""
+    sections = {name: (StackConfig.model_fields[name].annotation, args) for name, args in SECTIONS.items()}
+    assert set(default_differences(sections)) == set(DELIBERATE_DEFAULTS)
     assert all(len(why) > 40 for why in DELIBERATE_DEFAULTS.values())
 
 
-def test_a_default_that_drifts_in_a_component_is_found():
-    @dataclasses.dataclass
-    class Drifted:
-        rate_limit: int = 1  # EdgeConfig's is 300
-        log_retention_days: int = 30
+def test_a_section_default_of_its_own_is_found():
+    from infra.config.sections import component_field, settings_of
 
-    assert default_differences({"edge": Drifted}) == {"edge.rate_limit": (300, 1)}
+    @dataclasses.dataclass
+    class KnobArgs:
+        turns: int = 3
+        """How many turns."""
+        label: str = "knob"
+        """Its label."""
+
+    class KnobConfig(settings_of(KnobArgs, not_settings=())):
+        turns: int = component_field(KnobArgs, "turns", default=5, ge=0)
+
+    assert default_differences({"knob": (KnobConfig, KnobArgs)}) == {"knob.turns": (5, 3)}
+    assert KnobConfig().label == "knob"
 
 
 def test_every_setting_of_a_section_reaches_its_component_or_is_the_programs_own():
@@ -337,3 +349,52 @@ def test_a_new_argument_of_a_component_is_a_stack_key_with_no_line_in_the_config
         section.model_validate({"vpcId": "vpc-1"})
     with pytest.raises(TypeError, match=r"GadgetArgs has no argument \['vpc'\]"):
         settings_of(GadgetArgs, not_settings={"vpc"})
+
+
+def test_an_argument_the_program_wires_in_is_named_when_it_is_not_listed():
+    import pulumi
+
+    from infra.config.sections import settings_of
+
+    @dataclasses.dataclass
+    class WiredArgs:
+        bucket_arn: Optional[pulumi.Input[str]] = None
+        """A bucket the program makes."""
+
+    wired = r"WiredArgs.bucket_arn \(Optional\[pulumi.Input\[str\]\]\) cannot be a stack setting.*\*_NOT_SETTINGS"
+    with pytest.raises(TypeError, match=wired):
+        settings_of(WiredArgs, not_settings=())
+    assert list(settings_of(WiredArgs, not_settings={"bucket_arn"}).model_fields) == []
+
+
+def test_a_wired_value_never_silently_replaces_a_setting():
+    from infra.config import load
+    from infra.program import component_kwargs
+    from tests.conftest import stack_config
+
+    cfg = load(*stack_config("staging"))
+    assert component_kwargs(cfg.edge, EdgeArgs, name="x")["rate_limit"] == cfg.edge.rate_limit
+    with pytest.raises(TypeError, match=r"EdgeConfig has settings the program also wires in: \['rate_limit'\]"):
+        component_kwargs(cfg.edge, EdgeArgs, rate_limit=1)
+
+
+@pytest.mark.parametrize(("argument", "key"), [
+    ("cache_evictions_per_5min", "cacheEvictionsPer5min"), ("target_5xx_per_minute", "target5xxPerMinute"),
+    ("p95_latency_seconds", "p95LatencySeconds"), ("ingress_ipv6_cidrs", "ingressIpv6Cidrs"),
+    ("health_check_grace_seconds", "healthCheckGraceSeconds"), ("cpu", "cpu"),
+])
+def test_a_stack_key_keeps_a_segment_that_starts_with_a_digit_as_written(argument, key):
+    from infra.config.names import stack_name
+
+    assert stack_name(argument) == key
+
+
+def test_every_stack_note_is_about_an_argument_and_shows_in_the_reference():
+    from infra.config.sections import STACK_NOTES
+
+    components = {"ServiceArgs": ServiceArgs, "SecretsArgs": SecretsArgs, "LoadBalancerArgs": LoadBalancerArgs,
+                  "BudgetArgs": BudgetArgs}
+    reference = " ".join((ROOT / "docs" / "configuration.md").read_text().split())
+    for (args, name), note in STACK_NOTES.items():
+        assert name in {f.name for f in dataclasses.fields(components[args])}, (args, name)
+        assert note.replace("|", "\\|") in reference, note

@@ -97,15 +97,19 @@ def test_a_base_url_with_credentials_is_refused_without_echoing_them():
     assert str(e.value).startswith("OPENAI_BASE_URL carries credentials") and "hunter2" not in str(e.value)
 
 
-def test_a_local_runs_timeouts_are_the_stacks_defaults():
-    """The gateway's own defaults (a `make serve`) follow the ALB idle timeout a stack gets by
-    default, as infra/program.py derives them for a deployed task."""
-    import dataclasses
+def test_a_local_run_has_the_settings_a_stack_gets_by_default():
+    """The gateway's own defaults (a `make serve`) are what infra/program.py gives a deployed task
+    from a stack's default sections: every variable it sets, but the names and prices."""
+    from infra.config import load
+    from infra.program import KEEPALIVE_OVER_IDLE_SECONDS, gateway_environment
+    from tests.conftest import stack_config
 
-    from components.load_balancer import LoadBalancerArgs
-    from infra.program import KEEPALIVE_OVER_IDLE_SECONDS
-
-    idle = {f.name: f.default for f in dataclasses.fields(LoadBalancerArgs)}["idle_timeout_seconds"]
+    cfg = load(*stack_config("staging"))
+    lb = type(cfg.load_balancer)(certificate_arn=cfg.load_balancer.certificate_arn)
+    service = cfg.service.model_copy(update={"cpu": 512, "stop_timeout_seconds": 120})
+    defaults = cfg.model_copy(update={"gateway": type(cfg.gateway)(), "load_balancer": lb, "service": service})
+    stack = settings.read(gateway_environment(defaults, "llm-service-staging"))
     local = quiet(LOCAL)
-    assert local.read_timeout_seconds == idle
-    assert local.client_keepalive_seconds == idle + KEEPALIVE_OVER_IDLE_SECONDS
+    differ = {k: (v, getattr(local, k)) for k, v in stack.items() if v != getattr(local, k)}
+    assert set(differ) == {"service", "prices"}, differ
+    assert local.client_keepalive_seconds == local.read_timeout_seconds + KEEPALIVE_OVER_IDLE_SECONDS

@@ -7,9 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic.alias_generators import to_camel
-
-from infra.config.names import KEY_PATTERN, PROJECT
+from infra.config.names import KEY_PATTERN, PROJECT, stack_name
 
 
 class ConfigError(ValueError):
@@ -65,8 +63,8 @@ def refuse(section: str, values: Any, found: list[tuple[str, str]]) -> None:
         if index:
             value = value[int(index)] if index.isdigit() else value[index]
             suffix = f"[{index}]" if index.isdigit() else f".{index}"  # a list's item, a map's key
-        why = re.sub(r"`([a-z0-9_]+)`", lambda m: f"{section}.{to_camel(m[1])}", why)
-        errors.append(ConfigError(stack_key(f"{section}.{to_camel(name)}{suffix}"), value, why))
+        why = re.sub(r"`([a-z0-9_]+)`", lambda m: f"{section}.{stack_name(m[1])}", why)
+        errors.append(ConfigError(stack_key(f"{section}.{stack_name(name)}{suffix}"), value, why))
     if errors:
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
 

@@ -21,7 +21,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from components.budget import BudgetArgs
 from components.budget import problems as budget_problems
@@ -42,7 +41,7 @@ from infra.aws_rules import (
     LOG_RETENTION_DAYS,
 )
 from infra.config.errors import ConfigError, refuse, stack_key
-from infra.config.names import CACHE_AUTH_TOKEN, CERTIFICATE_ARN, CLIENT_KEYS
+from infra.config.names import CACHE_AUTH_TOKEN, CERTIFICATE_ARN, CLIENT_KEYS, stack_name
 from infra.field_docs import attribute_docs
 
 if TYPE_CHECKING:
@@ -54,28 +53,45 @@ def allow(text: str) -> dict[str, str]:
     return {"allowed": text}
 
 
-def component_field(args: type, name: str, **kw: Any) -> Any:
+def component_field(args: type, name: str, note: str = "", **kw: Any) -> Any:
     """A setting that is one of a component's arguments, declared once, with the component: its
     default and description are the argument's (an argument a section names in camelCase there,
-    as the stack file does). `kw` adds the stack's own bounds and the reference's allowed text;
-    a stack default that differs is passed as `default` and listed in DELIBERATE_DEFAULTS."""
+    as the stack file does), then `note`, what this stack adds to its meaning (STACK_NOTES). `kw`
+    adds the stack's own bounds and the reference's allowed text; a stack default that differs is
+    passed as `default` and listed in DELIBERATE_DEFAULTS."""
+    note = note or STACK_NOTES.get((args.__name__, name), "")
     arg = {f.name: f for f in dataclasses.fields(args)}[name]
     names = {f.name for f in dataclasses.fields(args)}
     description = re.sub(r"\b[a-z0-9]+(?:_[a-z0-9]+)+\b",
-                         lambda m: to_camel(m[0]) if m[0] in names else m[0], attribute_docs(args)[name])
+                         lambda m: stack_name(m[0]) if m[0] in names else m[0], attribute_docs(args)[name])
     if "default" not in kw and "default_factory" not in kw:
         if arg.default is not dataclasses.MISSING:
             kw["default"] = arg.default
         elif arg.default_factory is not dataclasses.MISSING:
             kw["default_factory"] = arg.default_factory
-    return Field(description=description, **kw)
+    return Field(description=f"{description} {note}".strip(), **kw)
+
+
+# What the stack adds to a component argument's meaning, where it decides something the component
+# leaves open (the config reference shows it after the argument's own description).
+STACK_NOTES = {
+    ("ServiceArgs", "stop_timeout_seconds"): "The gateway drains for this less 5.",
+    ("ServiceArgs", "execute_command"): "Staging only: prod refuses it.",
+    ("ServiceArgs", "architecture"): "The stack builds its image for it.",
+    ("SecretsArgs", "names"): "Injected into the container as NAME_IN_CAPS, the LLM API key first.",
+    ("SecretsArgs", "source"): "Here, `python -m ops.apikey put` writes external values; pulumi's come from "
+                               "`pulumi config set --secret <name>`.",
+    ("LoadBalancerArgs", "deregistration_delay_seconds"):
+        "On Fargate Spot at most service.stopTimeoutSeconds - 55.",
+    ("BudgetArgs", "monthly_limit_usd"): "The stack tags its resources Environment = its environment.",
+}
 
 
 class _Section(BaseModel):
     # Field docstrings are the config reference's descriptions. Numbers are taken where a string
     # is expected (an unquoted `engineVersion: 8.0` or `user: 1000` in YAML).
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
+        alias_generator=stack_name, populate_by_name=True, extra="forbid", frozen=True,
         use_attribute_docstrings=True, coerce_numbers_to_str=True,
     )
 
@@ -94,10 +110,17 @@ def settings_of(args: type, *, not_settings: Iterable[str]) -> type[_Section]:
     chosen = [f for f in dataclasses.fields(args) if f.name not in skip]
     # The arguments' annotations are strings (postponed evaluation): resolve the chosen ones in
     # the component's module, where the names they use are defined.
-    holder = type("Annotations", (), {"__annotations__": {f.name: f.type for f in chosen},
-                                      "__module__": args.__module__})
-    types = typing.get_type_hints(holder)
-    fields: dict[str, Any] = {f.name: (types[f.name], component_field(args, f.name)) for f in chosen}
+    fields: dict[str, Any] = {}
+    for f in chosen:
+        wired = f"{args.__name__}.{f.name} ({f.type}) cannot be a stack setting: a value the program wires in " \
+                f"(a pulumi Input, Output or Resource) is listed in the section's *_NOT_SETTINGS"
+        if isinstance(f.type, str) and re.search(r"\b(Input|Output|Resource)\b", f.type):
+            raise TypeError(wired)
+        holder = type("Annotation", (), {"__annotations__": {f.name: f.type}, "__module__": args.__module__})
+        try:
+            fields[f.name] = (typing.get_type_hints(holder)[f.name], component_field(args, f.name))
+        except NameError as e:
+            raise TypeError(f"{wired} ({e})") from None
     return create_model(f"{args.__name__}Settings", __base__=_Section, **fields)
 
 
@@ -445,7 +468,7 @@ class GatewayConfig(_Section):
     """Log request bodies (never, unless you must)."""
     ttft_p95_alarm_seconds: float = Field(10.0, gt=0)
     """The time-to-first-token p95 that raises an alarm."""
-    upstream_429_per_5min: int = Field(20, ge=1, alias="upstream429Per5min")
+    upstream_429_per_5min: int = Field(20, ge=1)
     """Upstream 429s per 5 minutes that raise an alarm."""
     cache_ttl_seconds: int = Field(3600, ge=1, le=30 * 86400)
     """How long a cached answer is served."""
@@ -460,7 +483,7 @@ class GatewayConfig(_Section):
     """Per-client limits for clients whose entry in client-keys sets none."""
     spend_per_hour_alarm_usd: float = Field(10.0, gt=0)
     """Estimated LLM spend per hour, all clients, that raises an alarm."""
-    cache_errors_per_5min: int = Field(10, ge=1, alias="cacheErrorsPer5min")
+    cache_errors_per_5min: int = Field(10, ge=1)
     """Requests served without the cache (Valkey not answering) per 5 minutes that raise an alarm."""
 
     @field_validator("upstream_tcp_keepalive_seconds")
@@ -541,21 +564,21 @@ class MonitoringConfig(settings_of(Thresholds, not_settings=MONITORING_NOT_SETTI
     alert_emails: list[EmailStr] = Field(default_factory=list)
     """Who gets alarms and budget alerts (each confirms an SNS subscription)."""
     target_5xx_per_minute: int = component_field(
-        Thresholds, "target_5xx_per_minute", ge=1, alias="target5xxPerMinute")
-    alb_5xx_per_minute: int = component_field(Thresholds, "alb_5xx_per_minute", ge=1, alias="alb5xxPerMinute")
+        Thresholds, "target_5xx_per_minute", ge=1)
+    alb_5xx_per_minute: int = component_field(Thresholds, "alb_5xx_per_minute", ge=1)
     p95_latency_seconds: float = component_field(
-        Thresholds, "p95_latency_seconds", gt=0, alias="p95LatencySeconds")
+        Thresholds, "p95_latency_seconds", gt=0)
     p99_latency_seconds: float = component_field(
-        Thresholds, "p99_latency_seconds", gt=0, alias="p99LatencySeconds")
+        Thresholds, "p99_latency_seconds", gt=0)
     cpu_high_percent: int = component_field(Thresholds, "cpu_high_percent", ge=1, le=100)
     memory_high_percent: int = component_field(Thresholds, "memory_high_percent", ge=1, le=100)
     cache_cpu_percent: int = component_field(Thresholds, "cache_cpu_percent", ge=1, le=100)
     cache_memory_percent: int = component_field(Thresholds, "cache_memory_percent", ge=1, le=100)
     cache_evictions_per_5min: int = component_field(
-        Thresholds, "cache_evictions_per_5min", ge=1, alias="cacheEvictionsPer5min")
+        Thresholds, "cache_evictions_per_5min", ge=1)
     cache_hit_rate_min_percent: int = component_field(Thresholds, "cache_hit_rate_min_percent", ge=0, le=100)
     waf_blocked_per_5min: int = component_field(
-        Thresholds, "waf_blocked_per_5min", ge=1, alias="wafBlockedPer5min")
+        Thresholds, "waf_blocked_per_5min", ge=1)
 
 
 # What BudgetArgs takes that is not a stack setting: the program wires it in or decides it.
