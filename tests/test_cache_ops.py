@@ -126,8 +126,8 @@ def test_the_task_is_asked_for_exactly(service, capsys, mocker, runs):
             "python", "-m", "gateway.cachectl", "invalidate", "--client", "web-app"]}]},
     }]
     (line,) = err.splitlines()
-    assert line.startswith("started ") and line.endswith(f" in {CLUSTER}; waiting up to 300 s")
-    assert "/" not in line.split()[1]  # the task's id, not its ARN
+    task = own_client("ecs").list_tasks(cluster=CLUSTER)["taskArns"][0].rsplit("/", 1)[-1]
+    assert line == f"started {task} in {CLUSTER}; waiting up to 300 s"  # the task's id, not its ARN
 
 
 def test_the_wait_polls_every_five_seconds_until_the_deadline_exactly(service, mocker, runs):
@@ -142,7 +142,7 @@ def test_the_wait_polls_every_five_seconds_until_the_deadline_exactly(service, m
     with pytest.raises(cache_ops.Failure) as e:
         cache_ops.invalidate(s, None, 30, sleep=slept.append, clock=lambda: next(now), log=lambda _: None)
     assert slept == [5, 5, 5, 5]  # at 0, 10, 20 and 29; at 30 the deadline has come
-    task = str(e.value).split()[2]
+    task = own_client("ecs").list_tasks(cluster=CLUSTER)["taskArns"][0].rsplit("/", 1)[-1]
     assert str(e.value) == (f"the task {task} has not stopped after 30 s (status RUNNING); look at its logs "
                             "in the service's log group")
 
@@ -164,7 +164,8 @@ def test_a_stopped_task_with_no_reason_at_all_says_so(service, capsys, mocker, r
     def stopped(real, **kw):
         r = real(**kw)
         for task in r["tasks"]:
-            task.update(lastStatus="STOPPED", containers=[])
+            task.update(lastStatus="STOPPED")
+            task.pop("containers", None)
             task.pop("stoppedReason", None)
         return r
     at_boundary(mocker, cache_ops, "ecs", "describe_tasks", stopped)
@@ -179,6 +180,9 @@ def test_a_stopped_task_with_no_reason_at_all_says_so(service, capsys, mocker, r
     ({"tasks": [{"taskArn": "arn:aws:ecs:us-east-1:1:task/c/t"}], "failures": [{"reason": "AGENT"}]},
      "error: the task did not start:  AGENT"),
     ({"tasks": [], "failures": []}, "error: the task did not start: no task returned"),
+    ({"tasks": []}, "error: the task did not start: no task returned"),
+    ({"tasks": [], "failures": [{"arn": "a", "reason": "MISSING"}, {"arn": "b", "reason": "AGENT"}]},
+     "error: the task did not start: a MISSING; b AGENT"),
 ])
 def test_a_task_that_does_not_start_says_why(service, capsys, mocker, answer, line):
     at_boundary(mocker, cache_ops, "ecs", "run_task", lambda real, **kw: answer)
@@ -215,3 +219,70 @@ def test_the_timeout_and_region_options_reach_the_task(service, capsys, mocker, 
     code, _, err = run(capsys, "--timeout", "42", "--region", "us-east-1")
     assert code == 0, err
     assert err.splitlines()[0].endswith("; waiting up to 42 s")
+
+
+
+def test_the_command_line_is_as_documented(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
+    with pytest.raises(SystemExit) as e:
+        cache_ops.main(["--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == (
+        "usage: python -m ops.cache [-h] --stack STACK [--client CLIENT]\n"
+        "                           [--outputs OUTPUTS] [--region REGION]\n"
+        "                           [--timeout TIMEOUT]\n"
+        "                           {invalidate}\n\n"
+        "Invalidate the gateway's cache: for when the information behind its answers\nchanges.\n\n"
+        "positional arguments:\n  {invalidate}\n\n"
+        "options:\n"
+        "  -h, --help         show this help message and exit\n"
+        "  --stack STACK\n"
+        "  --client CLIENT    only this client's entries\n"
+        "  --outputs OUTPUTS  `pulumi stack output --json` saved to a file\n"
+        "  --region REGION    override the stack's region\n"
+        "  --timeout TIMEOUT  seconds to wait for the task\n")
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["invalidate"], "the following arguments are required: --stack"),
+    (["--stack", "staging"], "the following arguments are required: action"),
+    (["purge", "--stack", "staging"], "argument action: invalid choice: 'purge' (choose from 'invalidate')"),
+])
+def test_a_wrong_command_line_is_refused(capsys, argv, words):
+    with pytest.raises(SystemExit) as e:
+        cache_ops.main(argv)
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"python -m ops.cache: error: {words}"
+
+
+def test_another_region_is_looked_in(service, capsys):
+    code, _, err = run(capsys, "--region", "eu-west-1")
+    assert code == 1
+    assert err == ("error: ECS service llm-service-staging/llm-service-staging not found in eu-west-1; "
+                   "deploy the stack first (pulumi up)\n")
+
+
+def test_an_outputs_file_names_the_cluster_and_service(service, capsys, mocker, runs, tmp_path):
+    import json
+
+    at_boundary(mocker, cache_ops, "ecs", "describe_tasks", _ends(0))
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"region": "us-east-1", "clusterName": CLUSTER, "serviceName": SERVICE,
+                                   "secretArns": {}, "clientKeysSecretArn": "x", "cacheAuthSecretArn": "y"}))
+    code, out, err = run(capsys, "--outputs", str(outputs))
+    assert code == 0, err
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(outputs.read_text().replace(CLUSTER, "another-cluster", 1))
+    code, _, err = run(capsys, "--outputs", str(elsewhere))
+    assert code == 1 and "another-cluster" in err
+
+
+def test_a_missing_service_names_the_stack_to_deploy(service, capsys, mocker):
+    from botocore.exceptions import ClientError
+
+    def gone(real, **kw):
+        raise ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "gone"}}, "RunTask")
+    at_boundary(mocker, cache_ops, "ecs", "run_task", gone)
+    code, _, err = run(capsys)
+    assert code == 1
+    assert err.splitlines()[-1] == ("error: the ECS service of staging does not exist; deploy the stack first "
+                                    "(pulumi up --stack staging)")
