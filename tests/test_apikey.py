@@ -372,3 +372,71 @@ def test_a_malformed_key_is_described_by_its_length_alone(deployed, capsys, mock
     prompt.assert_called_once_with("openai-api-key (input hidden): ")
     assert code == 1
     assert out.err == "error: that does not look like a openai-api-key (9 characters read); nothing was written\n"
+
+
+def test_the_command_line_is_as_documented(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
+    with pytest.raises(SystemExit) as e:
+        apikey.main(["--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == (
+        "usage: python -m ops.apikey [-h] --stack STACK [--name NAME]\n"
+        "                            [--outputs OUTPUTS] [--region REGION]\n"
+        "                            [--timeout TIMEOUT]\n"
+        "                            {put,check,rotate}\n\n"
+        "Set, check and rotate the stack's LLM API key in Secrets Manager, outside\nPulumi state.\n\n"
+        "positional arguments:\n  {put,check,rotate}\n\n"
+        "options:\n"
+        "  -h, --help          show this help message and exit\n"
+        "  --stack STACK\n"
+        "  --name NAME         which secret (default openai-api-key)\n"
+        "  --outputs OUTPUTS   `pulumi stack output --json` saved to a file\n"
+        "  --region REGION     override the stack's region\n"
+        "  --timeout TIMEOUT   seconds to wait for the service to be stable after\n"
+        "                      writing\n")
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["check"], "the following arguments are required: --stack"),
+    (["--stack", "staging"], "the following arguments are required: action"),
+    (["show", "--stack", "staging"],
+     "argument action: invalid choice: 'show' (choose from 'put', 'check', 'rotate')"),
+    (["put", "--stack", "staging", "--timeout", "soon"], "argument --timeout: invalid int value: 'soon'"),
+])
+def test_a_wrong_command_line_is_refused(capsys, argv, words):
+    with pytest.raises(SystemExit) as e:
+        apikey.main(argv, stdin=Pipe(""))
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m ops.apikey: error: {words}"
+
+
+def test_another_region_is_looked_in(deployed, capsys):
+    code, out = run(["check", "--stack", STACK, "--region", "eu-west-1"], None, capsys)
+    assert code == 1
+    assert out.err == ("error: llm-service/staging/openai-api-key in eu-west-1 does not exist; "
+                       "deploy the stack first (pulumi up --stack staging)\n")
+
+
+def test_put_passes_its_timeout_to_the_rollout(deployed, capsys, mocker):
+    waits = mocker.patch("ops.apikey.rollout.after_secret_change")
+    code, out = run(["put", "--stack", STACK, "--timeout", "42"], Pipe(KEY), capsys)
+    assert code == 0, out.err
+    (call,) = waits.call_args_list
+    assert call.args[1] == 42 and call.args[4] is print  # the rollout's progress goes to stdout
+
+
+def test_rotate_passes_its_timeout_and_log_on(deployed, capsys, mocker):
+    mocker.patch("ops.apikey.rollout.require_service")
+    waits = mocker.patch("ops.apikey.rollout.after_secret_change")
+    code, out = run(["rotate", "--stack", STACK, "--timeout", "7"], Pipe(KEY), capsys)
+    assert code == 0, out.err
+    (call,) = waits.call_args_list
+    assert call.args[1] == 7 and call.args[4] is print
+
+
+def test_an_error_before_the_target_is_known_names_the_secret_generically(capsys, mocker):
+    missing = ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "none"}}, "DescribeStacks")
+    mocker.patch("ops.apikey.resolve", side_effect=missing)
+    code, out = run(["check", "--stack", STACK], None, capsys)
+    assert code == 1
+    assert out.err == "error: the secret does not exist; deploy the stack first (pulumi up)\n"
