@@ -163,3 +163,13 @@ def config_of(stack: Synthesis):
     """The validated config of a synthesized stack's file."""
     from infra.config import load
     return load(*stack_config(stack.stack))
+
+
+def help_text(main: Callable[[list[str]], Any], monkeypatch: pytest.MonkeyPatch,
+              capsys: pytest.CaptureFixture[str]) -> str:
+    """What `main(["--help"])` prints, at 80 columns (argparse wraps to the terminal's width)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out

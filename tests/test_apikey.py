@@ -15,6 +15,7 @@ import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
 
 from ops import apikey, rollout
+from tests.conftest import help_text
 from tests.moto_server import at_boundary, own_client
 
 KEY = "sk-proj-" + "A1b2C3d4" * 6
@@ -375,11 +376,7 @@ def test_a_malformed_key_is_described_by_its_length_alone(deployed, capsys, mock
 
 
 def test_the_command_line_is_as_documented(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
-    with pytest.raises(SystemExit) as e:
-        apikey.main(["--help"])
-    assert e.value.code == 0
-    assert capsys.readouterr().out == (
+    assert help_text(apikey.main, monkeypatch, capsys) == (
         "usage: python -m ops.apikey [-h] --stack STACK [--name NAME]\n"
         "                            [--outputs OUTPUTS] [--region REGION]\n"
         "                            [--timeout TIMEOUT]\n"

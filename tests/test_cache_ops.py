@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ops import cache as cache_ops
+from tests.conftest import help_text
 from tests.moto_server import at_boundary, own_client
 
 CLUSTER = SERVICE = "llm-service-staging"
@@ -223,11 +224,7 @@ def test_the_timeout_and_region_options_reach_the_task(service, capsys, mocker, 
 
 
 def test_the_command_line_is_as_documented(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
-    with pytest.raises(SystemExit) as e:
-        cache_ops.main(["--help"])
-    assert e.value.code == 0
-    assert capsys.readouterr().out == (
+    assert help_text(cache_ops.main, monkeypatch, capsys) == (
         "usage: python -m ops.cache [-h] --stack STACK [--client CLIENT]\n"
         "                           [--outputs OUTPUTS] [--region REGION]\n"
         "                           [--timeout TIMEOUT]\n"
