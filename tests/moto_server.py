@@ -26,9 +26,23 @@ import pytest
 def _faster_dispatch() -> None:
     """moto 5.2's server lists its own package directory (~90 stat calls) and inspects the
     response class's members on every request: a third of each call's time here. Both answers
-    are fixed for a process, so compute them once. werkzeug's per-request log lines go too."""
+    are fixed for a process, so compute them once. werkzeug's per-request log lines go too.
+    Each KMS key moto makes gets a new 2048-bit RSA key for Sign/Verify (~40 ms), which a
+    symmetric key cannot do: symmetric keys share one."""
     import moto.backends
     import moto.core.responses
+    import moto.kms.models
+
+    generate, shared = moto.kms.models.generate_private_key, []
+
+    def private_key(key_spec: str):
+        if key_spec != "SYMMETRIC_DEFAULT":
+            return generate(key_spec)
+        if not shared:
+            shared.append(generate(key_spec))
+        return shared[0]
+
+    moto.kms.models.generate_private_key = private_key
 
     modules = tuple(moto.backends.list_of_moto_modules())
     moto.backends.list_of_moto_modules = lambda: modules

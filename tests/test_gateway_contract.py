@@ -23,11 +23,7 @@ from infra.stack_files import ROOT
 from tests import valkey_server
 from tests.conftest import container
 from tests.fake_upstream import Running
-from tests.gateway_process import UPSTREAM_KEY, Gateway, client_keys, wait_healthy
-
-# The gateway's runtime alone (gateway/requirements.txt), as in the image, from an interpreter
-# the task's user can run (`make test` builds it).
-GATEWAY_PYTHON = ROOT / ".venv-gateway" / "bin" / "python"
+from tests.gateway_process import GATEWAY_PYTHON, UPSTREAM_KEY, Gateway, client_keys, wait_healthy
 
 
 def image_env() -> dict[str, str]:

@@ -87,13 +87,33 @@ STACK_NOTES = {
 }
 
 
+def docstring_descriptions(model: type[BaseModel]) -> None:
+    """Each field declared in `model`'s own body without a description takes its attribute
+    docstring, the config reference's text (read with ast: infra/field_docs.py). pydantic's
+    use_attribute_docstrings does the same by asking inspect.getmodule of each caller's frame,
+    which scans every loaded module (pulumi_aws's hundreds) at each miss: half a second of the
+    start of every command that reads a stack file."""
+    fields = model.__pydantic_fields__
+    missing = [n for n in model.__dict__.get("__annotations__", {})
+               if n in fields and fields[n].description is None]
+    if missing:
+        docs = attribute_docs(model)
+        for name in missing:
+            fields[name].description = docs.get(name) or None
+
+
 class _Section(BaseModel):
     # Field docstrings are the config reference's descriptions. Numbers are taken where a string
     # is expected (an unquoted `engineVersion: 8.0` or `user: 1000` in YAML).
     model_config = ConfigDict(
         alias_generator=stack_name, populate_by_name=True, extra="forbid", frozen=True,
-        use_attribute_docstrings=True, coerce_numbers_to_str=True,
+        coerce_numbers_to_str=True,
     )
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        docstring_descriptions(cls)
 
 
 def settings_of(args: type, *, not_settings: Iterable[str]) -> type[_Section]:

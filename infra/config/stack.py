@@ -38,6 +38,7 @@ from infra.config.sections import (
     ServiceConfig,
     TrafficConfig,
     allow,
+    docstring_descriptions,
     drain_seconds,
     spot_stream_seconds,
 )
@@ -60,8 +61,7 @@ DELIBERATE_DEFAULTS = {
 class StackConfig(BaseModel):
     """The whole stack config. Build it with `load()`; use it read-only."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
-                              use_attribute_docstrings=True, coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, coerce_numbers_to_str=True)
 
     region: str = Field("us-east-1", alias="aws:region",
                         json_schema_extra=allow("a region in botocore's endpoint data"))
@@ -133,6 +133,9 @@ class StackConfig(BaseModel):
         if self.is_prod:
             _prod_rules(self)
         return self
+
+
+docstring_descriptions(StackConfig)
 
 
 def _streams_survive_the_idle_timeout(g: GatewayConfig, lb: LoadBalancerConfig) -> None:
