@@ -363,8 +363,9 @@ class App:
         return rec.input_tokens, rec.output_tokens
 
     async def forward(self, call: Call) -> None:
-        """The upstream's answer to the client. The entry is filled and the reservation settled
-        (`finish`) before the answer's last byte goes out: whoever asks next sees both."""
+        """The upstream's answer to the client. The entry is filled (or its fill lock let go) and
+        the reservation settled (`finish`) before the answer's last byte goes out: whoever asks
+        next sees both."""
         scope, ex, route, headers, body, rec, gate = call.scope, call.ex, call.route, call.headers, call.body, \
             call.rec, call.gate
         forward = {name: headers[raw].decode("latin-1") for raw, name in FORWARDED.items() if raw in headers}
@@ -377,7 +378,6 @@ class App:
         path = scope["path"][3:] + (f"?{scope['query_string'].decode('latin-1')}"
                                     if scope.get("query_string") else "")
         store = gate if call.policy.write else None  # the gate whose entry this answer fills
-        filled = False
         try:
             try:
                 resp = await ex.wait(self.upstream.send(scope["method"], path, body, forward, rec))
@@ -399,7 +399,8 @@ class App:
                         return  # the client left
                     entry = recorded.entry()
                     if store and completed and entry is not None and cache.complete_stream(route, entry):
-                        filled = await self.fill(store, cache.encode(cache.SSE_ENTRY, entry), rec)
+                        await self.fill(store, cache.encode(cache.SSE_ENTRY, entry), rec)
+                    await self.let_go(gate, rec)
                     await self.finish(call)
                     await ex.end()
                 else:
@@ -416,7 +417,8 @@ class App:
                             rec.input_tokens, rec.output_tokens = found
                         if store and len(data) <= self.s.cache_max_entry_bytes \
                                 and cache.complete_answer(route, resp.content_type, data):
-                            filled = await self.fill(store, cache.encode(cache.JSON_ENTRY, data), rec)
+                            await self.fill(store, cache.encode(cache.JSON_ENTRY, data), rec)
+                    await self.let_go(gate, rec)
                     await self.finish(call)
                     if ex.started and resp.status != 200:  # an early-started stream: the error as an event
                         rec.error = "upstream_error"
@@ -428,11 +430,7 @@ class App:
             finally:
                 resp.release()
         finally:
-            if gate is not None and gate.holds_lock and not filled:
-                try:
-                    await self.store.release(gate)  # waiters stop waiting and ask the upstream
-                except StoreUnavailable:
-                    rec.cache_error = True
+            await self.let_go(gate, rec)  # the client left, or the upstream failed
 
     def listed_models(self, data: bytes, rec: Record) -> bytes:
         """The upstream's model list, less what this client may not call."""
@@ -446,13 +444,23 @@ class App:
                        and (allowed is None or listed in allowed)]
         return orjson.dumps(doc)
 
-    async def fill(self, gate: Gate, entry: bytes, rec: Record) -> bool:
+    async def fill(self, gate: Gate, entry: bytes, rec: Record) -> None:
         try:
             await self.store.fill(gate, entry, self.s.cache_ttl_seconds)
-            return True
+            gate.holds_lock = False  # the fill let it go
         except StoreUnavailable:
             rec.cache_error = True
-            return False
+
+    async def let_go(self, gate: Optional[Gate], rec: Record) -> None:
+        """Give up a fill lock this answer did not fill, once: the requests waiting for it stop
+        waiting and ask the upstream themselves."""
+        if gate is None or not gate.holds_lock:
+            return
+        try:
+            await self.store.release(gate)
+        except StoreUnavailable:
+            rec.cache_error = True
+        gate.holds_lock = False
 
     def prepare(self, route: str, body: bytes, rec: Record, client: Client) -> tuple[bytes, Doc]:
         """Parse once for the log and the stream flag; check the model and the stored state a

@@ -24,6 +24,7 @@ USED = {
     "pulumi.runtime.sync_await": ("_sync_await",),
     "pulumi.runtime.settings": ("ROOT", "SETTINGS", "get_root_resource"),
     "pulumi.runtime.rpc": ("is_rpc_secret", "unwrap_rpc_secret", "wrap_rpc_secret"),
+    "pulumi.runtime.resource": ("_get_stack_trace",),
     "pulumi.resource": ("Resource._type", "Resource._name"),
     "boto3": ("_get_default_session",),
 }
@@ -61,10 +62,21 @@ def wait(awaitable: Awaitable[T]) -> T:
 
 
 def run_program(program: Callable[[], Any]) -> None:
-    """Run a Pulumi program under the mocks set with `pulumi.runtime.set_mocks`, to its end."""
+    """Run a Pulumi program under the mocks set with `pulumi.runtime.set_mocks`, to its end.
+
+    Without the source position the SDK records with each resource for the engine's messages:
+    it extracts the whole Python stack, source lines and all, per resource (a sixth of a
+    synthesis), and no mock reads it."""
+    from pulumi.runtime import resource
+    from pulumi.runtime.proto import source_pb2
     from pulumi.runtime.stack import run_pulumi_func
 
-    wait(run_pulumi_func(program))
+    saved = resource._get_stack_trace  # noqa: SLF001
+    resource._get_stack_trace = source_pb2.StackTrace  # noqa: SLF001 - an empty trace: no position
+    try:
+        wait(run_pulumi_func(program))
+    finally:
+        resource._get_stack_trace = saved  # noqa: SLF001
 
 
 def reset_root() -> None:

@@ -28,10 +28,17 @@ def _faster_dispatch() -> None:
     response class's members on every request: a third of each call's time here. Both answers
     are fixed for a process, so compute them once. werkzeug's per-request log lines go too.
     Each KMS key moto makes gets a new 2048-bit RSA key for Sign/Verify (~40 ms), which a
-    symmetric key cannot do: symmetric keys share one."""
+    symmetric key cannot do: symmetric keys share one. And each service's regions, which moto
+    looks up in botocore's endpoint data for every backend it makes after a reset, are looked up
+    once per service."""
     import moto.backends
     import moto.core.responses
     import moto.kms.models
+    from moto.core.base_backend import AccountSpecificBackend
+
+    lookup = AccountSpecificBackend._generate_regions.__wrapped__  # noqa: SLF001 - moto's, uncached
+    regions = functools.cache(lambda service: tuple(lookup(None, service)))
+    AccountSpecificBackend._generate_regions = lambda self, service: list(regions(service))  # noqa: SLF001
 
     generate, shared = moto.kms.models.generate_private_key, []
 
