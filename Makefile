@@ -58,7 +58,7 @@ diff: $(VENV)/.installed  ## what differs between two stacks (FROM=staging TO=pr
 test: $(VENV)/.installed $(GW_VENV)/.installed  ## the whole suite: lint, strict types (components, gateway), config, stacks, gateway, commands against moto
 	@bash .ci/system-packages
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n auto --dist worksteal
 
 # Mutation testing of the modules that carry the guarantees (mutation/packages.py); PACKAGES=gateway
 # runs one. Results are cached under .mutation/, so a second run tests only what changed.

@@ -7,6 +7,7 @@ Changing the task definition or the gateway alone breaks this test.
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
@@ -57,7 +58,16 @@ def task(staging):
 
 
 @pytest.fixture(scope="module")
-def running(task, tmp_path_factory):
+def task_ports():
+    """The task's own ports, held by one test process at a time: pytest-xdist may run this
+    module's tests in two workers at once, and the second would find the ports taken."""
+    with open(Path(tempfile.gettempdir()) / "llm-service-contract-ports.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, after the last test here
+        yield
+
+
+@pytest.fixture(scope="module")
+def running(task, task_ports, tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("running as the task's user needs root")
     assert GATEWAY_PYTHON.exists(), "the gateway's runtime venv is missing: run `make test`"
