@@ -31,7 +31,6 @@ from typing import Optional, TextIO
 
 from botocore.exceptions import ClientError, NoCredentialsError
 
-from infra.stack_files import ROOT
 from ops import rollout
 from ops.boto import client as _client
 from ops.rollout import Failure, Stack
@@ -44,7 +43,6 @@ ANY_TOKEN = re.compile(r"\S{8,}")
 @dataclass
 class Target:
     stack: Stack
-    name: str
     secret_id: str
     rotation_age_days: int
 
@@ -53,14 +51,13 @@ class Target:
         return self.stack.region
 
 
-def resolve(stack: str, name: str, outputs: Optional[Path], region: Optional[str],
-            root: Path = ROOT) -> Target:
-    s = rollout.resolve(stack, outputs, region, root)
+def resolve(stack: str, name: str, outputs: Optional[Path], region: Optional[str]) -> Target:
+    s = rollout.resolve(stack, outputs, region)
     if name not in s.cfg.secrets.names:
         raise Failure(f"{name!r} is not one of the stack's secrets.names {list(s.cfg.secrets.names)}")
     if name not in s.secrets:
         raise Failure(f"{outputs}: secretArns has no {name!r} (has {sorted(s.secrets)})")
-    return Target(s, name, s.secrets[name], s.cfg.secrets.rotation_age_days)
+    return Target(s, s.secrets[name], s.cfg.secrets.rotation_age_days)
 
 
 def read_value(name: str, stdin: TextIO) -> str:
@@ -84,7 +81,7 @@ def _store(t: Target, value: str) -> str:
     return f"stored a new current version of {t.secret_id} (version {version})"
 
 
-def put(t: Target, value: str, timeout: int = 600, sleep: Callable[[float], None] = time.sleep,
+def put(t: Target, value: str, timeout: int, sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = print) -> None:
     """Store the value; where the service exists (and every secret it reads has a value), roll
     it out and wait until it is stable."""

@@ -204,6 +204,40 @@ def test_outputs_file_missing_an_output_is_one_line(deployed, capsys, tmp_path):
     assert "has no output 'clientKeysSecretArn'" in out.err
 
 
+def test_outputs_file_without_the_secret_is_one_exact_line(deployed, capsys, tmp_path):
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({
+        "secretArns": {"other-api-key": deployed["arn"]}, "region": "us-east-1",
+        "clientKeysSecretArn": "llm-service/staging/client-keys",
+        "cacheAuthSecretArn": "llm-service/staging/cache-auth-token",
+        "clusterName": "llm-service-staging", "serviceName": "llm-service-staging"}))
+    code, out = run(["check", "--stack", STACK, "--outputs", str(outputs)], None, capsys)
+    assert code == 1
+    assert out.err == (f"error: {outputs}: secretArns has no 'openai-api-key' "
+                       "(has ['cache-auth-token', 'client-keys', 'other-api-key'])\n")
+
+
+def test_a_secret_other_than_openais_is_any_one_token_of_eight_characters_or_more():
+    assert apikey.read_value("anthropic-api-key", Pipe(" tok-5678 \n")) == "tok-5678"
+    for bad in ("tok-567", "tok 5678"):
+        with pytest.raises(rollout.Failure) as e:
+            apikey.read_value("anthropic-api-key", Pipe(bad))
+        assert str(e.value) == (f"that does not look like a anthropic-api-key ({len(bad)} characters read); "
+                                "nothing was written")
+
+
+def test_check_prints_each_line_and_fails_on_a_fail(deployed, capsys, mocker):
+    deployed["sm"].put_secret_value(SecretId=SECRET_NAME, SecretString=KEY)
+    changed = datetime.now(UTC) - timedelta(days=3)  # `main` checks against the clock
+    _described(mocker, KmsKeyId=None, LastChangedDate=changed)
+    code, out = run(["check", "--stack", STACK], None, capsys)
+    assert code == 1
+    assert out.out.splitlines() == [
+        "FAIL llm-service/staging/openai-api-key: encrypted with the AWS-managed key, not the stack's",
+        f"OK   llm-service/staging/openai-api-key: current value present, last changed {changed:%Y-%m-%d} "
+        "(3 days ago)"]
+
+
 def test_check_without_a_value_fails(deployed, capsys):
     code, out = run(["check", "--stack", STACK], None, capsys)
     assert code == 1
@@ -354,7 +388,7 @@ def test_check_fails_a_secret_under_the_aws_managed_key(deployed, mocker):
     deployed["sm"].put_secret_value(SecretId=SECRET_NAME, SecretString=KEY)
     _described(mocker, KmsKeyId=None, LastChangedDate=DAY)
     lines, ok = apikey.check(apikey.resolve(STACK, "openai-api-key", None, None), now=DAY)
-    assert not ok
+    assert ok is False
     assert lines == ["FAIL llm-service/staging/openai-api-key: encrypted with the AWS-managed key, "
                      "not the stack's",
                      "OK   llm-service/staging/openai-api-key: current value present, last changed 2026-03-01 "
@@ -429,6 +463,16 @@ def test_rotate_passes_its_timeout_and_log_on(deployed, capsys, mocker):
     assert code == 0, out.err
     (call,) = waits.call_args_list
     assert call.args[1] == 7 and call.args[4] is print
+
+
+def test_rotate_logs_where_it_is_told(deployed, mocker):
+    mocker.patch("ops.apikey.rollout.require_service")
+    waits = mocker.patch("ops.apikey.rollout.after_secret_change")
+    lines: list[str] = []
+    apikey.rotate(apikey.resolve(STACK, "openai-api-key", None, None), KEY, 7, log=lines.append)
+    (stored,) = lines
+    assert stored.startswith(f"stored a new current version of {SECRET_NAME} (version ")
+    assert waits.call_args.args[4] == lines.append
 
 
 def test_an_error_before_the_target_is_known_names_the_secret_generically(capsys, mocker):
