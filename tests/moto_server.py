@@ -23,6 +23,7 @@ import pytest
 # this plugin too, and runs no test.
 
 
+@functools.cache  # once a process: mutmut runs several sessions in one
 def _faster_dispatch() -> None:
     """moto 5.2's server lists its own package directory (~90 stat calls) and inspects the
     response class's members on every request: a third of each call's time here. Both answers
