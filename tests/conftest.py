@@ -34,6 +34,11 @@ def pytest_configure(config):
     gc.set_threshold(100_000, 50, 100)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `first` go first: started last, a long one would end the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("first") is None)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """pytest walks the heap five times at exit for unraisable exceptions (~3 s a process with the
     session's syntheses and snapshots): what the session made lives until exit anyway."""
