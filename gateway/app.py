@@ -505,7 +505,10 @@ class App:
             try:
                 await asyncio.wait({copying, ex.gone}, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
-                # The drain's deadline: tell the client, rather than end the stream as if finished.
+                # The drain's deadline: tell the client, rather than end the stream as if finished,
+                # once the relay has stopped (no chunk nor keepalive may follow the error event).
+                copying.cancel()
+                await asyncio.gather(copying, return_exceptions=True)
                 rec.error = errors.stream_cut_by_drain().code
                 await _quietly(ex.write(errors.stream_cut_by_drain().sse_event()))
                 raise

@@ -155,6 +155,7 @@ class Exchange:
         except asyncio.CancelledError:
             if not self.left:  # not the client: the drain's deadline
                 if self.started:  # a stream started early: tell its client, its SDK raises on it
+                    await self._quiet(timer)  # no keepalive may follow the error event
                     with contextlib.suppress(Exception):
                         await self.fail(stream_cut_by_drain())
                 raise
@@ -164,15 +165,18 @@ class Exchange:
         finally:
             self.waiting = False
             self.dog.waiting.pop(self, None)
-            if timer is not None:
-                timer.cancel()
-            keeper = self._keeper
-            if keeper is not None:
-                self._keeper = None
-                keeper.cancel()
-                await asyncio.gather(keeper, return_exceptions=True)
+            await self._quiet(timer)
 
     _keeper: Optional[asyncio.Task[None]] = None
+
+    async def _quiet(self, timer: Optional[asyncio.TimerHandle]) -> None:
+        """No more keepalives: the timer that would start them and the task writing them stop."""
+        if timer is not None:
+            timer.cancel()
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
 
     def _keep_alive(self) -> None:
         async def beat() -> None:
