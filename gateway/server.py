@@ -36,7 +36,6 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.gateway, self.s = app, s
         self.drain_started: Optional[float] = None
-        self.closed_at: Optional[float] = None  # when this worker stopped listening
 
     def handle_exit(self, sig: int, frame: Optional[FrameType]) -> None:
         if sig == signal.SIGTERM and self.drain_started is None:
@@ -52,14 +51,15 @@ class _Server(uvicorn.Server):
         leaves uvicorn's shutdown to the next tick: a connection accepted a moment before (its
         request not read yet) would be closed unanswered by the shutdown; a tick later its request
         is in flight, and waited for."""
-        if self.closed_at is not None and not self.should_exit:
+        if self.drain_started is None or self.should_exit:
+            return await super().on_tick(counter)
+        if not any(server.is_serving() for server in self.servers):  # closed at the last tick
             self.should_exit = True  # uvicorn waits for what is in flight, then exits
-        elif self.drain_started is not None and self.closed_at is None:
+        else:
             why = self._stop_accepting(time.monotonic(), self.drain_started)
             if why:
                 for server in self.servers:
                     server.close()
-                self.closed_at = time.monotonic()
                 print(f"gateway: draining: stopped accepting after {time.monotonic() - self.drain_started:.1f} s "
                       f"({why}); {len(self.server_state.tasks)} in flight, "
                       f"{self.config.timeout_graceful_shutdown:.0f} s left to finish", file=sys.stderr, flush=True)

@@ -192,3 +192,11 @@ def help_text(main: Callable[[list[str]], Any], monkeypatch: pytest.MonkeyPatch,
         main(["--help"])
     assert e.value.code == 0
     return capsys.readouterr().out
+
+
+def refusal(main: Callable[[list[str]], Any], argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The line argparse ends with when `main(argv)` is a wrong command line (it exits 2)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err.splitlines()[-1]

@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
 
 from ops import apikey, rollout
-from tests.conftest import help_text
+from tests.conftest import help_text, refusal
 from tests.moto_server import at_boundary, own_client
 
 KEY = "sk-proj-" + "A1b2C3d4" * 6
@@ -183,13 +183,19 @@ def test_value_is_never_taken_from_argv():
         apikey.main(["put", "--stack", STACK, KEY], stdin=Pipe(""))
 
 
-def test_put_via_outputs_file(deployed, capsys, tmp_path, rolls_out):
+def _outputs(tmp_path, secret_arns: dict[str, str]):
+    """`pulumi stack output --json` of the deployed staging stack, saved to a file, with these secretArns."""
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps({
-        "secretArns": {"openai-api-key": deployed["arn"]}, "region": "us-east-1",
+        "secretArns": secret_arns, "region": "us-east-1",
         "clientKeysSecretArn": "llm-service/staging/client-keys",
         "cacheAuthSecretArn": "llm-service/staging/cache-auth-token",
         "clusterName": "llm-service-staging", "serviceName": "llm-service-staging"}))
+    return outputs
+
+
+def test_put_via_outputs_file(deployed, capsys, tmp_path, rolls_out):
+    outputs = _outputs(tmp_path, {"openai-api-key": deployed["arn"]})
     code, out = run(["put", "--stack", STACK, "--outputs", str(outputs)], Pipe(KEY), capsys)
     assert code == 0, out.err
     assert deployed["arn"] in out.out
@@ -205,12 +211,7 @@ def test_outputs_file_missing_an_output_is_one_line(deployed, capsys, tmp_path):
 
 
 def test_outputs_file_without_the_secret_is_one_exact_line(deployed, capsys, tmp_path):
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps({
-        "secretArns": {"other-api-key": deployed["arn"]}, "region": "us-east-1",
-        "clientKeysSecretArn": "llm-service/staging/client-keys",
-        "cacheAuthSecretArn": "llm-service/staging/cache-auth-token",
-        "clusterName": "llm-service-staging", "serviceName": "llm-service-staging"}))
+    outputs = _outputs(tmp_path, {"other-api-key": deployed["arn"]})
     code, out = run(["check", "--stack", STACK, "--outputs", str(outputs)], None, capsys)
     assert code == 1
     assert out.err == (f"error: {outputs}: secretArns has no 'openai-api-key' "
@@ -435,10 +436,8 @@ def test_the_command_line_is_as_documented(capsys, monkeypatch):
     (["put", "--stack", "staging", "--timeout", "soon"], "argument --timeout: invalid int value: 'soon'"),
 ])
 def test_a_wrong_command_line_is_refused(capsys, argv, words):
-    with pytest.raises(SystemExit) as e:
-        apikey.main(argv, stdin=Pipe(""))
-    assert e.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"python -m ops.apikey: error: {words}"
+    refused = refusal(lambda a: apikey.main(a, stdin=Pipe("")), argv, capsys)
+    assert refused == f"python -m ops.apikey: error: {words}"
 
 
 def test_another_region_is_looked_in(deployed, capsys):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ops import cache as cache_ops
-from tests.conftest import help_text
+from tests.conftest import help_text, refusal
 from tests.moto_server import at_boundary, own_client
 
 CLUSTER = SERVICE = "llm-service-staging"
@@ -204,12 +204,17 @@ def test_a_service_without_a_network_configuration_is_refused(service, capsys, m
     assert err == f"error: {SERVICE} has no network configuration to run a task with\n"
 
 
-def test_an_aws_refusal_names_the_service(service, capsys, mocker):
+def _run_task_fails(mocker, code: str, message: str) -> None:
+    """Injected: AWS answers RunTask with this error."""
     from botocore.exceptions import ClientError
 
-    def denied(real, **kw):
-        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not ecs:RunTask"}}, "RunTask")
-    at_boundary(mocker, cache_ops, "ecs", "run_task", denied)
+    def refuse(real, **kw):
+        raise ClientError({"Error": {"Code": code, "Message": message}}, "RunTask")
+    at_boundary(mocker, cache_ops, "ecs", "run_task", refuse)
+
+
+def test_an_aws_refusal_names_the_service(service, capsys, mocker):
+    _run_task_fails(mocker, "AccessDeniedException", "not ecs:RunTask")
     code, _, err = run(capsys)
     assert code == 1
     assert err.splitlines()[-1] == "error: access denied to the ECS service of staging: not ecs:RunTask"
@@ -246,9 +251,7 @@ def test_the_command_line_is_as_documented(capsys, monkeypatch):
     (["purge", "--stack", "staging"], "argument action: invalid choice: 'purge' (choose from 'invalidate')"),
 ])
 def test_a_wrong_command_line_is_refused(capsys, argv, words):
-    with pytest.raises(SystemExit) as e:
-        cache_ops.main(argv)
-    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"python -m ops.cache: error: {words}"
+    assert refusal(cache_ops.main, argv, capsys) == f"python -m ops.cache: error: {words}"
 
 
 def test_another_region_is_looked_in(service, capsys):
@@ -274,11 +277,7 @@ def test_an_outputs_file_names_the_cluster_and_service(service, capsys, mocker, 
 
 
 def test_a_missing_service_names_the_stack_to_deploy(service, capsys, mocker):
-    from botocore.exceptions import ClientError
-
-    def gone(real, **kw):
-        raise ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "gone"}}, "RunTask")
-    at_boundary(mocker, cache_ops, "ecs", "run_task", gone)
+    _run_task_fails(mocker, "ResourceNotFoundException", "gone")
     code, _, err = run(capsys)
     assert code == 1
     assert err.splitlines()[-1] == ("error: the ECS service of staging does not exist; deploy the stack first "
