@@ -30,7 +30,7 @@ PACKAGES = (
         "config",
         ("infra/config/*.py", "infra/aws_rules.py"),
         ("tests/test_config.py", "tests/test_config_refusals.py", "tests/test_config_rules.py",
-         "tests/test_lifecycle.py"),
+         "tests/test_lifecycle.py", "tests/test_real_run.py"),
     ),
     Package(
         "components",

@@ -86,7 +86,10 @@ def _each_config_synthesized_once():
     import offline.plan
     import offline.synth
 
-    _REAL_SYNTHESIZE.append(offline.synth.synthesize)
+    # A session's syntheses are its own: mutmut runs each mutant's session in a process forked from
+    # one that ran the unmutated tests, whose syntheses would hide a mutant in the config or program.
+    _SYNTHESES.clear()
+    _REAL_SYNTHESIZE[:] = [offline.synth.synthesize]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(offline.synth, "synthesize", synthesize_once)  # offline.diff, offline.cost
         mp.setattr(offline.plan, "synthesize", synthesize_once)

@@ -86,3 +86,19 @@ def test_the_hook_writes_each_function_the_process_runs_to_the_hits_file(tmp_pat
         "PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT / "mutation" / "hook"), "MUTATION_HITS": str(hits)})
     assert done.returncode == 0, done.stderr
     assert hits.read_text().splitlines() == ["gateway.limits.x_windows", "gateway.keys.x_digest"]
+
+
+def test_a_second_session_in_one_process_synthesizes_again():
+    """mutmut runs each mutant's session in a process forked from one that ran the unmutated tests:
+    a synthesis left over from that session would hide a mutant in the config or the program."""
+    seeded = ("import sys, pytest, tests.conftest as c; c._SYNTHESES[('seed',)] = None; "
+              "sys.exit(pytest.main(['-q', '-p', 'no:xdist', '-p', 'no:cacheprovider', "
+              f"'{__file__}::test_this_session_holds_only_its_own_syntheses']))")
+    done = subprocess.run([sys.executable, "-c", seeded], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_this_session_holds_only_its_own_syntheses():
+    from tests import conftest
+
+    assert ("seed",) not in conftest._SYNTHESES  # noqa: SLF001 - the cache under test
