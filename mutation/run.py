@@ -1,11 +1,15 @@
 """`make mutate`: mutation testing (mutmut) of the modules that carry the project's guarantees.
 
     python -m mutation.run [PACKAGE ...] [--jobs N] [--only GLOB ...] [--survivors] [--report]
+    python -m mutation.run PACKAGE --shard K/N      # one of N parts of a package (CI's jobs)
+    python -m mutation.run --combine RESULTS.json ...  # the packages' scores from their parts
 
 Each package (mutation/packages.py) runs in its own copy of the checkout under .mutation/<package>/,
 so mutmut's per-mutant results stay cached between runs there and only changed functions are tested
 again. Prints each package's score (mutants killed over non-equivalent mutants), writes every
-survivor's diff to .mutation/survivors.txt, and exits 1 if a package scores below the target.
+survivor's diff to .mutation/survivors.txt and the results to .mutation/results/, and exits 1 if a
+package scores below the target. A shard tests some of a package's modules and is judged with the
+others by --combine, which fails when a part is missing.
 Equivalent mutants (no test could tell them apart from the original) are listed, each with its
 reason, in mutation/equivalent.txt.
 """
@@ -139,6 +143,68 @@ class Result:
         return sum(1 for s in self.status.values() if s in wanted)
 
 
+def modules(package: Package) -> list[tuple[str, int]]:
+    """The package's mutated files as mutmut names their mutants (`gateway/__init__.py` is
+    `gateway.__init__`), each with its size in bytes."""
+    files = sorted({f for pattern in package.mutate for f in fnmatch.filter(checkout_files(), pattern)})
+    return [(f.removesuffix(".py").replace("/", "."), (ROOT / f).stat().st_size) for f in files]
+
+
+def shard_globs(package: Package, k: int, n: int) -> list[str]:
+    """The mutant globs of part k of n: the modules dealt out largest first, each to the part with
+    the fewest bytes so far (a module's mutants are about in proportion to its size)."""
+    parts: list[list[str]] = [[] for _ in range(n)]
+    sizes = [0] * n
+    for module, size in sorted(modules(package), key=lambda m: (-m[1], m[0])):
+        lightest = sizes.index(min(sizes))
+        parts[lightest].append(f"{module}.x*")  # mutmut names a function's mutants x_f, xǁClassǁf
+        sizes[lightest] += size
+    return sorted(parts[k - 1])
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r}: K/N with 1 <= K <= N, e.g. 2/4")
+    return int(k), int(n)
+
+
+def save_results(result: Result, shard: tuple[int, int]) -> Path:
+    """Write a package's (or a part's) results where --combine and CI's artifact find them."""
+    path = WORK / "results" / f"{result.package}-{shard[0]}of{shard[1]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"package": result.package, "shard": list(shard),
+                                "status": result.status, "diffs": result.diffs}, indent=1, sort_keys=True))
+    return path
+
+
+def combine(paths: list[Path]) -> list[Result]:
+    """Each package's results from its parts' files; a package or a part with no file is an error."""
+    parts: dict[str, dict[int, dict]] = {}
+    counts: dict[str, set[int]] = {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        k, n = data["shard"]
+        parts.setdefault(data["package"], {})[k] = data
+        counts.setdefault(data["package"], set()).add(n)
+    missing = [p.name for p in PACKAGES if p.name not in parts]
+    for name, got in parts.items():
+        (n, *other) = sorted(counts[name])
+        if other:
+            raise SystemExit(f"{name}: parts of different splits ({', '.join(map(str, [n, *other]))})")
+        missing += [f"{name} {k}/{n}" for k in range(1, n + 1) if k not in got]
+    if missing:
+        raise SystemExit(f"no results for {', '.join(missing)}: its job failed or ran out of time")
+    results = []
+    for package in PACKAGES:
+        result = Result(package.name)
+        for data in parts[package.name].values():
+            result.status.update(data["status"])
+            result.diffs.update(data["diffs"])
+        results.append(result)
+    return results
+
+
 def read_results(package: Package, work: Path, only: list[str]) -> Result:
     """The package's results (those matching `only`, when given), with each survivor's diff."""
     from mutmut.mutation.diff_apply import get_diff_for_mutant
@@ -209,16 +275,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--survivors", action="store_true",
                         help="test only the last run's survivors again (after writing tests for them)")
     parser.add_argument("--report", action="store_true", help="only report the last run's results")
+    parser.add_argument("--shard", type=parse_shard, metavar="K/N",
+                        help="test part K of N of one package (its modules split by size); judged by --combine")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="RESULTS",
+                        help="score every package from its parts' results files (.mutation/results/*.json)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.packages if n not in BY_NAME]
     if unknown:
         parser.error(f"no package {', '.join(unknown)}: one of {', '.join(BY_NAME)}")
+    if args.combine:
+        return 0 if report(combine(args.combine), read_equivalent()) else 1
+    if args.shard and (len(args.packages) != 1 or args.only):
+        parser.error("--shard takes one package and no --only")
     packages = [BY_NAME[n] for n in args.packages] or list(PACKAGES)
     results = []
     for package in packages:
-        work = WORK / package.name if args.report else run_mutmut(package, args.jobs, args.only, args.survivors)
-        results.append(read_results(package, work, args.only))
-    return 0 if report(results, read_equivalent()) else 1
+        only = shard_globs(package, *args.shard) if args.shard else args.only
+        work = WORK / package.name if args.report else run_mutmut(package, args.jobs, only, args.survivors)
+        results.append(read_results(package, work, only))
+        save_results(results[-1], args.shard or (1, 1))
+    ok = report(results, read_equivalent())
+    if args.shard:
+        print(f"part {args.shard[0]}/{args.shard[1]} of {packages[0].name}: its score counts with the other "
+              "parts' (--combine)")
+        return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ each package runs with, and the bridge that lets a gateway process report what i
 
 from __future__ import annotations
 
+import argparse
+import fnmatch
 import glob
 import os
 import subprocess
@@ -102,3 +104,75 @@ def test_this_session_holds_only_its_own_syntheses():
     from tests import conftest
 
     assert ("seed",) not in conftest._SYNTHESES  # noqa: SLF001 - the cache under test
+
+
+@pytest.mark.parametrize("package", packages.PACKAGES, ids=lambda p: p.name)
+def test_the_parts_of_a_package_hold_each_module_once_and_about_the_same_bytes(package):
+    modules = dict(run.modules(package))
+    for n in (1, 2, 4):
+        parts = [run.shard_globs(package, k, n) for k in range(1, n + 1)]
+        dealt = sorted(glob.removesuffix(".x*") for part in parts for glob in part)
+        assert dealt == sorted(modules), "every module in one part"
+        sizes = [sum(modules[g.removesuffix(".x*")] for g in part) for part in parts]
+        assert max(sizes) - min(sizes) <= max(modules.values()), "no part heavier by more than a module"
+    names = {"gateway": "gateway.store.xǁValkeyStoreǁgate__mutmut_3", "ops": "ops.apikey.x_put__mutmut_1"}
+    if package.name in names:  # a mutant's name, as mutmut writes it, falls in exactly one part
+        hits = [k for k in range(1, 5) if any(fnmatch.fnmatchcase(names[package.name], g)
+                                              for g in run.shard_globs(package, k, 4))]
+        assert len(hits) == 1
+
+
+def test_a_part_is_named_k_of_n():
+    assert run.parse_shard("2/4") == (2, 4)
+    for bad in ("0/4", "5/4", "2", "a/b", "-1/4"):
+        with pytest.raises(argparse.ArgumentTypeError, match="K/N with 1 <= K <= N"):
+            run.parse_shard(bad)
+    with pytest.raises(SystemExit):
+        run.main(["gateway", "ops", "--shard", "1/2"])
+    with pytest.raises(SystemExit):
+        run.main(["gateway", "--shard", "1/2", "--only", "gateway.keys.*"])
+
+
+def _parts(tmp_path, monkeypatch, **status_by_part):
+    """Each package's results saved as its parts would save them; gateway's split as given."""
+    monkeypatch.setattr(run, "WORK", tmp_path)
+    paths = []
+    for name in packages.BY_NAME:
+        if name != "gateway":
+            paths.append(run.save_results(run.Result(name, status={f"{name}.m.x_f__mutmut_1": "killed"}), (1, 1)))
+    for part, status in status_by_part.items():
+        k, n = map(int, part.removeprefix("p").split("of"))
+        diffs = {m: "- a\n+ b" for m, s in status.items() if s == "survived"}
+        paths.append(run.save_results(run.Result("gateway", status=status, diffs=diffs), (k, n)))
+    return paths
+
+
+def test_the_parts_combine_into_one_score_per_package(tmp_path, monkeypatch, capsys):
+    # Part 1 kills 3 of 5, part 2 all its 5: 8 of 10 in all.
+    survivors = ["gateway.keys.x_f__mutmut_9", "gateway.keys.x_g__mutmut_1"]
+    one = {f"gateway.keys.x_f__mutmut_{n}": "killed" for n in range(3)} | dict.fromkeys(survivors, "survived")
+    two = {f"gateway.store.x_f__mutmut_{n}": "killed" for n in range(5)}
+    results = run.combine(_parts(tmp_path, monkeypatch, p1of2=one, p2of2=two))
+    (gateway,) = [r for r in results if r.package == "gateway"]
+    assert gateway.status == one | two and sorted(gateway.diffs) == survivors
+    assert run.score(gateway, {}) == (8, 10, survivors)
+    assert [r.package for r in results] == list(packages.BY_NAME)
+    paths = _parts(tmp_path, monkeypatch, p1of2=one, p2of2=two)
+    assert run.main(["--combine", *map(str, paths)]) == 1, "8 of 10 is under the target"
+    assert "80.0%" in capsys.readouterr().out
+    two |= {f"gateway.store.x_h__mutmut_{n}": "killed" for n in range(10)}  # 18 of 20 in all
+    paths = _parts(tmp_path, monkeypatch, p1of2=one, p2of2=two)
+    assert run.main(["--combine", *map(str, paths)]) == 0, "part 1 alone is under it, the package is not"
+
+
+def test_a_missing_part_or_package_fails_the_combined_score(tmp_path, monkeypatch):
+    killed = {"gateway.keys.x_f__mutmut_1": "killed"}
+    paths = _parts(tmp_path, monkeypatch, p1of3=killed, p3of3=killed)
+    with pytest.raises(SystemExit, match=r"no results for gateway 2/3: its job failed"):
+        run.combine(paths)
+    paths = _parts(tmp_path, monkeypatch, p1of1=killed)
+    with pytest.raises(SystemExit, match=r"no results for ops"):
+        run.combine([p for p in paths if "ops-" not in p.name])
+    paths = _parts(tmp_path, monkeypatch, p1of2=killed, p2of2=killed) + _parts(tmp_path, monkeypatch, p1of3=killed)
+    with pytest.raises(SystemExit, match=r"gateway: parts of different splits \(2, 3\)"):
+        run.combine(paths)

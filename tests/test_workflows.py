@@ -101,6 +101,9 @@ INPUTS = {
     "actions/upload-artifact": {  # v7.0.0
         "name", "path", "if-no-files-found", "retention-days", "compression-level", "overwrite",
         "include-hidden-files", "archive"},
+    "actions/download-artifact": {  # v8.0.1
+        "name", "artifact-ids", "path", "pattern", "merge-multiple", "github-token", "repository", "run-id",
+        "skip-decompress", "digest-mismatch"},
     "aws-actions/configure-aws-credentials": {  # v6.2.3
         "aws-region", "aws-profile", "overwrite-aws-profile", "role-to-assume", "aws-access-key-id",
         "aws-secret-access-key", "aws-session-token", "web-identity-token-file", "role-chaining", "audience",
@@ -126,6 +129,7 @@ INPUTS = {
 # The major each action is pinned at, no older: a runtime GitHub retires (node20) goes with the
 # majors before these. Dependabot (.github/dependabot.yml) proposes the next ones.
 LEAST_MAJOR = {"actions/checkout": 7, "actions/setup-python": 7, "actions/upload-artifact": 7,
+               "actions/download-artifact": 8,
                "aws-actions/configure-aws-credentials": 6, "docker/setup-qemu-action": 4,
                "docker/setup-buildx-action": 4, "pulumi/actions": 7}
 
@@ -300,22 +304,37 @@ def test_make_test_and_ci_install_the_system_package_the_suite_needs():
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
 
 
-def test_mutation_testing_runs_weekly_with_nothing_but_read_access_and_keeps_the_survivors():
+def test_mutation_testing_runs_weekly_in_parts_with_read_access_and_scores_each_package_whole():
     doc = load("mutation.yml")
     (cron,) = [entry["cron"] for entry in doc["on"]["schedule"]]
     minute, hour, day, month, weekday = cron.split()
     assert day == month == "*" and weekday.isdigit() and minute.isdigit() and hour.isdigit(), "weekly"
-    (job,) = doc["jobs"].values()
-    assert job["permissions"] == {"contents": "read"} and doc["permissions"] == {}
+    assert doc["permissions"] == {}
+    mutate, score = doc["jobs"]["mutate"], doc["jobs"]["score"]
+    assert mutate["permissions"] == score["permissions"] == {"contents": "read"}
     from mutation.packages import BY_NAME
-    assert job["strategy"]["matrix"]["package"] == list(BY_NAME), "every package, each in its own job"
-    assert job["strategy"]["fail-fast"] is False
-    (step,) = [s for s in steps(job) if "make mutate" in s.get("run", "")]
-    assert step["run"] == 'make mutate PACKAGES="$PACKAGE"' and step["env"] == {"PACKAGE": "${{ matrix.package }}"}
+    parts = [(p["package"], p["shard"]) for p in mutate["strategy"]["matrix"]["include"]]
+    for name in BY_NAME:  # every package, each part of its split once
+        (n,) = {int(shard.split("/")[1]) for package, shard in parts if package == name}
+        assert sorted(shard for package, shard in parts if package == name) == [f"{k}/{n}" for k in range(1, n + 1)]
+    assert len(parts) == len(set(parts)) and mutate["strategy"]["fail-fast"] is False
+    assert mutate["timeout-minutes"] <= 360, "GitHub stops a job at 6 hours"
+    (step,) = [s for s in steps(mutate) if "make mutate" in s.get("run", "")]
+    assert step["run"] == 'make mutate PACKAGES="$PACKAGE" SHARD="$SHARD"'
+    assert step["env"] == {"PACKAGE": "${{ matrix.package }}", "SHARD": "${{ matrix.shard }}"}
     assert "system-packages" in _make_recipe("mutate")  # installs redis-server, as `make test` does
-    (upload,) = [s for s in steps(job) if action(s) == "actions/upload-artifact"]
-    assert upload["if"] == "always()" and upload["with"]["path"] == ".mutation/survivors.txt"
-    assert upload["with"]["include-hidden-files"] is True
+    assert "--shard $(SHARD)" in _make_recipe("mutate")
+    (upload,) = [s for s in steps(mutate) if action(s) == "actions/upload-artifact"]
+    assert upload["if"] == "always()" and upload["with"]["include-hidden-files"] is True
+    assert upload["with"]["path"].split() == [".mutation/results/", ".mutation/survivors.txt"]
+    assert "${{ strategy.job-index }}" in upload["with"]["name"], "one artifact per part"
+    # The score runs when parts failed too (a missing part fails it), over every part's results.
+    assert score["needs"] == "mutate" and score["if"] == "always()"
+    (download,) = [s for s in steps(score) if action(s) == "actions/download-artifact"]
+    prefix = upload["with"]["name"].split("$")[0]
+    assert download["with"] == {"pattern": prefix + "*", "path": "parts"}
+    (combine,) = [s for s in steps(score) if "mutation.run" in s.get("run", "")]
+    assert combine["run"] == "python3 -m mutation.run --combine parts/*/results/*.json"
 
 
 def test_the_cli_version_file_satisfies_the_sdk_requirement():
