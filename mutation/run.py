@@ -69,6 +69,10 @@ def mutmut_config(package: Package, files: list[str]) -> str:
         f"source_paths = {json.dumps([s + '/' for s in sources])}",
         f"only_mutate = {json.dumps(list(package.mutate))}",
         f"also_copy = {json.dumps(also_copy)}",
+        # mutmut's time limit is (the tests' run time + this) x 15, where the run time leaves out
+        # fixtures: a session's syntheses and servers take seconds before the first test, and a
+        # loaded machine would make a mutant that changes nothing "time out", counted as killed.
+        "timeout_constant = 10.0",
         # One test process per mutant; the suite's own parallelism (xdist) would fork servers twice.
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-q"]',
         f"pytest_add_cli_args_test_selection = {json.dumps(list(package.tests))}",

@@ -66,6 +66,7 @@ def test_each_package_names_files_and_tests_that_exist(package):
     assert f'only_mutate = {list(package.mutate)}'.replace("'", '"') in config
     assert '"tests/"' not in config.split("also_copy")[1].split("\n")[0], "mutmut copies tests itself"
     assert '"no:xdist"' in config
+    assert "timeout_constant = 10.0" in config, "a limit that fixtures fit in"
 
 
 def test_a_gateway_process_is_told_the_mutant_and_during_stats_where_to_report(monkeypatch):
