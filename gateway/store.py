@@ -16,6 +16,7 @@ Keys, under `llmgw:<service>:`: `ver`, `ver:<client>` (versions); `e:<client>:<v
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import ssl
 import time
@@ -360,7 +361,7 @@ class LocalStore:
 
     def __init__(self) -> None:
         self.values: dict[str, tuple[float, object]] = {}
-        self.waiters: dict[str, asyncio.Event] = {}
+        self.waiters: dict[str, tuple[str, asyncio.Event]] = {}  # entry -> its lock's token, and its fill
         self.flying: dict[str, set[str]] = {}  # client -> its requests in flight
 
     def _get(self, key: str) -> Any:
@@ -407,10 +408,11 @@ class LocalStore:
         self._add(rpm, 0 if counted else 1, 120)
         self._add(tpm, tokens, 120)
         self._add(usd, nano, DAY_TTL_S)
-        holds = bool(lock and entry_key and entry_key not in self.waiters)
+        holds, token = bool(lock and entry_key and entry_key not in self.waiters), ""
         if holds:
-            self.waiters[entry_key] = asyncio.Event()
-        return Gate("miss", entry_key=entry_key, holds_lock=holds,
+            token = os.urandom(8).hex()
+            self.waiters[entry_key] = token, asyncio.Event()
+        return Gate("miss", entry_key=entry_key, holds_lock=holds, lock_token=token,
                     reservation=Reservation(tokens, nano, minute, day, flight))
 
     async def fill(self, gate: Gate, entry: bytes, ttl: int) -> None:
@@ -418,10 +420,12 @@ class LocalStore:
         await self.release(gate)
 
     async def release(self, gate: Gate) -> None:
-        if gate.holds_lock:
-            event = self.waiters.pop(gate.entry_key, None)
-            if event:
-                event.set()
+        # As Valkey's script: only the lock this gate took (a late second release of a lock since
+        # taken by another request leaves that one alone).
+        token, event = self.waiters.get(gate.entry_key, ("", None))
+        if gate.holds_lock and event is not None and token == gate.lock_token:
+            del self.waiters[gate.entry_key]
+            event.set()
 
     async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0) -> None:
         self._add(f"tpm:{client}:{r.minute}", tokens - r.tokens, 120)
@@ -430,7 +434,7 @@ class LocalStore:
         self.flying.get(client, set()).discard(r.flight)
 
     async def wait(self, gate: Gate, bound: float) -> Optional[bytes]:
-        event = self.waiters.get(gate.entry_key)
+        _, event = self.waiters.get(gate.entry_key, ("", None))
         if event is not None:
             try:
                 await asyncio.wait_for(event.wait(), bound)
@@ -440,7 +444,7 @@ class LocalStore:
         return entry
 
     async def invalidate(self, client: Optional[str] = None) -> int:
-        return self._add("ver" + (f":{client}" if client else ""), 1, 10 * 365 * 86400)
+        return self._add("ver" + (f":{client}" if client else ""), 1, math.inf)  # as Valkey's INCR: kept
 
     async def ping(self) -> bool:
         return True

@@ -136,6 +136,64 @@ def test_a_released_lock_passes_to_the_next_request_and_its_waiter_gets_nothing(
     run(scenario)
 
 
+def test_a_waiter_gets_the_entry_filled_while_it_waits(run):
+    async def scenario(store):
+        holder = await gate(store, cache_hash="h", read=True, lock=True)
+        waiter = await gate(store, cache_hash="h", read=True, lock=True)
+        waiting = asyncio.create_task(store.wait(waiter, 5))
+        await asyncio.sleep(0.02)
+        assert not waiting.done(), "nothing to read yet: it waits"
+        await store.fill(holder, b"J{}", 60)
+        assert await waiting == b"J{}"
+    run(scenario)
+
+
+def test_a_late_second_release_leaves_the_lock_another_request_took_since(run):
+    async def scenario(store):
+        first = await gate(store, cache_hash="h", read=True, lock=True)
+        await store.release(first)
+        second = await gate(store, cache_hash="h", read=True, lock=True)
+        assert second.holds_lock
+        await store.release(first)  # again, late: the lock is the second's now
+        third = await gate(store, cache_hash="h", read=True, lock=True)
+        assert third.outcome == "miss" and not third.holds_lock, "one filler at a time"
+        await store.release(third)  # a gate that never held the lock releases nothing
+        assert not (await gate(store, cache_hash="h", read=True, lock=True)).holds_lock
+        await store.fill(second, b"J{}", 60)
+        assert (await gate(store, cache_hash="h", read=True)).entry == b"J{}"
+    run(scenario)
+
+
+def test_a_valkey_waiter_polls_the_reader_and_looks_for_the_lock_every_fourth_poll(valkey):
+    """Counted in the server's command statistics: a waiter whose holder went without filling stops
+    at its fourth poll (one EXISTS, then one last GET from the primary), not at its bound, and a
+    waiter whose entry is there reads it at its first poll."""
+    async def commands(scenario):
+        server = valkey.client()
+        server.flushall()
+        store = ValkeyStore("127.0.0.1", port=valkey.port, password=valkey.auth, ca_file=str(valkey.ca_file),
+                            service=SERVICE, timeout=2.0)
+        try:
+            holder = await gate(store, cache_hash="h", read=True, lock=True)
+            waiter = await gate(store, cache_hash="h", read=True, lock=True)
+            await scenario(store, holder)
+            server.config_resetstat()
+            got = await store.wait(waiter, 30)
+            stats = server.info("commandstats")
+            return got, {c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("get", "exists")}
+        finally:
+            await store.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(commands(lambda store, holder: store.release(holder))) == (
+            None, {"get": 5, "exists": 1})
+        assert loop.run_until_complete(commands(lambda store, holder: store.fill(holder, b"J{}", 60))) == (
+            b"J{}", {"get": 1, "exists": 0})
+    finally:
+        loop.close()
+
+
 def test_invalidating_one_client_leaves_the_others_and_invalidating_all_reaches_everyone(run):
     async def scenario(store):
         for client in ("a", "b"):

@@ -315,8 +315,9 @@ def test_mutation_testing_runs_weekly_in_parts_with_read_access_and_scores_each_
     from mutation.packages import BY_NAME
     parts = [(p["package"], p["shard"]) for p in mutate["strategy"]["matrix"]["include"]]
     for name in BY_NAME:  # every package, each part of its split once
-        (n,) = {int(shard.split("/")[1]) for package, shard in parts if package == name}
-        assert sorted(shard for package, shard in parts if package == name) == [f"{k}/{n}" for k in range(1, n + 1)]
+        shards = sorted(shard for package, shard in parts if package == name)
+        (n,) = {int(shard.split("/")[1]) for shard in shards}
+        assert shards == [f"{k}/{n}" for k in range(1, n + 1)]
     assert len(parts) == len(set(parts)) and mutate["strategy"]["fail-fast"] is False
     assert mutate["timeout-minutes"] <= 360, "GitHub stops a job at 6 hours"
     (step,) = [s for s in steps(mutate) if "make mutate" in s.get("run", "")]
