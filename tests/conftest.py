@@ -12,6 +12,7 @@ too, and runs no test.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import gc
 import json
@@ -89,6 +90,9 @@ def _each_config_synthesized_once():
     # A session's syntheses are its own: mutmut runs each mutant's session in a process forked from
     # one that ran the unmutated tests, whose syntheses would hide a mutant in the config or program.
     _SYNTHESES.clear()
+    # And its own event loop: in a forked process the threads of the last loop's executor, where
+    # Pulumi's mocks run, are gone, and a synthesis would wait for them forever.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     _REAL_SYNTHESIZE[:] = [offline.synth.synthesize]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(offline.synth, "synthesize", synthesize_once)  # offline.diff, offline.cost

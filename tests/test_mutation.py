@@ -107,6 +107,28 @@ def test_this_session_holds_only_its_own_syntheses():
     assert ("seed",) not in conftest._SYNTHESES  # noqa: SLF001 - the cache under test
 
 
+def test_a_session_forked_from_one_that_synthesized_synthesizes_too():
+    """As mutmut runs a mutant: a session in a process forked from one that ran a synthesis (whose
+    event loop's executor threads the child does not have) finishes its own."""
+    forked = ("import os, signal, sys, pytest\n"
+              "args = ['-q', '-p', 'no:xdist', '-p', 'no:cacheprovider', "
+              f"'{__file__}::test_a_stack_synthesizes_in_this_session']\n"
+              "assert pytest.main(args) == 0\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    signal.alarm(120)  # a child waiting forever is killed: the test fails, not hangs\n"
+              "    os._exit(pytest.main(args))\n"
+              "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n")
+    done = subprocess.run([sys.executable, "-c", forked], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_a_stack_synthesizes_in_this_session():
+    import offline.synth
+
+    assert len(offline.synth.synthesize("staging").resources) > 50
+
+
 @pytest.mark.parametrize("package", packages.PACKAGES, ids=lambda p: p.name)
 def test_the_parts_of_a_package_hold_each_module_once_and_about_the_same_bytes(package):
     modules = dict(run.modules(package))
