@@ -68,17 +68,38 @@ def synthesize_once(stack: str, raw: dict | None = None, secret_keys: set[str] |
     return _SYNTHESES[key]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_teardown(item):
-    """Under `make mutate`'s stats run, the functions a gateway process ran during a test count as
-    reached by that test (mutation/hook writes them; mutmut credits its own hits after this)."""
-    hits = os.environ.get("MUTATION_HITS")
-    if os.environ.get("MUTANT_UNDER_TEST") != "stats" or not hits or not os.path.exists(hits):
+_IMPORT_HITS: set[str] = set()  # under mutmut's stats run: the functions that ran while modules were imported
+
+
+def pytest_collection_finish(session):
+    """Under `make mutate`'s stats run, what ran while the tests' modules were imported (the config
+    models are built from the components' arguments then) is credited to the tests marked
+    `fresh_process`, not to whichever test ran first: a mutant of it takes effect only in a process
+    that imports the modules afresh, as those tests start."""
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
         return
     from mutmut.state import state
 
+    _IMPORT_HITS.update(state()._stats)  # noqa: SLF001 - mutmut's record of the hits so far
+    state()._stats.clear()  # noqa: SLF001
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item):
+    """Under `make mutate`'s stats run, the functions a gateway process ran during a test count as
+    reached by that test (mutation/hook writes them; mutmut credits its own hits after this), and
+    so does import-time code for a `fresh_process` test."""
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
+        return
+    from mutmut.state import state
+
+    if item.get_closest_marker("fresh_process"):
+        state()._stats.update(_IMPORT_HITS)  # noqa: SLF001
+    hits = os.environ.get("MUTATION_HITS")
+    if not hits or not os.path.exists(hits):
+        return
     with open(hits, "r+") as f:
-        state()._stats.update(line for line in f.read().splitlines() if line)
+        state()._stats.update(line for line in f.read().splitlines() if line)  # noqa: SLF001
         f.truncate(0)
 
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
+
 from infra.config import StackConfig
+from infra.stack_files import ROOT
 from offline import config_doc
 
 
@@ -16,9 +22,19 @@ def _keys(model, prefix=""):
             yield f"{prefix}{written}"
 
 
-def test_readme_holds_the_reference_the_contract_generates():
-    readme = config_doc.REFERENCE.read_text()
-    assert config_doc.updated(readme) == readme, "run `python -m offline.config_doc --write`"
+@pytest.mark.fresh_process
+def test_the_docs_hold_the_reference_a_fresh_process_generates():
+    """In a new process, as `make docs` runs: the models are built when infra.config is imported
+    (from the components' arguments), so a test process that imported them before cannot see a
+    change to how they are built (make mutate's mutants of it take effect only in a new one)."""
+    check = ("import difflib, sys\n"
+             "from offline import config_doc\n"
+             "docs = config_doc.REFERENCE.read_text().splitlines(True)\n"
+             "made = config_doc.updated(''.join(docs)).splitlines(True)\n"
+             "sys.stdout.writelines(difflib.unified_diff(docs, made))\n")
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "", "run `python -m offline.config_doc --write`:\n" + done.stdout[:3000]
 
 
 def test_every_key_of_the_contract_has_a_described_row():

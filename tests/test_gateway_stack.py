@@ -153,24 +153,44 @@ def test_gateway_environment_follows_config(stack):
     assert env["PORT"] == str(svc.container_port)
 
 
-def test_sse_keepalives_fit_the_idle_timeout_three_times():
+KEEPALIVE = ("gateway.sseKeepaliveSeconds", "at most a third of loadBalancer.idleTimeoutSeconds ({idle}): {third} "
+             "or less, or the load balancer cuts streams whose model is thinking")
+RETRIES = ("gateway.retryBudgetSeconds", "at most half of loadBalancer.idleTimeoutSeconds ({idle}): the client "
+           "receives nothing while the gateway retries")
+WAIT = ("gateway.coalesceWaitSeconds", "with retryBudgetSeconds ({retry}) at most half of "
+        "loadBalancer.idleTimeoutSeconds ({idle}): a request waiting for another's answer, then retrying, "
+        "receives nothing meanwhile")
+
+
+# Each rule at its edge and one past it; the shipped stacks have idleTimeoutSeconds 600,
+# sseKeepaliveSeconds 15, retryBudgetSeconds 20 and coalesceWaitSeconds 30.
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+@pytest.mark.parametrize(("changes", "refused", "got"), [
+    ({"gateway__sseKeepaliveSeconds": 200}, None, None),
+    ({"gateway__sseKeepaliveSeconds": 201}, KEEPALIVE, 201),
+    # 15 x 3 = 45, 20 x 2 = 40 and (20 + 2) x 2 = 44 fit an idle timeout of 45, the first not one of 44
+    ({"loadBalancer__idleTimeoutSeconds": 45, "gateway__coalesceWaitSeconds": 2}, None, None),
+    ({"loadBalancer__idleTimeoutSeconds": 44, "gateway__coalesceWaitSeconds": 2}, KEEPALIVE, 15),
+    ({"gateway__retryBudgetSeconds": 300, "gateway__coalesceWaitSeconds": 0}, None, None),
+    ({"gateway__retryBudgetSeconds": 301, "gateway__coalesceWaitSeconds": 0}, RETRIES, 301),
+    ({"gateway__coalesceWaitSeconds": 280}, None, None),
+    ({"gateway__coalesceWaitSeconds": 281}, WAIT, 281),
+    ({"gateway__retryBudgetSeconds": 271}, WAIT, 30),
+], ids=lambda v: "-".join(f"{k.split('__')[1]}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
+def test_streams_survive_the_idle_timeout_each_rule_on_each_side_of_its_edge(stack, changes, refused, got):
+    """Keepalives three times within the idle timeout, retries within half of it, and a coalesced
+    wait with its retries within half too: what the client receives nothing during."""
+    raw = with_changes(stack, **changes)
+    if refused is None:
+        load(*raw)
+        return
+    key, text = refused
+    c = {k.split("__")[1]: v for k, v in changes.items()}
+    idle = c.get("idleTimeoutSeconds", 600)
     with pytest.raises(ConfigError) as err:
-        load(*with_changes("staging", gateway__sseKeepaliveSeconds=201))
-    assert str(err.value) == ("llm-service:gateway.sseKeepaliveSeconds: got 201; at most a third of "
-                              "loadBalancer.idleTimeoutSeconds (600): 200 or less, or the load balancer "
-                              "cuts streams whose model is thinking")
-    load(*with_changes("staging", gateway__sseKeepaliveSeconds=200))
-
-
-def test_a_shorter_idle_timeout_tightens_the_keepalive_rule():
-    with pytest.raises(ConfigError, match="gateway.sseKeepaliveSeconds: got 15; at most a third of "
-                                          r"loadBalancer.idleTimeoutSeconds \(40\)"):
-        load(*with_changes("staging", loadBalancer__idleTimeoutSeconds=40))
-
-
-def test_retries_fit_half_the_idle_timeout():
-    with pytest.raises(ConfigError, match=r"^llm-service:gateway.retryBudgetSeconds: got 301; at most half"):
-        load(*with_changes("staging", gateway__retryBudgetSeconds=301))
+        load(*raw)
+    assert str(err.value) == f"llm-service:{key}: got {got}; " + text.format(
+        idle=idle, third=idle // 3, retry=c.get("retryBudgetSeconds", 20))
 
 
 def test_the_stream_bound_of_each_stack_is_what_the_plan_states(staging, prod):
