@@ -31,7 +31,7 @@ PACKAGES = (
         ("infra/config/*.py", "infra/aws_rules.py"),
         ("tests/test_config.py", "tests/test_config_refusals.py", "tests/test_config_rules.py",
          "tests/test_lifecycle.py", "tests/test_real_run.py", "tests/test_config_doc.py",
-         "tests/test_component_args.py", "tests/test_gateway_stack.py"),
+         "tests/test_component_args.py"),
     ),
     Package(
         "components",

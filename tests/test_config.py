@@ -157,3 +157,84 @@ def test_spot_with_arm64_is_accepted():
     """Fargate Spot runs ARM64 on platform 1.4.0+ (the rule's source: test_service.py)."""
     cfg = load(*with_changes("staging", service__architecture="ARM64", service__spotWeight=1))
     assert (cfg.service.architecture, cfg.service.spot_weight) == ("ARM64", 1)
+
+
+KEEPALIVE = ("gateway.sseKeepaliveSeconds", "at most a third of loadBalancer.idleTimeoutSeconds ({idle}): {third} "
+             "or less, or the load balancer cuts streams whose model is thinking")
+RETRIES = ("gateway.retryBudgetSeconds", "at most half of loadBalancer.idleTimeoutSeconds ({idle}): the client "
+           "receives nothing while the gateway retries")
+WAIT = ("gateway.coalesceWaitSeconds", "with retryBudgetSeconds ({retry}) at most half of "
+        "loadBalancer.idleTimeoutSeconds ({idle}): a request waiting for another's answer, then retrying, "
+        "receives nothing meanwhile")
+
+
+# Each rule at its edge and one past it; the shipped stacks have idleTimeoutSeconds 600,
+# sseKeepaliveSeconds 15, retryBudgetSeconds 20 and coalesceWaitSeconds 30.
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+@pytest.mark.parametrize(("changes", "refused", "got"), [
+    ({"gateway__sseKeepaliveSeconds": 200}, None, None),
+    ({"gateway__sseKeepaliveSeconds": 201}, KEEPALIVE, 201),
+    # 15 x 3 = 45, 20 x 2 = 40 and (20 + 2) x 2 = 44 fit an idle timeout of 45, the first not one of 44
+    ({"loadBalancer__idleTimeoutSeconds": 45, "gateway__coalesceWaitSeconds": 2}, None, None),
+    ({"loadBalancer__idleTimeoutSeconds": 44, "gateway__coalesceWaitSeconds": 2}, KEEPALIVE, 15),
+    ({"gateway__retryBudgetSeconds": 300, "gateway__coalesceWaitSeconds": 0}, None, None),
+    ({"gateway__retryBudgetSeconds": 301, "gateway__coalesceWaitSeconds": 0}, RETRIES, 301),
+    ({"gateway__coalesceWaitSeconds": 280}, None, None),
+    ({"gateway__coalesceWaitSeconds": 281}, WAIT, 281),
+    ({"gateway__retryBudgetSeconds": 271}, WAIT, 30),
+], ids=lambda v: "-".join(f"{k.split('__')[1]}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
+def test_streams_survive_the_idle_timeout_each_rule_on_each_side_of_its_edge(stack, changes, refused, got):
+    """Keepalives three times within the idle timeout, retries within half of it, and a coalesced
+    wait with its retries within half too: what the client receives nothing during."""
+    raw = with_changes(stack, **changes)
+    if refused is None:
+        load(*raw)
+        return
+    key, text = refused
+    c = {k.split("__")[1]: v for k, v in changes.items()}
+    idle = c.get("idleTimeoutSeconds", 600)
+    with pytest.raises(ConfigError) as err:
+        load(*raw)
+    assert str(err.value) == f"llm-service:{key}: got {got}; " + text.format(
+        idle=idle, third=idle // 3, retry=c.get("retryBudgetSeconds", 20))
+
+
+DELAY, STOP = "loadBalancer__deregistrationDelaySeconds", "service__stopTimeoutSeconds"
+SPOT = ("at most {spot} while tasks run on Fargate Spot (service.spotWeight 1): an interruption sends SIGTERM "
+        "while the load balancer still routes to the task for up to 50 s, and a stream started then has the rest "
+        "of the gateway's drain (service.stopTimeoutSeconds - 5 = {drain}); lower the delay, or raise "
+        "stopTimeoutSeconds (Fargate: at most 120)")
+
+
+# Staging runs on Spot with stopTimeoutSeconds 120: a stream started at an interruption has the
+# drain (115 s) less the 50 s the load balancer may still route to the task, 65 s.
+@pytest.mark.parametrize(("stack", "changes", "refused", "bound"), [
+    ("staging", {}, None, 60),
+    ("staging", {DELAY: 65}, None, 65),
+    ("staging", {DELAY: 66}, (65, 115), None),
+    ("staging", {STOP: 110, DELAY: 55}, None, 55),
+    ("staging", {STOP: 110, DELAY: 56}, (55, 105), None),
+    ("prod", {}, None, 300),
+    ("prod", {"service__spotWeight": 1}, (65, 115), None),
+    ("prod", {"service__spotWeight": 1, DELAY: 65}, None, 65),
+])
+def test_a_stream_survives_every_way_a_task_stops_up_to_the_stated_bound(stack, changes, refused, bound):
+    from infra.config import stream_bound_seconds
+
+    raw = with_changes(stack, **changes)
+    if refused is None:
+        assert stream_bound_seconds(load(*raw)) == bound
+        return
+    spot, drain = refused
+    delay = changes.get(DELAY, 300 if stack == "prod" else 60)
+    with pytest.raises(ConfigError) as err:
+        load(*raw)
+    assert str(err.value) == f"llm-service:loadBalancer.deregistrationDelaySeconds: got {delay}; " + SPOT.format(
+        spot=spot, drain=drain)
+
+
+def test_the_drain_and_a_spot_stream_are_never_negative():
+    from infra.config.sections import drain_seconds, spot_stream_seconds
+
+    assert [drain_seconds(s) for s in (2, 5, 6, 120)] == [0, 0, 1, 115]
+    assert [spot_stream_seconds(s) for s in (2, 55, 56, 120)] == [0, 0, 1, 65]
