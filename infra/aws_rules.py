@@ -37,7 +37,7 @@ def regions() -> frozenset[str]:
 def tag_problem(key: str, value: str) -> str | None:
     """Why AWS would refuse this tag, or None."""
     def ok(text: str) -> bool:
-        return all(unicodedata.category(c)[0] in "LNZ" or c in "_.:/=+-@" for c in text)
+        return all(unicodedata.category(c)[0] in ("L", "N", "Z") or c in "_.:/=+-@" for c in text)
 
     if not 1 <= len(key) <= 128 or not ok(key) or key.lower().startswith("aws:"):
         return f"not a valid tag key: {TAG_RULE}"

@@ -309,7 +309,8 @@ def _values_at(props: Any, path: str) -> list[Any]:
 
 
 def _tag_text_ok(text: str) -> bool:
-    return all(unicodedata.category(c)[0] in "LNZ" or c.isspace() or c in "_.:/=+-@" for c in text)
+    # AWS's pattern [\p{L}\p{Z}\p{N}_.:/=+\-@]: separators (Z) are white space, a tab or a new line not.
+    return all(unicodedata.category(c)[0] in ("L", "N", "Z") or c in "_.:/=+-@" for c in text)
 
 
 def tag_problems(tags: dict[str, Any]) -> list[str]:

@@ -92,8 +92,15 @@ def test_windows_overlap_on_any_day(weekly, daily, overlap):
     ("Team Name", "Plattform Ünit", False),
     ("aws:created", "x", True),
     ("", "x", True),
+    ("k", "x", False),  # each length at its edge, and one past it
+    ("k" * 128, "x", False),
     ("k" * 129, "x", True),
+    ("Owner", "v" * 256, False),
     ("Owner", "v" * 257, True),
+    ("Owner", "", False),
+    ("AWS:Created", "x", True),  # the prefix in any case
+    ("Path", "a_b.c:d/e=f+g-h@i j", False),  # every punctuation AWS allows
+    ("Owner", "a\tb", True),  # white space other than a space: a control character
     ("Owner", "a#b", True),
     ("Own*er", "x", True),
 ])
