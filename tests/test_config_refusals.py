@@ -362,3 +362,42 @@ def test_a_prod_rule_refuses_the_value_past_its_edge_in_prod_only(key, refused, 
     assert [line for line in str(e.value).splitlines() if line.startswith(name) and "prod needs" in line]
     load(*with_changes("prod", **{key: accepted}))
     load(*with_changes("staging", **past))
+
+
+@pytest.mark.parametrize(("key", "value", "text"), [
+    ("llm-service:cache.authToken", "hunter2", "'(redacted)'"),  # by the key's last word
+    ("llm-service:secrets.values.openai-api-key", "x", "'(redacted)'"),
+    ("llm-service:llm.projectId", "sk-proj-" + "a" * 40, "'(redacted)'"),  # by the value's shape
+    ("llm-service:limits.tokensPerMinute", "many", "'many'"),  # "token" not as the last word
+    ("llm-service:cache.authToken", 5, "5"),  # only text is a secret
+    ("llm-service:service", {"cpu": 1}, "a section {…}"),
+    ("llm-service:service", {}, "{}"),
+    ("llm-service:tags.Team", "x" * 198, "'" + "x" * 198 + "'"),  # 200 characters: shown whole
+    ("llm-service:tags.Team", "x" * 199, "'" + "x" * 196 + "…"),  # 201: cut to 197 and an ellipsis
+])
+def test_a_value_is_shown_redacted_if_it_looks_secret_and_cut_at_200_characters(key, value, text):
+    from infra.config.errors import shown
+
+    assert shown(key, value) == text
+    assert str(ConfigError(key, value, "why")) == f"{key}: got {text}; why"
+    assert ConfigError(key, value, "why").value == value, "kept whole for the code that reads it"
+
+
+def test_a_components_refusals_are_keyed_as_the_stack_file_writes_them_with_the_value_at_each():
+    from types import SimpleNamespace
+
+    from infra.config.errors import ConfigErrors, refuse
+
+    values = SimpleNamespace(names=["a", "b"], prices={"gpt-X": 1.5}, idle_timeout_seconds=4)
+    with pytest.raises(ConfigError) as one:
+        refuse("loadBalancer", values, [("idle_timeout_seconds", "at least 5; see `idle_timeout_seconds`")])
+    assert type(one.value) is ConfigError, "one refusal is one error"
+    assert str(one.value) == ("llm-service:loadBalancer.idleTimeoutSeconds: got 4; at least 5; "
+                              "see loadBalancer.idleTimeoutSeconds")
+    with pytest.raises(ConfigErrors) as two:
+        refuse("llm", values, [("names[1]", "unique"), ("prices[gpt-X]", "a price per million tokens")])
+    assert [(e.key, e.value, e.allowed) for e in two.value.errors] == [
+        ("llm-service:llm.names[1]", "b", "unique"),
+        ("llm-service:llm.prices.gpt-X", 1.5, "a price per million tokens")]
+    refuse("llm", values, [])  # nothing found: nothing raised
+

@@ -40,7 +40,7 @@ SECRET_WORDS = re.compile(r"(token|password|secret|api[-_]?key)$", re.I)
 
 def shown(key: str, value: Any) -> str:
     """A value as a message shows it: redacted where it looks secret, sections never dumped."""
-    if isinstance(value, str) and (KEY_PATTERN.search(value) or SECRET_WORDS.search(key.rsplit(".", 1)[-1])):
+    if isinstance(value, str) and (KEY_PATTERN.search(value) or SECRET_WORDS.search(key)):  # the key's last word
         return "'(redacted)'"
     if isinstance(value, dict):
         return "a section {…}" if value else "{}"
@@ -58,7 +58,7 @@ def refuse(section: str, values: Any, found: list[tuple[str, str]]) -> None:
     errors = []
     for arg, why in found:
         name, _, index = arg.partition("[")
-        value, index = getattr(values, name), index.rstrip("]")
+        value, index = getattr(values, name), index.removesuffix("]")
         suffix = ""
         if index:
             value = value[int(index)] if index.isdigit() else value[index]
