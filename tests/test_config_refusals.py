@@ -401,3 +401,78 @@ def test_a_components_refusals_are_keyed_as_the_stack_file_writes_them_with_the_
         ("llm-service:llm.prices.gpt-X", 1.5, "a price per million tokens")]
     refuse("llm", values, [])  # nothing found: nothing raised
 
+
+
+def _secrets(stack="staging", source="pulumi", names=("openai-api-key", "extra-key")):
+    raw, secret_keys = with_changes(stack, secrets__source=source, secrets__names=list(names))
+    return raw, set(secret_keys)
+
+
+def test_with_secrets_in_pulumi_each_named_secret_is_set_and_encrypted():
+    raw, secret_keys = _secrets()
+    raw["llm-service:openai-api-key"] = "x"
+    secret_keys.add("llm-service:openai-api-key")
+    with pytest.raises(ConfigError) as missing:  # the first is there: the second is still looked for
+        load(raw, secret_keys)
+    assert str(missing.value) == ("llm-service:extra-key: got None; secrets.source is pulumi: run "
+                                  "`pulumi config set --secret extra-key <value>`")
+    raw["llm-service:extra-key"] = "y"
+    with pytest.raises(ConfigError) as plain:
+        load(raw, secret_keys)
+    assert str(plain.value) == ("llm-service:extra-key: got '(redacted)'; stored in plain text; run "
+                                "`pulumi config set --secret extra-key` to encrypt it")
+    secret_keys.add("llm-service:extra-key")
+    assert load(raw, secret_keys).secrets.names == ["openai-api-key", "extra-key"], \
+        "the secrets' own keys are not settings of the stack"
+
+
+def test_with_external_secrets_a_value_in_pulumi_config_is_refused():
+    raw, secret_keys = _secrets(source="external")
+    assert load(raw, secret_keys).secrets.source == "external", "none set: they live in Secrets Manager"
+    raw["llm-service:extra-key"] = "y"
+    secret_keys.add("llm-service:extra-key")
+    with pytest.raises(ConfigError) as err:
+        load(raw, secret_keys)
+    assert str(err.value) == ("llm-service:extra-key: got '(secret)'; secrets.source is external, so the value "
+                              "must not be in Pulumi config; remove it or set secrets.source to pulumi")
+
+
+def test_an_api_key_in_plain_text_is_refused_after_any_encrypted_key():
+    raw, secret_keys = with_changes("staging")
+    raw = {"llm-service:openai-api-key": "enc", **raw}  # an encrypted key first: the rest still checked
+    raw["llm-service:llm"] = {**raw["llm-service:llm"], "orgId": "sk-proj-" + "a" * 40}
+    with pytest.raises(ConfigError) as err:
+        load(raw, {*secret_keys, "llm-service:openai-api-key"})
+    assert str(err.value) == ("llm-service:llm.orgId: got 'sk-…(redacted)'; an API key may not be stored in plain "
+                              "text; use `python -m ops.apikey put` (external) or `pulumi config set --secret`")
+
+
+@pytest.mark.parametrize(("key", "refused"), [
+    ("llm-servX:service", True),   # 16 of 20 characters in common: a ratio of 0.8, a typo
+    ("llm-sXrvX:service", False),  # 0.7: another plugin's namespace, passed by
+    ("aws:profile", False),
+])
+def test_a_namespace_nearly_the_projects_is_a_typo_and_others_are_passed_by(key, refused):
+    raw, secret_keys = with_changes("staging")
+    raw[key] = {"cpu": 512}
+    if not refused:
+        load(raw, secret_keys)
+        return
+    with pytest.raises(ConfigError) as err:
+        load(raw, secret_keys)
+    assert str(err.value) == (f"{key}: got a section {{…}}; unknown namespace 'llm-servX'; "
+                              "did you mean `llm-service:service`?")
+
+
+def test_a_key_with_a_second_colon_is_an_unknown_key_of_the_project():
+    raw, secret_keys = with_changes("staging")
+    raw["llm-service:service:cpu"] = 512
+    with pytest.raises(ConfigError, match=r"^llm-service:service:cpu: got 512; "):
+        load(raw, secret_keys)
+
+
+def test_the_key_of_an_error_is_the_stack_files():
+    from infra.config.errors import stack_key
+
+    assert [stack_key(k) for k in ("aws:region", "llm-service:llm", "service.cpu", "service:cpu")] == [
+        "aws:region", "llm-service:llm", "llm-service:service.cpu", "llm-service:service:cpu"]

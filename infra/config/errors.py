@@ -49,7 +49,9 @@ def shown(key: str, value: Any) -> str:
 
 
 def stack_key(path: str) -> str:
-    return path if ":" in path else f"{PROJECT}:{path}"
+    """The key as the stack file writes it: the project's namespace unless the path has its own
+    (`aws:region`); a colon later in a path (`service:cpu`, a misspelt key) is the key's own."""
+    return path if path.startswith(("aws:", f"{PROJECT}:")) else f"{PROJECT}:{path}"
 
 
 def refuse(section: str, values: Any, found: list[tuple[str, str]]) -> None:
