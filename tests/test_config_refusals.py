@@ -476,3 +476,52 @@ def test_the_key_of_an_error_is_the_stack_files():
 
     assert [stack_key(k) for k in ("aws:region", "llm-service:llm", "service.cpu", "service:cpu")] == [
         "aws:region", "llm-service:llm", "llm-service:service.cpu", "llm-service:service:cpu"]
+
+
+SERVICE_KEYS = ("cpu, memory, architecture, containerPort, user, minTasks, maxTasks, desiredTasks, autoscaling, "
+                "cpuTarget, memoryTarget, requestsPerTarget, scaleOutCooldown, scaleInCooldown, fargateBase, "
+                "fargateWeight, spotWeight, healthCheckGraceSeconds, stopTimeoutSeconds, logRetentionDays, "
+                "executeCommand, containerInsights, image, healthCheckCommand, ecrRepository")
+
+
+@pytest.mark.parametrize(("stack", "changes", "message"), [
+    # an unknown key at each depth: the closest known one, or every key of its section
+    ("staging", {"llm-service:servce": {}}, "llm-service:servce: got {}; unknown key; did you mean `service`?"),
+    ("staging", {"service__cpuu": 1}, "llm-service:service.cpuu: got 1; unknown key; did you mean `cpu`?"),
+    ("staging", {"service__zzzz": 1},
+     f"llm-service:service.zzzz: got 1; unknown key; the keys here are {SERVICE_KEYS}"),
+    ("staging", {"llm__prices": {"gpt-4o": {"inptuPerMillion": 1, "outputPerMillion": 2}}},
+     "llm-service:llm.prices.gpt-4o.inptuPerMillion: got 1; unknown key; did you mean `inputPerMillion`?"),
+    # a validator's own ValueError, in its own words
+    ("staging", {"service__logRetentionDays": 4},
+     "llm-service:service.logRetentionDays: got 4; CloudWatch Logs keeps log events for one of 1, 3, 5, 7, 14, "
+     "30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653 days "
+     "(PutRetentionPolicy)"),
+    # in prod, a prod rule's words only where the value breaks the prod rule
+    ("prod", {"network__azCount": 7}, "llm-service:network.azCount: got 7; must be at most 4"),
+    ("prod", {"network__azCount": "abc"}, "llm-service:network.azCount: got 'abc'; must be a whole number"),
+    ("prod", {"network__azCount": 2},
+     "llm-service:network.azCount: got 2; prod needs at least 3 AZs, so that losing one AZ leaves two serving"),
+    ("prod", {"network__azCount": 1},
+     "llm-service:network.azCount: got 1; prod needs at least 3 AZs, so that losing one AZ leaves two serving"),
+    ("staging", {"network__azCount": 1}, "llm-service:network.azCount: got 1; must be at least 2"),
+])
+def test_each_refusal_in_its_own_words(stack, changes, message):
+    with pytest.raises(ConfigError) as err:
+        load(*with_changes(stack, **changes))
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(("loc", "known"), [
+    (("llm", "prices", "gpt-x", "typo"), ["inputPerMillion", "outputPerMillion"]),  # in a map's entry
+    (("tags", "Team", "typo"), []),                # under a map of text: no keys
+    (("service", "cpu", "x", "typo"), []),         # under a number
+    (("secrets", "names", 0, "typo"), []),         # under a list's item
+    (("service", "nosuch", "typo"), []),           # under a key that is not there
+])
+def test_the_keys_known_at_a_location(loc, known):
+    from infra.config.messages import _fields_at, _loc_to_key
+
+    assert _fields_at(loc) == known
+    assert _fields_at(("typo",))[:3] == ["aws:region", "environment", "teardown"]
+    assert _loc_to_key(()) == "llm-service", "the stack as a whole"

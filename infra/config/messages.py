@@ -56,7 +56,7 @@ def from_pydantic(err: dict, environment: Any) -> ConfigError:
         return cause
     key = _loc_to_key(err["loc"])
     value = err.get("input")
-    short = key.partition(":")[2]
+    short = key.removeprefix(f"{PROJECT}:")
     if environment == "prod" and short in PROD_RULES and not _passes(PROD_RULES[short][1], value):
         return ConfigError(key, value, PROD_RULES[short][2])
     if err["type"] == "missing":
@@ -64,9 +64,8 @@ def from_pydantic(err: dict, environment: Any) -> ConfigError:
     if err["type"] == "extra_forbidden":
         name = str(err["loc"][-1])
         known = _fields_at(err["loc"])
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = (f"did you mean `{close[0]}`?" if close
-                else "the keys here are " + ", ".join(known) if known else "not a key of this stack")
+        close = difflib.get_close_matches(name, known)  # the closest first
+        hint = f"did you mean `{close[0]}`?" if close else "the keys here are " + ", ".join(known)
         return ConfigError(key, value, f"unknown key; {hint}")
     return ConfigError(key, value, _reworded(err))
 
