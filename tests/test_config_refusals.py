@@ -525,3 +525,32 @@ def test_the_keys_known_at_a_location(loc, known):
     assert _fields_at(loc) == known
     assert _fields_at(("typo",))[:3] == ["aws:region", "environment", "teardown"]
     assert _loc_to_key(()) == "llm-service", "the stack as a whole"
+
+
+BAD_VALUES = (None, [], "x", -1, {}, [1, "a"], {"a": 1}, 1e309, True, [None], [{}], "é" * 300)
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_any_bad_value_of_any_key_is_refused_in_lines_naming_keys_never_a_crash(stack):
+    """Every key of the shipped file, in turn, given each of a dozen values of the wrong kind: the
+    refusal is a ConfigError whose lines each name a key as the stack file writes it, once."""
+    raw, secret_keys = stack_config(stack)
+    tried = 0
+    for section, values in raw.items():
+        for key in values if isinstance(values, dict) else ():
+            for bad in BAD_VALUES:
+                changed = {**raw, section: {**values, key: bad}}
+                try:
+                    load(changed, secret_keys)
+                except ConfigError as err:
+                    lines = str(err).splitlines()
+                    assert len(lines) == len(set(lines)), lines
+                    assert all(line.startswith(("llm-service:", "aws:")) for line in lines), lines
+                tried += 1
+    assert tried > 1000
+
+
+def test_secret_names_that_are_not_a_list_are_refused_as_such():
+    with pytest.raises(ConfigError) as err:
+        load(*with_changes("staging", secrets__names=-1))
+    assert str(err.value) == "llm-service:secrets.names: got -1; must be a list, e.g. [a, b]"

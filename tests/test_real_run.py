@@ -77,18 +77,25 @@ def test_a_certificate_of_another_account_is_refused(monkeypatch):
     assert err.value.declared == []
 
 
-@pytest.mark.parametrize("key,value", [
-    ("loadBalancer__domainName", "api.example.com"),
-    ("llm__baseUrl", "https://llm.example.org/v1"),
-    ("llm__orgId", "org-example"),
-    ("tags", {"Owner": "ops@example.net"}),
+DOMAIN = "set a domain you own, in the Route 53 zone hostedZoneId"
+BASE_URL = "set the LLM API's base URL"
+OWN = "replace it with your own"
+
+
+@pytest.mark.parametrize("key,value,where,hint", [
+    ("loadBalancer__domainName", "api.example.com", "loadBalancer.domainName", DOMAIN),
+    ("llm__baseUrl", "https://llm.example.org/v1", "llm.baseUrl", BASE_URL),
+    ("llm__orgId", "org-example", "llm.orgId",
+     "set your organization id from the LLM provider's settings, or \"\" to send none"),
+    ("tags", {"Owner": "ops@example.net"}, "tags.Owner", OWN),
     # Inside a longer value, in another letter case, in a list:
-    ("llm__baseUrl", "https://LLM.EXAMPLE.COM/openai/v1"),
-    ("tags", {"Team": "platform-Example-team"}),
-    ("tags", {"Billing": "arn:aws:iam::111122223333:role/billing"}),
-    ("monitoring__alertEmails", ["oncall@acme.io", "Alerts@Example.Org"]),
+    ("llm__baseUrl", "https://LLM.EXAMPLE.COM/openai/v1", "llm.baseUrl", BASE_URL),
+    ("tags", {"Team": "platform-Example-team"}, "tags.Team", OWN),
+    ("tags", {"Billing": "arn:aws:iam::111122223333:role/billing"}, "tags.Billing", OWN),
+    ("monitoring__alertEmails", ["oncall@acme.io", "Alerts@Example.Org"], "monitoring.alertEmails[1]",
+     "set addresses someone reads: alarms and budget alerts go there"),
 ])
-def test_other_example_values_are_refused_too(key, value, monkeypatch):
+def test_other_example_values_are_refused_too(key, value, where, hint, monkeypatch):
     monkeypatch.setattr(mocks, "ACCOUNT", OWN_ACCOUNT)
     raw, keys = _own_values("staging")
     section, _, field = key.partition("__")
@@ -100,5 +107,6 @@ def test_other_example_values_are_refused_too(key, value, monkeypatch):
         raw["llm-service:loadBalancer"]["hostedZoneId"] = "Z0123456789ABCDEFGHIJ"
     with pytest.raises(ConfigErrors) as err:
         real("staging", raw, keys)
-    (line,) = str(err.value).splitlines()
-    assert line.startswith(f"llm-service:{section}") and "an example value" in line
+    leaf = value[1] if isinstance(value, list) else [*value.values()][0] if isinstance(value, dict) else value
+    assert str(err.value) == (f"llm-service:{where}: got {leaf!r}; "
+                              f"an example value from the shipped stack file; {hint}")

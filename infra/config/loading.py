@@ -38,9 +38,7 @@ def load(raw: dict[str, Any], secret_keys: set[str] = frozenset()) -> StackConfi
     except ValidationError as e:
         errors: list[ConfigError] = []
         for err in e.errors():
-            for found in from_pydantic(err, data.get("environment")).errors:
-                if str(found) not in map(str, errors):
-                    errors.append(found)
+            errors += from_pydantic(err, data.get("environment")).errors
         errors = merge_misspelt(errors)
         raise (errors[0] if len(errors) == 1 else ConfigErrors(errors)) from None
     _check_secret_values(cfg, raw, secret_keys)
@@ -59,7 +57,9 @@ def _refuse_misspelt_namespaces(raw: dict[str, Any]) -> None:
 def _secret_value_names(raw: dict[str, Any]) -> set[str]:
     """Secret values live in top-level keys named after the secret (`llm-service:openai-api-key`)."""
     section = raw.get(f"{PROJECT}:secrets")
-    names = (section.get("names") if isinstance(section, dict) else None) or SecretsConfig().names
+    names = section.get("names") if isinstance(section, dict) else None
+    if not isinstance(names, list) or not names:  # the model then says what is wrong with it
+        names = SecretsConfig().names
     return {n for n in names if isinstance(n, str)}
 
 

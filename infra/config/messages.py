@@ -5,6 +5,7 @@ for a prod rule, and plain words for the common type and bound errors."""
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -113,5 +114,5 @@ def merge_misspelt(errors: list[ConfigError]) -> list[ConfigError]:
     """A misspelt required key shows as unknown and missing: keep the one that names both."""
     meant = {e.allowed.split("`")[1] for e in errors
              if e.allowed.startswith("unknown key; did you mean `")}
-    return [e for e in errors if not (e.value is None and e.key.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
-                                      in meant and e.allowed.startswith("required"))]
+    return [e for e in errors if not (e.value is None and re.split(r"[.:]", e.key)[-1] in meant
+                                      and e.allowed.startswith("required"))]

@@ -40,8 +40,9 @@ def secret_prefix(stack: str) -> str:
 
 
 def stack_name(arg: str) -> str:
-    """A component argument's name as the stack file writes it: camelCase, where a segment that
-    starts with a digit stays as written (cache_evictions_per_5min -> cacheEvictionsPer5min,
-    target_5xx_per_minute -> target5xxPerMinute); pydantic's to_camel would write ...Per5Min."""
+    """A component argument's name as the stack file writes it: camelCase, where only a segment's
+    first character is raised, so one that starts with a digit stays as written
+    (cache_evictions_per_5min -> cacheEvictionsPer5min, target_5xx_per_minute -> target5xxPerMinute);
+    pydantic's to_camel would write ...Per5Min."""
     first, *rest = arg.split("_")
-    return first + "".join(part if part[:1].isdigit() else part[:1].upper() + part[1:] for part in rest)
+    return first + "".join(part[:1].upper() + part[1:] for part in rest)
