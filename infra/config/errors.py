@@ -68,7 +68,7 @@ def refuse(section: str, values: Any, found: list[tuple[str, str]]) -> None:
         why = re.sub(r"`([a-z0-9_]+)`", lambda m: f"{section}.{stack_name(m[1])}", why)
         errors.append(ConfigError(stack_key(f"{section}.{stack_name(name)}{suffix}"), value, why))
     if errors:
-        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+        raise ConfigErrors(errors)  # one line each; one error reads as that error
 
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from infra.config.errors import ConfigError, stack_key
 from infra.config.loading import leaves
-from infra.config.names import CERTIFICATE_ARN
+from infra.config.names import CERTIFICATE_ARN, PROJECT
 
 if TYPE_CHECKING:
     from infra.config.stack import StackConfig
@@ -36,7 +36,7 @@ def example_values(raw: dict[str, Any]) -> list[ConfigError]:
     for key, value in raw.items():
         for path, leaf in leaves(key, value):
             if isinstance(leaf, str) and _is_example(leaf):
-                short = re.sub(r"\[\d+\]$", "", path.partition(":")[2])
+                short = re.sub(r"\[\d+\]$", "", path.removeprefix(f"{PROJECT}:"))
                 found.append(ConfigError(path, leaf, "an example value from the shipped stack file; "
                                          + _SET_INSTEAD.get(short, "replace it with your own")))
     return found

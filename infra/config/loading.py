@@ -40,7 +40,7 @@ def load(raw: dict[str, Any], secret_keys: set[str] = frozenset()) -> StackConfi
         for err in e.errors():
             errors += from_pydantic(err, data.get("environment")).errors
         errors = merge_misspelt(errors)
-        raise (errors[0] if len(errors) == 1 else ConfigErrors(errors)) from None
+        raise ConfigErrors(errors) from None  # one line each; one error reads as that error
     _check_secret_values(cfg, raw, secret_keys)
     return cfg
 
