@@ -35,6 +35,7 @@ from gateway.limits import Limits, Reservation, windows
 T = TypeVar("T")
 
 WINDOW_TTL_MS = 120_000  # a minute window outlives its minute, then goes
+WINDOW_TTL_S = WINDOW_TTL_MS / 1000  # the same, for the in-process store
 DAY_TTL_S = 2 * 86400
 # How long a request holds its place among a client's requests in flight, at most: one whose
 # task died frees its place after this (a longer one still running frees it early).
@@ -167,7 +168,7 @@ class Gate:
     outcome: str  # hit, miss, or the limit refused: requests, tokens, spend, concurrent
     used: int = 0  # for a refusal: what the window already holds
     entry: Optional[bytes] = None
-    entry_key: str = ""
+    entry_key: str = ""  # a miss's: where fill, wait and release find the entry
     holds_lock: bool = False
     lock_token: str = ""
     reservation: Optional[Reservation] = None
@@ -297,11 +298,11 @@ class ValkeyStore:
                            concurrent_limit=limits.concurrent_requests, now_ms=int(time.time() * 1000),
                            inflight_ttl_ms=INFLIGHT_TTL_MS)))
         outcome = reply[0].decode()
-        gate = Gate(outcome, entry_key=reply[2].decode() if len(reply) > 2 else "")
+        gate = Gate(outcome)
         if outcome == "hit":
             gate.entry = reply[3]
-        elif outcome == "miss":
-            gate.holds_lock, gate.lock_token = bool(reply[1]), token
+        elif outcome == "miss":  # the entry's key: for fill, wait and release
+            gate.entry_key, gate.holds_lock, gate.lock_token = reply[2].decode(), bool(reply[1]), token
             gate.reservation = Reservation(tokens, nano, minute, day,
                                            token if limits.concurrent_requests else "")
         else:
@@ -391,22 +392,22 @@ class LocalStore:
             entry_key = f"e:{client}:{self._get('ver') or 0}:{self._get('ver:' + client) or 0}:{cache_hash}"
         used = int(self._get(rpm) or 0)
         if not counted and limits.requests_per_minute and used >= limits.requests_per_minute:
-            return Gate("requests", used, entry_key=entry_key)
+            return Gate("requests", used)
         if read and entry_key and self._get(entry_key) is not None:
-            self._add(rpm, 1, 120)
-            return Gate("hit", entry=self._get(entry_key), entry_key=entry_key)
+            self._add(rpm, 1, WINDOW_TTL_S)
+            return Gate("hit", entry=self._get(entry_key))
         if limits.tokens_per_minute and int(self._get(tpm) or 0) + tokens > limits.tokens_per_minute:
-            return Gate("tokens", int(self._get(tpm) or 0), entry_key=entry_key)
+            return Gate("tokens", int(self._get(tpm) or 0))
         if limits.nano_per_day and int(self._get(usd) or 0) + nano > limits.nano_per_day:
-            return Gate("spend", int(self._get(usd) or 0), entry_key=entry_key)
+            return Gate("spend", int(self._get(usd) or 0))
         flying, flight = self.flying.setdefault(client, set()), ""
         if limits.concurrent_requests:
             if len(flying) >= limits.concurrent_requests:
-                return Gate("concurrent", len(flying), entry_key=entry_key)
+                return Gate("concurrent", len(flying))
             flight = os.urandom(8).hex()
             flying.add(flight)
-        self._add(rpm, 0 if counted else 1, 120)
-        self._add(tpm, tokens, 120)
+        self._add(rpm, 0 if counted else 1, WINDOW_TTL_S)
+        self._add(tpm, tokens, WINDOW_TTL_S)
         self._add(usd, nano, DAY_TTL_S)
         holds, token = bool(lock and entry_key and entry_key not in self.waiters), ""
         if holds:
@@ -428,9 +429,9 @@ class LocalStore:
             event.set()
 
     async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0) -> None:
-        self._add(f"tpm:{client}:{r.minute}", tokens - r.tokens, 120)
+        self._add(f"tpm:{client}:{r.minute}", tokens - r.tokens, WINDOW_TTL_S)
         self._add(f"usd:{client}:{r.day}", nano - r.nano, DAY_TTL_S)
-        self._add(f"rpm:{client}:{r.minute}", requests, 120)
+        self._add(f"rpm:{client}:{r.minute}", requests, WINDOW_TTL_S)
         self.flying.get(client, set()).discard(r.flight)
 
     async def wait(self, gate: Gate, bound: float) -> Optional[bytes]:

@@ -5,6 +5,7 @@ tested against one holds on the other. Each case runs on its own event loop with
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -74,6 +75,55 @@ def test_tokens_and_spend_are_refused_past_the_limit_and_admitted_up_to_it(run):
         assert (await gate(store, limits=limits, tokens=400, nano=400)).outcome == "miss", "exactly at the limit"
         assert (await gate(store, limits=limits, tokens=1)).outcome == "tokens"
     run(scenario)
+
+
+def test_each_limit_admits_its_whole_amount_from_an_empty_window(run):
+    """The first request of a window may use all of it: a limit of 1 request, and a first request
+    asking the whole token or spend allowance, are admitted; one past it is refused with 0 used."""
+    async def scenario(store):
+        assert (await gate(store, "r", Limits(requests_per_minute=1))).outcome == "miss"
+        assert (await gate(store, "r", Limits(requests_per_minute=1))).outcome == "requests"
+        limits = Limits(tokens_per_minute=1000, usd_per_day=0.000001)
+        over = await gate(store, "t", limits=limits, tokens=1001)
+        assert (over.outcome, over.used) == ("tokens", 0)
+        spend = await gate(store, "s", limits=limits, nano=1001)
+        assert (spend.outcome, spend.used) == ("spend", 0)
+        assert (await gate(store, "a", limits=limits, tokens=1000, nano=1000)).outcome == "miss"
+    run(scenario)
+
+
+def test_a_hit_counts_as_one_request(run):
+    async def scenario(store):
+        limits = Limits(requests_per_minute=4)
+        holder = await gate(store, limits=limits, cache_hash="h", read=True, lock=True)  # 1
+        await store.fill(holder, b"J{}", 60)
+        assert (await gate(store, limits=limits, cache_hash="h", read=True)).outcome == "hit"  # 2
+        assert (await gate(store, limits=limits)).outcome == "miss"  # 3
+        assert (await gate(store, limits=limits)).outcome == "miss"  # 4
+        refused = await gate(store, limits=limits)
+        assert (refused.outcome, refused.used) == ("requests", 4)
+    run(scenario)
+
+
+def test_settling_for_a_client_this_store_never_gated_counts_its_requests(run):
+    """A process that counted requests alone while the store was away settles them later, for
+    clients the store may not have seen since it started."""
+    async def scenario(store):
+        from gateway.limits import windows
+        from gateway.store import Reservation
+
+        minute, day, _, _ = windows()
+        await store.settle("new", Reservation(0, 0, minute, day, ""), 0, 0, requests=2)
+        refused = await gate(store, "new", Limits(requests_per_minute=2))
+        assert (refused.outcome, refused.used) == ("requests", 2)
+    run(scenario)
+
+
+def test_the_in_process_store_forgets_what_expired():
+    store = LocalStore()
+    store._set("k", 1, 0.001)  # noqa: SLF001 - the store's own bookkeeping
+    time.sleep(0.01)
+    assert store._get("k") is None and "k" not in store.values, "not kept once expired"  # noqa: SLF001
 
 
 def test_settling_corrects_the_reservation_and_adds_requests_counted_elsewhere(run):
@@ -203,6 +253,12 @@ def test_invalidating_one_client_leaves_the_others_and_invalidating_all_reaches_
         assert (await gate(store, "b", cache_hash="h", read=True)).outcome == "hit"
         assert await store.invalidate() == 1
         assert (await gate(store, "b", cache_hash="h", read=True)).outcome == "miss"
+        # Each later invalidation too, of an entry filled since the last one:
+        for client, again in (("a", lambda: store.invalidate("a")), ("b", store.invalidate)):
+            await store.fill(await gate(store, client, cache_hash="h", read=True, lock=True), b"J{}", 60)
+            assert (await gate(store, client, cache_hash="h", read=True)).outcome == "hit"
+            await again()
+            assert (await gate(store, client, cache_hash="h", read=True)).outcome == "miss"
     run(scenario)
 
 
