@@ -32,9 +32,9 @@ def split_complete(buf: bytes) -> tuple[bytes, bytes]:
     return buf[:cut], buf[cut:]
 
 
-def _data(event: bytes) -> Optional[bytes]:
-    lines = [line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:")]
-    return b"\n".join(lines) if lines else None
+def _data(event: bytes) -> bytes:
+    """An event's data lines, joined (b"" for an event without data: a comment, a keepalive)."""
+    return b"\n".join(line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:"))
 
 
 def usage_of(doc: Any) -> Optional[tuple[int, int]]:

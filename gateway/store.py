@@ -20,7 +20,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, TypeVar, cast
 
@@ -329,11 +329,15 @@ class ValkeyStore:
             args=SETTLE.args(tokens=tokens - r.tokens, nano=nano - r.nano, window_ttl_ms=WINDOW_TTL_MS,
                              day_ttl_s=DAY_TTL_S, flight=r.flight, requests=requests)))
 
+    # The waiter's clock and pause (a test runs them on a fake clock).
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+    sleep: Callable[[float], Awaitable[None]] = staticmethod(asyncio.sleep)
+
     async def wait(self, gate: Gate, bound: float) -> Optional[bytes]:
         """The entry another request is filling, or None (its holder failed, or the bound)."""
-        deadline, pause, polls = time.monotonic() + bound, 0.005, 0
-        while time.monotonic() < deadline:
-            await asyncio.sleep(pause)
+        deadline, pause, polls = self.clock() + bound, 0.005, 0
+        while self.clock() < deadline:
+            await self.sleep(pause)
             entry: Optional[bytes] = await self._call(self.reader.get(gate.entry_key))  # type: ignore[arg-type]
             if entry is not None:
                 return entry

@@ -13,7 +13,7 @@ import pytest
 from gateway import cache
 from gateway.errors import GatewayError
 from gateway.limits import Limits, Price, Prices, check_model, estimate, rejection
-from gateway.relay import ENDINGS, UsageFilter
+from gateway.relay import ENDINGS, UsageFilter, split_complete
 from gateway.store import LocalStore
 
 CHAT = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
@@ -540,3 +540,35 @@ def test_the_in_process_store_keeps_what_it_counts_as_long_as_valkey_does():
         for kind in ("tpm", "rpm"):
             assert 60 < store.values[f"{kind}:c:{r.minute}"][0] - now <= 120
     _run(scenario)
+
+
+@pytest.mark.parametrize(("buf", "complete", "rest"), [
+    (b"", b"", b""),
+    (b"data: a", b"", b"data: a"),  # nothing complete yet
+    (b"data: a\n\ndata: b", b"data: a\n\n", b"data: b"),
+    (b"data: a\n\ndata: b\n\n", b"data: a\n\ndata: b\n\n", b""),
+    (b"data: a\r\n\r\ndata: b", b"data: a\r\n\r\n", b"data: b"),  # CRLF framing
+    (b"data: a\r\n\r\ndata: b\n\nc", b"data: a\r\n\r\ndata: b\n\n", b"c"),  # the later of the two
+])
+def test_a_buffer_splits_after_its_last_complete_event(buf, complete, rest):
+    assert split_complete(buf) == (complete, rest)
+
+
+USAGE_CHUNK = b'data: {"choices":[],"usage":{"prompt_tokens":1200,"completion_tokens":3400}}'
+
+
+def test_events_without_usage_pass_byte_for_byte_and_with_it_the_usage_is_read():
+    crlf = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\r\n\r\n: keepalive\r\n\r\n"
+    watch = UsageFilter(True)
+    assert watch(crlf) == crlf, "as the upstream framed them"
+    assert watch.usage is None and watch.events == 1
+    # CRLF framing, a blank event in the middle, the usage chunk stripped (the client did not ask for it):
+    mixed = b"data: {\"choices\":[{}]}\r\n\r\n\r\n\r\n" + USAGE_CHUNK + b"\r\n\r\ndata: [DONE]\r\n\r\n"
+    assert watch(mixed) == b'data: {"choices":[{}]}\n\ndata: [DONE]\n\n'
+    assert watch.usage == (1200, 3400) and watch.events == 4
+    kept = UsageFilter(False)
+    assert kept(USAGE_CHUNK + b"\n\n") == USAGE_CHUNK + b"\n\n" and kept.usage == (1200, 3400)
+    spaced = UsageFilter(False)  # data without the optional space, over two lines
+    spaced(b'data:{"choices":[],\ndata:"usage": {"input_tokens":7,"output_tokens":9}}\n\n')
+    assert spaced.usage == (7, 9)
+

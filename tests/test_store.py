@@ -244,6 +244,39 @@ def test_a_valkey_waiter_polls_the_reader_and_looks_for_the_lock_every_fourth_po
         loop.close()
 
 
+def test_a_valkey_waiter_backs_off_from_5_ms_by_half_each_poll_to_100_ms_until_its_bound(valkey):
+    """On a fake clock: the pauses between polls while the holder still fills, and the last poll
+    is the one that reaches the bound exactly (none after it)."""
+    expected = [0.005 * 1.5 ** n for n in range(8)] + [0.1, 0.1]
+    bound = 0.0
+    for pause in expected:
+        bound += pause  # as the clock adds them, so that the last one lands on the bound exactly
+    clock, pauses = [0.0], []
+
+    async def sleep(pause):
+        pauses.append(pause)
+        clock[0] += pause
+
+    async def scenario():
+        valkey.client().flushall()
+        store = ValkeyStore("127.0.0.1", port=valkey.port, password=valkey.auth, ca_file=str(valkey.ca_file),
+                            service=SERVICE, timeout=2.0)
+        store.clock, store.sleep = lambda: clock[0], sleep
+        try:
+            await gate(store, cache_hash="h", read=True, lock=True)  # the holder, filling all along
+            waiter = await gate(store, cache_hash="h", read=True, lock=True)
+            assert await store.wait(waiter, bound) is None
+        finally:
+            await store.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert pauses == pytest.approx(expected)
+
+
 def test_invalidating_one_client_leaves_the_others_and_invalidating_all_reaches_everyone(run):
     async def scenario(store):
         for client in ("a", "b"):
