@@ -20,6 +20,7 @@ from typing import Optional
 
 from gateway.keys import add_key, empty_document
 from infra.stack_files import ROOT
+from tests.processes import die_with_parent
 
 UPSTREAM_KEY = "sk-upstream-" + "u" * 32  # what only the gateway may send upstream
 # The gateway's runtime alone (gateway/requirements.txt), as in the image, from an interpreter
@@ -112,8 +113,8 @@ def start(upstream: str, tmp: Path, env: Optional[dict[str, str]] = None, port: 
     extra = {}
     if user is not None:
         extra = {"user": user[0], "group": user[1], "extra_groups": []}
-    proc = subprocess.Popen([python(), "-m", "gateway"], env=full, cwd=ROOT,
-                            stdout=log.open("wb"), stderr=subprocess.PIPE, **extra)
+    proc = subprocess.Popen([python(), "-m", "gateway"], env=full, cwd=ROOT,  # noqa: PLW1509
+                            stdout=log.open("wb"), stderr=subprocess.PIPE, preexec_fn=die_with_parent(), **extra)
     gw = Gateway(proc, port, log, keys)
     if wait:
         try:

@@ -9,6 +9,7 @@ import glob
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -199,3 +200,29 @@ def test_a_missing_part_or_package_fails_the_combined_score(tmp_path, monkeypatc
     paths = _parts(tmp_path, monkeypatch, p1of2=killed, p2of2=killed) + _parts(tmp_path, monkeypatch, p1of3=killed)
     with pytest.raises(SystemExit, match=r"gateway: parts of different splits \(2, 3\)"):
         run.combine(paths)
+
+
+def test_a_server_a_test_process_started_dies_with_it(tmp_path):
+    """Killed as mutmut kills a test process past its time limit: its Valkey does not outlive it."""
+    start = ("import sys, time\n"
+             "from pathlib import Path\n"
+             "from tests import valkey_server\n"
+             "server = valkey_server.start(Path(sys.argv[1]))\n"
+             "print(server.proc.pid, flush=True)\n"
+             "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", start, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # running
+    finally:
+        parent.kill()
+        parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(child, 9)
+    raise AssertionError("the server outlived the test process that started it")

@@ -15,6 +15,7 @@ import redis
 import trustme
 
 from tests.gateway_process import free_port
+from tests.processes import die_with_parent
 
 AUTH = "test-auth-token-0123456789abcdef0123456789abcdef"  # noqa: S105 - a test server's
 
@@ -77,7 +78,7 @@ def _run(folder: Path, port: int, auth: str) -> subprocess.Popen:
          "--tls-cert-file", str(folder / "cert.pem"), "--tls-key-file", str(folder / "key.pem"),
          "--tls-ca-cert-file", str(folder / "ca.pem"), "--tls-auth-clients", "no",
          "--requirepass", auth, "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())  # noqa: PLW1509
 
 
 def _wait(server: Server) -> None:
