@@ -8,6 +8,7 @@ import re
 from typing import Literal, Optional
 
 import pytest
+from pydantic_core import PydanticUndefined
 
 from components.budget import BudgetArgs
 from components.cache import CacheArgs
@@ -325,6 +326,25 @@ def test_a_section_takes_its_settings_default_and_description_from_the_component
     field = component_field(WidgetArgs, "size_mb", ge=1)
     assert (field.default, field.description) == (3, "Bigger than minSizeMb, and never 0 (not_a_field stays).")
     assert component_field(WidgetArgs, "size_mb", default=5).default == 5
+    made = component_field(WidgetArgs, "size_mb", default_factory=lambda: 7)  # the stack's own, made fresh
+    assert made.default_factory() == 7 and made.default is PydanticUndefined
+
+
+def test_a_section_that_only_adds_a_rule_to_another_is_a_section_too():
+    """A fork's section may declare no field of its own (a rule on the inherited ones)."""
+    from pydantic import model_validator
+
+    from infra.config import ServiceConfig
+
+    class StrictService(ServiceConfig):
+        @model_validator(mode="after")
+        def _even(self):
+            if self.cpu % 2:
+                raise ValueError("even")
+            return self
+
+    assert StrictService().cpu == 512
+    assert StrictService.model_fields["cpu"].description == ServiceConfig.model_fields["cpu"].description
 
 
 def test_a_new_argument_of_a_component_is_a_stack_key_with_no_line_in_the_config():
@@ -347,8 +367,9 @@ def test_a_new_argument_of_a_component_is_a_stack_key_with_no_line_in_the_config
         section.model_validate({"mode": "reckless"})
     with pytest.raises(ValueError, match="vpcId"):  # wiring is not a key
         section.model_validate({"vpcId": "vpc-1"})
-    with pytest.raises(TypeError, match=r"GadgetArgs has no argument \['vpc'\]"):
+    with pytest.raises(TypeError) as err:
         settings_of(GadgetArgs, not_settings={"vpc"})
+    assert str(err.value) == "GadgetArgs has no argument ['vpc']: not_settings names only its arguments"
 
 
 def test_an_argument_the_program_wires_in_is_named_when_it_is_not_listed():
@@ -361,10 +382,36 @@ def test_an_argument_the_program_wires_in_is_named_when_it_is_not_listed():
         bucket_arn: Optional[pulumi.Input[str]] = None
         """A bucket the program makes."""
 
-    wired = r"WiredArgs.bucket_arn \(Optional\[pulumi.Input\[str\]\]\) cannot be a stack setting.*\*_NOT_SETTINGS"
-    with pytest.raises(TypeError, match=wired):
+    with pytest.raises(TypeError) as err:
         settings_of(WiredArgs, not_settings=())
+    assert str(err.value) == WIRED.format(arg="WiredArgs.bucket_arn (Optional[pulumi.Input[str]])")
     assert list(settings_of(WiredArgs, not_settings={"bucket_arn"}).model_fields) == []
+
+
+WIRED = ("{arg} cannot be a stack setting: a value the program wires in (a pulumi Input, Output or Resource) "
+         "is listed in the section's *_NOT_SETTINGS")
+
+
+@pytest.mark.parametrize("annotation", ["pulumi.Output[str]", "pulumi.Resource", "Optional[pulumi.Input[int]]"])
+def test_a_wired_type_is_named_even_where_it_resolves(annotation):
+    """Each of the three words, in a type the component's module can resolve (pulumi imported there)."""
+    from infra.config.sections import settings_of
+
+    fields = [("arg", annotation, dataclasses.field(default=None))]
+    args = dataclasses.make_dataclass("ResolvedArgs", fields, namespace={"__module__": "components.service"})
+    with pytest.raises(TypeError) as err:
+        settings_of(args, not_settings=())
+    assert str(err.value) == WIRED.format(arg=f"ResolvedArgs.arg ({annotation})")
+
+
+def test_a_type_the_components_module_cannot_resolve_is_named_with_the_name_it_lacks():
+    from infra.config.sections import settings_of
+
+    args = dataclasses.make_dataclass("LostArgs", [("arg", "Widget", dataclasses.field(default=None))],
+                                      namespace={"__module__": "components.service"})
+    with pytest.raises(TypeError) as err:
+        settings_of(args, not_settings=())
+    assert str(err.value) == WIRED.format(arg="LostArgs.arg (Widget)") + " (name 'Widget' is not defined)"
 
 
 def test_a_wired_value_never_silently_replaces_a_setting():

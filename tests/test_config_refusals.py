@@ -449,6 +449,7 @@ def test_an_api_key_in_plain_text_is_refused_after_any_encrypted_key():
 
 @pytest.mark.parametrize(("key", "refused"), [
     ("llm-servX:service", True),   # 16 of 20 characters in common: a ratio of 0.8, a typo
+    ("llm-servX:service:cpu", True),  # a second colon is the key's own
     ("llm-sXrvX:service", False),  # 0.7: another plugin's namespace, passed by
     ("aws:profile", False),
 ])
@@ -461,7 +462,7 @@ def test_a_namespace_nearly_the_projects_is_a_typo_and_others_are_passed_by(key,
     with pytest.raises(ConfigError) as err:
         load(raw, secret_keys)
     assert str(err.value) == (f"{key}: got a section {{…}}; unknown namespace 'llm-servX'; "
-                              "did you mean `llm-service:service`?")
+                              f"did you mean `llm-service:{key.partition(':')[2]}`?")
 
 
 def test_a_key_with_a_second_colon_is_an_unknown_key_of_the_project():
@@ -541,6 +542,12 @@ def test_any_bad_value_of_any_key_is_refused_in_lines_naming_keys_never_a_crash(
     refusal is a ConfigError whose lines each name a key as the stack file writes it, once."""
     raw, secret_keys = stack_config(stack)
     tried = 0
+    for section in raw:  # a whole section of the wrong kind
+        for bad in BAD_VALUES:
+            try:
+                load({**raw, section: bad}, secret_keys)
+            except ConfigError as err:
+                assert str(err).startswith(("llm-service:", "aws:")), str(err)
     for section, values in raw.items():
         for key in values if isinstance(values, dict) else ():
             for bad in BAD_VALUES:

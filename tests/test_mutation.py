@@ -226,3 +226,16 @@ def test_a_server_a_test_process_started_dies_with_it(tmp_path):
         time.sleep(0.05)
     os.kill(child, 9)
     raise AssertionError("the server outlived the test process that started it")
+
+
+def test_the_verdicts_of_mutants_a_function_no_longer_has_are_not_counted(tmp_path):
+    """mutmut keeps the verdicts of a changed function's old mutants in its records."""
+    import json
+
+    (tmp_path / "mutants" / "gateway").mkdir(parents=True)
+    (tmp_path / "mutants" / "gateway" / "keys.py").write_text(
+        "def x_f__mutmut_1(a):\n    return a\n\nclass K:\n    def xǁKǁg__mutmut_1(self):\n        pass\n")
+    codes = {"gateway.keys.x_f__mutmut_1": 1, "gateway.keys.x_f__mutmut_2": 0, "gateway.keys.xǁKǁg__mutmut_1": 0}
+    (tmp_path / "mutants" / "gateway" / "keys.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
+    assert run.read_status(tmp_path) == {"gateway.keys.x_f__mutmut_1": ("killed", "gateway/keys.py"),
+                                         "gateway.keys.xǁKǁg__mutmut_1": ("survived", "gateway/keys.py")}

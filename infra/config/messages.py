@@ -39,13 +39,13 @@ def _fields_at(loc: tuple) -> list[str]:
     for part in loc[:-1]:
         if typing.get_origin(model) is dict:  # `part` is a key of the mapping
             model = typing.get_args(model)[1]
-            continue
-        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+        elif isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
             return []
-        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
-        if field is None:
-            return []
-        model = field.annotation
+        else:
+            field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+            if field is None:
+                return []
+            model = field.annotation
     if isinstance(model, type) and issubclass(model, BaseModel):
         return [f.alias or n for n, f in model.model_fields.items()]
     return []
