@@ -1,6 +1,6 @@
 """`make mutate`: mutation testing (mutmut) of the modules that carry the project's guarantees.
 
-    python -m mutation.run [PACKAGE ...] [--jobs N] [--only GLOB ...] [--survivors] [--report]
+    python -m mutation.run [PACKAGE ...] [--jobs N] [--only GLOB ...] [--report]
     python -m mutation.run PACKAGE --shard K/N      # one of N parts of a package (CI's jobs)
     python -m mutation.run --combine RESULTS.json ...  # the packages' scores from their parts
 
@@ -81,7 +81,7 @@ def mutmut_config(package: Package, files: list[str]) -> str:
     ])
 
 
-def run_mutmut(package: Package, jobs: int, only: list[str], survivors: bool = False) -> Path:
+def run_mutmut(package: Package, jobs: int, only: list[str]) -> Path:
     work = WORK / package.name
     work.mkdir(parents=True, exist_ok=True)
     files = checkout_files()
@@ -95,10 +95,11 @@ def run_mutmut(package: Package, jobs: int, only: list[str], survivors: bool = F
     # during mutmut's stats run (mutation/hook), so its mutants are tested by the tests that reach them.
     env = {**os.environ, "MUTATION_HITS": str(hits)}
     cached = (work / "mutants").is_dir()
-    if not (survivors and cached):
-        mutmut(["run", "--max-children", str(jobs), *only], work, env)
-    if cached and (survivors or not only):
-        # mutmut keeps a cached survivor's verdict even when a test written since would kill it:
+    # mutmut tests what it has no verdict for: every mutant on a first run, then those of changed
+    # functions.
+    mutmut(["run", "--max-children", str(jobs), *only], work, env)
+    if cached:
+        # It keeps a cached survivor's verdict even when a test written since would kill it:
         # named, a mutant is tested again.
         again = [n for n, (s, _) in read_status(work).items() if s not in KILLED | UNCOUNTED
                  and (not only or any(fnmatch.fnmatchcase(n, glob) for glob in only))]
@@ -281,8 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants tested at once")
     parser.add_argument("--only", action="append", default=[], metavar="GLOB",
                         help="test only the mutants whose names match, e.g. 'gateway.limits.*' (repeatable)")
-    parser.add_argument("--survivors", action="store_true",
-                        help="test only the last run's survivors again (after writing tests for them)")
     parser.add_argument("--report", action="store_true", help="only report the last run's results")
     parser.add_argument("--shard", type=parse_shard, metavar="K/N",
                         help="test part K of N of one package (its modules split by size); judged by --combine")
@@ -300,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for package in packages:
         only = shard_globs(package, *args.shard) if args.shard else args.only
-        work = WORK / package.name if args.report else run_mutmut(package, args.jobs, only, args.survivors)
+        work = WORK / package.name if args.report else run_mutmut(package, args.jobs, only)
         results.append(read_results(package, work, only))
         save_results(results[-1], args.shard or (1, 1))
     ok = report(results, read_equivalent())
