@@ -16,7 +16,6 @@ import asyncio
 import copy
 import gc
 import json
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ import pytest
 if TYPE_CHECKING:
     from offline.synth import Synthesis
 
-pytest_plugins = ["tests.moto_server"]
+pytest_plugins = ["tests.moto_server", "tests.mutation_credit"]
 
 
 def pytest_configure(config):
@@ -47,12 +46,14 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 _SYNTHESES: dict[tuple, Synthesis] = {}
+_SYNTHESIS_HITS: dict[tuple, set[str]] = {}  # under make mutate's stats run: the functions each ran
 _REAL_SYNTHESIZE: list[Callable[..., Synthesis]] = []  # offline.synth's own, set before it is patched
 
 
 def synthesize_once(stack: str, raw: dict | None = None, secret_keys: set[str] | None = None,
                     program: Callable[[], None] | None = None) -> Synthesis:
     from infra.stack_files import read_stack_file
+    from tests import mutation_credit
 
     synthesize = _REAL_SYNTHESIZE[0]
     if program is not None:  # another entry point: not the config alone
@@ -64,43 +65,11 @@ def synthesize_once(stack: str, raw: dict | None = None, secret_keys: set[str] |
     # keys in another order is another synthesis, not this one served again.
     key = (stack, json.dumps(raw, default=str), tuple(sorted(secret_keys or ())))
     if key not in _SYNTHESES:
-        _SYNTHESES[key] = synthesize(stack, raw, secret_keys)
+        with mutation_credit.recording(_SYNTHESIS_HITS.setdefault(key, set())):
+            _SYNTHESES[key] = synthesize(stack, raw, secret_keys)
+    else:
+        mutation_credit.credit(_SYNTHESIS_HITS.get(key, set()))  # what the synthesis ran, for make mutate
     return _SYNTHESES[key]
-
-
-_IMPORT_HITS: set[str] = set()  # under mutmut's stats run: the functions that ran while modules were imported
-
-
-def pytest_collection_finish(session):
-    """Under `make mutate`'s stats run, what ran while the tests' modules were imported (the config
-    models are built from the components' arguments then) is credited to the tests marked
-    `fresh_process`, not to whichever test ran first: a mutant of it takes effect only in a process
-    that imports the modules afresh, as those tests start."""
-    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
-        return
-    from mutmut.state import state
-
-    _IMPORT_HITS.update(state()._stats)  # noqa: SLF001 - mutmut's record of the hits so far
-    state()._stats.clear()  # noqa: SLF001
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_teardown(item):
-    """Under `make mutate`'s stats run, the functions a gateway process ran during a test count as
-    reached by that test (mutation/hook writes them; mutmut credits its own hits after this), and
-    so does import-time code for a `fresh_process` test."""
-    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
-        return
-    from mutmut.state import state
-
-    if item.get_closest_marker("fresh_process"):
-        state()._stats.update(_IMPORT_HITS)  # noqa: SLF001
-    hits = os.environ.get("MUTATION_HITS")
-    if not hits or not os.path.exists(hits):
-        return
-    with open(hits, "r+") as f:
-        state()._stats.update(line for line in f.read().splitlines() if line)  # noqa: SLF001
-        f.truncate(0)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -111,6 +80,7 @@ def _each_config_synthesized_once():
     # A session's syntheses are its own: mutmut runs each mutant's session in a process forked from
     # one that ran the unmutated tests, whose syntheses would hide a mutant in the config or program.
     _SYNTHESES.clear()
+    _SYNTHESIS_HITS.clear()
     # And its own event loop: in a forked process the threads of the last loop's executor, where
     # Pulumi's mocks run, are gone, and a synthesis would wait for them forever.
     asyncio.set_event_loop(asyncio.new_event_loop())

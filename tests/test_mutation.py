@@ -239,3 +239,44 @@ def test_the_verdicts_of_mutants_a_function_no_longer_has_are_not_counted(tmp_pa
     (tmp_path / "mutants" / "gateway" / "keys.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
     assert run.read_status(tmp_path) == {"gateway.keys.x_f__mutmut_1": ("killed", "gateway/keys.py"),
                                          "gateway.keys.xǁKǁg__mutmut_1": ("survived", "gateway/keys.py")}
+
+
+def test_work_shared_by_tests_is_credited_to_each_test_that_uses_it(monkeypatch):
+    """Under the stats run: what a block ran is recorded (and still credited to the running test),
+    and what a session fixture ran is credited to every later test that uses the fixture."""
+    from types import SimpleNamespace
+
+    from mutmut.state import state
+
+    from tests import mutation_credit
+
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "stats")
+    monkeypatch.setattr(mutation_credit, "_FIXTURE_HITS", {"stack": {"components.network.x_f"}})
+    monkeypatch.setattr(mutation_credit, "_IMPORT_HITS", {"infra.config.sections.x_allow"})
+    monkeypatch.delenv("MUTATION_HITS", raising=False)
+    stats = state()._stats  # noqa: SLF001
+    saved = set(stats)
+    try:
+        stats.clear()
+        stats.add("before")
+        into: set[str] = set()
+        with mutation_credit.recording(into):
+            stats.add("inside")
+        assert into == {"inside"} and stats == {"before", "inside"}
+        stats.clear()
+
+        def item(*fixtures, fresh=False):
+            return SimpleNamespace(fixturenames=list(fixtures),
+                                   get_closest_marker=lambda name: fresh and name == "fresh_process")
+        mutation_credit.pytest_runtest_teardown(item("stack", "tmp_path"))
+        assert stats == {"components.network.x_f"}
+        stats.clear()
+        mutation_credit.pytest_runtest_teardown(item("tmp_path", fresh=True))
+        assert stats == {"infra.config.sections.x_allow"}
+        monkeypatch.setenv("MUTANT_UNDER_TEST", "")  # an ordinary run: nothing recorded or credited
+        stats.clear()
+        mutation_credit.pytest_runtest_teardown(item("stack", fresh=True))
+        assert stats == set()
+    finally:
+        stats.clear()
+        stats |= saved
