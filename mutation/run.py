@@ -95,6 +95,9 @@ def run_mutmut(package: Package, jobs: int, only: list[str]) -> Path:
     # during mutmut's stats run (mutation/hook), so its mutants are tested by the tests that reach them.
     env = {**os.environ, "MUTATION_HITS": str(hits)}
     cached = (work / "mutants").is_dir()
+    # Which tests reach which function is found again on each run: mutmut would look again only
+    # for new tests, and keep what changed tests and their fixtures reach from the last run.
+    (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     # mutmut tests what it has no verdict for: every mutant on a first run, then those of changed
     # functions.
     mutmut(["run", "--max-children", str(jobs), *only], work, env)

@@ -93,9 +93,18 @@ def test_endpoints_only_where_enabled(stack):
         sg = stack.one("aws:ec2/securityGroup:SecurityGroup", "network-endpoints-sg")
         (rule,) = [r for r in stack.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
                    if r.inputs["securityGroupId"] == f"{sg.name}-id"]
-        assert (rule.inputs["fromPort"], rule.inputs["toPort"]) == (443, 443)
+        assert (rule.inputs["ipProtocol"], rule.inputs["fromPort"], rule.inputs["toPort"]) == ("tcp", 443, 443)
         assert rule.inputs["cidrIpv4"] == config_of(stack).network.cidr
-        assert all(e.inputs["privateDnsEnabled"] for e in interface)
+        assert rule.inputs["description"] == "HTTPS from the VPC"
+        vpc_id = f"{stack.one('aws:ec2/vpc:Vpc').name}-id"
+        # A security group's description cannot change in place: a new one replaces the group.
+        assert sg.inputs == {"vpcId": vpc_id, "description": "Interface endpoints: HTTPS from inside the VPC only"}
+        private = sorted(f"{s.name}-id" for s in _tier(stack, "private"))
+        for e in interface:
+            assert e.name == "network-" + e.inputs["serviceName"].split(".", 3)[-1].replace(".", "-")
+            assert e.inputs["privateDnsEnabled"] is True and e.inputs["vpcId"] == vpc_id
+            assert sorted(e.inputs["subnetIds"]) == private, "in the tasks' subnets, one per AZ"
+            assert e.inputs["securityGroupIds"] == [f"{sg.name}-id"]
     else:
         assert interface == []
     assert stack.stack != "prod" or interface, "prod turns the interface endpoints on"
