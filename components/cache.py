@@ -310,5 +310,6 @@ class Cache(pulumi.ComponentResource):
         self.register_outputs({
             "primary_endpoint": self.primary_endpoint, "reader_endpoint": self.reader_endpoint,
             "port": self.port, "security_group_id": self.security_group_id,
-            "final_snapshot": self.final_snapshot,
+            "replication_group_id": self.replication_group_id, "final_snapshot": self.final_snapshot,
+            "member_ids": self.member_ids,
         })

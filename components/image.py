@@ -159,7 +159,7 @@ class Image(pulumi.ComponentResource):
         )
         # None where the digest is not known (a test's mock does not build), never "repo@None".
         self.ref = pulumi.Output.all(args.repository_url, self.image.digest).apply(_by_digest)
-        self.register_outputs({"ref": self.ref})
+        self.register_outputs({"ref": self.ref, "tag": self.tag})
 
 
 def _by_digest(parts: list[Any]) -> Optional[str]:

@@ -291,7 +291,8 @@ class LoadBalancer(pulumi.ComponentResource):
         self.register_outputs({
             "arn": self.arn, "dns_name": self.dns_name, "url": self.url,
             "security_group_id": self.security_group_id,
-            "target_group_arn": self.target_group_arn,
+            "target_group_arn": self.target_group_arn, "arn_suffix": self.arn_suffix,
+            "target_group_arn_suffix": self.target_group_arn_suffix,
         })
 
     def _certificate(self, name: str, args: LoadBalancerArgs) -> pulumi.Input[str]:

@@ -318,7 +318,8 @@ class Monitoring(pulumi.ComponentResource):
             f"https://{args.region}.console.aws.amazon.com/cloudwatch/home?region={args.region}"
             "#dashboards:name=", dashboard.dashboard_name,
         )
-        self.register_outputs({"topic_arn": self.topic_arn, "dashboard_url": self.dashboard_url})
+        self.register_outputs({"topic_arn": self.topic_arn, "dashboard_url": self.dashboard_url,
+                               "alarm_names": self.alarm_names})
 
     def _alarm(self, name: str, prefix: str, a: _Alarm) -> pulumi.Output[str]:
         percentile = a.stat.startswith("p")

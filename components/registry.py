@@ -101,4 +101,5 @@ class Registry(pulumi.ComponentResource):
         self.arn = self.repository.arn
         self.repository_url = self.repository.repository_url
         self.registry_id = self.repository.registry_id
-        self.register_outputs({"arn": self.arn, "repository_url": self.repository_url})
+        self.register_outputs({"arn": self.arn, "repository_url": self.repository_url,
+                               "registry_id": self.registry_id})

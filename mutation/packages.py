@@ -38,7 +38,8 @@ PACKAGES = (
         ("components/secrets_store.py", "components/cache.py", "components/network.py",
          "components/load_balancer.py", "components/edge.py", "components/registry.py"),
         ("tests/test_component_args.py", "tests/test_config_rules.py", "tests/test_network.py",
-         "tests/test_secrets.py", "tests/test_edge_monitoring.py", "tests/test_cache.py"),
+         "tests/test_secrets.py", "tests/test_edge_monitoring.py", "tests/test_cache.py",
+         "tests/test_lifecycle.py", "tests/test_service.py"),
     ),
     Package(
         "ops",

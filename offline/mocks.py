@@ -163,6 +163,7 @@ def _web_acl(m: AwsMocks, s: dict, name: str):
 
 def _ecr(m: AwsMocks, s: dict, name: str):
     s["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.{m.region}.amazonaws.com/{s.get('name', name)}"
+    s["registryId"] = ACCOUNT  # the account the repository is in, as ECR answers
 
 
 def _random_password(m: AwsMocks, s: dict, name: str):

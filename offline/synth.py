@@ -39,6 +39,7 @@ class Declared:
     ignore_changes: list[str] = field(default_factory=list)
     provider: str = ""  # the provider reference the engine would use ("<urn>::<id>")
     depends_on: list[str] = field(default_factory=list)  # logical names
+    outputs: Optional[list[str]] = None  # a component's registered outputs (register_outputs), by name
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Synthesis:
     resources: list[Declared]
     outputs: dict[str, Any]
     secret_outputs: set[str]
+    invokes: list[tuple[str, str]] = field(default_factory=list)  # (token, provider reference) of each call
 
     def of_type(self, typ: str) -> list[Declared]:
         return [r for r in self.resources if r.type == typ]
@@ -73,6 +75,7 @@ class _Recorder(AwsMocks):
     def __init__(self, region: str):
         super().__init__(region)
         self.declared: dict[tuple[str, str], Declared] = {}
+        self.invokes: list[tuple[str, str]] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         rid, state = super().new_resource(args)
@@ -82,6 +85,25 @@ class _Recorder(AwsMocks):
         d.inputs = {k: _unwrap(v) for k, v in args.inputs.items()}
         d.secret_inputs = {k for k, v in args.inputs.items() if _has_secret(v)}
         return rid, state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        self.invokes.append((args.token, args.provider or ""))
+        return super().call(args)
+
+
+class _Monitor(private_api.mock_monitor()):  # type: ignore[misc]
+    """Records what each component registers as its outputs (the engine keeps them in state)."""
+
+    def __init__(self, recorder: _Recorder):
+        super().__init__(recorder)
+        self.recorder = recorder
+
+    def RegisterResourceOutputs(self, request):  # noqa: N802 - the engine's RPC name
+        typ, name = request.urn.split("::")[2].rsplit("$", 1)[-1], request.urn.split("::")[3]
+        if typ != STACK_TYPE:
+            d = self.recorder.declared.setdefault((typ, name), Declared(typ, name, custom=False))
+            d.outputs = sorted(request.outputs.fields.keys())
+        return super().RegisterResourceOutputs(request)
 
 
 def _has_secret(v: Any) -> bool:
@@ -136,7 +158,7 @@ def synthesize(
     recorder = _Recorder(str(raw.get("aws:region", "us-east-1")))
     private_api.reset_root()  # nothing left over from an earlier, failed run
     pulumi.runtime.set_all_config(_as_pulumi_config(raw), sorted(secret_keys))
-    pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=stack, preview=False)
+    pulumi.runtime.set_mocks(recorder, project=PROJECT, stack=stack, preview=False, monitor=_Monitor(recorder))
 
     def record_options(args: pulumi.ResourceTransformationArgs):
         d = recorder.declared.setdefault(
@@ -169,4 +191,4 @@ def synthesize(
         outputs[key] = private_api.wait(out.future())
         if private_api.wait(out.is_secret()):
             secret_outputs.add(key)
-    return Synthesis(stack, list(recorder.declared.values()), outputs, secret_outputs)
+    return Synthesis(stack, list(recorder.declared.values()), outputs, secret_outputs, recorder.invokes)

@@ -22,6 +22,7 @@ from components.secrets_store import SecretsArgs
 from components.service import ServiceArgs
 from infra.config import DELIBERATE_DEFAULTS, StackConfig
 from infra.stack_files import ROOT
+from offline import component_docs
 
 CERT = "arn:aws:acm:eu-west-1:111122223333:certificate/5f0c2a3e-1b7d-4c9a-8e21-0a5b6c7d8e9f"
 CACHE = dict(vpc_id="vpc-1", subnet_ids=["s-1", "s-2"], kms_key_arn="k", auth_token="t", replication_group_id="c")
@@ -445,3 +446,46 @@ def test_every_stack_note_is_about_an_argument_and_shows_in_the_reference():
     for (args, name), note in STACK_NOTES.items():
         assert name in {f.name for f in dataclasses.fields(components[args])}, (args, name)
         assert note.replace("|", "\\|") in reference, note
+
+
+# Each component's type token: part of every child's URN, so changing one re-creates everything
+# under it on the next `up` (a rename needs an alias). Reviewed here, one line each.
+TOKENS = {
+    "network": "llm-service:network:Network", "secrets_store": "llm-service:secrets:Secrets",
+    "load_balancer": "llm-service:load_balancer:LoadBalancer", "registry": "llm-service:registry:Registry",
+    "image": "llm-service:image:Image", "service": "llm-service:service:Service",
+    "cache": "llm-service:cache:Cache", "edge": "llm-service:edge:Edge",
+    "monitoring": "llm-service:monitoring:Monitoring", "budget": "llm-service:budget:Budget",
+}
+
+
+def test_each_component_has_its_token_and_registers_every_output_it_declares(staging, prod):
+    """The engine keeps a component's registered outputs in state (`pulumi stack --show-urns`,
+    a fork reads them there): every value it declares as an output, not the resources it exposes
+    for others to depend on. The cache's final snapshot is None in staging (no snapshots), and the
+    engine keeps no None."""
+    assert set(TOKENS) == set(component_docs.COMPONENTS)
+    components = {d.type: d for d in staging.resources if not d.custom}
+    assert set(components) == set(TOKENS.values())
+    for module, token in TOKENS.items():
+        cls = component_docs.component_class(module)
+        assert token.rsplit(":", 1)[1] == cls
+        declared = {name for name, typ in component_docs.annotations(module, cls).items()
+                    if "Resource" not in typ and not typ.startswith("aws.")}
+        assert components[token].outputs == sorted(declared - {"final_snapshot"}), module
+    assert "final_snapshot" in next(d for d in prod.resources if d.type == TOKENS["cache"]).outputs
+
+
+def test_every_lookup_goes_through_the_stacks_provider(staging, prod):
+    """A component's lookups (account, partition, zones, the registry's token) are its children's,
+    so they use the stack's provider (its region). The program asks for the region's zones once
+    before that provider exists (a config check), naming the region itself."""
+    provider = "urn:pulumi:{}::llm-service::pulumi:pulumi:Stack$pulumi:providers:aws::aws::aws-id"
+    for stack in (staging, prod):
+        ours = provider.format(stack.stack)
+        assert sorted(set(stack.invokes)) == [
+            ("aws:ecr/getAuthorizationToken:getAuthorizationToken", ours),
+            ("aws:index/getAvailabilityZones:getAvailabilityZones", ""),
+            ("aws:index/getAvailabilityZones:getAvailabilityZones", ours),
+            ("aws:index/getCallerIdentity:getCallerIdentity", ours),
+            ("aws:index/getPartition:getPartition", ours)]

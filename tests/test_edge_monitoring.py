@@ -63,14 +63,45 @@ def test_managed_rules_on_bodies_only_count_and_every_other_rule_blocks(stack):
     assert all(r["visibilityConfig"]["cloudwatchMetricsEnabled"] for r in rules.values())
 
 
+def test_the_acl_whole_rule_order_metrics_and_default(stack):
+    """What WAF evaluates, in order: the rate rule first (so a flood is refused before the managed
+    groups spend their capacity on it), then the three AWS groups by vendor and name; every rule and
+    the ACL itself publish metrics and sampled requests under their own names (the dashboard's and
+    alarms' dimensions); a request no rule blocks is allowed."""
+    acl = stack.one("aws:wafv2/webAcl:WebAcl")
+    name = f"llm-service-{stack.stack}"
+    assert acl.inputs["name"] == name
+    assert acl.inputs["defaultAction"] == {"allow": {}}
+    visible = lambda metric: {"cloudwatchMetricsEnabled": True, "metricName": metric,  # noqa: E731
+                              "sampledRequestsEnabled": True}
+    assert acl.inputs["visibilityConfig"] == visible(name)
+    rules = acl.inputs["rules"]
+    assert [(r["name"], r["priority"]) for r in rules] == [
+        ("rate-per-client-ip", 0), ("AWSManagedRulesCommonRuleSet", 1),
+        ("AWSManagedRulesKnownBadInputsRuleSet", 2), ("AWSManagedRulesAmazonIpReputationList", 3)]
+    assert all(r["visibilityConfig"] == visible(r["name"]) for r in rules)
+    for rule in rules[1:]:
+        statement = rule["statement"]["managedRuleGroupStatement"]
+        assert (statement["vendorName"], statement["name"]) == ("AWS", rule["name"])
+    assert "ruleActionOverrides" not in rules[3]["statement"]["managedRuleGroupStatement"]
+    assert rules[0]["action"]["block"]["customResponse"] == {
+        "responseCode": 429, "customResponseBodyKey": "rate-limited"}
+    (body,) = acl.inputs["customResponseBodies"]
+    assert json.loads(body["content"]) == {"error": {
+        "message": "Too many requests from this address; slow down and retry later.",
+        "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
+
+
 def test_waf_logs_to_a_prefixed_retained_group_without_authorization(stack):
     group = stack.one("aws:cloudwatch/logGroup:LogGroup", "edge-logs")
-    assert group.inputs["name"].startswith("aws-waf-logs-")
+    assert group.inputs["name"] == f"aws-waf-logs-llm-service-{stack.stack}"
+    assert group.inputs["kmsKeyId"] == stack.outputs["kmsKeyArn"]
     assert group.inputs["retentionInDays"] == config_of(stack).edge.log_retention_days
     logging = stack.one("aws:wafv2/webAclLoggingConfiguration:WebAclLoggingConfiguration")
     assert logging.inputs["logDestinationConfigs"] == [
         f"arn:aws:logs:us-east-1:123456789012:log-group:{group.inputs['name']}"]
-    assert {"singleHeader": {"name": "authorization"}} in logging.inputs["redactedFields"]
+    assert logging.inputs["redactedFields"] == [{"singleHeader": {"name": "authorization"}}]
+    assert logging.inputs["resourceArn"] == stack.outputs["webAclArn"]
 
 
 def test_alarm_topic_is_encrypted_and_publishable_by_cloudwatch_and_budgets(stack):
