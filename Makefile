@@ -61,11 +61,12 @@ test: $(VENV)/.installed $(GW_VENV)/.installed  ## the whole suite: lint, strict
 	$(PY) -m pytest -n auto --dist worksteal
 
 # Mutation testing of the modules that carry the guarantees (mutation/packages.py); PACKAGES=gateway
-# runs one, SHARD=2/4 a part of it. Results are cached under .mutation/, so a second run tests only
+# runs one, SHARD=2/4 a part of it, SAMPLE=150 a random sample of each package's mutants (an estimate
+# of its score, with its interval). Results are cached under .mutation/, so a second run tests only
 # what changed.
 mutate: $(VENV)/.installed  ## score the tests by the mutants they kill, per package (target 90 %; weekly in CI)
 	@bash .ci/system-packages
-	$(PY) -m mutation.run $(PACKAGES) $(if $(SHARD),--shard $(SHARD),)
+	$(PY) -m mutation.run $(PACKAGES) $(if $(SHARD),--shard $(SHARD),) $(if $(SAMPLE),--sample $(SAMPLE),)
 
 serve: $(GW_VENV)/.installed  ## the gateway on 127.0.0.1:8080 against OPENAI_BASE_URL, key from OPENAI_API_KEY
 	HOST=127.0.0.1 PYTHONPATH=. $(GW_VENV)/bin/python -m gateway

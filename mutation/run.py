@@ -3,6 +3,7 @@
     python -m mutation.run [PACKAGE ...] [--jobs N] [--only GLOB ...] [--report]
     python -m mutation.run PACKAGE --shard K/N      # one of N parts of a package (CI's jobs)
     python -m mutation.run --combine RESULTS.json ...  # the packages' scores from their parts
+    python -m mutation.run PACKAGE --sample 150     # an estimate from a random sample of its mutants
 
 Each package (mutation/packages.py) runs in its own copy of the checkout under .mutation/<package>/,
 so mutmut's per-mutant results stay cached between runs there and only changed functions are tested
@@ -19,7 +20,9 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -35,6 +38,7 @@ WORK = ROOT / ".mutation"
 EQUIVALENT = ROOT / "mutation" / "equivalent.txt"
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 UNCOUNTED = {"skipped"}
+SEED = 23  # the sample's: fixed, so that a second run tests the same mutants (their verdicts cached)
 
 
 def checkout_files() -> list[str]:
@@ -81,7 +85,8 @@ def mutmut_config(package: Package, files: list[str]) -> str:
     ])
 
 
-def run_mutmut(package: Package, jobs: int, only: list[str]) -> Path:
+def prepare(package: Package) -> Path:
+    """The package's copy of the checkout, with its mutmut section, ready to run."""
     work = WORK / package.name
     work.mkdir(parents=True, exist_ok=True)
     files = checkout_files()
@@ -89,6 +94,36 @@ def run_mutmut(package: Package, jobs: int, only: list[str]) -> Path:
     config = (ROOT / "pyproject.toml").read_text() + mutmut_config(package, files)
     if not (work / "pyproject.toml").exists() or (work / "pyproject.toml").read_text() != config:
         (work / "pyproject.toml").write_text(config)
+    return work
+
+
+def mutant_names(package: Package, work: Path) -> list[str]:
+    """Every mutant mutmut makes of the package's files, by the names it gives them."""
+    from mutmut.mutation.file_mutation import mutate_file_contents
+
+    names = []
+    with inside(work):  # mutmut reads its configuration (what not to mutate) from there
+        for module, _ in modules(package):
+            path = Path(*module.split(".")).with_suffix(".py")
+            names += [f"{module}.{n}" for n in mutate_file_contents(str(path), path.read_text()).mutant_names]
+    return sorted(names)
+
+
+def sample(names: list[str], n: int, seed: int = SEED) -> list[str]:
+    return sorted(random.Random(seed).sample(names, min(n, len(names))))  # noqa: S311 - not a secret
+
+
+def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % interval of a package's score from a sample's (Wilson's, sound at 0 and 100 %)."""
+    if not n:
+        return 0.0, 1.0
+    p = killed / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
+def run_mutmut(package: Package, jobs: int, only: list[str]) -> Path:
+    work = prepare(package)
     hits = work / "hits"
     hits.unlink(missing_ok=True)
     # The gateway's tests start it as a process: MUTATION_HITS lets it report the functions it ran
@@ -149,6 +184,7 @@ def inside(path: Path):
 @dataclass
 class Result:
     package: str
+    sampled_from: int = 0  # the package's mutants, when these are a random sample of them
     status: dict[str, str] = field(default_factory=dict)  # mutant name -> mutmut's status
     diffs: dict[str, str] = field(default_factory=dict)  # surviving mutant -> its diff
 
@@ -268,6 +304,12 @@ def report(results: list[Result], equivalent: dict[str, str]) -> bool:
               f"{r.count({'no tests', 'not checked'}):>10}{sum(n in equivalent for n in r.status):>12}"
               f"{ratio:>8.1%}")
         survivors_text += [f"# {n} ({r.status[n]})\n{r.diffs[n]}\n" for n in survivors]
+    for r in results:
+        if r.sampled_from:
+            killed, counted, _ = score(r, equivalent)
+            low, high = wilson(killed, counted)
+            print(f"{r.package}: a random sample of {len(r.status):,} of its {r.sampled_from:,} mutants "
+                  f"(seed {SEED}); the package's score is {low:.1%} to {high:.1%} (95 % interval)")
     modules = {n.rsplit(".", 1)[0] for r in results for n in r.status}
     surviving = {n for r in results for n in r.diffs}
     stale = sorted(n for n in equivalent if n.rsplit(".", 1)[0] in modules and n not in surviving)
@@ -288,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only report the last run's results")
     parser.add_argument("--shard", type=parse_shard, metavar="K/N",
                         help="test part K of N of one package (its modules split by size); judged by --combine")
+    parser.add_argument("--sample", type=int, metavar="N",
+                        help="test N of each package's mutants, drawn at random: an estimate of its score")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="RESULTS",
                         help="score every package from its parts' results files (.mutation/results/*.json)")
     args = parser.parse_args(argv)
@@ -298,12 +342,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if report(combine(args.combine), read_equivalent()) else 1
     if args.shard and (len(args.packages) != 1 or args.only):
         parser.error("--shard takes one package and no --only")
+    if args.sample is not None and (args.sample < 1 or args.only or args.shard):
+        parser.error("--sample takes a number of mutants of at least 1, and no --only or --shard")
     packages = [BY_NAME[n] for n in args.packages] or list(PACKAGES)
     results = []
     for package in packages:
         only = shard_globs(package, *args.shard) if args.shard else args.only
+        everything = mutant_names(package, prepare(package)) if args.sample else []
+        only = sample(everything, args.sample) if args.sample else only
         work = WORK / package.name if args.report else run_mutmut(package, args.jobs, only)
         results.append(read_results(package, work, only))
+        results[-1].sampled_from = len(everything)
+        if args.sample and len(results[-1].status) != len(only):
+            raise SystemExit(f"{package.name}: mutmut has verdicts for {len(results[-1].status)} of the "
+                             f"{len(only)} mutants sampled: names it does not make?")
         save_results(results[-1], args.shard or (1, 1))
     ok = report(results, read_equivalent())
     if args.shard:

@@ -7,6 +7,7 @@ import argparse
 import fnmatch
 import glob
 import os
+import re
 import subprocess
 import sys
 import time
@@ -280,3 +281,48 @@ def test_work_shared_by_tests_is_credited_to_each_test_that_uses_it(monkeypatch)
     finally:
         stats.clear()
         stats |= saved
+
+
+def test_a_sample_is_drawn_from_the_mutants_mutmut_makes_and_is_the_same_every_run(tmp_path):
+    """A sample names mutants as mutmut does (a name it does not make would test nothing), and the
+    same ones on every run, so that a second run finds their verdicts cached."""
+    config = (ROOT / "pyproject.toml").read_text() + run.mutmut_config(packages.BY_NAME["offline"], [])
+    (tmp_path / "pyproject.toml").write_text(config)
+    (tmp_path / "offline").mkdir()
+    for name in ("cost.py", "diff.py"):
+        (tmp_path / "offline" / name).write_text((ROOT / "offline" / name).read_text())
+    names = run.mutant_names(packages.BY_NAME["offline"], tmp_path)
+    assert len(names) > 1000 and len(set(names)) == len(names)
+    defined = {m: set(re.findall(r"^(?:    )?def (\w+)\(", (ROOT / f"offline/{m}.py").read_text(), re.M))
+               for m in ("cost", "diff")}
+    for name in names:
+        module, function = re.fullmatch(r"offline\.(cost|diff)\.x(?:_|ǁ\w+ǁ)(\w+)__mutmut_\d+", name).groups()
+        assert function in defined[module], name
+    drawn = run.sample(names, 150)
+    assert len(drawn) == 150 and set(drawn) <= set(names) and drawn == run.sample(names, 150)
+    assert drawn != run.sample(names, 150, seed=run.SEED + 1)
+    assert run.sample(names[:5], 150) == names[:5], "a package smaller than the sample runs whole"
+
+
+def test_a_samples_score_is_reported_with_its_interval(tmp_path, monkeypatch, capsys):
+    assert [round(x, 3) for x in run.wilson(135, 150)] == [0.842, 0.938]
+    assert run.wilson(150, 150)[1] == 1.0 and run.wilson(0, 150)[0] == 0.0
+    assert run.wilson(0, 0) == (0.0, 1.0), "no mutant decided: nothing is known"
+    monkeypatch.setattr(run, "WORK", tmp_path)
+    sampled = _result(**{str(n): "killed" for n in range(135)}, **{str(n): "survived" for n in range(135, 150)})
+    sampled.diffs = {n: "- a\n+ b" for n, s in sampled.status.items() if s == "survived"}
+    sampled.sampled_from = 4112
+    assert run.report([sampled], {}) is True
+    assert ("gateway: a random sample of 150 of its 4,112 mutants (seed 23); the package's score is "
+            "84.2% to 93.8% (95 % interval)") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["gateway", "--sample", "0"], "--sample takes a number of mutants of at least 1"),
+    (["gateway", "--sample", "10", "--only", "gateway.keys.*"], "and no --only or --shard"),
+    (["gateway", "--sample", "10", "--shard", "1/2"], "and no --only or --shard"),
+])
+def test_a_sample_takes_a_positive_size_and_nothing_else_that_picks_mutants(argv, words, capsys):
+    with pytest.raises(SystemExit):
+        run.main(argv)
+    assert words in capsys.readouterr().err
