@@ -35,6 +35,20 @@ def test_alb_accepts_443_only_from_configured_cidrs(stack):
     assert {r.inputs.get("cidrIpv6") for r in rules} - {None} == {"::/0"}
 
 
+def test_the_alb_group_and_its_ingress_rules_whole(stack):
+    """One rule per listener port and CIDR, each saying what it admits (the console shows only the
+    descriptions), in the stack's VPC."""
+    group = stack.one("aws:ec2/securityGroup:SecurityGroup", "alb-sg")
+    assert (group.inputs["vpcId"], group.inputs["description"]) == (
+        stack.outputs["vpcId"], "Load balancer: listener ports only")
+    rules = {r.name: r.inputs for r in _rules(stack, IN, "alb-sg")}
+    assert rules == {
+        "alb-in-443-v4-0": {"securityGroupId": "alb-sg-id", "cidrIpv4": "0.0.0.0/0", "ipProtocol": "tcp",
+                            "fromPort": 443, "toPort": 443, "description": "clients on 443"},
+        "alb-in-443-v6-0": {"securityGroupId": "alb-sg-id", "cidrIpv6": "::/0", "ipProtocol": "tcp",
+                            "fromPort": 443, "toPort": 443, "description": "clients on 443 (IPv6)"}}
+
+
 def test_alb_egress_goes_only_to_the_tasks_on_the_container_port(stack):
     (rule,) = _rules(stack, OUT, "alb-sg")
     port = config_of(stack).service.container_port
@@ -114,7 +128,12 @@ def test_alb_attributes_suit_streamed_responses(stack):
     assert lb.inputs["internal"] is False
     assert lb.inputs["ipAddressType"] == "ipv4", "the VPC has no IPv6 CIDR for dualstack"
     assert lb.inputs["subnets"] == stack.outputs["publicSubnetIds"]
-    assert lb.inputs["accessLogs"]["enabled"] is True
+    # The stack's one bucket (named by the provider; the mocks answer with its logical name).
+    assert stack.one("aws:s3/bucket:Bucket").name == "alb-logs"
+    assert lb.inputs["accessLogs"] == {"bucket": "alb-logs", "prefix": "alb", "enabled": True}
+    assert lb.inputs["loadBalancerType"] == "application"
+    assert lb.inputs["desyncMitigationMode"] == "defensive"
+    assert lb.inputs["securityGroups"] == ["alb-sg-id"]
 
 
 def test_access_logs_are_versioned_and_old_versions_expire(stack):
