@@ -131,6 +131,8 @@ def test_alb_attributes_suit_streamed_responses(stack):
     # The stack's one bucket (named by the provider; the mocks answer with its logical name).
     assert stack.one("aws:s3/bucket:Bucket").name == "alb-logs"
     assert lb.inputs["accessLogs"] == {"bucket": "alb-logs", "prefix": "alb", "enabled": True}
+    # CreateLoadBalancer checks that ELB may write the logs: it waits for the bucket's policy.
+    assert lb.depends_on == ["alb-logs"]
     assert lb.inputs["loadBalancerType"] == "application"
     assert lb.inputs["desyncMitigationMode"] == "defensive"
     assert lb.inputs["securityGroups"] == ["alb-sg-id"]
