@@ -186,6 +186,19 @@ def test_target_group_health_check_and_routing(stack):
     assert tg.inputs["healthCheck"]["path"] == cfg.load_balancer.health_check_path == "/healthz"
     assert tg.inputs["deregistrationDelay"] == cfg.load_balancer.deregistration_delay_seconds
     assert tg.inputs["port"] == cfg.service.container_port
+    assert (tg.inputs["protocol"], tg.inputs["protocolVersion"], tg.inputs["vpcId"]) == (
+        "HTTP", "HTTP1", "network-vpc-id")
+    # The checks the gateway's drain is timed against (GATEWAY_DRAIN_QUIET_SECONDS is an interval
+    # and a timeout): out of rotation after 3 failures 15 s apart, back after 2 successes.
+    assert tg.inputs["healthCheck"] == {"enabled": True, "path": "/healthz", "protocol": "HTTP", "matcher": "200",
+                                        "interval": 15, "timeout": 5, "healthyThreshold": 2,
+                                        "unhealthyThreshold": 3}
+    assert container(stack)["environment"] and {"name": "GATEWAY_DRAIN_QUIET_SECONDS", "value": "20"} in \
+        container(stack)["environment"]
+    (https,) = [listener for listener in stack.of_type(LISTENER) if listener.inputs["port"] == 443]
+    assert https.inputs["defaultActions"] == [{
+        "type": "forward", "targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:"
+                                             "targetgroup/alb-tg-0a1b2c3/fedcba9876543210"}]
 
 
 def test_task_size_and_container_hardening(stack):
@@ -380,3 +393,20 @@ def test_container_insights_is_enabled_by_default_and_enhanced_when_a_stack_says
     # Off is refused: the alarms read Container Insights' task count.
     with pytest.raises(ConfigError, match=r"service.containerInsights: got 'disabled'"):
         load(*with_changes("staging", service__containerInsights="disabled"))
+
+
+def test_every_resource_is_its_components_child_in_every_mode(stack, synth):
+    """A child declared without its parent gets another URN (a replacement on the next `up`) and
+    leaves the component's provider and protection: every resource but the stack's provider and
+    the program's own two random values is a child of its component, whichever parts a stack turns
+    on (an HTTP redirect, a certificate the stack requests and validates)."""
+    own = {("pulumi:providers:aws", "aws"), ("random:index/randomPassword:RandomPassword", "cache-auth-token"),
+           ("random:index/randomId:RandomId", "cache-final-snapshot")}
+    variant = synth("staging", loadBalancer__httpMode="redirect", loadBalancer__certificateArn="",
+                    loadBalancer__domainName="api.example.com", loadBalancer__hostedZoneId="Z0123456789ABC")
+    for s in (stack, variant):
+        assert {(r.type, r.name) for r in s.resources if r.custom and r.parent is None} == own
+    lb = ("llm-service:load_balancer:LoadBalancer", "alb")
+    assert {r.name for r in variant.resources if r.parent == lb} == {
+        "alb-sg", "alb-in-443-v4-0", "alb-in-443-v6-0", "alb-in-80-v4-0", "alb-in-80-v6-0", "alb-logs", "alb-lb",
+        "alb-tg", "alb-https", "alb-http", "alb-alias", "alb-cert", "alb-cert-validation"}
