@@ -24,7 +24,8 @@ PACKAGES = (
         # has no mutmut to import the mutated modules with.
         ("tests/test_gateway_rules.py", "tests/test_store.py", "tests/test_gateway.py",
          "tests/test_gateway_adversary.py", "tests/test_gateway_accounting.py",
-         "tests/test_gateway_cache.py", "tests/test_gateway_lifecycle.py", "tests/test_clientkeys.py"),
+         "tests/test_gateway_cache.py", "tests/test_gateway_lifecycle.py", "tests/test_clientkeys.py",
+         "tests/test_gateway_settings.py"),
     ),
     Package(
         "config",

@@ -263,6 +263,12 @@ def test_a_local_run_makes_itself_a_key_and_says_so():
     ({"retry-after-ms": "250"}, 0.25),
     ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
     ({"retry-after": "2"}, 2.0),
+    ({"retry-after": "0.5"}, 0.5),
+    ({"retry-after": "0"}, 0.0),
+    ({"retry-after-ms": "0"}, 0.0),
+    ({"retry-after": "-3"}, 0.0),  # an upstream's nonsense never makes a negative sleep
+    ({"retry-after-ms": "-250"}, 0.0),
+    ({"retry-after": email.utils.formatdate(999_990, usegmt=True)}, 0.0),  # a date already past
     ({"retry-after": email.utils.formatdate(1_000_030, usegmt=True)}, 30.0),
     ({"retry-after": "soon"}, None),
     ({}, None),

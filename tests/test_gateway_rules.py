@@ -8,9 +8,10 @@ import asyncio
 import json
 import time
 
+import orjson
 import pytest
 
-from gateway import cache
+from gateway import cache, errors
 from gateway.errors import GatewayError
 from gateway.limits import Limits, Price, Prices, check_model, estimate, rejection
 from gateway.relay import ENDINGS, UsageFilter, split_complete
@@ -572,3 +573,43 @@ def test_events_without_usage_pass_byte_for_byte_and_with_it_the_usage_is_read()
     spaced(b'data:{"choices":[],\ndata:"usage": {"input_tokens":7,"output_tokens":9}}\n\n')
     assert spaced.usage == (7, 9)
 
+
+
+# What a client's SDK reads from each error the gateway makes: the status picks the exception
+# (and whether it retries: 408, 429 and 5xx), the code is what an application branches on, and every
+# 5xx says server_error. Each is sent as JSON and, once a stream has begun, as its last event.
+ERRORS = [
+    (errors.unauthorized(True), 401, "invalid_request_error", "invalid_api_key"),
+    (errors.unauthorized(False), 401, "invalid_request_error", "missing_api_key"),
+    (errors.invalid("bad", "model", "model_not_found"), 400, "invalid_request_error", "model_not_found"),
+    (errors.not_found("GET", "/v2/x"), 404, "invalid_request_error", "unknown_url"),
+    (errors.too_large(1024), 413, "invalid_request_error", "request_too_large"),
+    (errors.bad_json(), 400, "invalid_request_error", "invalid_json"),
+    (errors.upstream_unavailable("connection refused"), 502, "server_error", "upstream_unavailable"),
+    (errors.upstream_timeout(2.5), 504, "server_error", "upstream_timeout"),
+    (errors.stream_interrupted(), 502, "server_error", "upstream_stream_interrupted"),
+    (errors.stream_cut_by_drain(), 503, "server_error", "gateway_draining"),
+    (errors.internal(), 500, "server_error", "gateway_error"),
+    (errors.body_timeout(2.5), 408, "invalid_request_error", "request_timeout"),
+    (errors.overloaded(), 503, "server_error", "server_overloaded"),
+]
+
+
+@pytest.mark.parametrize("error,status,kind,code", ERRORS, ids=[e[3] for e in ERRORS])
+def test_each_error_has_the_status_type_and_code_a_client_reads(error, status, kind, code):
+    assert (error.status, error.type, error.code) == (status, kind, code)
+    body = orjson.loads(error.body())["error"]
+    assert body == {"message": error.message, "type": kind, "param": error.param, "code": code}
+    assert error.sse_event() == b"data: " + error.body() + b"\n\n"
+
+
+def test_error_messages_name_what_happened_and_never_the_upstreams_address():
+    assert errors.upstream_timeout(2.5).message == "The LLM API sent nothing for 2.5 s."
+    assert errors.body_timeout(30).message == "The request body did not arrive within 30 s."
+    assert errors.too_large(1024).message == "Request body larger than 1024 bytes."
+    assert errors.not_found("GET", "/v2/x").message == "Unknown request URL: GET /v2/x."
+    assert errors.upstream_unavailable("connection refused").message == \
+        "The LLM API could not be reached (connection refused)."
+    assert errors.internal().message == "The gateway failed on this request; retry it."
+    assert errors.invalid("bad", "model").param == "model"
+    assert errors.overloaded().headers == [(b"retry-after", b"1")] and errors.internal().headers == []

@@ -64,6 +64,15 @@ def test_requests_per_minute_are_counted_and_refused_at_the_limit(run):
     run(scenario)
 
 
+def test_a_request_with_nothing_to_cache_names_no_entry_and_holds_no_lock(run):
+    """Even when it asks to lock (a caller's slip): without a cache hash there is nothing to fill."""
+    async def scenario(store):
+        for read, lock in ((False, False), (True, True)):
+            g = await gate(store, read=read, lock=lock)
+            assert (g.outcome, g.entry_key, g.holds_lock) == ("miss", "", False)
+    run(scenario)
+
+
 def test_tokens_and_spend_are_refused_past_the_limit_and_admitted_up_to_it(run):
     async def scenario(store):
         limits = Limits(tokens_per_minute=1000, usd_per_day=0.000001)  # 1,000 nano-dollars
