@@ -56,6 +56,13 @@ def test_nodes_failover_and_snapshots_per_stack(staging, prod):
     assert prod.one(RG).protect and not staging.one(RG).protect
 
 
+def test_each_stacks_node_type_engine_and_windows_reach_the_group(stack):
+    group, cfg = stack.one(RG).inputs, config_of(stack).cache
+    assert (group["nodeType"], group["engine"], group["engineVersion"], group["port"]) == (
+        cfg.node_type, cfg.engine, cfg.engine_version, cfg.port)
+    assert (group["snapshotWindow"], group["maintenanceWindow"]) == (cfg.snapshot_window, cfg.maintenance_window)
+
+
 def test_final_snapshot_name_is_new_for_each_life_of_the_cache(prod, staging):
     """A fixed name collides on the second destroy; the suffix comes from a random id created and
     destroyed with the stack."""

@@ -36,7 +36,7 @@ def test_each_tier_has_one_subnet_per_az_in_distinct_azs(stack):
         subnets = _tier(stack, tier)
         assert len(subnets) == azs
         assert len({s.inputs["availabilityZone"] for s in subnets}) == azs
-        assert all(not s.inputs.get("mapPublicIpOnLaunch") for s in subnets)
+        assert all(s.inputs["mapPublicIpOnLaunch"] is False for s in subnets), "said, not left to a default"
 
 
 def _routes_of_subnet(stack, subnet):

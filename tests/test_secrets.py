@@ -134,7 +134,10 @@ def test_key_policy_statements_are_each_bound_to_this_account_region_and_purpose
     alarms (the confused deputy); without `kms:CallerAccount` and `kms:ViaService` any principal
     could call the key directly; without the log-group context CloudWatch Logs could encrypt
     another account's groups with it."""
-    statements = {s["Sid"]: s for s in policy(stack.one(KEY))["Statement"]}
+    document = policy(stack.one(KEY))
+    # Without it KMS reads the 2008 language, in which no policy variable or newer key works.
+    assert document["Version"] == "2012-10-17"
+    statements = {s["Sid"]: s for s in document["Statement"]}
     assert set(statements) == {"AccountAdministers", "ServicesInThisAccountAndRegion",
                                "CloudWatchLogsEncryptsThisAccountsGroups", "CloudWatchLogsDescribesTheKey",
                                "AlarmAndBudgetPublishersUseTheTopicKey"}

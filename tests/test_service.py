@@ -107,6 +107,9 @@ def test_acm_certificate_with_dns_validation(synth):
     validation = s.one("aws:acm/certificateValidation:CertificateValidation")
     record = s.one("aws:route53/record:Record", "alb-cert-validation")
     assert record.inputs["zoneId"] == "Z0123456789ABC" and record.inputs["type"] == "CNAME"
+    # Overwrite: a re-created stack takes over the record its predecessor left (ACM's names are
+    # the same for the same domain and account).
+    assert (record.inputs["ttl"], record.inputs["allowOverwrite"]) == (300, True)
     assert validation.inputs["validationRecordFqdns"] == [record.inputs["name"].rstrip(".")]
     # The ARN is the validated certificate's (that it is read from the validation's output, which
     # makes the listener wait for issuance, is by construction; mocked values cannot show order).
@@ -114,7 +117,9 @@ def test_acm_certificate_with_dns_validation(synth):
     assert listener.inputs["certificateArn"] == validation.inputs["certificateArn"] == \
         "arn:aws:acm:us-east-1:123456789012:certificate/alb-cert"
     alias = s.one("aws:route53/record:Record", "alb-alias")
-    assert alias.inputs["name"] == "api.example.com" and alias.inputs["zoneId"] == "Z0123456789ABC"
+    assert alias.inputs == {"zoneId": "Z0123456789ABC", "name": "api.example.com", "type": "A", "aliases": [{
+        "name": "alb-lb-0a1b2c3-1234567890.us-east-1.elb.amazonaws.com", "zoneId": "Z35SXDOTRQ7X7K",
+        "evaluateTargetHealth": True}]}, "the ALB's own name and zone, as the mocks answer them"
     assert s.outputs["serviceUrl"] == "https://api.example.com"
 
 
@@ -143,9 +148,14 @@ def test_access_logs_are_versioned_and_old_versions_expire(stack):
     assert versioning.inputs["versioningConfiguration"]["status"] == "Enabled"
     life = stack.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
     days = config_of(stack).load_balancer.access_log_retention_days
-    rules = {r["id"]: r for r in life.inputs["rules"]}
-    assert rules["expire-access-logs"]["noncurrentVersionExpiration"]["noncurrentDays"] == days
-    assert rules["remove-expired-delete-markers"]["expiration"] == {"expiredObjectDeleteMarker": True}
+    everything = {"prefix": ""}
+    assert life.inputs["rules"] == [
+        {"id": "expire-access-logs", "status": "Enabled", "filter": everything, "expiration": {"days": days},
+         "noncurrentVersionExpiration": {"noncurrentDays": days},
+         # An upload ELB abandoned part way would otherwise be kept (and billed) for ever.
+         "abortIncompleteMultipartUpload": {"daysAfterInitiation": 7}},
+        {"id": "remove-expired-delete-markers", "status": "Enabled", "filter": everything,
+         "expiration": {"expiredObjectDeleteMarker": True}}]
     assert "alb-logs" in life.depends_on, "noncurrent rules need versioning on first"
 
 
@@ -361,10 +371,13 @@ def test_ecr_repository_is_immutable_scanned_encrypted(stack):
         "encryptionType": "KMS", "kmsKey": stack.outputs["kmsKeyArn"]}
     lifecycle = stack.one("aws:ecr/lifecyclePolicy:LifecyclePolicy")
     assert lifecycle.inputs["repository"] == f"llm-service-{stack.stack}"
-    rules = {r["selection"]["tagStatus"]: r for r in json.loads(lifecycle.inputs["policy"])["rules"]}
-    assert rules["untagged"]["selection"]["countUnit"] == "days"
-    assert rules["any"]["selection"]["countType"] == "imageCountMoreThan"
-    assert all(r["action"]["type"] == "expire" for r in rules.values())
+    assert json.loads(lifecycle.inputs["policy"]) == {"rules": [
+        {"rulePriority": 1, "description": "drop untagged images after 7 days",
+         "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days",
+                       "countNumber": 7}, "action": {"type": "expire"}},
+        {"rulePriority": 2, "description": "keep the newest 50 images",
+         "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 50},
+         "action": {"type": "expire"}}]}
 
 
 def test_execution_role_scoped_to_own_log_group_and_repository(stack):
