@@ -123,6 +123,16 @@ def test_flow_logs_are_on_with_retention_and_the_stack_key(stack):
     assert flow.inputs["logDestination"] == f"arn:aws:logs:us-east-1:123456789012:log-group:{group.name}-0a1b2c3"
     assert group.inputs["retentionInDays"] == config_of(stack).network.flow_log_retention_days
     assert group.inputs["kmsKeyId"] == stack.outputs["kmsKeyArn"]
+    assert (flow.inputs["logDestinationType"], flow.inputs["vpcId"]) == ("cloud-watch-logs", "network-vpc-id")
+    # The role writes to its own group's streams and nothing else.
+    role_policy = json.loads(stack.one("aws:iam/rolePolicy:RolePolicy", "network-flow-logs").inputs["policy"])
+    arn = f"arn:aws:logs:us-east-1:123456789012:log-group:{group.name}-0a1b2c3"
+    assert role_policy == {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+        "Resource": [arn, f"{arn}:*"]}]}
+    trust = json.loads(stack.one("aws:iam/role:Role", "network-flow-logs").inputs["assumeRolePolicy"])
+    assert trust["Version"] == "2012-10-17"
+    assert {e.inputs["domain"] for e in stack.of_type("aws:ec2/eip:Eip")} == {"vpc"}
 
 
 def test_azs_come_from_the_provider_not_the_code(synth):

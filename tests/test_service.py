@@ -186,6 +186,8 @@ def test_a_region_opened_since_august_2022_gets_the_log_delivery_principal_alone
     assert all(x["Resource"] == "arn:aws:s3:::alb-logs/alb/AWSLogs/*" for x in writes)
     govcloud = json.loads(access_log_policy("arn:aws-us-gov:s3:::logs", "us-gov-west-1"))["Statement"]
     assert govcloud[0]["Principal"] == {"AWS": "arn:aws-us-gov:iam::048591011584:root"}
+    china = json.loads(access_log_policy("arn:aws-cn:s3:::logs", "cn-north-1"))["Statement"]
+    assert china[0]["Principal"] == {"AWS": "arn:aws-cn:iam::638102146993:root"}
 
 
 def test_target_group_health_check_and_routing(stack):
