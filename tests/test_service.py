@@ -186,6 +186,18 @@ def test_a_region_opened_since_august_2022_gets_the_log_delivery_principal_alone
     assert all(x["Resource"] == "arn:aws:s3:::alb-logs/alb/AWSLogs/*" for x in writes)
     govcloud = json.loads(access_log_policy("arn:aws-us-gov:s3:::logs", "us-gov-west-1"))["Statement"]
     assert govcloud[0]["Principal"] == {"AWS": "arn:aws-us-gov:iam::048591011584:root"}
+    # Whole, in a Region with a legacy account: both writers to the log prefix only, TLS only.
+    target = "arn:aws:s3:::alb-logs/alb/AWSLogs/*"
+    assert json.loads(access_log_policy("arn:aws:s3:::alb-logs", "us-east-1")) == {
+        "Version": "2012-10-17", "Statement": [
+            {"Sid": "RegionalElbAccountWritesLogs", "Effect": "Allow",
+             "Principal": {"AWS": "arn:aws:iam::127311923021:root"}, "Action": "s3:PutObject", "Resource": target},
+            {"Sid": "LogDeliveryServiceWritesLogs", "Effect": "Allow",
+             "Principal": {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}, "Action": "s3:PutObject",
+             "Resource": target},
+            {"Sid": "TlsOnly", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+             "Resource": ["arn:aws:s3:::alb-logs", "arn:aws:s3:::alb-logs/*"],
+             "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
     china = json.loads(access_log_policy("arn:aws-cn:s3:::logs", "cn-north-1"))["Statement"]
     assert china[0]["Principal"] == {"AWS": "arn:aws-cn:iam::638102146993:root"}
 
