@@ -99,7 +99,8 @@ class _Monitor(private_api.mock_monitor()):  # type: ignore[misc]
         self.recorder = recorder
 
     def RegisterResourceOutputs(self, request):  # noqa: N802 - the engine's RPC name
-        typ, name = request.urn.split("::")[2].rsplit("$", 1)[-1], request.urn.split("::")[3]
+        _, _, qualified, name = request.urn.split("::", 3)  # urn:pulumi:<stack>::<project>::<types>::<name>
+        typ = qualified.rsplit("$", 1)[-1]  # the types are the parents' and its own, joined by $
         if typ != STACK_TYPE:
             d = self.recorder.declared.setdefault((typ, name), Declared(typ, name, custom=False))
             d.outputs = sorted(request.outputs.fields.keys())

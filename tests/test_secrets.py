@@ -115,6 +115,12 @@ def test_pulumi_mode_keeps_the_value_secret(synth):
     plan = json.dumps(to_json(s))
     assert "THISMUSTNEVERLEAK" not in plan
     assert "THISMUSTNEVERLEAK" not in json.dumps(container(s))
+    # The secret says the stack writes its value, and the version is the Secrets component's child.
+    api_key = s.one(SECRET, "secrets-openai-api-key")
+    assert api_key.inputs["description"] == "openai-api-key for llm-service/staging"
+    assert version.parent == ("llm-service:secrets:Secrets", "secrets")
+    assert version.inputs["secretId"] == ("arn:aws:secretsmanager:us-east-1:123456789012:secret:"
+                                          "llm-service/staging/openai-api-key-AbCdEf")
 
 
 def test_cache_auth_token_is_secret_everywhere(stack):
@@ -175,19 +181,6 @@ def test_what_each_secret_and_the_key_say_they_are_for(stack, synth):
     token = stack.one(VERSION, "secrets-cache-auth-token-value")
     assert token.inputs["secretString"] == "mock-generated-password-0123456789"
     assert stack.one("aws:kms/alias:Alias").inputs["targetKeyId"] == stack.outputs["kmsKeyArn"].rsplit("/", 1)[1]
-
-
-def test_a_value_the_stack_writes_says_so_and_is_the_components_child(synth):
-    raw, keys = with_changes("staging", secrets__source="pulumi")
-    raw["llm-service:openai-api-key"] = "sk-proj-written-by-the-stack-0123456789"
-    keys.add("llm-service:openai-api-key")
-    s = synth("staging", raw=raw, secret_keys=keys)
-    api = s.one(SECRET, "secrets-openai-api-key")
-    assert api.inputs["description"] == "openai-api-key for llm-service/staging"
-    version = s.one(VERSION, "secrets-openai-api-key-value")
-    assert version.parent == ("llm-service:secrets:Secrets", "secrets")
-    assert version.inputs["secretId"] == ("arn:aws:secretsmanager:us-east-1:123456789012:secret:"
-                                          "llm-service/staging/openai-api-key-AbCdEf")
 
 
 def test_each_secret_reaches_the_container_under_its_upper_case_name(stack):

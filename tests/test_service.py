@@ -217,8 +217,7 @@ def test_target_group_health_check_and_routing(stack):
     assert tg.inputs["healthCheck"] == {"enabled": True, "path": "/healthz", "protocol": "HTTP", "matcher": "200",
                                         "interval": 15, "timeout": 5, "healthyThreshold": 2,
                                         "unhealthyThreshold": 3}
-    assert container(stack)["environment"] and {"name": "GATEWAY_DRAIN_QUIET_SECONDS", "value": "20"} in \
-        container(stack)["environment"]
+    assert {"name": "GATEWAY_DRAIN_QUIET_SECONDS", "value": "20"} in container(stack)["environment"]
     (https,) = [listener for listener in stack.of_type(LISTENER) if listener.inputs["port"] == 443]
     assert https.inputs["defaultActions"] == [{
         "type": "forward", "targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:"
