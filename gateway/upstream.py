@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import aiohttp
 
-from gateway.errors import GatewayError, upstream_timeout, upstream_unavailable
+from gateway.errors import upstream_timeout, upstream_unavailable
 from gateway.observe import Record
 from gateway.settings import Settings
 
@@ -105,7 +105,8 @@ class Upstream:
         url = self.s.upstream + path
         all_headers = {**self.headers, **headers}
         deadline = time.monotonic() + self.s.retry_budget_seconds
-        for attempt in range(self.s.max_attempts):
+        attempt = 0
+        while True:  # the last attempt returns or raises (GATEWAY_MAX_ATTEMPTS is at least 1)
             last = attempt + 1 >= self.s.max_attempts
             try:
                 resp = await self.session.request(method, url, data=body, headers=all_headers)
@@ -118,6 +119,7 @@ class Upstream:
                         raise upstream_timeout(self.s.read_timeout_seconds) from None
                     raise upstream_unavailable(_describe(e)) from None
                 rec.retries += 1
+                attempt += 1
                 await asyncio.sleep(wait)
                 continue
             status = resp.status
@@ -134,8 +136,8 @@ class Upstream:
                 return resp  # out of attempts or time: the client gets the upstream's answer
             resp.release()
             rec.retries += 1
+            attempt += 1
             await asyncio.sleep(wait)
-        raise GatewayError(500, "retry loop ended without an answer", type="server_error")  # unreachable
 
 
 def _describe(e: BaseException) -> str:

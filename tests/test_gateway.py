@@ -214,8 +214,12 @@ def test_a_429_with_retry_after_ms_is_retried_after_that_wait(gateway, fake):
     ids=["500", "503", "dropped-connection"])
 def test_5xx_and_dropped_connections_are_retried(gateway, fake, step):
     fake.script = [step]
-    assert sdk(gateway).chat.completions.create(**CHAT).choices[0].message.content == "Hello there."
+    resp = sdk(gateway).chat.completions.with_raw_response.create(**CHAT)
+    assert resp.parse().choices[0].message.content == "Hello there."
     assert len(fake.requests) == 2
+    # The log line counts the retry once, and a 5xx as the upstream's (a dropped connection is not).
+    line = line_for(gateway, rid(resp))
+    assert (line["Retries"], line["Upstream5xx"], line["status"]) == (1, int(step["kind"] == "status"), 200)
 
 
 def test_when_retries_run_out_the_client_gets_the_upstreams_429_and_headers(gateway, fake):
