@@ -5,6 +5,7 @@ from the fake's own record."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import json
 import socket
@@ -169,6 +170,32 @@ def test_keepalive_comments_while_the_model_thinks_then_events_as_they_come(gate
     # Relayed as they arrive: the three deltas come about 0.3 s apart, not all at the end.
     deltas = [t for t, c in arrivals if b'"content"' in c]
     assert len(deltas) == 3 and deltas[2] - deltas[0] > 0.4
+
+
+def test_a_stream_waiting_for_anothers_answer_gets_keepalives_then_the_same_events(gateway, fake):
+    """The same cacheable stream twice at once: the second waits for the first's answer (one
+    upstream call), kept alive meanwhile, and is then served the stored events after its
+    keepalives, as the rest of the stream it began."""
+    body = {**CHAT, "temperature": 0, "seed": 41, "stream": True}  # cacheable, and cached by no other test
+    # The first answer takes 2 s: time enough for the second to arrive and wait on a loaded machine.
+    fake.script = [{"kind": "stream", "first_delay": 2.0, "delay": 0.01, "chunks": ["a", "b", "c"]}]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(lambda: raw(gateway, "POST", "/v1/chat/completions", body))
+        deadline = time.monotonic() + 5
+        while not fake.requests and time.monotonic() < deadline:  # the first has reached the upstream
+            time.sleep(0.01)
+        second = pool.submit(lambda: raw(gateway, "POST", "/v1/chat/completions", body))
+        answers = [(r, r.read()) for r in (first.result(), second.result())]
+    assert len(fake.requests) == 1
+    (miss, relayed), (hit, served) = answers
+    # The second's headers went out with its first keepalive, before the answer was known: its
+    # log line says where the answer came from.
+    assert (miss.getheader("x-gateway-cache"), hit.getheader("x-gateway-cache")) == ("MISS", None)
+    line = line_for(gateway, rid(hit))
+    assert (line["CacheHits"], line["CacheCoalesced"]) == (1, 1)
+    events = lambda b: [e for e in b.split(b"\n\n") if e.startswith(b"data:")]  # noqa: E731
+    assert served.startswith(b": keepalive\n\n"), "kept alive while it waited"
+    assert events(served) == events(relayed) and events(served)[-1] == b"data: [DONE]"
 
 
 def test_the_usage_chunk_the_gateway_asked_for_is_not_shown_to_the_client(gateway, fake):
