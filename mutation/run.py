@@ -312,7 +312,11 @@ def report(results: list[Result], equivalent: dict[str, str]) -> bool:
                   f"(seed {SEED}); the package's score is {low:.1%} to {high:.1%} (95 % interval)")
     modules = {n.rsplit(".", 1)[0] for r in results for n in r.status}
     surviving = {n for r in results for n in r.diffs}
-    stale = sorted(n for n in equivalent if n.rsplit(".", 1)[0] in modules and n not in surviving)
+    # A sample tests some of a module's mutants: an equivalent it did not draw is not stale.
+    drawn = {n for r in results if r.sampled_from for n in r.status}
+    sampled = {n.rsplit(".", 1)[0] for n in drawn}
+    stale = sorted(n for n in equivalent if n.rsplit(".", 1)[0] in modules and n not in surviving
+                   and (n in drawn or n.rsplit(".", 1)[0] not in sampled))
     for name in stale:
         print(f"warning: {EQUIVALENT.name} lists {name}, which is no longer a surviving mutant")
     WORK.mkdir(exist_ok=True)

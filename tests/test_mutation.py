@@ -326,3 +326,13 @@ def test_a_sample_takes_a_positive_size_and_nothing_else_that_picks_mutants(argv
     with pytest.raises(SystemExit):
         run.main(argv)
     assert words in capsys.readouterr().err
+
+
+def test_an_equivalent_a_sample_did_not_draw_is_not_called_stale(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run, "WORK", tmp_path)
+    sampled = _result(**{"1": "killed", "2": "killed"})
+    sampled.sampled_from = 40
+    run.report([sampled], {"gateway.limits.x_f__mutmut_7": "why", "gateway.limits.x_f__mutmut_2": "why"})
+    out = capsys.readouterr().out
+    assert "lists gateway.limits.x_f__mutmut_2, which is no longer" in out, "drawn, and killed: stale"
+    assert "x_f__mutmut_7" not in out, "not drawn: nothing is known of it"
