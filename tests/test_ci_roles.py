@@ -4,6 +4,7 @@ declare and what the workflows expect, and applied to moto's IAM."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from fnmatch import fnmatchcase
 
@@ -11,6 +12,7 @@ import boto3
 import pytest
 
 from infra.config import iam_path, load, secret_prefix
+from infra.stack_files import ROOT
 from ops import ci_roles, verify
 from tests.conftest import with_changes
 from tests.test_workflows import load as load_workflow
@@ -98,6 +100,8 @@ def test_with_pulumi_managed_keys_both_roles_may_read_them_back():
     p = plan("staging", cfg)
     for policy in (ci_roles.deploy_policy(p), ci_roles.read_policy(p)):
         assert allowed(policy, "secretsmanager:GetSecretValue", secret("staging", "openai-api-key"))
+        # The cache's token is still Pulumi's too, whatever writes the key.
+        assert allowed(policy, "secretsmanager:GetSecretValue", secret("staging", "cache-auth-token"))
 
 
 def test_the_deploy_role_may_run_every_verify_call(pair):
@@ -130,10 +134,27 @@ def test_route53_only_for_the_configured_zone():
     assert allowed(policy, "route53:ChangeResourceRecordSets", "arn:aws:route53:::hostedzone/Z0123456789ABC")
     assert not allowed(policy, "route53:ChangeResourceRecordSets", "arn:aws:route53:::hostedzone/ZOTHER")
     assert not any(s["Sid"] == "DnsZone" for s in ci_roles.deploy_policy(plan("staging"))["Statement"])
+    _valid_grammar(policy)
+
+
+STATEMENT_KEYS = {"Sid", "Effect", "Action", "Resource", "Condition"}  # all these policies use
+
+
+def _valid_grammar(policy: dict) -> None:
+    """What IAM's parser refuses (MalformedPolicyDocument): another version, an unknown or
+    mis-cased key, a Sid of other than letters and digits, two statements with one Sid."""
+    assert set(policy) == {"Version", "Statement"} and policy["Version"] == "2012-10-17"
+    sids = [s["Sid"] for s in policy["Statement"]]
+    assert len(set(sids)) == len(sids) and all(sid.isalnum() for sid in sids)
+    for statement in policy["Statement"]:
+        assert set(statement) <= STATEMENT_KEYS and {"Effect", "Action", "Resource"} <= set(statement), statement
+        assert statement["Effect"] in ("Allow", "Deny")
 
 
 def test_inline_policies_fit_iam_limits(pair):
     _, deploy, read = pair
+    _valid_grammar(deploy)
+    _valid_grammar(read)
     # IAM counts a role's inline policies without whitespace, up to 10,240 characters.
     assert len(json.dumps(deploy, separators=(",", ":"))) + len(json.dumps(read, separators=(",", ":"))) < 10240
 
@@ -187,6 +208,7 @@ def test_apply_creates_the_provider_and_both_roles_then_updates_them(aws, capsys
     assert oidc["ClientIDList"] == ["sts.amazonaws.com"]
     role = iam.get_role(RoleName="llm-service-prod-deploy")["Role"]
     assert role["MaxSessionDuration"] == 7200
+    assert role["Description"] == f"GitHub Actions, environment production of {REPO}", "what the console shows"
     p = plan("prod")
     assert role["AssumeRolePolicyDocument"] == ci_roles.trust_policy(p, "production")
     inline = iam.get_role_policy(RoleName="llm-service-prod-deploy", PolicyName="llm-service")["PolicyDocument"]
@@ -223,6 +245,20 @@ def test_show_writes_nothing_and_needs_no_credentials(capsys, monkeypatch):
     shown = json.loads(capsys.readouterr().out)
     assert sorted(shown) == ["llm-service-staging-deploy", "llm-service-staging-read"]
     assert shown["llm-service-staging-read"]["managed"] == [ci_roles.READ_ONLY_POLICY]
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_the_roles_shown_are_the_reviewed_ones(stack, capsys):
+    """Every action, resource and condition of both roles, as `show` prints them for review, line for
+    line: a grant added, dropped or widened shows in the golden file's diff (UPDATE_GOLDEN=1
+    rewrites it after a deliberate change)."""
+    assert ci_roles.main(["show", "--stack", stack, "--repo", REPO, "--account", ACCOUNT,
+                          "--state-bucket", BUCKET, "--secrets-key-arn", KEY]) == 0
+    shown = capsys.readouterr().out
+    golden = ROOT / "tests" / "golden" / f"ci-roles-{stack}.json"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(shown)
+    assert shown == golden.read_text()
 
 
 def test_every_conditional_grant_carries_exactly_its_condition(pair):
