@@ -1,7 +1,9 @@
-"""`python -m gateway.cachectl invalidate [--client NAME]`: make the stack's cache entries (or one
-client's) unreachable at once, by raising a namespace version in Valkey.
+"""Make the stack's cache entries (or one client's) unreachable at once, by raising a namespace version.
 
-It runs where Valkey is reachable, inside the VPC: `python -m ops.cache invalidate` starts it as
+    python -m gateway.cachectl invalidate [--client NAME]
+
+The version lives in Valkey, where every task reads it, so this runs where Valkey is reachable,
+inside the VPC: `python -m ops.cache invalidate` starts it as
 a one-off ECS task with the service's own task definition and network. It reads only the cache
 settings of that environment (CACHE_HOST, CACHE_PORT, CACHE_TLS, CACHE_AUTH_TOKEN,
 CACHE_TLS_CA_FILE, GATEWAY_SERVICE), through the gateway's own table (gateway/settings.py), so it

@@ -1,5 +1,6 @@
-"""The components' documentation, generated from their code so that it cannot drift: each
-component's docstring lists its args (type, default), its outputs and its example
+"""The components' documentation, generated from their code so that it cannot drift.
+
+Each component's docstring lists its args (type, default), its outputs and its example
 (examples/<component>/__main__.py); docs/components.md's reference gives every arg and output
 with its description. A description is the attribute docstring under the field where it is
 declared (read with `ast`): the one place it is written.

@@ -1,5 +1,7 @@
-"""What a stack costs a month: every billable resource it declares, at list price, and the LLM
-tokens its assumed traffic spends, with and without the cache.
+"""What a stack costs a month: its billable resources at list price, and its traffic's LLM tokens.
+
+Every billable resource the stack declares, and the tokens its assumed traffic spends, with and
+without the cache.
 
     python -m offline.cost --stack prod            # line items and totals (make cost STACK=prod)
     python -m offline.cost --stack prod --json

@@ -1,5 +1,4 @@
-"""Add, list, rotate and revoke the gateway's client keys: what applications send instead of the
-LLM key.
+"""Add, list, rotate and revoke the gateway's client keys: what applications send instead of the LLM key.
 
     python -m ops.clientkeys add    --stack staging web-app [--rpm 600 --tpm 200000 --usd-per-day 50]
     python -m ops.clientkeys list   --stack staging

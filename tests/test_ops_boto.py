@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-from ops import apikey, boto, teardown
+from infra.stack_files import ROOT
+from ops import apikey, boto, ci_roles, clientkeys, teardown, verify
+from tests.conftest import help_text, refusal
 
 
 def test_a_client_is_made_once_per_service_and_region_and_again_for_a_new_session(monkeypatch, aws):
@@ -56,3 +60,29 @@ def test_teardown_names_the_call_aws_refused():
     assert teardown._aws_error(NoCredentialsError()) == \
         "no AWS credentials found: set AWS_PROFILE or assume the stack's deploy role"
     assert teardown._aws_error(ValueError("no outputs")) == "no outputs"
+
+
+# Every operator command's --help, and each subcommand's: an operator at 3 a.m. reads these first.
+HELP = [(ci_roles.main, []), (clientkeys.main, []), (verify.main, []), (teardown.main, []),
+        (teardown.main, ["ready"]), (teardown.main, ["restore"])]
+
+
+def test_the_commands_help_is_the_reviewed_one(monkeypatch, capsys):
+    """Line for line (UPDATE_GOLDEN=1 rewrites tests/golden/ops-help.txt after a deliberate change)."""
+    shown = ""
+    for main, argv in HELP:
+        shown += f"$ python -m {main.__module__} {' '.join([*argv, '--help'])}\n"
+        shown += help_text(lambda a, main=main, argv=argv: main([*argv, *a]), monkeypatch, capsys) + "\n"
+    golden = ROOT / "tests" / "golden" / "ops-help.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(shown)
+    assert shown == golden.read_text()
+
+
+@pytest.mark.parametrize("main,argv", [
+    (ci_roles.main, ["show", "--repo", "acme/llm-service"]), (verify.main, []),
+    (clientkeys.main, ["list"]), (teardown.main, ["ready"])])
+def test_a_command_without_its_stack_is_refused(main, argv, capsys):
+    """The stack decides every name a command acts on: none guesses it."""
+    required = refusal(main, argv, capsys).split("the following arguments are required: ")[1]
+    assert "--stack" in required.split(", ")
