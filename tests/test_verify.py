@@ -276,6 +276,8 @@ def test_a_healthy_staging_stack_passes_every_check(live, capsys):
     assert "PASS targets: 1 healthy (minimum 1)" in lines
     assert "PASS alarms: 17 present, none in ALARM (17 OK)" in lines
     assert "PASS budget: llm-service-staging present, 150 USD a month" in lines
+    assert ("PASS cache: llm-service-staging available, TLS, at-rest encryption and AUTH on, "
+            "failover off, multi-AZ off") in lines
     assert lines[-1] == "11 passed, 0 failed"
 
 
@@ -633,3 +635,22 @@ def test_an_unknown_stack_is_one_line(live, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.splitlines()) == 1 and "qa" in err
+
+
+def test_an_aws_error_fails_its_own_check_by_name_and_the_others_still_run(live, capsys, monkeypatch):
+    """Each check AWS refuses fails alone, named, with AWS's words: one refusal stops no other check."""
+    def refusing(service, region):
+        fresh = boto3.client(service, region_name=region)  # not ops.boto's cached client: others use it
+        if service != "sts":
+            def deny(model, **_):
+                raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not for this role"}}, model.name)
+            fresh.meta.events.register("before-call.*.*", deny)
+        return fresh
+
+    monkeypatch.setattr(verify, "_client", refusing)
+    code, lines, _ = run(live, capsys)
+    assert code == 1
+    secrets = [f"secret {name}" for name in ("cache-auth-token", "client-keys", "openai-api-key")]
+    assert failing(lines) == [f"FAIL {name}: AccessDenied: not for this role" for name in
+                              ("alb", "targets", "ecs", *secrets, "cache", "alarms", "budget", "waf", "health")]
+    assert lines[-1] == "0 passed, 11 failed"
