@@ -195,7 +195,9 @@ def main(argv: Optional[list[str]] = None, sleep: Callable[[float], None] = time
     parser.add_argument("--outputs", type=Path, help="`pulumi stack output --json` saved to a file")
     parser.add_argument("--region", help="override the stack's region")
     parser.add_argument("--timeout", type=int, default=600, help="seconds to wait for the rollout")
-    args = parser.parse_args(argv)
+    # Intermixed: `add --stack staging web-app`, as the docs write it, leaves the optional client
+    # positional empty and refuses `web-app` under plain parse_args.
+    args = parser.parse_intermixed_args(argv)
     if args.action != "list" and not args.client:
         parser.error(f"{args.action} needs a client name")
     where = f"the client-keys secret of {args.stack}"

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.keys import KEY_SHAPE, ClientKeys
 from ops import clientkeys, rollout
+from tests.conftest import refusal
 from tests.moto_server import at_boundary, own_client
 
 STACK = "staging"
@@ -53,9 +54,10 @@ def rolls_out(mocker):
     return at_boundary(mocker, rollout, "ecs", "describe_services", _stable, spy=("update_service",))
 
 
-def run(capsys, *argv):
+def run(capsys, action, *rest):
+    """The command as the docs write it: `add --stack staging web-app ...`."""
     ticks = iter(range(0, 100_000, 10))  # a fake clock: a rollout that never ends times out at once
-    code = clientkeys.main([*argv, "--stack", STACK], sleep=lambda s: None, clock=lambda: next(ticks))
+    code = clientkeys.main([action, "--stack", STACK, *rest], sleep=lambda s: None, clock=lambda: next(ticks))
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -135,8 +137,14 @@ def test_a_client_may_be_held_to_some_of_the_stacks_models(deployed, capsys, rol
 
 
 def test_a_negative_limit_is_refused_by_the_command_line(deployed, capsys):
-    with pytest.raises(SystemExit):
-        run(capsys, "add", "web-app", "--rpm", "-5")
+    assert refusal(clientkeys.main, ["add", "--stack", STACK, "web-app", "--rpm", "-5"], capsys) == (
+        "python -m ops.clientkeys: error: argument --rpm: 0 or more")
+
+
+def test_limits_with_nothing_to_set_is_refused_naming_what_it_takes(deployed, capsys):
+    assert refusal(clientkeys.main, ["limits", "--stack", STACK, "web-app"], capsys) == (
+        "python -m ops.clientkeys: error: limits needs --rpm, --tpm, --usd-per-day, --concurrent, --models, "
+        "--stateful or --defaults")
 
 
 def test_rotate_replaces_the_key_and_keep_old_overlaps(deployed, capsys, rolls_out):
