@@ -262,3 +262,25 @@ def test_secrets_under_different_keys_are_not_adopted_blindly(deployed, capsys):
     code, lines, err = run(capsys, "restore", "--stack", STACK)
     assert code == 1 and not [x for x in lines if x.startswith("pulumi config set")]
     assert err.startswith("error: the secrets are encrypted with different keys")
+
+
+def test_the_stacks_secrets_are_found_across_pages_and_asked_for_by_name(deployed, mocker):
+    """ListSecrets answers in pages (and, filtered, may answer a page short): every page is read.
+    Asked one secret a page, with other stacks' secrets in the account, the three stack secrets
+    take three pages (four calls: the last page says there is no more) and no other stack's page."""
+    sm = own_client("secretsmanager")
+    for other in ("llm-service/staging/openai-api-key", "another-app/prod/db-password"):
+        sm.create_secret(Name=other, SecretString="not this stack's")
+    calls = []
+
+    def one_a_page(params, **_):
+        params["MaxResults"] = 1
+        calls.append(params.get("NextToken"))
+    client = teardown._client("secretsmanager", "us-east-1")
+    client.meta.events.register("provide-client-params.secrets-manager.ListSecrets", one_a_page)
+    try:
+        found = teardown.stack_secrets(STACK, load(*with_changes(STACK)), "us-east-1")
+    finally:
+        client.meta.events.unregister("provide-client-params.secrets-manager.ListSecrets", one_a_page)
+    assert [(f.name, f.arn) for f in found] == [(n, deployed["arns"][n]) for n in NAMES]
+    assert len(calls) <= len(NAMES) + 1 and calls[0] is None and all(calls[1:])
