@@ -30,6 +30,7 @@ from botocore.exceptions import ClientError
 from infra.config import load, secret_prefix
 from infra.stack_files import read_stack_file
 from ops import verify
+from tests.conftest import with_changes
 from tests.moto_server import at_boundary, own_client
 
 REGION = "us-east-1"
@@ -435,6 +436,26 @@ def test_waf_not_associated_fails(live, capsys):
     code, lines, _ = run(live, capsys)
     assert code == 1
     assert failing(lines) == ["FAIL waf: no web ACL associated with the load balancer"]
+
+
+def test_another_web_acl_on_the_load_balancer_fails(live, capsys):
+    """Someone's ACL in place of the stack's: rules the stack never reviewed guard the service."""
+    waf = live.client("wafv2")
+    other = waf.create_web_acl(
+        Name="someone-elses", Scope="REGIONAL", DefaultAction={"Allow": {}}, Rules=[],
+        VisibilityConfig={"SampledRequestsEnabled": False, "CloudWatchMetricsEnabled": False,
+                          "MetricName": "someone-elses"})["Summary"]["ARN"]
+    waf.disassociate_web_acl(ResourceArn=live.ids["lb"])
+    waf.associate_web_acl(WebACLArn=other, ResourceArn=live.ids["lb"])
+    code, lines, _ = run(live, capsys)
+    assert code == 1
+    assert failing(lines) == ["FAIL waf: the load balancer has web ACL someone-elses, not the stack's"]
+
+
+def test_redirect_mode_expects_the_http_listener_too():
+    cfg = load(*with_changes("staging", loadBalancer__httpMode="redirect"))
+    assert verify.Expect.from_config("staging", cfg).listeners == {("HTTPS", 443), ("HTTP", 80)}
+    assert verify.Expect.from_config("staging", load(*with_changes("staging"))).listeners == {("HTTPS", 443)}
 
 
 def test_an_unexpected_listener_fails(live, capsys):
