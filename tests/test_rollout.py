@@ -9,6 +9,8 @@ at the boto3 boundary (tests/MOTO.md), keyed on the id moto's UpdateService answ
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ops import rollout
@@ -122,3 +124,20 @@ def test_an_update_that_names_no_deployment_is_reported_not_waited_on(stack, moc
     at_boundary(mocker, rollout, "ecs", "update_service", lambda real, **kw: {**real(**kw), "service": {}})
     with pytest.raises(rollout.Failure, match="^UpdateService answered without a PRIMARY deployment"):
         _roll(stack)
+
+
+def test_an_outputs_file_names_the_service_secrets_and_region_the_stack_file_would_guess(tmp_path):
+    """`pulumi stack output --json` saved to a file wins over the naming convention (a stack
+    deployed elsewhere); a --region given on the command line wins over both."""
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:"
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({
+        "secretArns": {"openai-api-key": f"{arn}a-AbCdEf"}, "clientKeysSecretArn": f"{arn}c-AbCdEf",
+        "cacheAuthSecretArn": f"{arn}t-AbCdEf", "clusterName": "cluster-x", "serviceName": "service-x",
+        "region": "eu-west-1"}))
+    found = rollout.resolve("staging", outputs)
+    assert (found.cluster, found.service, found.region) == ("cluster-x", "service-x", "eu-west-1")
+    assert found.secrets == {"openai-api-key": f"{arn}a-AbCdEf", "client-keys": f"{arn}c-AbCdEf",
+                             "cache-auth-token": f"{arn}t-AbCdEf"}
+    assert rollout.resolve("staging", outputs, region="ap-southeast-2").region == "ap-southeast-2"
+    assert rollout.resolve("staging").region == "us-east-1", "the stack file's, without outputs"
