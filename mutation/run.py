@@ -38,6 +38,7 @@ WORK = ROOT / ".mutation"
 EQUIVALENT = ROOT / "mutation" / "equivalent.txt"
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 UNCOUNTED = {"skipped"}
+NOT_RUN = {"not checked"}  # a run stopped before it reached them: no verdict yet
 SEED = 23  # the sample's: fixed, so that a second run tests the same mutants (their verdicts cached)
 
 
@@ -283,8 +284,9 @@ def read_equivalent(path: Path = EQUIVALENT) -> dict[str, str]:
 
 def score(result: Result, equivalent: dict[str, str]) -> tuple[int, int, list[str]]:
     """(killed, non-equivalent mutants, survivors not listed as equivalent)."""
-    survivors = [n for n, s in result.status.items() if s not in KILLED | UNCOUNTED and n not in equivalent]
-    counted = sum(1 for n, s in result.status.items() if s not in UNCOUNTED and n not in equivalent)
+    survivors = [n for n, s in result.status.items()
+                 if s not in KILLED | UNCOUNTED | NOT_RUN and n not in equivalent]
+    counted = sum(1 for n, s in result.status.items() if s not in UNCOUNTED | NOT_RUN and n not in equivalent)
     return counted - len(survivors), counted, survivors
 
 
@@ -293,16 +295,16 @@ def report(results: list[Result], equivalent: dict[str, str]) -> bool:
     # A mutant that makes a test run past mutmut's time limit counts as killed (it would hang CI);
     # shown apart, as on a loaded machine a slow test can be counted so.
     print(f"\n{'package':<12}{'mutants':>9}{'killed':>8}{'(timeout)':>10}{'survived':>10}{'no tests':>10}"
-          f"{'equivalent':>12}{'score':>8}")
+          f"{'not run':>9}{'equivalent':>12}{'score':>8}")
     survivors_text = []
     for r in results:
         killed, counted, survivors = score(r, equivalent)
         ratio = killed / counted if counted else 1.0
-        ok &= ratio >= TARGET
+        # A run that stopped part way scores the mutants it reached, and does not pass.
+        ok &= ratio >= TARGET and not r.count(NOT_RUN)
         print(f"{r.package:<12}{len(r.status):>9}{killed:>8}{r.count({'timeout'}):>10}"
-              f"{r.count({'survived', 'suspicious'}):>10}"
-              f"{r.count({'no tests', 'not checked'}):>10}{sum(n in equivalent for n in r.status):>12}"
-              f"{ratio:>8.1%}")
+              f"{r.count({'survived', 'suspicious'}):>10}{r.count({'no tests'}):>10}{r.count(NOT_RUN):>9}"
+              f"{sum(n in equivalent for n in r.status):>12}{ratio:>8.1%}")
         survivors_text += [f"# {n} ({r.status[n]})\n{r.diffs[n]}\n" for n in survivors]
     for r in results:
         if r.sampled_from:

@@ -336,3 +336,14 @@ def test_an_equivalent_a_sample_did_not_draw_is_not_called_stale(tmp_path, monke
     out = capsys.readouterr().out
     assert "lists gateway.limits.x_f__mutmut_2, which is no longer" in out, "drawn, and killed: stale"
     assert "x_f__mutmut_7" not in out, "not drawn: nothing is known of it"
+
+
+def test_a_run_that_stopped_part_way_scores_what_it_reached_and_does_not_pass(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run, "WORK", tmp_path)
+    stopped = _result(**{str(n): "killed" for n in range(9)}, **{"9": "survived"},
+                      **{str(n): "not checked" for n in range(10, 40)})
+    stopped.diffs = {"gateway.limits.x_f__mutmut_9": "- a\n+ b"}
+    assert run.score(stopped, {})[:2] == (9, 10), "30 mutants without a verdict are not survivors"
+    assert run.report([stopped], {}) is False, "nor is a package scored on a third of its mutants passed"
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("gateway"))
+    assert row.split() == ["gateway", "40", "9", "0", "1", "0", "30", "0", "90.0%"]
