@@ -190,3 +190,33 @@ def at_boundary(mocker, module, service: str, method: str, answer, spy: tuple[st
 
     mocker.patch.object(module, "_client", side_effect=client)
     return made
+
+
+def _rollout(done: bool):
+    """DescribeServices as a rollout reports it once finished (done), or while stuck on its way.
+    moto keeps every rollout IN_PROGRESS at no running task, but a test says which it needs
+    rather than lean on that: whether moto's service shows it can depend on what ran before."""
+    def answer(real, **kw):
+        r = real(**kw)
+        for s in r["services"]:
+            s["deployments"] = [{**s["deployments"][0], "status": "PRIMARY",
+                                 "rolloutState": "COMPLETED" if done else "IN_PROGRESS"}]
+            s["runningCount"] = s["desiredCount"] if done else 0
+        return r
+    return answer
+
+
+@pytest.fixture
+def rolls_out(mocker):
+    """Injected: every rollout finishes. Returns the clients ops.rollout made, by service."""
+    from ops import rollout
+
+    return at_boundary(mocker, rollout, "ecs", "describe_services", _rollout(True), spy=("update_service",))
+
+
+@pytest.fixture
+def rollout_stuck(mocker):
+    """Injected: every rollout stays on its way (a deployment that never reaches its count)."""
+    from ops import rollout
+
+    return at_boundary(mocker, rollout, "ecs", "describe_services", _rollout(False), spy=("update_service",))

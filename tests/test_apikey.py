@@ -55,19 +55,6 @@ def deployed(account):
     return {**account("apikey", _deploy), "sm": own_client("secretsmanager"), "ecs": own_client("ecs")}
 
 
-def _stable(real, **kw):
-    # moto never completes a rollout; report the state a real one reaches.
-    r = real(**kw)
-    for s in r["services"]:
-        s["deployments"] = [{**s["deployments"][0], "status": "PRIMARY", "rolloutState": "COMPLETED"}]
-        s["runningCount"] = s["desiredCount"]
-    return r
-
-
-@pytest.fixture
-def rolls_out(mocker):
-    """Injected: moto's rollouts never finish; here every one does. Returns the clients made."""
-    return at_boundary(mocker, rollout, "ecs", "describe_services", _stable, spy=("update_service",))
 
 
 def run(argv, stdin=None, capsys=None):
@@ -303,8 +290,7 @@ def test_rotate_puts_then_redeploys_and_waits(deployed, capsys, rolls_out):
     assert "is stable" in out.out and KEY not in out.out + out.err
 
 
-def test_rotate_times_out_and_says_the_key_is_stored(deployed):
-    # moto's rollout never completes, which is exactly the stuck deployment to time out on.
+def test_rotate_times_out_and_says_the_key_is_stored(deployed, rollout_stuck):
     target = apikey.resolve(STACK, "openai-api-key", None, None)
     ticks = iter(range(0, 10_000, 100))
     with pytest.raises(apikey.Failure) as err:

@@ -1,8 +1,8 @@
 """`python -m ops.clientkeys` against moto in server mode; the keys it prints are checked with
 the gateway's own code (gateway/keys.py) against what it stored.
 
-moto never finishes an ECS rollout: where a test needs one finished, `rolls_out` injects that
-state at the boto3 boundary (tests/MOTO.md).
+A test says which rollout it needs, injected at the boto3 boundary (tests/MOTO.md): `rolls_out`
+(finished) or `rollout_stuck` (tests/moto_server.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from gateway.keys import KEY_SHAPE, ClientKeys
 from ops import clientkeys, rollout
 from tests.conftest import refusal
-from tests.moto_server import at_boundary, own_client
+from tests.moto_server import own_client
 
 STACK = "staging"
 PREFIX = "llm-service/staging"
@@ -40,18 +40,6 @@ def deployed(account):
     return own_client("secretsmanager")
 
 
-def _stable(real, **kw):
-    r = real(**kw)
-    for s in r["services"]:
-        s["deployments"] = [{**s["deployments"][0], "status": "PRIMARY", "rolloutState": "COMPLETED"}]
-        s["runningCount"] = s["desiredCount"]
-    return r
-
-
-@pytest.fixture
-def rolls_out(mocker):
-    # Injected: a finished rollout (moto keeps every rollout IN_PROGRESS).
-    return at_boundary(mocker, rollout, "ecs", "describe_services", _stable, spy=("update_service",))
 
 
 def run(capsys, action, *rest):
@@ -182,8 +170,8 @@ def test_a_revoke_rolls_out_and_waits_for_the_tasks_to_drop_the_key(deployed, ca
     assert err.splitlines()[-1] == "llm-service-staging is stable: 1 tasks run the new value"
 
 
-def test_a_revoke_whose_rollout_never_ends_fails_and_says_so(deployed, capsys):
-    """moto's own rollout never completes: the stuck deployment a revoke must not call done."""
+def test_a_revoke_whose_rollout_never_ends_fails_and_says_so(deployed, capsys, rollout_stuck):
+    """The stuck deployment a revoke must not call done."""
     run(capsys, "add", "web-app")
     code, _, err = run(capsys, "revoke", "web-app")
     assert code == 1
