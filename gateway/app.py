@@ -353,7 +353,7 @@ class App:
 
     @staticmethod
     def consumed(rec: Record) -> tuple[int, int]:
-        if rec.cache == "HIT" or not rec.answered:
+        if not rec.answered:  # a cache hit, or a request the upstream never took on: nothing used
             return 0, 0
         if rec.input_tokens is not None:
             return rec.input_tokens, rec.output_tokens or 0

@@ -207,6 +207,12 @@ def test_the_usage_chunk_the_gateway_asked_for_is_not_shown_to_the_client(gatewa
     assert (line["InputTokens"], line["OutputTokens"]) == (12, 2)
 
 
+def test_the_clients_own_stream_options_go_upstream_beside_the_usage_the_gateway_asks_for(gateway, fake):
+    body = {**CHAT, "stream": True, "stream_options": {"include_obfuscation": False}}
+    assert raw(gateway, "POST", "/v1/chat/completions", body).read().endswith(b"data: [DONE]\n\n")
+    assert fake.requests[0]["body"]["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+
+
 def test_a_client_that_asked_for_usage_gets_it(gateway, fake):
     stream = sdk(gateway).chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True})
     usage = [c.usage for c in stream if c.usage]
@@ -234,6 +240,13 @@ def test_a_429_with_retry_after_ms_is_retried_after_that_wait(gateway, fake):
     assert len(fake.requests) == 2
     line = line_for(gateway, rid(resp))
     assert (line["Retries"], line["Upstream429"], line["status"]) == (1, 1, 200)
+
+
+def test_each_retry_counts_once_in_the_log_line(gateway, fake):
+    fake.script = [{"kind": "drop"}, {"kind": "drop"}]  # two lost connections, then the answer
+    resp = sdk(gateway).chat.completions.with_raw_response.create(**CHAT)
+    assert resp.parse().choices[0].message.content == "Hello there."
+    assert (line_for(gateway, rid(resp))["Retries"], len(fake.requests)) == (2, 3)
 
 
 @pytest.mark.parametrize("step", [
