@@ -57,7 +57,10 @@ def sync(work: Path, files: list[str]) -> None:
         if dst.exists() and dst.read_bytes() == src.read_bytes():
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst)
+        # Stamped now, not with the checkout's time: mutmut makes a file's mutants again only when
+        # the file is newer than them, and a file edited before the last run's mutants were made
+        # (but copied after) would keep its old mutants, untested against the new code.
+        shutil.copyfile(src, dst)
     kept = set(files)
     for path in work.rglob("*"):
         rel = path.relative_to(work).as_posix()

@@ -347,3 +347,22 @@ def test_a_run_that_stopped_part_way_scores_what_it_reached_and_does_not_pass(tm
     assert run.report([stopped], {}) is False, "nor is a package scored on a third of its mutants passed"
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("gateway"))
     assert row.split() == ["gateway", "40", "9", "0", "1", "0", "30", "0", "90.0%"]
+
+
+def test_a_changed_file_is_copied_newer_than_the_mutants_made_before(tmp_path, monkeypatch):
+    """mutmut makes a file's mutants again only when the file is newer than them: a file edited
+    an hour before the last run's mutants were made, copied in now, must be newer than those."""
+    checkout, work = tmp_path / "checkout", tmp_path / "work"
+    (checkout / "gateway").mkdir(parents=True)
+    (work / "gateway").mkdir(parents=True)
+    (work / "mutants" / "gateway").mkdir(parents=True)
+    (checkout / "gateway" / "app.py").write_text("x = 2\n")
+    os.utime(checkout / "gateway" / "app.py", (time.time() - 3600, time.time() - 3600))
+    (work / "gateway" / "app.py").write_text("x = 1\n")
+    mutants = work / "mutants" / "gateway" / "app.py"
+    mutants.write_text("# mutants of x = 1\n")
+    os.utime(mutants, (time.time() - 60, time.time() - 60))
+    monkeypatch.setattr(run, "ROOT", checkout)
+    run.sync(work, ["gateway/app.py"])
+    assert (work / "gateway" / "app.py").read_text() == "x = 2\n"
+    assert os.path.getmtime(work / "gateway" / "app.py") > os.path.getmtime(mutants)
