@@ -17,7 +17,8 @@ def main() -> int:
     from gateway import server  # noqa: PLC0415 - after the settings check, on purpose
 
     sock = server.bind(s)
-    print(f"gateway: listening on {s.host}:{s.port} with {s.workers} worker(s), upstream {s.upstream}",
+    upstreams = ", ".join(f"{name} {spec.url}" for name, spec in s.upstreams.items())
+    print(f"gateway: listening on {s.host}:{s.port} with {s.workers} worker(s), upstreams: {upstreams}",
           file=sys.stderr, flush=True)
     if s.workers == 1:
         server.serve(s, sock)

@@ -30,9 +30,10 @@ from gateway.errors import GatewayError
 from gateway.exchange import SSE, ClientGone, Exchange, Watchdog
 from gateway.healthcheck import USER_AGENT
 from gateway.keys import Client
-from gateway.limits import Limits, Reservation, check_model, estimate, rejection, windows
+from gateway.limits import Limits, Price, Reservation, check_model, estimate, rejection, windows
 from gateway.observe import Record
 from gateway.relay import ENDINGS, UsageFilter, relay, usage_of
+from gateway.routing import Health, Route
 from gateway.settings import Settings
 from gateway.store import Gate, LocalStore, Store, StoreUnavailable, ValkeyStore
 from gateway.upstream import Upstream
@@ -50,6 +51,7 @@ PASSED_PREFIXES = ("x-ratelimit-",)
 # Client request headers the upstream needs to see.
 FORWARDED = {b"accept": "Accept", b"openai-beta": "OpenAI-Beta", b"idempotency-key": "Idempotency-Key"}
 JSON = [(b"content-type", b"application/json")]
+UPSTREAM_METRICS_SECONDS = 10  # how often each upstream's metrics line is written
 OWN_HEALTH_CHECK = USER_AGENT.encode()  # the container's own check, not the load balancer
 
 
@@ -71,14 +73,26 @@ class Call:
     body: Optional[bytes] = None
     doc: Doc = field(default_factory=dict)
     policy: cache.Policy = cache.BYPASS
+    sent: Optional[Doc] = None  # the document that goes upstream (`body`), for a target's own model name
+    model_route: Optional[Route] = None  # where the model goes (gateway/routing.py)
     gate: Optional[Gate] = None
     settled: bool = False  # the reservation was settled (once, by `App.finish`)
+
+    def body_for(self, model: str) -> bytes:
+        """The body for a target that knows the model by another name."""
+        return orjson.dumps({**(self.sent or {}), "model": model})
 
 
 class App:
     def __init__(self, settings: Settings):
         self.s = settings
-        self.upstream = Upstream(settings)
+        self.health = Health(settings.cooldown_seconds, settings.cooldown_after,
+                             on_cool=self.share_cooldown if settings.routed and settings.cache_host else None)
+        self.upstream = Upstream(settings, self.health)
+        # What a routed model reserves against a spend limit: its dearest target's price.
+        self.reserve_prices = {model: Price(max(self.s.prices.of(t.model).input_per_million for t in r.targets),
+                                            max(self.s.prices.of(t.model).output_per_million for t in r.targets))
+                               for model, r in settings.routes.items()}
         self.store: Store = ValkeyStore(
             settings.cache_host, reader_host=settings.cache_reader_host, port=settings.cache_port,
             password=settings.cache_auth_token, tls=settings.cache_tls, ca_file=settings.cache_ca_file or None,
@@ -117,7 +131,8 @@ class App:
                 await self.upstream.start()
                 if isinstance(self.store, ValkeyStore):
                     await self.store.warm()
-                    self.paying = asyncio.ensure_future(self.pay_every_second())
+                if isinstance(self.store, ValkeyStore) or self.s.routed:
+                    self.paying = asyncio.ensure_future(self.every_second())
                 where = (f"Valkey at {self.s.cache_host}:{self.s.cache_port}" if self.s.cache_host else
                          "this process only (no CACHE_HOST): nothing is shared with other processes")
                 print(f"gateway: cache and limits in {where}", file=sys.stderr, flush=True)
@@ -169,7 +184,9 @@ class App:
         checks = {"llm_key": bool(self.s.api_key), "client_keys": len(self.s.clients) > 0,
                   "cache": await self.store.ping(), "not_draining": not self.draining}
         ok = all(checks.values())
-        await _respond(send, 200 if ok else 503, JSON, orjson.dumps({"ready": ok, "checks": checks}))
+        # Upstreams cooling down do not make a task unready: another task would see the same.
+        doc = {"ready": ok, "checks": checks, "cooling_down": sorted(self.health.cooling())}
+        await _respond(send, 200 if ok else 503, JSON, orjson.dumps(doc))
 
     async def proxy(self, scope: Scope, receive: Receive, send: Send, route: str, rec: Record) -> None:
         headers = dict(scope["headers"])
@@ -204,7 +221,8 @@ class App:
             except TimeoutError:
                 raise errors.body_timeout(self.s.body_timeout_seconds) from None
             size = len(body)  # the client's bytes, before the gateway asks a stream for its usage
-            call.body, call.doc = self.prepare(route, body, rec, call.client)
+            call.body, call.doc, call.sent = self.prepare(route, body, rec, call.client)
+            call.model_route = self.upstream.router.route(rec.model)
         rec.reserve = estimate(route, call.doc, size, self.s.output_tokens_estimate)
         if call.body is not None:
             call.policy = cache.policy(route, call.doc, call.headers)
@@ -250,9 +268,11 @@ class App:
         if not policy.used and not limits.any:
             return None
         tokens_in, tokens_out = rec.reserve
-        nano = self.s.prices.of(rec.model).nano(tokens_in, tokens_out) if limits.usd_per_day else 0
+        price = self.reserve_prices.get(rec.model or "") or self.s.prices.of(rec.model)
+        nano = price.nano(tokens_in, tokens_out) if limits.usd_per_day else 0
         tokens = tokens_in + tokens_out if limits.tokens_per_minute else 0
-        key = cache.key(route, doc, self.s.org_id, self.s.project_id, query) if policy.used else ""
+        scope = call.model_route.scope if call.model_route else ""
+        key = cache.key(route, doc, self.s.org_id, self.s.project_id, query, scope) if policy.used else ""
         try:
             gate = await self.store.gate(client.name, limits, key, policy.read, policy.write, tokens, nano,
                                          int(self.s.coalesce_wait_seconds * 1000), counted)
@@ -301,7 +321,8 @@ class App:
         or that was cut, usage never reported) the input estimate and an output token for each
         event relayed, or the whole output reserved for an answer that never said."""
         used_in, used_out = self.consumed(rec)
-        rec.cost_nano = self.s.prices.of(rec.model).nano(used_in, used_out) if rec.answered else None
+        rec.cost_nano = self.s.prices.of(rec.upstream_model or rec.model).nano(used_in, used_out) \
+            if rec.answered else None
         if gate is None or gate.reservation is None:
             return
         r = gate.reservation
@@ -321,13 +342,43 @@ class App:
             # Bounded: only requests admitted by the store before it failed get here.
             self.unsettled.append((client.name, r, used_tokens, used_nano))
 
-    async def pay_every_second(self) -> None:
+    async def every_second(self) -> None:
         """What this process charged alone, or could not settle, goes to the shared counters as
-        soon as the store answers again (within a second or so), request or not."""
+        soon as the store answers again (within a second or so), request or not; with routes, the
+        other processes' cooldowns are read and the per-upstream metrics written."""
+        tick = 0
         while True:
             await asyncio.sleep(1.0)
+            tick += 1
             if self.owed or self.unsettled:
                 await self.pay()
+            if self.s.routed:
+                await self.read_cooldowns()
+                if tick % UPSTREAM_METRICS_SECONDS == 0:
+                    self.write_upstream_metrics()
+
+    def share_cooldown(self, upstream: str, seconds: float) -> None:
+        """Tell the other processes (in the background: the request goes on to another upstream)."""
+        assert isinstance(self.store, ValkeyStore)  # noqa: S101 - set only with CACHE_HOST
+        until_ms = int((time.time() + seconds) * 1000)
+        task = asyncio.ensure_future(self.store.cool(upstream, until_ms))
+        task.add_done_callback(_ignore_failure)
+
+    async def read_cooldowns(self) -> None:
+        if not isinstance(self.store, ValkeyStore):
+            return
+        try:
+            found = await self.store.cooldowns(list(self.s.upstreams))
+        except StoreUnavailable:
+            return
+        wall = time.time()
+        for name, until_ms in found.items():
+            self.health.cool(name, until_ms / 1000 - wall, counted=False)
+
+    def write_upstream_metrics(self) -> None:
+        h = self.health
+        observe.emit(self.upstream.stats.lines(list(self.s.upstreams), h.cooling(), h.cooldowns, self.s.service,
+                                               self.s.namespace))
 
     async def pay(self) -> None:
         """One try at each debt; what the store does not take (or a cancellation cuts) stays owed."""
@@ -380,14 +431,16 @@ class App:
         store = gate if call.policy.write else None  # the gate whose entry this answer fills
         try:
             try:
-                resp = await ex.wait(self.upstream.send(scope["method"], path, body, forward, rec))
+                resp = await ex.wait(self.upstream.send(scope["method"], path, body, forward, rec,
+                                                        call.model_route, call.body_for))
             except ClientGone:
                 rec.answered = True  # the upstream had the request: charge its reservation
                 raise
             try:
                 rec.status, rec.answered = resp.status, resp.status == 200
                 rec.upstream_request_id = resp.headers.get("x-request-id")
-                out = _passed(resp.headers) + [(b"x-gateway-request-id", rec.request_id.encode())]
+                out = _passed(resp.headers) + [(b"x-gateway-request-id", rec.request_id.encode()),
+                                               (b"x-gateway-upstream", (rec.upstream or "").encode())]
                 if rec.cache:
                     out.append((b"x-gateway-cache", rec.cache.encode()))
                 if rec.stream and resp.status == 200 and resp.content_type == "text/event-stream":
@@ -462,7 +515,7 @@ class App:
             rec.cache_error = True
         gate.holds_lock = False
 
-    def prepare(self, route: str, body: bytes, rec: Record, client: Client) -> tuple[bytes, Doc]:
+    def prepare(self, route: str, body: bytes, rec: Record, client: Client) -> tuple[bytes, Doc, Doc]:
         """Parse once for the log and the stream flag; check the model and the stored state a
         client names before anything uses them. What goes upstream is the document checked,
         written again (a key sent twice cannot mean one thing here and another there), with
@@ -470,7 +523,7 @@ class App:
         doc = _loads(body)
         if not isinstance(doc, dict):
             raise errors.bad_json()
-        rec.model = check_model(doc.get("model"), self.s.prices, client.models)
+        rec.model = check_model(doc.get("model"), self.s.prices, client.models, self.s.routes)
         rec.stream = doc.get("stream") is True
         rec.asked_usage = _asked_usage(doc)
         sent = doc if client.stateful else (tenancy.stores_nothing(route, doc) or doc)
@@ -487,7 +540,7 @@ class App:
                                      code="stateful_not_allowed")
         if self.s.log_prompts:
             rec.prompt = doc.get("messages", doc.get("input"))
-        return body, doc
+        return body, doc, sent
 
     async def stream(self, resp: aiohttp.ClientResponse, ex: Exchange, headers: Headers, rec: Record,
                      usage: UsageFilter, tap: Optional[Callable[[bytes], None]] = None) -> Optional[bool]:
@@ -533,6 +586,11 @@ class App:
                 rec.input_tokens, rec.output_tokens = usage.usage
             if not copying.done():
                 copying.cancel()
+
+
+def _ignore_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a cooldown the store missed is only this process's
 
 
 class _Recording:

@@ -60,10 +60,13 @@ def policy(route: str, doc: dict[str, Any], headers: dict[bytes, bytes]) -> Poli
 
 
 
-def key(route: str, doc: dict[str, Any], org: str, project: str, query: bytes = b"") -> str:
+def key(route: str, doc: dict[str, Any], org: str, project: str, query: bytes = b"", scope: str = "") -> str:
+    """`scope`: the upstreams and models a routed model goes to (routing.Route.scope), so an alias
+    moved to another model never serves the old one's answers."""
     canonical = {k: v for k, v in doc.items() if k not in NOT_IN_KEY}
     # The query string goes upstream as sent (an api-version, say), so it is part of the question.
-    body = orjson.dumps([route, org, project, query.decode("latin-1"), canonical], option=orjson.OPT_SORT_KEYS)
+    parts = [route, org, project, query.decode("latin-1"), canonical] + ([scope] if scope else [])
+    body = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(body).hexdigest()
 
 

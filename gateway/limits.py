@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -103,12 +104,14 @@ class Prices:
 FREE = Price(0.0, 0.0)
 
 
-def check_model(model: Any, prices: Prices, allowed: Optional[frozenset[str]] = None) -> str:
-    """The request's model, if this client may call it; else the 400 OpenAI answers with."""
+def check_model(model: Any, prices: Prices, allowed: Optional[frozenset[str]] = None,
+                routes: Container[str] = ()) -> str:
+    """The request's model, if this client may call it (a route's model, or a priced one); else
+    the 400 OpenAI answers with."""
     if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
         raise invalid("`model` must be a model name: letters, digits and . _ : / -, up to 128",
                       param="model", code="invalid_model")
-    listed = prices.listed_as(model)
+    listed = model if model in routes else prices.listed_as(model)
     if listed is None or (allowed is not None and listed not in allowed):
         raise invalid(f"The model `{model}` does not exist or you do not have access to it.",
                       param="model", code="model_not_found")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import orjson
@@ -46,6 +46,8 @@ class Record:
     upstream_429: int = 0
     upstream_5xx: int = 0
     upstream_request_id: Optional[str] = None
+    upstream: Optional[str] = None  # the upstream that answered (or, failing, the last tried)
+    upstream_model: Optional[str] = None  # the model under the name that upstream knows it by
     error: Optional[str] = None  # the code of an error the gateway raised
     prompt: Any = None  # only with GATEWAY_LOG_PROMPTS
     cache: Optional[str] = None  # HIT, MISS, BYPASS, REFRESH; None when the route is not cached
@@ -84,6 +86,8 @@ def line(r: Record, service: str, namespace: str, now_ms: Optional[int] = None) 
         "request_id": r.request_id, "route": r.route, "model": r.model, "stream": r.stream,
         "status": r.status, "upstream_request_id": r.upstream_request_id,
     }
+    if r.upstream is not None:
+        doc["upstream"], doc["upstream_model"] = r.upstream, r.upstream_model
     if r.error:
         doc["error"] = r.error
     if r.tokens_estimated:
@@ -98,3 +102,58 @@ def line(r: Record, service: str, namespace: str, now_ms: Optional[int] = None) 
 def emit(data: bytes) -> None:
     # One write per line: lines from concurrent requests never interleave.
     os.write(1, data)
+
+
+# Per-upstream metrics (dimension `Service, Upstream`: the names come from the stack's config).
+UPSTREAM_METRICS = {"UpstreamRequests": "Count", "UpstreamErrors": "Count", "UpstreamThrottled": "Count",
+                    "UpstreamCooldowns": "Count", "UpstreamCoolingDown": "None", "UpstreamLatency": "Milliseconds"}
+MAX_VALUES = 100  # an EMF metric carries at most 100 values
+
+
+@dataclass
+class _Counts:
+    requests: int = 0
+    errors: int = 0
+    throttled: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class UpstreamStats:
+    """Each upstream's calls in this process, summed between flushes: one line per upstream every
+    few seconds (`lines`), not one per call, so the request path only adds to a counter."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, _Counts] = {}
+
+    def called(self, name: str, started: float, failed: bool = False, throttled: bool = False) -> None:
+        c = self.counts.get(name)
+        if c is None:
+            c = self.counts[name] = _Counts()
+        c.requests += 1
+        c.errors += failed and not throttled
+        c.throttled += throttled
+        if len(c.latencies) < MAX_VALUES:
+            c.latencies.append(round((time.perf_counter() - started) * 1000, 3))
+
+    def lines(self, names: list[str], cooling: list[str], cooldowns: dict[str, int], service: str,
+              namespace: str, now_ms: Optional[int] = None) -> bytes:
+        """The lines for every upstream in `names`, and the counts start again. `cooldowns` (the
+        cooldowns each has started, in total) is emptied too."""
+        counts, self.counts = self.counts, {}
+        out = []
+        for name in names:
+            c = counts.get(name, _Counts())
+            values: dict[str, Any] = {
+                "UpstreamRequests": c.requests, "UpstreamErrors": c.errors, "UpstreamThrottled": c.throttled,
+                "UpstreamCooldowns": cooldowns.pop(name, 0), "UpstreamCoolingDown": int(name in cooling),
+            }
+            if c.latencies:
+                values["UpstreamLatency"] = c.latencies
+            out.append(orjson.dumps({
+                "_aws": {"Timestamp": now_ms if now_ms is not None else int(time.time() * 1000),
+                         "CloudWatchMetrics": [{"Namespace": namespace, "Dimensions": [["Service", "Upstream"]],
+                                                "Metrics": [{"Name": k, "Unit": UPSTREAM_METRICS[k]}
+                                                            for k in values]}]},
+                "Service": service, "Upstream": name, **values,
+            }) + b"\n")
+        return b"".join(out)

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, TypeVar
 
 import orjson
 
 from gateway.keys import ClientKeys, KeyDocumentError, add_key, empty_document
 from gateway.limits import Limits, Prices
+from gateway.routing import AUTHS, Route, RoutesError, UpstreamSpec, parse_routes
+from gateway.routing import DEFAULT as DEFAULT_UPSTREAM
 
 T = TypeVar("T")
 
@@ -85,10 +89,23 @@ class Settings:
     default_limits: Limits = Limits()
     prices: Prices = field(default_factory=lambda: Prices(None))  # None: no model list (a local run)
     output_tokens_estimate: int = 1000
+    # More upstreams than the default one, and the routes of the models clients call
+    # (gateway/routing.py); none: every model goes to OPENAI_BASE_URL under its own name.
+    extra_upstreams: Mapping[str, UpstreamSpec] = field(default_factory=dict, repr=False)
+    routes: Mapping[str, Route] = field(default_factory=dict)
+    cooldown_seconds: float = 30.0
+    cooldown_after: int = 3  # failures in a row that cool an upstream down
+
+    @cached_property
+    def upstreams(self) -> dict[str, UpstreamSpec]:
+        default = UpstreamSpec(DEFAULT_UPSTREAM, self.base_url, self.api_key, org_id=self.org_id,
+                               project_id=self.project_id)
+        return {DEFAULT_UPSTREAM: default, **self.extra_upstreams}
 
     @property
-    def upstream(self) -> str:
-        return self.base_url.rstrip("/")
+    def routed(self) -> bool:
+        """More than one upstream, or routes: per-upstream metrics and shared cooldowns are worth it."""
+        return bool(self.extra_upstreams or self.routes)
 
 
 # The defaults, for reading them (cachectl): no key, no clients.
@@ -139,6 +156,35 @@ def _prices(raw: str) -> Prices:
         raise ValueError(str(e)) from None
 
 
+UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+def _upstreams(raw: str) -> dict[str, UpstreamSpec]:
+    """GATEWAY_UPSTREAMS: {"backup": {"baseUrl": ..., "auth": "bearer", "orgId": "", "projectId": "",
+    "keyVariable": "BACKUP_OPENAI_KEY"}}; each key is read from its variable by `from_env`."""
+    try:
+        doc = orjson.loads(raw)
+        specs = {}
+        for name, u in doc.items():
+            spec = UpstreamSpec(name, _base_url(u["baseUrl"]), "", u.get("auth", "bearer"), u.get("orgId", ""),
+                                u.get("projectId", ""), u["keyVariable"])
+            if not UPSTREAM_NAME.fullmatch(name) or name == DEFAULT_UPSTREAM or spec.auth not in AUTHS \
+                    or not ENV_NAME.fullmatch(spec.key_variable):
+                raise ValueError
+            specs[name] = spec
+        return specs
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(str(e)) from None
+
+
+def _routes(raw: str) -> dict[str, Any]:
+    doc = orjson.loads(raw)
+    if not isinstance(doc, dict):
+        raise ValueError
+    return doc  # checked against the upstreams by `from_env`
+
+
 @dataclass(frozen=True)
 class Variable:
     """One environment variable: the Settings field it sets (whose default applies when it is
@@ -153,6 +199,9 @@ class Variable:
 _pos_f, _pos_i = _positive(float), _positive(int)
 SECONDS, WHOLE_SECONDS, SECONDS_OR_0 = "seconds > 0", "whole seconds > 0", "seconds >= 0"
 LIMITS_JSON = 'JSON such as {"requestsPerMinute": 600, "tokensPerMinute": 200000, "usdPerDay": 50}'
+UPSTREAMS_JSON = ('JSON such as {"backup": {"baseUrl": "https://...", "auth": "bearer or api-key", '
+                  '"keyVariable": "BACKUP_OPENAI_KEY"}} (names: a-z, 0-9 and -, not "default")')
+ROUTES_JSON = 'JSON such as {"chat-default": [{"upstream": "default", "model": "gpt-4o-mini", "weight": 1}]}'
 PRICES_JSON = 'JSON such as {"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6}}'
 
 # Every variable the gateway reads besides the LLM key and the client keys (OPENAI_API_KEY,
@@ -199,6 +248,10 @@ VARIABLES = (
     Variable("GATEWAY_DEFAULT_LIMITS", "default_limits", _limits, LIMITS_JSON),
     Variable("GATEWAY_PRICES", "prices", _prices, PRICES_JSON),
     Variable("GATEWAY_OUTPUT_TOKENS_ESTIMATE", "output_tokens_estimate", _pos_i, "tokens > 0"),
+    Variable("GATEWAY_UPSTREAMS", "extra_upstreams", _upstreams, UPSTREAMS_JSON),
+    Variable("GATEWAY_ROUTES", "routes", _routes, ROUTES_JSON),
+    Variable("GATEWAY_UPSTREAM_COOLDOWN_SECONDS", "cooldown_seconds", _pos_f, SECONDS),
+    Variable("GATEWAY_UPSTREAM_COOLDOWN_AFTER", "cooldown_after", _pos_i, "failures >= 1"),
 )
 BY_FIELD = {v.field: v for v in VARIABLES}
 SECRETS = ("OPENAI_API_KEY", "CLIENT_KEYS", "CACHE_AUTH_TOKEN")  # injected from Secrets Manager
@@ -228,7 +281,24 @@ def from_env(env: Mapping[str, str] = os.environ, log: Callable[[str], None] = p
         raise SettingsError("OPENAI_API_KEY is not set: the gateway holds the LLM key, clients never do")
     values = read(env)
     clients = _clients(env, values.get("host", DEFAULT.host), log)
+    extra = values["extra_upstreams"] = _with_keys(values.get("extra_upstreams", {}), env)
+    try:
+        values["routes"] = parse_routes(values.get("routes", {}), {DEFAULT_UPSTREAM: None, **extra})
+    except (RoutesError, KeyError, TypeError, ValueError) as e:
+        raise SettingsError(f"GATEWAY_ROUTES: {e}") from None
     return Settings(api_key=api_key.strip(), clients=clients, **values)
+
+
+def _with_keys(specs: Mapping[str, UpstreamSpec], env: Mapping[str, str]) -> dict[str, UpstreamSpec]:
+    """Each extra upstream with its key, from the variable its secret is injected as."""
+    out = {}
+    for name, spec in specs.items():
+        key = env.get(spec.key_variable, "").strip()
+        if not key:
+            raise SettingsError(f"GATEWAY_UPSTREAMS: upstream {name!r} reads its key from {spec.key_variable}, "
+                                "which is not set (its secret: python -m ops.apikey put --name <secret>)")
+        out[name] = replace(spec, key=key)
+    return out
 
 
 def _clients(env: Mapping[str, str], host: str, log: Callable[[str], None]) -> ClientKeys:

@@ -10,7 +10,8 @@ and then go to the upstream themselves. Invalidation raises a namespace version 
 or one client's): every older entry becomes unreachable at once and expires by its TTL.
 
 Keys, under `llmgw:<service>:`: `ver`, `ver:<client>` (versions); `e:<client>:<ver>:<ver>:<hash>`
-(entries) and `…:lock`; `rpm:<client>:<minute>`, `tpm:<client>:<minute>`, `usd:<client>:<day>`.
+(entries) and `…:lock`; `rpm:<client>:<minute>`, `tpm:<client>:<minute>`, `usd:<client>:<day>`;
+`cool:<upstream>` (an upstream's cooldown, gateway/routing.py).
 """
 
 from __future__ import annotations
@@ -351,6 +352,17 @@ class ValkeyStore:
 
     async def invalidate(self, client: Optional[str] = None) -> int:
         return await self._call(self.primary.incr(f"{self.prefix}ver" + (f":{client}" if client else "")))
+
+    async def cool(self, upstream: str, until_ms: int) -> None:
+        """An upstream's cooldown, for every process: it ends when the key expires."""
+        ttl = until_ms - int(time.time() * 1000)
+        if ttl > 0:
+            await self._call(self.primary.set(f"{self.prefix}cool:{upstream}", until_ms, px=ttl))
+
+    async def cooldowns(self, upstreams: list[str]) -> dict[str, int]:
+        """The upstreams cooling down, and when (epoch ms) each cooldown ends."""
+        values = await self._call(self.primary.mget([f"{self.prefix}cool:{u}" for u in upstreams]))
+        return {u: int(v) for u, v in zip(upstreams, values, strict=True) if v is not None}
 
     async def ping(self) -> bool:
         try:

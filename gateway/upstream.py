@@ -21,7 +21,8 @@ from typing import Any, Optional
 import aiohttp
 
 from gateway.errors import upstream_timeout, upstream_unavailable
-from gateway.observe import Record
+from gateway.observe import Record, UpstreamStats
+from gateway.routing import Health, Route, Router, Target
 from gateway.settings import Settings
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -73,14 +74,16 @@ def backoff(attempt: int, base: float, cap: float, rand: Callable[[], float] = r
 
 
 class Upstream:
-    def __init__(self, settings: Settings):
+    """Every upstream's calls, over one keep-alive pool, routed (gateway/routing.py)."""
+
+    def __init__(self, settings: Settings, health: Optional[Health] = None):
         self.s = settings
         self.session: Optional[aiohttp.ClientSession] = None
-        self.headers = {"Authorization": f"Bearer {settings.api_key}", "Accept-Encoding": "identity"}
-        if settings.org_id:
-            self.headers["OpenAI-Organization"] = settings.org_id
-        if settings.project_id:
-            self.headers["OpenAI-Project"] = settings.project_id
+        self.specs = settings.upstreams
+        self.headers = {name: spec.headers() for name, spec in self.specs.items()}
+        self.health = health or Health(settings.cooldown_seconds, settings.cooldown_after)
+        self.router = Router(settings.routes, self.health)
+        self.stats = UpstreamStats()
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_seconds,
                                              sock_read=settings.read_timeout_seconds)
 
@@ -99,19 +102,30 @@ class Upstream:
             await self.session.close()
 
     async def send(self, method: str, path: str, body: Optional[bytes], headers: dict[str, str],
-                   rec: Record) -> aiohttp.ClientResponse:
-        """The upstream's response, after any retries; its body is not read yet."""
+                   rec: Record, route: Optional[Route] = None,
+                   body_for: Optional[Callable[[str], bytes]] = None) -> aiohttp.ClientResponse:
+        """The upstream's response, after any retries and failovers; its body is not read yet.
+        `body_for(model)` is the body for a target that knows the model by another name."""
         assert self.session is not None, "start() first"
-        url = self.s.upstream + path
-        all_headers = {**self.headers, **headers}
+        route = route or self.router.route(rec.model)
         deadline = time.monotonic() + self.s.retry_budget_seconds
-        attempt = 0
+        attempt, tried = 0, frozenset[str]()
+        target = self.router.choose(route)
         while True:  # the last attempt returns or raises (GATEWAY_MAX_ATTEMPTS is at least 1)
             last = attempt + 1 >= self.s.max_attempts
+            name = target.upstream
+            rec.upstream, rec.upstream_model = name, target.model
+            renamed = body is not None and body_for is not None and target.model != route.model
+            data = body_for(target.model) if renamed and body_for is not None else body
+            started = time.perf_counter()
             try:
-                resp = await self.session.request(method, url, data=body, headers=all_headers)
+                resp = await self.session.request(method, self.specs[name].url + path, data=data,
+                                                  headers={**self.headers[name], **headers})
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
-                wait = backoff(attempt, self.s.backoff_base_seconds, self.s.backoff_max_seconds)
+                self.stats.called(name, started, failed=True)
+                self.health.failed(name)
+                tried |= {name}
+                target, wait = self._next(route, tried, target, attempt, None)
                 if last or time.monotonic() + wait > deadline:
                     if isinstance(e, aiohttp.ConnectionTimeoutError):
                         raise upstream_unavailable("connect timed out") from None
@@ -124,20 +138,35 @@ class Upstream:
                 continue
             status = resp.status
             if status not in RETRY_STATUSES:
+                self.stats.called(name, started)
+                self.health.succeeded(name)
                 return resp
+            self.stats.called(name, started, failed=True, throttled=status == 429)
             if status == 429:
                 rec.upstream_429 += 1
             else:
                 rec.upstream_5xx += 1
             asked = retry_after(resp.headers)
-            wait = asked if asked is not None else backoff(
-                attempt, self.s.backoff_base_seconds, self.s.backoff_max_seconds)
+            self.health.failed(name, asked)
+            tried |= {name}
+            following, wait = self._next(route, tried, target, attempt, asked)
             if last or time.monotonic() + wait > deadline:
                 return resp  # out of attempts or time: the client gets the upstream's answer
             resp.release()
             rec.retries += 1
             attempt += 1
+            target = following
             await asyncio.sleep(wait)
+
+    def _next(self, route: Route, tried: frozenset[str], failed: Target, attempt: int,
+              asked: Optional[float]) -> tuple[Target, float]:
+        """The next attempt's target, and how long to wait before it: nothing when it is another
+        upstream (a failover), else what the upstream asked or the backoff."""
+        following = self.router.choose(route, tried)
+        if following.upstream != failed.upstream:
+            return following, 0.0
+        return following, asked if asked is not None else backoff(
+            attempt, self.s.backoff_base_seconds, self.s.backoff_max_seconds)
 
 
 def _describe(e: BaseException) -> str:

@@ -1,8 +1,8 @@
 """A fake OpenAI-compatible API on 127.0.0.1, for the gateway's tests and benchmark.
 
 Each request takes the next step of a script (`POST /_script`, a list; when it runs out, every
-request is answered normally), and is recorded (`GET /_requests`): what reached the upstream is
-what the tests assert on. Steps:
+request is answered normally, or by the step set as `always`), and is recorded (`GET /_requests`):
+what reached the upstream is what the tests assert on. Steps:
 
     {"kind": "ok"}                                    a normal answer for the path, with usage
     {"kind": "status", "status": 429, "headers": {"retry-after-ms": "50"}}
@@ -69,6 +69,7 @@ def _responses_usage(tokens: tuple[int, int]) -> dict[str, int]:
 class FakeUpstream:
     def __init__(self):
         self.script: list[dict[str, Any]] = []
+        self.always: Optional[dict[str, Any]] = None  # the step when the script is empty (else "ok")
         self.requests: list[dict[str, Any]] = []
         self.realistic = False
         self.answered = 0  # requests answered with realistic usage
@@ -86,7 +87,7 @@ class FakeUpstream:
         return web.json_response(self.requests)
 
     async def _reset(self, request: web.Request) -> web.Response:
-        self.script, self.requests = [], []
+        self.script, self.requests, self.always = [], [], None
         return web.json_response({"ok": True})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -97,7 +98,7 @@ class FakeUpstream:
         # A request may carry its own step (metadata.fake_step, JSON): what concurrent tests need,
         # where the order of arrival is not the order of sending.
         own = ((body or {}).get("metadata") or {}).get("fake_step") if isinstance(body, dict) else None
-        step = json.loads(own) if own else self.script.pop(0) if self.script else {"kind": "ok"}
+        step = json.loads(own) if own else self.script.pop(0) if self.script else self.always or {"kind": "ok"}
         kind = step["kind"]
         answers = kind in ("ok", "slow", "stream") and request.path != "/v1/models"
         tokens = self.requests[-1]["usage"] = self._tokens(step) if answers else None
