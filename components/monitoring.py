@@ -27,6 +27,7 @@ Args (`MonitoringArgs`, each described where it is declared below):
     thresholds: Thresholds = Thresholds()
     metrics_namespace: str = 'LLMService'
     gateway_service: pulumi.Input[str] = ''
+    upstreams: list[str] = []
 
 `Thresholds`:
     target_5xx_per_minute: int = 5
@@ -64,6 +65,7 @@ Example (examples/monitoring/, runs as written beside a copy of this file):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -159,10 +161,24 @@ DASHBOARD = jinja2.Environment(
       "metrics": [
         ["{{ namespace }}", "RejectedRequests", "Service", "{{ gateway }}"],
         ["{{ namespace }}", "RejectedTokens", "Service", "{{ gateway }}"],
-        ["{{ namespace }}", "RejectedSpend", "Service", "{{ gateway }}"]]}}
+        ["{{ namespace }}", "RejectedSpend", "Service", "{{ gateway }}"]]}}{% if upstreams %},
+    {"type": "metric", "x": 0, "y": 42, "width": 12, "height": 6, "properties": {
+      "title": "Gateway: calls, errors and 429s per upstream", "region": "{{ region }}", "view": "timeSeries", "stat": "Sum", "period": 60,
+      "metrics": [{% for u in upstreams %}
+        ["{{ namespace }}", "UpstreamRequests", "Service", "{{ gateway }}", "Upstream", "{{ u }}"],
+        ["{{ namespace }}", "UpstreamErrors", "Service", "{{ gateway }}", "Upstream", "{{ u }}"],
+        ["{{ namespace }}", "UpstreamThrottled", "Service", "{{ gateway }}", "Upstream", "{{ u }}"]{{ "," if not loop.last }}{% endfor %}]}},
+    {"type": "metric", "x": 12, "y": 42, "width": 12, "height": 6, "properties": {
+      "title": "Gateway: upstreams cooling down (1), latency p99 (ms, right)", "region": "{{ region }}", "view": "timeSeries", "period": 60,
+      "metrics": [{% for u in upstreams %}
+        ["{{ namespace }}", "UpstreamCoolingDown", "Service", "{{ gateway }}", "Upstream", "{{ u }}", {"stat": "Maximum"}],
+        ["{{ namespace }}", "UpstreamLatency", "Service", "{{ gateway }}", "Upstream", "{{ u }}", {"stat": "p99", "yAxis": "right"}]{{ "," if not loop.last }}{% endfor %}]}}{% endif %}
   ]
 }
 ''')
+
+
+UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # gateway/settings.py UPSTREAM_NAME
 
 
 @dataclass
@@ -206,6 +222,9 @@ def problems(a: MonitoringArgs) -> list[tuple[str, str]]:
         found.append(("min_tasks", "0 to `max_tasks`: the alarm on too few tasks compares with it"))
     if any(v < 0 for v in vars(a.thresholds).values()):
         found.append(("thresholds", "thresholds are not negative"))
+    bad = [u for u in a.upstreams if not UPSTREAM_NAME.fullmatch(u)]
+    if bad or len(set(a.upstreams)) < len(a.upstreams):
+        found.append(("upstreams", "unique names of a-z, 0-9 and -, up to 32 (they name alarms and a dimension)"))
     return found
 
 
@@ -241,6 +260,9 @@ class MonitoringArgs:
     """The namespace the gateway writes its metrics to (Embedded Metric Format in its logs)."""
     gateway_service: pulumi.Input[str] = ""
     """The gateway's Service dimension (GATEWAY_SERVICE); "" leaves out the gateway's alarms and widgets."""
+    upstreams: list[str] = field(default_factory=list)
+    """The gateway's upstreams (`default` and llm.upstreams' names) when it routes: an alarm each when
+    it stays cooled down, and widgets of their calls; [] (one upstream) adds neither."""
 
     def __post_init__(self) -> None:
         for arg, why in problems(self):
@@ -309,7 +331,7 @@ class Monitoring(pulumi.ComponentResource):
                 max_tasks=args.max_tasks, p95=args.thresholds.p95_latency_seconds,
                 p99=args.thresholds.p99_latency_seconds,
                 ttft_p95_ms=args.thresholds.ttft_p95_seconds * 1000,
-                spend_alarm=args.thresholds.spend_per_hour_usd,
+                spend_alarm=args.thresholds.spend_per_hour_usd, upstreams=args.upstreams,
             )),
             opts=p,
         )
@@ -441,6 +463,12 @@ def alarms(args: MonitoringArgs) -> list[_Alarm]:
         _Alarm("gateway-spend-per-hour", "estimated LLM spend in the last hour is above the threshold "
                "(USD): see the spend per client on the dashboard", args.metrics_namespace,
                "EstimatedCostUSD", gw, gt, t.spend_per_hour_usd, period=3600, periods=1),
+        # Every task reports each upstream every 10 s: a minimum of 1 over 15 minutes means every
+        # task saw it cooling down all along (the requests go to the route's other targets).
+        *(_Alarm(f"upstream-{u}-cooling-down", f"the gateway has sent no traffic to upstream {u} for 15 "
+                 "minutes: it keeps failing (see its errors and 429s on the dashboard)", args.metrics_namespace,
+                 "UpstreamCoolingDown", {**gw, "Upstream": u}, "GreaterThanOrEqualToThreshold", 1,
+                 stat="Minimum", period=300) for u in args.upstreams),
     ]
 
 

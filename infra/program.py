@@ -42,6 +42,7 @@ from infra.config import (
     PROJECT,
     ConfigError,
     ConfigErrors,
+    LlmConfig,
     StackConfig,
     certificate_account_error,
     drain_seconds,
@@ -122,6 +123,24 @@ def gateway_environment(cfg: StackConfig, prefix: str) -> dict[str, str]:
         "GATEWAY_DEFAULT_LIMITS": json.dumps(g.default_limits.model_dump(by_alias=True), sort_keys=True),
         "GATEWAY_PRICES": json.dumps({m: p.model_dump(by_alias=True) for m, p in cfg.llm.prices.items()},
                                      sort_keys=True),
+        **routing_environment(cfg.llm),
+    }
+
+
+def routing_environment(llm: LlmConfig) -> dict[str, str]:
+    """The upstreams and routes (gateway/routing.py), only for a stack that declares them: a stack
+    with one upstream keeps the task definition it had. Each upstream's key is its secret, injected
+    under the secret's variable name (the task's `secrets`, by ARN), never a value here."""
+    if not llm.routed:
+        return {}
+    upstreams = {name: {"baseUrl": u.base_url, "auth": u.auth, "orgId": u.org_id, "projectId": u.project_id,
+                        "keyVariable": env_var_name(u.secret_name)} for name, u in llm.upstreams.items()}
+    routes = {model: [t.model_dump(by_alias=True) for t in targets] for model, targets in llm.routes.items()}
+    return {
+        "GATEWAY_UPSTREAMS": json.dumps(upstreams, sort_keys=True) if upstreams else "",
+        "GATEWAY_ROUTES": json.dumps(routes, sort_keys=True) if routes else "",
+        "GATEWAY_UPSTREAM_COOLDOWN_SECONDS": str(llm.cooldown_seconds),
+        "GATEWAY_UPSTREAM_COOLDOWN_AFTER": str(llm.cooldown_after_failures),
     }
 
 
@@ -331,7 +350,7 @@ def monitoring(st: Stack, keys: Secrets, alb: LoadBalancer, svc: Service, cached
         cache_member_ids=cached.cache.member_ids,
         web_acl_name=waf.web_acl_name, min_tasks=cfg.service.min_tasks, max_tasks=cfg.service.max_tasks,
         alert_emails=[str(e) for e in mon.alert_emails], metrics_namespace=METRICS_NAMESPACE,
-        gateway_service=st.prefix,
+        gateway_service=st.prefix, upstreams=cfg.llm.upstream_names if cfg.llm.routed else [],
         thresholds=Thresholds(**mon.model_dump(exclude={"alert_emails"}),
                               ttft_p95_seconds=cfg.gateway.ttft_p95_alarm_seconds,
                               upstream_429_per_5min=cfg.gateway.upstream_429_per_5min,

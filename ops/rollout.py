@@ -142,7 +142,11 @@ def roll_out(ecs, s: Stack, timeout: int, sleep: Callable[[float], None],
     ECS is eventually consistent: DescribeServices right after UpdateService may still show the
     previous deployment as PRIMARY (a FAILED one, on a first deploy), or not yet show the new
     one. Only the new deployment's own state decides."""
-    answer = ecs.update_service(cluster=s.cluster, service=s.service, forceNewDeployment=True)
+    # The family's latest revision, not the service's current one: after a deployment the circuit
+    # breaker rolled back for want of a value (a secret added to secrets.names, as a new upstream's
+    # key), the service is back on the old revision while the stack declares the new one.
+    answer = ecs.update_service(cluster=s.cluster, service=s.service, taskDefinition=s.service,
+                                forceNewDeployment=True)
     started = primary_id(answer.get("service", {}))
     if started is None:
         raise Failure("UpdateService answered without a PRIMARY deployment to follow; the new value is "

@@ -70,7 +70,8 @@ def test_put_from_a_pipe_stores_a_current_version_and_rolls_out(deployed, capsys
     assert KEY not in out.out + out.err
     assert "stored a new current version of llm-service/staging/openai-api-key" in out.out
     rolls_out["ecs"].update_service.assert_called_once_with(
-        cluster="llm-service-staging", service="llm-service-staging", forceNewDeployment=True)
+        cluster="llm-service-staging", service="llm-service-staging", taskDefinition="llm-service-staging",
+        forceNewDeployment=True)
     assert "llm-service-staging is stable: 1 tasks run the new value" in out.out
 
 
@@ -285,7 +286,8 @@ def test_rotate_puts_then_redeploys_and_waits(deployed, capsys, rolls_out):
     code, out = run(["rotate", "--stack", STACK], Pipe(KEY), capsys)
     assert code == 0, out.err
     made["ecs"].update_service.assert_called_once_with(
-        cluster="llm-service-staging", service="llm-service-staging", forceNewDeployment=True)
+        cluster="llm-service-staging", service="llm-service-staging", taskDefinition="llm-service-staging",
+        forceNewDeployment=True)
     assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == KEY
     assert "is stable" in out.out and KEY not in out.out + out.err
 
@@ -466,3 +468,39 @@ def test_an_error_before_the_target_is_known_names_the_secret_generically(capsys
     code, out = run(["check", "--stack", STACK], None, capsys)
     assert code == 1
     assert out.err == "error: the secret does not exist; deploy the stack first (pulumi up)\n"
+
+
+def test_a_second_upstreams_key_is_written_and_checked_in_its_own_secret(deployed, capsys, mocker, rolls_out):
+    """llm.upstreams' keys (docs/gateway.md, "Several upstreams"): each in its own secret under the
+    stack's key, put and checked by name; the default key is left as it was."""
+    from tests.test_routing_stack import routed
+
+    mocker.patch.object(rollout, "read_stack_file", lambda stack, root=None: routed())
+    backup = "llm-service/staging/backup-openai-key"
+    azure = "llm-service/staging/azure-openai-key"
+    for name in (backup, azure):  # what `pulumi up` creates, without values
+        deployed["sm"].create_secret(Name=name, KmsKeyId=deployed["key_id"])
+    for name in (SECRET_NAME, azure):
+        deployed["sm"].put_secret_value(SecretId=name, SecretString="k" * 40)
+    # `pulumi up` registered the revision that injects the new keys; its deployment could not start
+    # (backup's key had no value) and the circuit breaker rolled the service back to revision 1.
+    ecs = deployed["ecs"]
+    ecs.register_task_definition(family="llm-service-staging", containerDefinitions=[
+        {"name": "app", "image": "x", "memory": 512}])
+    other = "sk-proj-" + "Z9y8X7w6" * 6
+    code, out = run(["put", "--stack", STACK, "--name", "backup-openai-key"], Pipe(other + "\n"), capsys)
+    assert code == 0, out.err
+    # The family without a revision: ECS runs its latest ACTIVE revision, the stack's :2, not the
+    # service's :1 (moto keeps the name as given; AWS's UpdateService reference says so).
+    rolls_out["ecs"].update_service.assert_called_once_with(
+        cluster="llm-service-staging", service="llm-service-staging", taskDefinition="llm-service-staging",
+        forceNewDeployment=True)
+    assert f"stored a new current version of {backup}" in out.out and other not in out.out + out.err
+    assert deployed["sm"].get_secret_value(SecretId=backup)["SecretString"] == other
+    assert deployed["sm"].get_secret_value(SecretId=SECRET_NAME)["SecretString"] == "k" * 40  # untouched
+    code, out = run(["check", "--stack", STACK, "--name", "backup-openai-key"], None, capsys)
+    assert code == 0 and out.out.startswith(f"OK   {backup}: current value present"), out
+    deployed["sm"].delete_secret(SecretId=azure, ForceDeleteWithoutRecovery=True)
+    deployed["sm"].create_secret(Name=azure, KmsKeyId=deployed["key_id"])
+    code, out = run(["check", "--stack", STACK, "--name", "azure-openai-key"], None, capsys)
+    assert code == 1 and out.out.startswith(f"FAIL {azure}: no current value"), out

@@ -63,7 +63,8 @@ def test_add_prints_the_key_once_stores_its_hash_and_rolls_out(deployed, capsys,
     assert key not in raw and key not in err
     assert stored(deployed).client_for(f"Bearer {key}".encode()).name == "web-app"
     rolls_out["ecs"].update_service.assert_called_once_with(
-        cluster="llm-service-staging", service="llm-service-staging", forceNewDeployment=True)
+        cluster="llm-service-staging", service="llm-service-staging", taskDefinition="llm-service-staging",
+        forceNewDeployment=True)
     assert err.splitlines()[-1] == "llm-service-staging is stable: 1 tasks run the new value"
 
 
@@ -166,7 +167,8 @@ def test_a_revoke_rolls_out_and_waits_for_the_tasks_to_drop_the_key(deployed, ca
     code, _, err = run(capsys, "revoke", "web-app")
     assert code == 0
     rolls_out["ecs"].update_service.assert_called_once_with(
-        cluster="llm-service-staging", service="llm-service-staging", forceNewDeployment=True)
+        cluster="llm-service-staging", service="llm-service-staging", taskDefinition="llm-service-staging",
+        forceNewDeployment=True)
     assert err.splitlines()[-1] == "llm-service-staging is stable: 1 tasks run the new value"
 
 

@@ -27,12 +27,19 @@ from infra.config.names import (
     physical_prefix,
     secret_prefix,
 )
-from infra.config.sections import BUILD, ServiceConfig, component_field, drain_seconds, stream_bound_seconds
+from infra.config.sections import (
+    BUILD,
+    LlmConfig,
+    ServiceConfig,
+    component_field,
+    drain_seconds,
+    stream_bound_seconds,
+)
 from infra.config.stack import DELIBERATE_DEFAULTS, PROD_RULES, StackConfig
 
 __all__ = [
     "BUILD", "CACHE_AUTH_TOKEN", "CLIENT_KEYS", "DELIBERATE_DEFAULTS", "GUARDDUTY_TAG", "PROD_RULES", "PROJECT",
-    "ConfigError", "ConfigErrors", "ServiceConfig", "StackConfig", "StackFileError", "certificate_account_error",
-    "component_field", "drain_seconds", "error_lines", "example_values", "iam_path", "load", "physical_prefix",
-    "secret_prefix", "stream_bound_seconds",
+    "ConfigError", "ConfigErrors", "LlmConfig", "ServiceConfig", "StackConfig", "StackFileError",
+    "certificate_account_error", "component_field", "drain_seconds", "error_lines", "example_values", "iam_path",
+    "load", "physical_prefix", "secret_prefix", "stream_bound_seconds",
 ]

@@ -40,7 +40,7 @@ from components.service import problems as service_problems
 from infra.aws_rules import (
     LOG_RETENTION_DAYS,
 )
-from infra.config.errors import ConfigError, refuse, stack_key
+from infra.config.errors import ConfigError, ConfigErrors, refuse, stack_key
 from infra.config.names import CACHE_AUTH_TOKEN, CERTIFICATE_ARN, CLIENT_KEYS, stack_name
 from infra.field_docs import attribute_docs
 
@@ -197,6 +197,56 @@ MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 HEADER_VALUE = r"^[\x21-\x7e]*$"
 
 
+UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # gateway/settings.py UPSTREAM_NAME
+DEFAULT_UPSTREAM = "default"  # llm.baseUrl, orgId and projectId, with the first of secrets.names
+AZURE_V1_PATH = "/openai/v1"  # Azure OpenAI's v1 API: https://<resource>.openai.azure.com/openai/v1
+
+
+def _https_url(v: str) -> str:
+    url = urllib.parse.urlsplit(v)
+    if url.scheme != "https" or not url.hostname:
+        raise ValueError("must be an https:// URL such as https://api.openai.com/v1: the "
+                         "API key travels with every request")
+    if "@" in url.netloc:
+        raise ValueError("must not carry credentials (user:password@): the key is a secret "
+                         "(secrets.names), never part of a URL")
+    return v
+
+
+class UpstreamConfig(_Section):
+    """Another OpenAI-compatible API the gateway may call, with its own key."""
+
+    base_url: str = Field(json_schema_extra=allow("an https:// URL"))
+    """Its base URL, ending where the SDKs' does (…/v1)."""
+    auth: typing.Literal["bearer", "api-key"] = "bearer"
+    """How the key is sent: `bearer` (Authorization: Bearer, OpenAI and most others) or
+    `api-key` (the api-key header of Azure OpenAI's v1 API)."""
+    org_id: str = Field("", pattern=HEADER_VALUE, json_schema_extra=allow(
+        "visible ASCII without spaces (an HTTP header value)"))
+    """Sent as the OpenAI-Organization header; "" sends none."""
+    project_id: str = Field("", pattern=HEADER_VALUE, json_schema_extra=allow(
+        "visible ASCII without spaces (an HTTP header value)"))
+    """Sent as the OpenAI-Project header; "" sends none."""
+    secret_name: str = Field(json_schema_extra=allow("one of secrets.names"))
+    """The secret that holds its key (one of secrets.names; written with
+    `python -m ops.apikey put --name <it>`), injected into the task by ARN."""
+
+    _url = field_validator("base_url")(_https_url)
+
+
+class TargetConfig(_Section):
+    """Where a routed model goes: an upstream, the model's name there, its share and its tier."""
+
+    upstream: str = DEFAULT_UPSTREAM
+    """`default` (llm.baseUrl) or a name under llm.upstreams."""
+    model: str = Field(json_schema_extra=allow("a model name listed in llm.prices"))
+    """The model as this upstream names it (a dated snapshot, an Azure deployment), priced in llm.prices."""
+    weight: int = Field(1, ge=0, le=1000)
+    """Its share of its tier's requests; 0 takes it out of rotation (its tier needs another)."""
+    tier: int = Field(1, ge=1, le=5)
+    """1 first; a higher tier gets requests only when every target of the lower tiers fails or cools down."""
+
+
 class LlmConfig(_Section):
     """Non-secret LLM API settings; they become plain environment variables."""
 
@@ -215,18 +265,21 @@ class LlmConfig(_Section):
     estimate). A dated snapshot of a listed model (gpt-4o-mini-2024-07-18) is allowed at that
     model's price unless listed itself (list a snapshot that costs more); any other model is
     refused (400, model_not_found)."""
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict, json_schema_extra=allow(
+        "name (a-z, 0-9 and -, up to 32; not `default`): {baseUrl, auth, orgId, projectId, secretName}"))
+    """More OpenAI-compatible APIs than baseUrl's (which routes call `default`): a second project
+    for rate-limit headroom, another region or provider. Each key lives in its own secret."""
+    routes: dict[str, list[TargetConfig]] = Field(default_factory=dict, json_schema_extra=allow(
+        "model clients call: [{upstream, model, weight, tier}, ...]"))
+    """Models clients may call besides llm.prices' (an alias such as chat-default, or a priced
+    model's own name to spread it), each to its targets: by weight within the lowest tier whose
+    targets answer, failing over on 429, 5xx and connection errors before the first byte."""
+    cooldown_seconds: int = Field(30, ge=1, le=3600)
+    """How long an upstream that keeps failing gets no requests while another target can take them."""
+    cooldown_after_failures: int = Field(3, ge=1, le=100)
+    """Failures in a row that cool an upstream down (a 429's Retry-After cools it at once)."""
 
-    @field_validator("base_url")
-    @classmethod
-    def _https(cls, v: str) -> str:
-        url = urllib.parse.urlsplit(v)
-        if url.scheme != "https" or not url.hostname:
-            raise ValueError("must be an https:// URL such as https://api.openai.com/v1: the "
-                             "API key travels with every request")
-        if "@" in url.netloc:
-            raise ValueError("must not carry credentials (user:password@): the key is a secret "
-                             "(secrets.names), never part of a URL")
-        return v
+    _url = field_validator("base_url")(_https_url)
 
     @field_validator("prices")
     @classmethod
@@ -240,6 +293,70 @@ class LlmConfig(_Section):
         if bad:
             raise ValueError(f"{bad[0]!r} is not a model name (letters, digits and . _ : / -, up to 128)")
         return v
+
+    @property
+    def routed(self) -> bool:
+        """More than one upstream, or routes: the gateway routes (and reports per upstream)."""
+        return bool(self.upstreams or self.routes)
+
+    @property
+    def upstream_names(self) -> list[str]:
+        return [DEFAULT_UPSTREAM, *self.upstreams]
+
+    def priced(self, model: str) -> bool:
+        """Listed in prices, itself or as a dated snapshot of a listed model (the gateway's rule)."""
+        return model in self.prices or re.sub(r"-\d{4}-\d{2}-\d{2}$", "", model) in self.prices
+
+    @model_validator(mode="after")
+    def _routes_lead_somewhere(self) -> LlmConfig:
+        errors = [*_upstream_problems(self.upstreams), *_route_problems(self)]
+        if errors:
+            raise ConfigErrors(errors)
+        return self
+
+
+def _upstream_problems(upstreams: dict[str, UpstreamConfig]) -> list[ConfigError]:
+    errors = []
+    for name, u in upstreams.items():
+        key = stack_key(f"llm.upstreams.{name}")
+        if not UPSTREAM_NAME.fullmatch(name) or name == DEFAULT_UPSTREAM:
+            errors.append(ConfigError(key, name, "a name of a-z, 0-9 and -, up to 32, other than `default` "
+                                                 "(llm.baseUrl's)"))
+        if u.auth == "api-key":
+            path = urllib.parse.urlsplit(u.base_url).path.rstrip("/")
+            if not path.endswith(AZURE_V1_PATH):
+                errors.append(ConfigError(f"{key}.baseUrl", u.base_url,
+                                          f"auth api-key is Azure OpenAI's v1 API: https://<resource>.openai."
+                                          f"azure.com{AZURE_V1_PATH} (no api-version, no deployment in the path)"))
+            for field, value in (("orgId", u.org_id), ("projectId", u.project_id)):
+                if value:
+                    errors.append(ConfigError(f"{key}.{field}", value, "\"\" with auth api-key: OpenAI's "
+                                                                       "headers mean nothing to Azure"))
+    return errors
+
+
+def _route_problems(llm: LlmConfig) -> list[ConfigError]:
+    errors = []
+    names = [DEFAULT_UPSTREAM, *llm.upstreams]
+    for model, targets in llm.routes.items():
+        key = stack_key(f"llm.routes.{model}")
+        if not MODEL.fullmatch(model):
+            errors.append(ConfigError(key, model, "a model name (letters, digits and . _ : / -, up to 128)"))
+        if not targets:
+            errors.append(ConfigError(key, [], "at least one target {upstream, model}"))
+        for i, t in enumerate(targets):
+            if t.upstream not in names:
+                errors.append(ConfigError(f"{key}[{i}].upstream", t.upstream,
+                                          f"one of {', '.join(names)} (declare others under llm.upstreams)"))
+            if not llm.priced(t.model):
+                errors.append(ConfigError(f"{key}[{i}].model", t.model,
+                                          "a model listed in llm.prices (itself, or a dated snapshot of one): "
+                                          "spend limits and the cost estimate price what it serves"))
+        for tier in sorted({t.tier for t in targets}):
+            if not any(t.weight for t in targets if t.tier == tier):
+                errors.append(ConfigError(f"{key}", f"tier {tier}",
+                                          "a weight above 0 on at least one target of each tier"))
+    return errors
 
 
 # What SecretsArgs takes that is not a stack setting: the program wires it in or decides it.

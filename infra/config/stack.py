@@ -122,10 +122,16 @@ class StackConfig(BaseModel):
         _certificate_in_region(self.load_balancer.certificate_arn, self.region)
         _streams_survive_the_idle_timeout(self.gateway, self.load_balancer)
         _streams_survive_a_stop(self)
-        if self.traffic.model not in self.llm.prices:
+        callable_models = sorted({*self.llm.prices, *self.llm.routes})
+        if self.traffic.model not in callable_models:
             raise ConfigError(stack_key("traffic.model"), self.traffic.model,
-                              f"one of the models in llm.prices ({', '.join(sorted(self.llm.prices))}): the "
-                              "cost estimate prices it as the gateway would")
+                              f"one of the models in llm.prices or llm.routes ({', '.join(callable_models)}): "
+                              "the cost estimate prices it as the gateway would")
+        for name, upstream in self.llm.upstreams.items():
+            if upstream.secret_name not in self.secrets.names:
+                raise ConfigError(stack_key(f"llm.upstreams.{name}.secretName"), upstream.secret_name,
+                                  f"one of secrets.names ({', '.join(self.secrets.names)}): add it there, then "
+                                  f"`python -m ops.apikey put --stack <stack> --name {upstream.secret_name}`")
         if self.service.image == BUILD and not self.service.ecr_repository:
             raise ConfigError(stack_key("service.ecrRepository"), False,
                               "service.image: build pushes to the stack's ECR repository; set true, "
