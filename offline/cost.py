@@ -349,13 +349,56 @@ class Report:
         return round(sum(line.usd_max for line in self.lines), 2)
 
 
-def token_spend(cfg: StackConfig) -> Tokens:
-    """The LLM API's bill for the assumed traffic, priced by llm.prices like the gateway does."""
+@dataclass
+class ModelRoute:
+    """One row of the model table: a model clients call, one place it goes, and its price there."""
+
+    model: str
+    upstream: str
+    upstream_model: str
+    tier: int
+    share_percent: float  # of its tier's requests, by weight
+    input_per_million: float
+    output_per_million: float
+
+
+def model_table(cfg: StackConfig) -> list[ModelRoute]:
+    """Every model clients may call: the routed ones by target (llm.routes), then the priced ones no
+    route names, which go to `default` under their own names. Prices as the gateway applies them."""
     from gateway.limits import Prices
 
-    t = cfg.traffic
     prices = Prices({m: p.model_dump(by_alias=True) for m, p in cfg.llm.prices.items()})
-    per_request = prices.of(t.model).nano(t.input_tokens_per_request, t.output_tokens_per_request) / 1e9
+    rows = []
+    for model, targets in cfg.llm.routes.items():
+        for t in targets:
+            tier_weight = sum(o.weight for o in targets if o.tier == t.tier)
+            price = prices.of(t.model)
+            rows.append(ModelRoute(model, t.upstream, t.model, t.tier, round(100 * t.weight / tier_weight, 1),
+                                   price.input_per_million, price.output_per_million))
+    for model, p in cfg.llm.prices.items():
+        if model not in cfg.llm.routes:
+            rows.append(ModelRoute(model, "default", model, 1, 100.0, p.input_per_million, p.output_per_million))
+    return rows
+
+
+def model_lines(rows: list[ModelRoute]) -> list[str]:
+    out = ["models clients may call (USD per million tokens in / out):"]
+    for r in rows:
+        where = f"{r.upstream}:{r.upstream_model}"
+        out.append(f"  {r.model:<24} tier {r.tier}  {r.share_percent:>5.1f}%  {where:<40} "
+                   f"${r.input_per_million:g} / ${r.output_per_million:g}")
+    return out
+
+
+def token_spend(cfg: StackConfig) -> Tokens:
+    """The LLM API's bill for the assumed traffic, priced by llm.prices like the gateway does; a routed
+    model at its first tier's prices, weighted by the share each target takes."""
+    from gateway.limits import Price
+
+    t = cfg.traffic
+    first = [r for r in model_table(cfg) if r.model == t.model and r.tier == 1]
+    per_request = sum(r.share_percent / 100 * Price(r.input_per_million, r.output_per_million).nano(
+        t.input_tokens_per_request, t.output_tokens_per_request) for r in first) / 1e9
     month = t.requests_per_day * DAYS * per_request
     return Tokens(t.model, round(month, 2), round(month * (1 - t.cache_hit_rate_percent / 100), 2))
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ def to_json(s: Synthesis, cfg: StackConfig | None = None, violations: list | Non
     }
     if cfg is not None:
         doc["summary"] = summary(s, cfg)
+        doc["models"] = [asdict(r) for r in cost.model_table(cfg)]
     if violations is not None:
         doc["policies"] = {"ran": len(POLICIES), "violations": [
             {"policy": v.policy, "resource": v.resource, "message": v.message, "mandatory": v.mandatory}
@@ -99,6 +101,7 @@ def to_text(s: Synthesis, cfg: StackConfig | None = None) -> str:
     lines = [f"stack {s.stack}: {len(s.resources)} resources"]
     if cfg is not None:
         lines += [f"  {k:6s} {v}" for k, v in summary(s, cfg).items()] + [""]
+        lines += cost.model_lines(cost.model_table(cfg)) + [""]
 
     def walk(parent: Any, depth: int) -> None:
         for r in by_parent.get(parent, []):

@@ -160,3 +160,25 @@ def test_a_stack_with_one_upstream_declares_no_routing(staging, prod):
         assert not env & {"GATEWAY_UPSTREAMS", "GATEWAY_ROUTES", "GATEWAY_UPSTREAM_COOLDOWN_SECONDS"}
         assert not [a for a in s.of_type(ALARM) if "cooling-down" in a.inputs["name"]]
         assert "UpstreamRequests" not in s.one("aws:cloudwatch/dashboard:Dashboard").inputs["dashboardBody"]
+
+
+def test_the_plan_shows_the_model_table_and_the_cost_prices_a_routed_model_by_its_targets(stack):
+    from gateway.limits import Price
+    from offline import cost, plan
+
+    routes = {"chat-default": [{"model": "gpt-4o-mini", "weight": 3}, {"upstream": "backup", "model": "gpt-4o"},
+                               {"upstream": "azure", "model": "gpt-4o-mini", "tier": 2}]}
+    cfg = load(*routed({"routes": routes}, traffic__model="chat-default"))
+    rows = [(r.model, r.upstream, r.upstream_model, r.tier, r.share_percent) for r in cost.model_table(cfg)]
+    assert rows == [("chat-default", "default", "gpt-4o-mini", 1, 75.0),
+                    ("chat-default", "backup", "gpt-4o", 1, 25.0),
+                    ("chat-default", "azure", "gpt-4o-mini", 2, 100.0),
+                    ("gpt-4o-mini", "default", "gpt-4o-mini", 1, 100.0), ("gpt-4o", "default", "gpt-4o", 1, 100.0),
+                    ("text-embedding-3-small", "default", "text-embedding-3-small", 1, 100.0)]
+    t = cfg.traffic
+    tokens = (t.input_tokens_per_request, t.output_tokens_per_request)
+    per_request = 0.75 * Price(0.15, 0.60).nano(*tokens) + 0.25 * Price(2.50, 10.00).nano(*tokens)
+    assert cost.token_spend(cfg).without_cache == round(t.requests_per_day * cost.DAYS * per_request / 1e9, 2)
+    text = plan.to_text(stack, load(*routed()))
+    assert "  chat-default             tier 1   75.0%  default:gpt-4o-mini-2024-07-18" in text
+    assert "  chat-default             tier 2  100.0%  azure:gpt-4o-mini" in text
