@@ -495,6 +495,10 @@ class App:
         doc["data"] = [m for m in doc["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)
                        and (listed := self.s.prices.listed_as(m["id"])) is not None
                        and (allowed is None or listed in allowed)]
+        # The routes' names are models too, to the client: listed where the client may call them.
+        shown = {m["id"] for m in doc["data"]}
+        doc["data"] += [{"id": name, "object": "model", "created": 0, "owned_by": "llm-service"}
+                        for name in self.s.routes if name not in shown and (allowed is None or name in allowed)]
         return orjson.dumps(doc)
 
     async def fill(self, gate: Gate, entry: bytes, rec: Record) -> None:

@@ -96,8 +96,11 @@ def parse_routes(doc: Mapping[str, Any], upstreams: Mapping[str, Any]) -> dict[s
     for model, targets in doc.items():
         if not isinstance(targets, list) or not targets:
             raise RoutesError(f"route {model!r}: a list of targets")
-        parsed = [Target(str(t["upstream"]), str(t["model"]), int(t.get("weight", 1)), int(t.get("tier", 1)))
-                  for t in targets]
+        try:
+            parsed = [Target(str(t["upstream"]), str(t["model"]), int(t.get("weight", 1)), int(t.get("tier", 1)))
+                      for t in targets]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise RoutesError(f"route {model!r}: each target is {{upstream, model, weight, tier}}") from None
         for t in parsed:
             if t.upstream not in upstreams:
                 raise RoutesError(f"route {model!r}: no upstream {t.upstream!r} (have {sorted(upstreams)})")

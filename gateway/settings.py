@@ -167,6 +167,9 @@ def _upstreams(raw: str) -> dict[str, UpstreamSpec]:
         doc = orjson.loads(raw)
         specs = {}
         for name, u in doc.items():
+            if "@" in urllib.parse.urlsplit(u["baseUrl"]).netloc:
+                raise SettingsError(f"GATEWAY_UPSTREAMS: upstream {name!r} has a baseUrl that carries credentials "
+                                    "(user:password@): its key goes in its own secret, never in a URL")
             spec = UpstreamSpec(name, _base_url(u["baseUrl"]), "", u.get("auth", "bearer"), u.get("orgId", ""),
                                 u.get("projectId", ""), u["keyVariable"])
             if not UPSTREAM_NAME.fullmatch(name) or name == DEFAULT_UPSTREAM or spec.auth not in AUTHS \

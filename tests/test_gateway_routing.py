@@ -171,3 +171,39 @@ def test_an_unknown_model_is_refused_as_the_sdk_expects(pair, up):
     answer = client.chat.completions.create(model="split", messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content == "Hello there."
     assert all(u.requests == [] or u.requests[-1]["body"]["model"] != "not-routed" for u in up.values())
+
+
+def test_the_model_list_shows_the_routes_names_and_only_what_is_priced(pair, up):
+    up["a"].script = [{"kind": "models", "ids": ["m-a", "gpt-4o", "split"]}]
+    conn = http.client.HTTPConnection("127.0.0.1", pair[0].port, timeout=5)
+    conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {pair[0].keys['web-app']}"})
+    listed = [m["id"] for m in json.loads(conn.getresponse().read())["data"]]
+    assert listed == ["m-a", "split", "failover", "drops", "shared"]  # gpt-4o is not priced here
+
+
+def test_upstream_metrics_lines_are_emf_per_upstream_and_start_again_after_each():
+    from gateway.observe import UpstreamStats
+
+    stats = UpstreamStats()
+    started = time.perf_counter()
+    stats.called("default", started)
+    stats.called("b", started, failed=True, throttled=True)
+    stats.called("b", started, failed=True)
+    stats.called("b", started)
+    cooldowns = {"b": 2}
+    lines = [json.loads(x) for x in stats.lines(["default", "b", "c"], ["b"], cooldowns, "svc", "NS", now_ms=5)
+             .splitlines()]
+    seen = [(x["Upstream"], x["UpstreamRequests"], x["UpstreamErrors"], x["UpstreamThrottled"],
+             x["UpstreamCooldowns"], x["UpstreamCoolingDown"], len(x.get("UpstreamLatency", []))) for x in lines]
+    assert seen == [("default", 1, 0, 0, 0, 0, 1), ("b", 3, 1, 1, 2, 1, 3), ("c", 0, 0, 0, 0, 0, 0)]
+    directive = lines[1]["_aws"]
+    assert directive["Timestamp"] == 5 and directive["CloudWatchMetrics"][0]["Namespace"] == "NS"
+    assert directive["CloudWatchMetrics"][0]["Dimensions"] == [["Service", "Upstream"]]
+    assert {m["Name"]: m["Unit"] for m in directive["CloudWatchMetrics"][0]["Metrics"]}["UpstreamLatency"] == \
+        "Milliseconds"
+    assert "UpstreamLatency" not in [m["Name"] for m in lines[2]["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+    assert cooldowns == {} and stats.counts == {}  # the next line counts from zero
+    for _ in range(150):
+        stats.called("c", started)
+    (c,) = [json.loads(x) for x in stats.lines(["c"], [], {}, "svc", "NS").splitlines()]
+    assert c["UpstreamRequests"] == 150 and len(c["UpstreamLatency"]) == 100  # EMF's bound on values

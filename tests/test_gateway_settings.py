@@ -4,6 +4,7 @@ read by the gateway and by cachectl alike, and the only names the task definitio
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -115,3 +116,44 @@ def test_a_local_run_has_the_settings_a_stack_gets_by_default():
     differ = {k: (v, getattr(local, k)) for k, v in stack.items() if v != getattr(local, k)}
     assert set(differ) == {"service", "prices"}, differ
     assert local.client_keepalive_seconds == local.read_timeout_seconds + KEEPALIVE_OVER_IDLE_SECONDS
+
+
+UPSTREAM = {"backup": {"baseUrl": "https://api.openai.com/v1", "keyVariable": "BACKUP_KEY"}}
+
+
+def test_upstreams_and_routes_each_way_they_can_be_wrong_is_one_line_naming_the_variable():
+    ups = json.dumps(UPSTREAM)
+    ok = quiet({**LOCAL, "GATEWAY_UPSTREAMS": ups, "BACKUP_KEY": " k-2 ",
+                "GATEWAY_ROUTES": '{"m": [{"upstream": "backup", "model": "x"}]}'})
+    assert ok.upstreams["backup"].key == "k-2" and ok.routes["m"].single.upstream == "backup"
+    generic = {
+        "GATEWAY_UPSTREAMS": ["{", '{"default": {"baseUrl": "https://a/v1", "keyVariable": "K"}}',
+                              '{"Bad_Name": {"baseUrl": "https://a/v1", "keyVariable": "K"}}',
+                              '{"b": {"baseUrl": "https://a/v1", "keyVariable": "K", "auth": "basic"}}',
+                              '{"b": {"baseUrl": "https://a/v1", "keyVariable": "not-a-variable"}}',
+                              '{"b": {"baseUrl": "ftp://a/v1", "keyVariable": "K"}}',
+                              '{"b": {"keyVariable": "K"}}'],
+        "GATEWAY_ROUTES": ["[1]", "{"],
+    }
+    allowed = {"GATEWAY_UPSTREAMS": settings.UPSTREAMS_JSON, "GATEWAY_ROUTES": settings.ROUTES_JSON}
+    for name, values in generic.items():
+        for value in values:
+            with pytest.raises(SettingsError) as e:
+                quiet({**LOCAL, name: value, "K": "k"})
+            assert str(e.value) == f"{name}={value!r}: {allowed[name]}", value
+    with pytest.raises(SettingsError) as e:
+        quiet({**LOCAL, "GATEWAY_UPSTREAMS": ups})
+    assert str(e.value) == ("GATEWAY_UPSTREAMS: upstream 'backup' reads its key from BACKUP_KEY, which is not set "
+                            "(its secret: python -m ops.apikey put --name <secret>)")
+    with pytest.raises(SettingsError) as e:
+        quiet({**LOCAL, "GATEWAY_UPSTREAMS": ups, "BACKUP_KEY": "k",
+               "GATEWAY_ROUTES": '{"m": [{"upstream": "elsewhere", "model": "x"}]}'})
+    assert str(e.value) == "GATEWAY_ROUTES: route 'm': no upstream 'elsewhere' (have ['backup', 'default'])"
+    with pytest.raises(SettingsError) as e:
+        quiet({**LOCAL, "GATEWAY_ROUTES": '{"m": [{"model": "x"}]}'})
+    assert str(e.value) == "GATEWAY_ROUTES: route 'm': each target is {upstream, model, weight, tier}"
+    secret = '{"b": {"baseUrl": "https://me:hunter2@a.example/v1", "keyVariable": "K"}}'
+    with pytest.raises(SettingsError) as e:
+        quiet({**LOCAL, "GATEWAY_UPSTREAMS": secret, "K": "k"})
+    assert "hunter2" not in str(e.value)
+    assert str(e.value).startswith("GATEWAY_UPSTREAMS: upstream 'b' has a baseUrl")
