@@ -40,6 +40,9 @@ from tests.gateway_process import UPSTREAM_KEY, client_keys, free_port  # noqa: 
 BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}]}'
 STREAM = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"stream":true}'
 CACHED = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"temperature":0}'
+# Through a route: an alias with one target, under another name (the body is written again for it).
+ROUTED = b'{"model":"chat-default","messages":[{"role":"user","content":"Say hello"}]}'
+ROUTES = '{"chat-default": [{"upstream": "default", "model": "gpt-4o-mini"}]}'
 
 
 def spawn(cpu: int, args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -93,7 +96,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def round_(direct: str, through: str, key: str, gateway_pid: int, reverse: bool) -> dict:
+async def round_(direct: str, through: str, key: str, gateway_pid: int, reverse: bool, routed: str,
+                 routed_pid: int) -> dict:
     paths = [("direct", direct, {"Authorization": f"Bearer {UPSTREAM_KEY}"}),
              ("gateway", through, {"Authorization": f"Bearer {key}"})]
     if reverse:
@@ -113,28 +117,39 @@ async def round_(direct: str, through: str, key: str, gateway_pid: int, reverse:
     out[("hit", "c1")] = await latencies(url, h, CACHED, 2000, 1)
     out[("hit", "c16")] = await latencies(url, h, CACHED, 6000, 16)
     out[("miss", "c1")] = await latencies(url, {**h, "Cache-Control": "no-cache"}, CACHED, 1000, 1)
+    # The same gateway code with a route (GATEWAY_ROUTES), side by side with the plain path.
+    for name, base, body, pid in [("plain", through, BODY, gateway_pid), ("routed", routed, ROUTED, routed_pid)][
+            ::-1 if reverse else 1]:
+        u = f"{base}/v1/chat/completions"
+        out[(name, "c1")] = await latencies(u, h, body, 2000, 1)
+        before = cpu_seconds(pid)
+        await latencies(u, h, body, 6000, 16)
+        out[f"{name}_cpu_ms"] = (cpu_seconds(pid) - before) / 6000 * 1e3
     return out
 
 
 async def main(rounds: int) -> None:
     os.sched_setaffinity(0, {0})
-    up_port, gw_port = free_port(), free_port()
+    up_port, gw_port, routed_port = free_port(), free_port(), free_port()
     doc, keys = client_keys("bench")
     folder = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     cache = valkey_server.start(folder)
     subprocess.run(["taskset", "-cp", "1", str(cache.proc.pid)], check=True, capture_output=True)
     upstream = spawn(1, ["-m", "tests.fake_upstream", str(up_port)], {})
-    gateway = spawn(1, ["-m", "gateway"], {
-        "HOST": "127.0.0.1", "PORT": str(gw_port), "OPENAI_API_KEY": UPSTREAM_KEY, "CLIENT_KEYS": doc,
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1", **cache.env()})
+    env = {"HOST": "127.0.0.1", "OPENAI_API_KEY": UPSTREAM_KEY, "CLIENT_KEYS": doc,
+           "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1", **cache.env()}
+    gateway = spawn(1, ["-m", "gateway"], {**env, "PORT": str(gw_port)})
+    routed = spawn(1, ["-m", "gateway"], {**env, "PORT": str(routed_port), "GATEWAY_ROUTES": ROUTES})
     try:
         direct, through = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
+        via_route = f"http://127.0.0.1:{routed_port}"
         await wait_up(f"{direct}/_requests")
         await wait_up(f"{through}/healthz")
-        results = [await round_(direct, through, keys["bench"], gateway.pid, reverse=i % 2 == 1)
+        await wait_up(f"{via_route}/healthz")
+        results = [await round_(direct, through, keys["bench"], gateway.pid, i % 2 == 1, via_route, routed.pid)
                    for i in range(rounds)]
     finally:
-        for p in (gateway, upstream):
+        for p in (gateway, routed, upstream):
             p.send_signal(signal.SIGINT)  # at once (SIGTERM drains, waiting for a quiet spell)
             p.wait()
         cache.stop()
@@ -161,6 +176,12 @@ def report(results: list[dict]) -> None:
     print(f"{'cache hit, c=16 req/s':28}{'':10}{hits:10.0f}{'  vs direct ' + format(hits / d, '.2f'):>14}")
     cpu = statistics.median(r["cpu_per_request_ms"] for r in results)
     print(f"gateway CPU per request: {cpu:.3f} ms, about {1000 / cpu:.0f} requests/s per vCPU")
+    plain, routed = med("plain", "c1", "p50"), med("routed", "c1", "p50")
+    cpu_plain = statistics.median(r["plain_cpu_ms"] for r in results)
+    cpu_routed = statistics.median(r["routed_cpu_ms"] for r in results)
+    print(f"a route with one target (an alias, body written again): c=1 p50 {plain:.3f} -> {routed:.3f} ms "
+          f"({routed - plain:+.3f} ms); CPU per request {cpu_plain:.3f} -> {cpu_routed:.3f} ms "
+          f"({cpu_routed - cpu_plain:+.3f} ms)")
 
 
 if __name__ == "__main__":
