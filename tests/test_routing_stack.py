@@ -182,3 +182,17 @@ def test_the_plan_shows_the_model_table_and_the_cost_prices_a_routed_model_by_it
     text = plan.to_text(stack, load(*routed()))
     assert "  chat-default             tier 1   75.0%  default:gpt-4o-mini-2024-07-18" in text
     assert "  chat-default             tier 2  100.0%  azure:gpt-4o-mini" in text
+
+
+def test_make_diff_names_an_alias_moved_in_one_stack_and_not_the_other():
+    from offline.diff import config_lines
+
+    moved = {"chat-default": [{**ROUTES["chat-default"][0], "model": "gpt-4o-mini-2025-04-14"},
+                              *ROUTES["chat-default"][1:]]}
+    staging, _ = routed({"routes": moved})
+    prod, _ = routed()
+    lines = [line for line in config_lines(staging, prod) if "llm.routes" in line]
+    assert lines == ['  llm-service:llm.routes.chat-default: '
+                     + json.dumps(moved["chat-default"], sort_keys=True) + " -> "
+                     + json.dumps(ROUTES["chat-default"], sort_keys=True)]
+    assert load(*routed({"routes": moved})).llm.routes["chat-default"][0].model == "gpt-4o-mini-2025-04-14"
