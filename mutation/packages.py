@@ -25,14 +25,14 @@ PACKAGES = (
         ("tests/test_gateway_rules.py", "tests/test_store.py", "tests/test_gateway.py",
          "tests/test_gateway_adversary.py", "tests/test_gateway_accounting.py",
          "tests/test_gateway_cache.py", "tests/test_gateway_lifecycle.py", "tests/test_clientkeys.py",
-         "tests/test_gateway_settings.py"),
+         "tests/test_gateway_settings.py", "tests/test_routing.py", "tests/test_gateway_routing.py"),
     ),
     Package(
         "config",
         ("infra/config/*.py", "infra/aws_rules.py"),
         ("tests/test_config.py", "tests/test_config_refusals.py", "tests/test_config_rules.py",
          "tests/test_lifecycle.py", "tests/test_real_run.py", "tests/test_config_doc.py",
-         "tests/test_component_args.py"),
+         "tests/test_component_args.py", "tests/test_routing_stack.py"),
     ),
     Package(
         "components",
@@ -53,7 +53,7 @@ PACKAGES = (
     Package(
         "offline",
         ("offline/cost.py", "offline/diff.py"),
-        ("tests/test_cost.py", "tests/test_diff_plan.py"),
+        ("tests/test_cost.py", "tests/test_diff_plan.py", "tests/test_routing_stack.py"),
     ),
 )
 
