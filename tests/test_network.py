@@ -185,3 +185,19 @@ def test_flow_log_is_created_after_its_role_can_write(stack):
     assert stack.one("aws:ec2/flowLog:FlowLog").depends_on == ["network-flow-logs"]
     policy = stack.one("aws:iam/rolePolicy:RolePolicy", "network-flow-logs")
     assert policy.inputs["role"] == "network-flow-logs-id"
+
+
+def test_subnet_sizes_that_do_not_leave_room_for_every_tier_and_slot_are_refused_with_the_arithmetic():
+    from components.network import AZ_SLOTS, TIERS, subnet_cidrs
+
+    needed = len(TIERS) * AZ_SLOTS
+    with pytest.raises(ValueError, match=r"^/15 subnets do not fit in 10\.20\.0\.0/16$"):
+        subnet_cidrs("10.20.0.0/16", 15, 2)
+    # As large as the VPC: one block, where every tier's every slot needs one.
+    with pytest.raises(ValueError, match=rf"^10\.20\.0\.0/16 holds 1 /16 subnets; {needed} are needed$"):
+        subnet_cidrs("10.20.0.0/16", 16, 2)
+    smallest = (needed - 1).bit_length()  # the fewest extra prefix bits that hold `needed` blocks
+    tiers = subnet_cidrs("10.20.0.0/16", 16 + smallest, 3)
+    assert [len(cidrs) for cidrs in tiers.values()] == [3] * len(TIERS)
+    assert tiers[TIERS[1]][0] == str(list(ipaddress.ip_network("10.20.0.0/16").subnets(
+        new_prefix=16 + smallest))[AZ_SLOTS])
