@@ -463,12 +463,13 @@ def alarms(args: MonitoringArgs) -> list[_Alarm]:
         _Alarm("gateway-spend-per-hour", "estimated LLM spend in the last hour is above the threshold "
                "(USD): see the spend per client on the dashboard", args.metrics_namespace,
                "EstimatedCostUSD", gw, gt, t.spend_per_hour_usd, period=3600, periods=1),
-        # Every task reports each upstream every 10 s: a minimum of 1 over 15 minutes means every
-        # task saw it cooling down all along (the requests go to the route's other targets).
-        *(_Alarm(f"upstream-{u}-cooling-down", f"the gateway has sent no traffic to upstream {u} for 15 "
-                 "minutes: it keeps failing (see its errors and 429s on the dashboard)", args.metrics_namespace,
-                 "UpstreamCoolingDown", {**gw, "Upstream": u}, "GreaterThanOrEqualToThreshold", 1,
-                 stat="Minimum", period=300) for u in args.upstreams),
+        # Every task reports each upstream every 10 s: 1 while a target of it cools down or keeps
+        # failing between cooldowns. Some task saw that in each of three 5-minute periods: it has
+        # not recovered in 15 minutes (its requests go to the route's other targets meanwhile).
+        *(_Alarm(f"upstream-{u}-cooling-down", f"upstream {u} has kept failing or cooling down for 15 minutes; "
+                 "its requests go to the routes' other targets (see its errors and 429s on the dashboard)",
+                 args.metrics_namespace, "UpstreamCoolingDown", {**gw, "Upstream": u},
+                 "GreaterThanOrEqualToThreshold", 1, stat="Maximum", period=300) for u in args.upstreams),
     ]
 
 

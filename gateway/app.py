@@ -33,7 +33,7 @@ from gateway.keys import Client
 from gateway.limits import Limits, Price, Reservation, check_model, estimate, rejection, windows
 from gateway.observe import Record
 from gateway.relay import ENDINGS, UsageFilter, relay, usage_of
-from gateway.routing import Health, Route
+from gateway.routing import Health, Key, Route
 from gateway.settings import Settings
 from gateway.store import Gate, LocalStore, Store, StoreUnavailable, ValkeyStore
 from gateway.upstream import Upstream
@@ -89,6 +89,8 @@ class App:
         self.health = Health(settings.cooldown_seconds, settings.cooldown_after,
                              on_cool=self.share_cooldown if settings.routed and settings.cache_host else None)
         self.upstream = Upstream(settings, self.health)
+        # Every routed target, for reading the other processes' cooldowns.
+        self.route_keys = sorted({t.key for r in settings.routes.values() for t in r.targets})
         # What a routed model reserves against a spend limit: its dearest target's price.
         self.reserve_prices = {model: Price(max(self.s.prices.of(t.model).input_per_million for t in r.targets),
                                             max(self.s.prices.of(t.model).output_per_million for t in r.targets))
@@ -155,7 +157,7 @@ class App:
             return await _plain(send, 503 if self.draining else 200, b"draining\n" if self.draining else b"ok\n")
         self.last_request = time.monotonic()
         if path == "/readyz":
-            return await self.ready(send)
+            return await self.ready(send, dict(scope["headers"]))
         route = ROUTES.get((method, path))
         rec = Record(request_id=os.urandom(8).hex(), route=route or "unknown", started=time.perf_counter())
         self.in_flight += 1
@@ -180,12 +182,15 @@ class App:
             self.in_flight -= 1
             observe.emit(observe.line(rec, self.s.service, self.s.namespace))
 
-    async def ready(self, send: Send) -> None:
+    async def ready(self, send: Send, headers: RequestHeaders) -> None:
         checks = {"llm_key": bool(self.s.api_key), "client_keys": len(self.s.clients) > 0,
                   "cache": await self.store.ping(), "not_draining": not self.draining}
         ok = all(checks.values())
-        # Upstreams cooling down do not make a task unready: another task would see the same.
-        doc = {"ready": ok, "checks": checks, "cooling_down": sorted(self.health.cooling())}
+        doc: dict[str, Any] = {"ready": ok, "checks": checks}
+        # Targets cooling down do not make a task unready (another task would see the same); they
+        # are shown to a client of this gateway only, not to anyone who reaches the load balancer.
+        if self.s.clients.client_for(headers.get(b"authorization")) is not None:
+            doc["cooling_down"] = sorted(f"{upstream}/{model}" for upstream, model in self.health.cooling())
         await _respond(send, 200 if ok else 503, JSON, orjson.dumps(doc))
 
     async def proxy(self, scope: Scope, receive: Receive, send: Send, route: str, rec: Record) -> None:
@@ -350,35 +355,38 @@ class App:
         while True:
             await asyncio.sleep(1.0)
             tick += 1
-            if self.owed or self.unsettled:
-                await self.pay()
-            if self.s.routed:
-                await self.read_cooldowns()
-                if tick % UPSTREAM_METRICS_SECONDS == 0:
-                    self.write_upstream_metrics()
+            try:
+                if self.owed or self.unsettled:
+                    await self.pay()
+                if self.s.routed:
+                    await self.read_cooldowns()
+                    if tick % UPSTREAM_METRICS_SECONDS == 0:
+                        self.write_upstream_metrics()
+            except Exception as e:  # noqa: BLE001 - one bad second must not end the loop for good
+                print(f"gateway: background work failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
-    def share_cooldown(self, upstream: str, seconds: float) -> None:
-        """Tell the other processes (in the background: the request goes on to another upstream)."""
+    def share_cooldown(self, key: Key, seconds: float) -> None:
+        """Tell the other processes (in the background: the request goes on to another target)."""
         assert isinstance(self.store, ValkeyStore)  # noqa: S101 - set only with CACHE_HOST
         until_ms = int((time.time() + seconds) * 1000)
-        task = asyncio.ensure_future(self.store.cool(upstream, until_ms))
+        task = asyncio.ensure_future(self.store.cool(key, until_ms))
         task.add_done_callback(_ignore_failure)
 
     async def read_cooldowns(self) -> None:
-        if not isinstance(self.store, ValkeyStore):
+        if not isinstance(self.store, ValkeyStore) or not self.route_keys:
             return
         try:
-            found = await self.store.cooldowns(list(self.s.upstreams))
+            found = await self.store.cooldowns(self.route_keys)
         except StoreUnavailable:
             return
         wall = time.time()
-        for name, until_ms in found.items():
-            self.health.cool(name, until_ms / 1000 - wall, counted=False)
+        for key, until_ms in found.items():
+            self.health.cool(key, until_ms / 1000 - wall, counted=False)
 
     def write_upstream_metrics(self) -> None:
         h = self.health
-        observe.emit(self.upstream.stats.lines(list(self.s.upstreams), h.cooling(), h.cooldowns, self.s.service,
-                                               self.s.namespace))
+        observe.emit(self.upstream.stats.lines(list(self.s.upstreams), sorted(h.unhealthy()), h.cooldowns,
+                                               self.s.service, self.s.namespace))
 
     async def pay(self) -> None:
         """One try at each debt; what the store does not take (or a cancellation cuts) stays owed."""
@@ -492,13 +500,13 @@ class App:
             return data
         client = self.s.clients.named(rec.client)
         allowed = client.models if client else None
+        if self.s.routes:  # the routes' names are the models, whatever the default upstream lists
+            doc["data"] = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-service"}
+                           for name in self.s.routes if allowed is None or name in allowed]
+            return orjson.dumps(doc)
         doc["data"] = [m for m in doc["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)
                        and (listed := self.s.prices.listed_as(m["id"])) is not None
                        and (allowed is None or listed in allowed)]
-        # The routes' names are models too, to the client: listed where the client may call them.
-        shown = {m["id"] for m in doc["data"]}
-        doc["data"] += [{"id": name, "object": "model", "created": 0, "owned_by": "llm-service"}
-                        for name in self.s.routes if name not in shown and (allowed is None or name in allowed)]
         return orjson.dumps(doc)
 
     async def fill(self, gate: Gate, entry: bytes, rec: Record) -> None:

@@ -106,12 +106,14 @@ FREE = Price(0.0, 0.0)
 
 def check_model(model: Any, prices: Prices, allowed: Optional[frozenset[str]] = None,
                 routes: Container[str] = ()) -> str:
-    """The request's model, if this client may call it (a route's model, or a priced one); else
-    the 400 OpenAI answers with."""
+    """The request's model, if this client may call it (with routes, one of the routes' names;
+    else a priced one); else the 400 OpenAI answers with. A priced model is not callable by name
+    in a routed stack: it may be a deployment of one provider only, and its name would send the
+    prompt to the default upstream instead."""
     if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
         raise invalid("`model` must be a model name: letters, digits and . _ : / -, up to 128",
                       param="model", code="invalid_model")
-    listed = model if model in routes else prices.listed_as(model)
+    listed = (model if model in routes else None) if routes else prices.listed_as(model)
     if listed is None or (allowed is not None and listed not in allowed):
         raise invalid(f"The model `{model}` does not exist or you do not have access to it.",
                       param="model", code="model_not_found")

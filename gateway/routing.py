@@ -5,13 +5,15 @@ OPENAI_API_KEY; others come from GATEWAY_UPSTREAMS, each key from its own secret
 model clients call (an alias such as `chat-default`, or a model's own name) to targets: (upstream,
 the model name that upstream knows, weight, tier). A request goes to a target of the first tier
 drawn by weight among those not cooling down, and fails over to another target (same tier first,
-then the next tier) on 429, 5xx, a connection error or a timeout before the first byte: never once
-a stream has begun. A model without a route goes to `default` under its own name.
+then the next tier) on 429, 5xx, a connection error or a timeout before the response's headers:
+never once a stream has begun. With routes, the routes are the models clients may call; without,
+every priced model goes to `default` under its own name.
 
-An upstream that fails GATEWAY_UPSTREAM_COOLDOWN_AFTER times in a row, or answers 429 with
-Retry-After, cools down: no request is sent to it while another target is usable, until the
-cooldown (GATEWAY_UPSTREAM_COOLDOWN_SECONDS, or the Retry-After) ends; then the next request tries
-it again. With Valkey, a cooldown one process starts reaches every other within about a second.
+A target (an upstream and a model: an API's rate limits are per model) that fails
+GATEWAY_UPSTREAM_COOLDOWN_AFTER times in a row, or answers with Retry-After, cools down: no
+request is sent to it while another target is usable, until the cooldown
+(GATEWAY_UPSTREAM_COOLDOWN_SECONDS, or the Retry-After) ends; then the next request tries it
+again. With Valkey, a cooldown one process starts reaches every other within about a second.
 When every target is cooling down, the request still tries them: cooldowns steer, never refuse.
 """
 
@@ -64,6 +66,10 @@ class Target:
     weight: int = 1
     tier: int = 1
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.upstream, self.model
+
 
 @dataclass(frozen=True)
 class Route:
@@ -114,47 +120,56 @@ def parse_routes(doc: Mapping[str, Any], upstreams: Mapping[str, Any]) -> dict[s
     return routes
 
 
+Key = tuple[str, str]  # (upstream, model): what cools down (an API's limits are per model)
+
+
 class Health:
-    """Each upstream's run of failures and its cooldown, in this process (and, through `on_cool`,
-    in the store for the other processes)."""
+    """Each target's run of failures and its cooldown, by (upstream, model), in this process (and,
+    through `on_cool`, in the store for the other processes)."""
 
     def __init__(self, cooldown_seconds: float, cooldown_after: int,
                  clock: Callable[[], float] = time.monotonic,
-                 on_cool: Optional[Callable[[str, float], None]] = None):
+                 on_cool: Optional[Callable[[Key, float], None]] = None):
         self.cooldown_seconds, self.cooldown_after = cooldown_seconds, cooldown_after
         self.clock, self.on_cool = clock, on_cool
-        self.until: dict[str, float] = {}  # upstream -> clock time its cooldown ends
-        self.failures: dict[str, int] = {}  # upstream -> failures in a row
+        self.until: dict[Key, float] = {}  # -> clock time its cooldown ends
+        self.failures: dict[Key, int] = {}  # -> failures in a row
         self.cooldowns: dict[str, int] = {}  # upstream -> cooldowns started here (a metric)
 
-    def usable(self, name: str, now: float) -> bool:
-        return self.until.get(name, 0.0) <= now
+    def usable(self, key: Key, now: float) -> bool:
+        return self.until.get(key, 0.0) <= now
 
-    def succeeded(self, name: str) -> None:
-        if self.failures.get(name):
-            self.failures[name] = 0
+    def succeeded(self, key: Key) -> None:
+        if self.failures.get(key):
+            self.failures[key] = 0
 
-    def failed(self, name: str, retry_after: Optional[float] = None) -> float:
+    def failed(self, key: Key, retry_after: Optional[float] = None) -> float:
         """Count a failure; the seconds of the cooldown it starts (0: none)."""
-        n = self.failures[name] = self.failures.get(name, 0) + 1
+        n = self.failures[key] = self.failures.get(key, 0) + 1
         seconds = self.cooldown_seconds if n >= self.cooldown_after else 0.0
         if retry_after:
             seconds = max(seconds, min(retry_after, MAX_RETRY_AFTER_COOLDOWN))
         if seconds:
-            self.cool(name, seconds)
+            self.cool(key, seconds)
             if self.on_cool is not None:
-                self.on_cool(name, seconds)
+                self.on_cool(key, seconds)
         return seconds
 
-    def cool(self, name: str, seconds: float, counted: bool = True) -> None:
+    def cool(self, key: Key, seconds: float, counted: bool = True) -> None:
         now = self.clock()
-        if counted and self.usable(name, now):
-            self.cooldowns[name] = self.cooldowns.get(name, 0) + 1
-        self.until[name] = max(self.until.get(name, 0.0), now + seconds)
+        if counted and self.usable(key, now):
+            self.cooldowns[key[0]] = self.cooldowns.get(key[0], 0) + 1
+        self.until[key] = max(self.until.get(key, 0.0), now + seconds)
 
-    def cooling(self, now: Optional[float] = None) -> list[str]:
+    def cooling(self, now: Optional[float] = None) -> list[Key]:
         now = self.clock() if now is None else now
-        return [name for name, until in self.until.items() if until > now]
+        return [key for key, until in self.until.items() if until > now]
+
+    def unhealthy(self) -> set[str]:
+        """Upstreams with a target cooling down, or failing since its last cooldown (it has not
+        answered since): what the per-upstream alarm watches."""
+        failing = {key for key, n in self.failures.items() if n >= self.cooldown_after}
+        return {upstream for upstream, _ in [*self.cooling(), *failing]}
 
 
 class Router:
@@ -172,15 +187,15 @@ class Router:
         # No route: the default upstream, under the model's own name (the single-upstream stack).
         return Route(model or "", ((Target(DEFAULT, model or ""),),))
 
-    def choose(self, route: Route, tried: frozenset[str] = frozenset()) -> Target:
+    def choose(self, route: Route, tried: frozenset[Key] = frozenset()) -> Target:
         one = route.single
         if one is not None:
             return one
         now = self.health.clock()
         for usable_only in (True, False):
             for tier in route.tiers:
-                candidates = [t for t in tier if t.weight > 0 and t.upstream not in tried
-                              and (not usable_only or self.health.usable(t.upstream, now))]
+                candidates = [t for t in tier if t.weight > 0 and t.key not in tried
+                              and (not usable_only or self.health.usable(t.key, now))]
                 if candidates:
                     return self._draw(candidates)
         # Every target tried: start over (a route has a target with weight: parse_routes).

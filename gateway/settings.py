@@ -165,11 +165,13 @@ def _upstreams(raw: str) -> dict[str, UpstreamSpec]:
     "keyVariable": "BACKUP_OPENAI_KEY"}}; each key is read from its variable by `from_env`."""
     try:
         doc = orjson.loads(raw)
-        specs = {}
+        # First, before any refusal that would show the whole value: no URL carries credentials.
         for name, u in doc.items():
-            if "@" in urllib.parse.urlsplit(u["baseUrl"]).netloc:
+            if "@" in urllib.parse.urlsplit(str(u.get("baseUrl", ""))).netloc:
                 raise SettingsError(f"GATEWAY_UPSTREAMS: upstream {name!r} has a baseUrl that carries credentials "
                                     "(user:password@): its key goes in its own secret, never in a URL")
+        specs = {}
+        for name, u in doc.items():
             spec = UpstreamSpec(name, _base_url(u["baseUrl"]), "", u.get("auth", "bearer"), u.get("orgId", ""),
                                 u.get("projectId", ""), u["keyVariable"])
             if not UPSTREAM_NAME.fullmatch(name) or name == DEFAULT_UPSTREAM or spec.auth not in AUTHS \

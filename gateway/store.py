@@ -11,7 +11,7 @@ or one client's): every older entry becomes unreachable at once and expires by i
 
 Keys, under `llmgw:<service>:`: `ver`, `ver:<client>` (versions); `e:<client>:<ver>:<ver>:<hash>`
 (entries) and `…:lock`; `rpm:<client>:<minute>`, `tpm:<client>:<minute>`, `usd:<client>:<day>`;
-`cool:<upstream>` (an upstream's cooldown, gateway/routing.py).
+`cool:<upstream>:<model>` (a target's cooldown, gateway/routing.py).
 """
 
 from __future__ import annotations
@@ -163,6 +163,14 @@ end
 return 1
 """)
 
+# A target's cooldown for every process: the later end wins.
+COOL = Script(("cool_key",), ("until_ms", "ttl_ms"), """
+if tonumber(redis.call('GET', cool_key) or '0') < tonumber(until_ms) then
+  redis.call('SET', cool_key, until_ms, 'PX', ttl_ms)
+end
+return 1
+""")
+
 
 @dataclass
 class Gate:
@@ -256,6 +264,7 @@ class ValkeyStore:
         self._fill = self.primary.register_script(FILL.source)
         self._release = self.primary.register_script(RELEASE.source)
         self._settle = self.primary.register_script(SETTLE.source)
+        self._cool = self.primary.register_script(COOL.source)
         self.down_until = 0.0
 
     async def warm(self, n: int = WARM_CONNECTIONS) -> None:
@@ -353,16 +362,21 @@ class ValkeyStore:
     async def invalidate(self, client: Optional[str] = None) -> int:
         return await self._call(self.primary.incr(f"{self.prefix}ver" + (f":{client}" if client else "")))
 
-    async def cool(self, upstream: str, until_ms: int) -> None:
-        """An upstream's cooldown, for every process: it ends when the key expires."""
+    async def cool(self, key: tuple[str, str], until_ms: int) -> None:
+        """A target's cooldown, for every process: it ends when the key expires (a shorter one
+        never replaces a longer one)."""
         ttl = until_ms - int(time.time() * 1000)
         if ttl > 0:
-            await self._call(self.primary.set(f"{self.prefix}cool:{upstream}", until_ms, px=ttl))
+            await self._call(self._cool(keys=COOL.keys(cool_key=self._cool_key(key)),
+                                        args=COOL.args(until_ms=until_ms, ttl_ms=ttl)))
 
-    async def cooldowns(self, upstreams: list[str]) -> dict[str, int]:
-        """The upstreams cooling down, and when (epoch ms) each cooldown ends."""
-        values = await self._call(self.primary.mget([f"{self.prefix}cool:{u}" for u in upstreams]))
-        return {u: int(v) for u, v in zip(upstreams, values, strict=True) if v is not None}
+    async def cooldowns(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The targets cooling down, and when (epoch ms) each cooldown ends."""
+        values = await self._call(self.primary.mget([self._cool_key(k) for k in keys]))
+        return {k: int(v) for k, v in zip(keys, values, strict=True) if v is not None}
+
+    def _cool_key(self, key: tuple[str, str]) -> str:
+        return f"{self.prefix}cool:{key[0]}:{key[1]}"
 
     async def ping(self) -> bool:
         try:

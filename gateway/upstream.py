@@ -22,7 +22,7 @@ import aiohttp
 
 from gateway.errors import upstream_timeout, upstream_unavailable
 from gateway.observe import Record, UpstreamStats
-from gateway.routing import Health, Route, Router, Target
+from gateway.routing import Health, Key, Route, Router, Target
 from gateway.settings import Settings
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -109,7 +109,7 @@ class Upstream:
         assert self.session is not None, "start() first"
         route = route or self.router.route(rec.model)
         deadline = time.monotonic() + self.s.retry_budget_seconds
-        attempt, tried = 0, frozenset[str]()
+        attempt, tried = 0, frozenset[Key]()
         target = self.router.choose(route)
         while True:  # the last attempt returns or raises (GATEWAY_MAX_ATTEMPTS is at least 1)
             last = attempt + 1 >= self.s.max_attempts
@@ -119,12 +119,14 @@ class Upstream:
             data = body_for(target.model) if renamed and body_for is not None else body
             started = time.perf_counter()
             try:
+                # No redirects: aiohttp would carry an api-key header (and the body) wherever one points.
                 resp = await self.session.request(method, self.specs[name].url + path, data=data,
-                                                  headers={**self.headers[name], **headers})
+                                                  headers={**self.headers[name], **headers},
+                                                  allow_redirects=False)
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
                 self.stats.called(name, started, failed=True)
-                self.health.failed(name)
-                tried |= {name}
+                self.health.failed(target.key)
+                tried |= {target.key}
                 target, wait = self._next(route, tried, target, attempt, None)
                 if last or time.monotonic() + wait > deadline:
                     if isinstance(e, aiohttp.ConnectionTimeoutError):
@@ -139,7 +141,7 @@ class Upstream:
             status = resp.status
             if status not in RETRY_STATUSES:
                 self.stats.called(name, started)
-                self.health.succeeded(name)
+                self.health.succeeded(target.key)
                 return resp
             self.stats.called(name, started, failed=True, throttled=status == 429)
             if status == 429:
@@ -147,8 +149,8 @@ class Upstream:
             else:
                 rec.upstream_5xx += 1
             asked = retry_after(resp.headers)
-            self.health.failed(name, asked)
-            tried |= {name}
+            self.health.failed(target.key, asked)
+            tried |= {target.key}
             following, wait = self._next(route, tried, target, attempt, asked)
             if last or time.monotonic() + wait > deadline:
                 return resp  # out of attempts or time: the client gets the upstream's answer
@@ -158,15 +160,16 @@ class Upstream:
             target = following
             await asyncio.sleep(wait)
 
-    def _next(self, route: Route, tried: frozenset[str], failed: Target, attempt: int,
+    def _next(self, route: Route, tried: frozenset[Key], failed: Target, attempt: int,
               asked: Optional[float]) -> tuple[Target, float]:
-        """The next attempt's target, and how long to wait before it: nothing when it is another
-        upstream (a failover), else what the upstream asked or the backoff."""
+        """The next attempt's target, and how long to wait before it: nothing when it has not been
+        tried yet (a failover); else what the failed one asked, if it is the same, or the backoff."""
         following = self.router.choose(route, tried)
-        if following.upstream != failed.upstream:
+        if following.key not in tried:
             return following, 0.0
-        return following, asked if asked is not None else backoff(
-            attempt, self.s.backoff_base_seconds, self.s.backoff_max_seconds)
+        if asked is not None and following.key == failed.key:
+            return following, asked
+        return following, backoff(attempt, self.s.backoff_base_seconds, self.s.backoff_max_seconds)
 
 
 def _describe(e: BaseException) -> str:

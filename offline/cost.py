@@ -357,14 +357,14 @@ class ModelRoute:
     upstream: str
     upstream_model: str
     tier: int
-    share_percent: float  # of its tier's requests, by weight
+    share_percent: float  # of its tier's requests, by weight (unrounded: the cost sums them)
     input_per_million: float
     output_per_million: float
 
 
 def model_table(cfg: StackConfig) -> list[ModelRoute]:
-    """Every model clients may call: the routed ones by target (llm.routes), then the priced ones no
-    route names, which go to `default` under their own names. Prices as the gateway applies them."""
+    """Every model clients may call, by target: llm.routes' when set, else llm.prices' models, each
+    to `default` under its own name. Prices as the gateway applies them."""
     from gateway.limits import Prices
 
     prices = Prices({m: p.model_dump(by_alias=True) for m, p in cfg.llm.prices.items()})
@@ -373,11 +373,10 @@ def model_table(cfg: StackConfig) -> list[ModelRoute]:
         for t in targets:
             tier_weight = sum(o.weight for o in targets if o.tier == t.tier)
             price = prices.of(t.model)
-            rows.append(ModelRoute(model, t.upstream, t.model, t.tier, round(100 * t.weight / tier_weight, 1),
+            rows.append(ModelRoute(model, t.upstream, t.model, t.tier, 100 * t.weight / tier_weight,
                                    price.input_per_million, price.output_per_million))
-    for model, p in cfg.llm.prices.items():
-        if model not in cfg.llm.routes:
-            rows.append(ModelRoute(model, "default", model, 1, 100.0, p.input_per_million, p.output_per_million))
+    for model, p in ({} if cfg.llm.routes else cfg.llm.prices).items():
+        rows.append(ModelRoute(model, "default", model, 1, 100.0, p.input_per_million, p.output_per_million))
     return rows
 
 

@@ -104,7 +104,7 @@ BAD = [
      "llm-service:llm.prices", "'gpt 4o' is not a model name"),
     ("traffic-model-not-listed", "prod", {"traffic__model": "o1"},
      "llm-service:traffic.model",
-     "one of the models in llm.prices or llm.routes (gpt-4o, gpt-4o-mini, text-embedding-3-small)"),
+     "one of the models in llm.prices (gpt-4o, gpt-4o-mini, text-embedding-3-small)"),
     ("delay-beyond-the-drain-on-spot", "staging", {"loadBalancer__deregistrationDelaySeconds": 66},
      "llm-service:loadBalancer.deregistrationDelaySeconds",
      "at most 65 while tasks run on Fargate Spot (service.spotWeight 1): an interruption sends SIGTERM "

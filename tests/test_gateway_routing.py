@@ -25,6 +25,7 @@ ROUTES = {
     "failover": [{"upstream": "default", "model": "m-a"}, {"upstream": "b", "model": "m-b", "tier": 2}],
     "drops": [{"upstream": "c", "model": "m-c"}, {"upstream": "b", "model": "m-b"}],
     "shared": [{"upstream": "d", "model": "m-d"}, {"upstream": "b", "model": "m-b"}],
+    "azure-only": [{"upstream": "b", "model": "m-b"}],
 }
 COOLDOWN_SECONDS = 1.5
 N_SPLIT = 400  # requests the weighted split is judged on: 3 standard deviations are ~6.5 points
@@ -82,8 +83,9 @@ def served_by(gw, model: str, n: int) -> list[str]:
 
 
 def cooling(gw) -> list[str]:
+    """The targets (upstream/model) the process has cooling down: /readyz shows them to a client."""
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
-    conn.request("GET", "/readyz")
+    conn.request("GET", "/readyz", headers={"Authorization": f"Bearer {gw.keys['web-app']}"})
     return json.loads(conn.getresponse().read())["cooling_down"]
 
 
@@ -124,7 +126,7 @@ def test_a_429_fails_over_before_the_first_byte_cools_the_upstream_and_it_is_tri
     assert line["upstream"] == "b" and line["Retries"] == 1 and line["Upstream429"] == 1
     up["a"].always = None
     deadline = time.monotonic() + 10
-    while "default" in cooling(gw) and time.monotonic() < deadline:
+    while "default/m-a" in cooling(gw) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert served_by(gw, "failover", 3) == ["default"] * 3  # the cooldown is over: back to tier 1
 
@@ -134,7 +136,7 @@ def test_an_upstream_that_drops_connections_is_failed_over_then_cooled_after_its
     up["c"].always = {"kind": "drop"}
     assert served_by(gw, "drops", 30) == ["b"] * 30
     assert len(up["c"].requests) == 2  # GATEWAY_UPSTREAM_COOLDOWN_AFTER, then no more
-    assert "c" in cooling(gw)
+    assert cooling(gw) == ["c/m-c"]
     lines = gw.lines_where(lambda line: line.get("model") == "drops", count=30)
     assert sum(line["Retries"] for line in lines) == 2
 
@@ -154,9 +156,9 @@ def test_two_processes_share_a_cooldown_through_valkey(pair, up):
     assert served_by(first, "shared", 12) == ["b"] * 12
     assert len(up["d"].requests) == 1
     deadline = time.monotonic() + 10
-    while "d" not in cooling(second) and time.monotonic() < deadline:
+    while "d/m-d" not in cooling(second) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert "d" in cooling(second)
+    assert "d/m-d" in cooling(second)
     # The second process never called d, and does not now: the first one's discovery saved it.
     assert served_by(second, "shared", 20) == ["b"] * 20
     assert len(up["d"].requests) == 1
@@ -167,18 +169,21 @@ def test_an_unknown_model_is_refused_as_the_sdk_expects(pair, up):
     with pytest.raises((openai.NotFoundError, openai.BadRequestError)) as raised:
         client.chat.completions.create(model="not-routed", messages=[{"role": "user", "content": "hi"}])
     assert raised.value.status_code == 400 and raised.value.code == "model_not_found"
-    # A routed alias and a priced model are both callable; the alias through the SDK too.
+    # A target's own model, priced but no route's name: refused too (it would reach `default`).
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="m-b", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.code == "model_not_found"
+    assert all(u.requests == [] for u in up.values())
     answer = client.chat.completions.create(model="split", messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content == "Hello there."
-    assert all(u.requests == [] or u.requests[-1]["body"]["model"] != "not-routed" for u in up.values())
 
 
-def test_the_model_list_shows_the_routes_names_and_only_what_is_priced(pair, up):
+def test_the_model_list_is_the_routes_names_whatever_the_default_upstream_lists(pair, up):
     up["a"].script = [{"kind": "models", "ids": ["m-a", "gpt-4o", "split"]}]
     conn = http.client.HTTPConnection("127.0.0.1", pair[0].port, timeout=5)
     conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {pair[0].keys['web-app']}"})
     listed = [m["id"] for m in json.loads(conn.getresponse().read())["data"]]
-    assert listed == ["m-a", "split", "failover", "drops", "shared"]  # gpt-4o is not priced here
+    assert listed == list(ROUTES)
 
 
 def test_upstream_metrics_lines_are_emf_per_upstream_and_start_again_after_each():
@@ -207,3 +212,19 @@ def test_upstream_metrics_lines_are_emf_per_upstream_and_start_again_after_each(
         stats.called("c", started)
     (c,) = [json.loads(x) for x in stats.lines(["c"], [], {}, "svc", "NS").splitlines()]
     assert c["UpstreamRequests"] == 150 and len(c["UpstreamLatency"]) == 100  # EMF's bound on values
+
+
+def test_readyz_shows_cooling_targets_to_a_client_only(pair, up):
+    conn = http.client.HTTPConnection("127.0.0.1", pair[0].port, timeout=5)
+    conn.request("GET", "/readyz")
+    doc = json.loads(conn.getresponse().read())
+    assert doc["ready"] is True and "cooling_down" not in doc  # the load balancer's world sees no names
+    assert isinstance(cooling(pair[0]), list)
+
+
+def test_a_redirect_is_answered_not_followed_so_an_api_key_never_leaves_for_another_host(pair, up, ups):
+    up["b"].always = {"kind": "status", "status": 307,
+                      "headers": {"location": f"{ups['d'].url}/v1/chat/completions"}}
+    resp, _ = chat(pair[0], "azure-only")
+    assert resp.status == 307 and up["d"].requests == []
+    assert len(up["b"].requests) == 1 and up["b"].requests[0]["headers"]["api-key"] == KEYS["b"]

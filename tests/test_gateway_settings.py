@@ -152,7 +152,8 @@ def test_upstreams_and_routes_each_way_they_can_be_wrong_is_one_line_naming_the_
     with pytest.raises(SettingsError) as e:
         quiet({**LOCAL, "GATEWAY_ROUTES": '{"m": [{"model": "x"}]}'})
     assert str(e.value) == "GATEWAY_ROUTES: route 'm': each target is {upstream, model, weight, tier}"
-    secret = '{"b": {"baseUrl": "https://me:hunter2@a.example/v1", "keyVariable": "K"}}'
+    secret = ('{"Bad_Name": {"baseUrl": "https://a/v1", "keyVariable": "K"}, '
+              '"b": {"baseUrl": "https://me:hunter2@a.example/v1", "keyVariable": "K"}}')
     with pytest.raises(SettingsError) as e:
         quiet({**LOCAL, "GATEWAY_UPSTREAMS": secret, "K": "k"})
     assert "hunter2" not in str(e.value)

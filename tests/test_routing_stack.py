@@ -28,7 +28,9 @@ SECRET_NAMES = ["openai-api-key", "backup-openai-key", "azure-openai-key"]
 
 
 def routed(llm: dict | None = None, names: list[str] = SECRET_NAMES, **more) -> tuple[dict, set]:
-    raw, keys = with_changes("staging", **more)
+    """Staging with the upstreams and routes above; the cost assumes the route (the priced models
+    are not callable by name in a routed stack)."""
+    raw, keys = with_changes("staging", **{"traffic__model": "chat-default", **more})
     raw["llm-service:llm"] = {**raw["llm-service:llm"], "upstreams": UPSTREAMS, "routes": ROUTES, **(llm or {})}
     raw["llm-service:secrets"] = {**raw["llm-service:secrets"], "names": names}
     return raw, keys
@@ -88,7 +90,10 @@ def test_the_cost_estimate_may_assume_a_routed_model_and_not_an_unknown_one():
     cfg = load(*routed(traffic__model="chat-default"))
     assert cfg.traffic.model == "chat-default"
     first = refusal(*routed(traffic__model="chat-other"))
-    assert first.startswith("llm-service:traffic.model: got 'chat-other'") and "llm.routes" in first
+    assert first.startswith("llm-service:traffic.model: got 'chat-other'; one of the models in llm.routes "
+                            "(chat-default)"), first
+    first = refusal(*routed(traffic__model="gpt-4o-mini"))  # priced, but not callable in a routed stack
+    assert first.startswith("llm-service:traffic.model: got 'gpt-4o-mini'; one of the models in llm.routes"), first
 
 
 def test_a_snapshot_of_a_priced_model_is_priced_and_the_stack_file_keys_read_back():
@@ -144,7 +149,7 @@ def test_each_upstream_has_a_cooling_down_alarm_and_dashboard_widgets(stack):
     one = cooling["llm-service-staging-upstream-backup-cooling-down"]
     assert (one["metricName"], one["statistic"], one["period"], one["evaluationPeriods"], one["threshold"],
             one["comparisonOperator"], one["treatMissingData"]) == \
-        ("UpstreamCoolingDown", "Minimum", 300, 3, 1, "GreaterThanOrEqualToThreshold", "notBreaching")
+        ("UpstreamCoolingDown", "Maximum", 300, 3, 1, "GreaterThanOrEqualToThreshold", "notBreaching")
     assert one["dimensions"] == {"Service": "llm-service-staging", "Upstream": "backup"}
     body = json.loads(stack.one("aws:cloudwatch/dashboard:Dashboard").inputs["dashboardBody"])
     lines = [m for w in body["widgets"] for m in w["properties"].get("metrics", []) if "Upstream" in m]
@@ -172,9 +177,9 @@ def test_the_plan_shows_the_model_table_and_the_cost_prices_a_routed_model_by_it
     rows = [(r.model, r.upstream, r.upstream_model, r.tier, r.share_percent) for r in cost.model_table(cfg)]
     assert rows == [("chat-default", "default", "gpt-4o-mini", 1, 75.0),
                     ("chat-default", "backup", "gpt-4o", 1, 25.0),
-                    ("chat-default", "azure", "gpt-4o-mini", 2, 100.0),
-                    ("gpt-4o-mini", "default", "gpt-4o-mini", 1, 100.0), ("gpt-4o", "default", "gpt-4o", 1, 100.0),
-                    ("text-embedding-3-small", "default", "text-embedding-3-small", 1, 100.0)]
+                    ("chat-default", "azure", "gpt-4o-mini", 2, 100.0)]  # routes: the priced models are not called
+    assert [r.model for r in cost.model_table(load(*with_changes("staging")))] == \
+        ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]  # no routes: every priced model, to `default`
     t = cfg.traffic
     tokens = (t.input_tokens_per_request, t.output_tokens_per_request)
     per_request = 0.75 * Price(0.15, 0.60).nano(*tokens) + 0.25 * Price(2.50, 10.00).nano(*tokens)

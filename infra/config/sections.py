@@ -271,9 +271,10 @@ class LlmConfig(_Section):
     for rate-limit headroom, another region or provider. Each key lives in its own secret."""
     routes: dict[str, list[TargetConfig]] = Field(default_factory=dict, json_schema_extra=allow(
         "model clients call: [{upstream, model, weight, tier}, ...]"))
-    """Models clients may call besides llm.prices' (an alias such as chat-default, or a priced
-    model's own name to spread it), each to its targets: by weight within the lowest tier whose
-    targets answer, failing over on 429, 5xx and connection errors before the first byte."""
+    """The models clients may call, when set (instead of llm.prices' names: a target's model may be
+    one provider's deployment), each to its targets: by weight within the lowest tier whose targets
+    answer, failing over on 429, 5xx and connection errors before the response's headers. Keep a
+    model callable under its own name with a route of that name (gpt-4o: [{model: gpt-4o}])."""
     cooldown_seconds: int = Field(30, ge=1, le=3600)
     """How long an upstream that keeps failing gets no requests while another target can take them."""
     cooldown_after_failures: int = Field(3, ge=1, le=100)

@@ -122,11 +122,12 @@ class StackConfig(BaseModel):
         _certificate_in_region(self.load_balancer.certificate_arn, self.region)
         _streams_survive_the_idle_timeout(self.gateway, self.load_balancer)
         _streams_survive_a_stop(self)
-        callable_models = sorted({*self.llm.prices, *self.llm.routes})
+        routes, prices = self.llm.routes, self.llm.prices
+        where, callable_models = ("llm.routes", list(routes)) if routes else ("llm.prices", list(prices))
         if self.traffic.model not in callable_models:
             raise ConfigError(stack_key("traffic.model"), self.traffic.model,
-                              f"one of the models in llm.prices or llm.routes ({', '.join(callable_models)}): "
-                              "the cost estimate prices it as the gateway would")
+                              f"one of the models in {where} ({', '.join(sorted(callable_models))}): the "
+                              "models clients may call; the cost estimate prices it as the gateway would")
         for name, upstream in self.llm.upstreams.items():
             if upstream.secret_name not in self.secrets.names:
                 raise ConfigError(stack_key(f"llm.upstreams.{name}.secretName"), upstream.secret_name,
