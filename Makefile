@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 GW_VENV := .venv-gateway
 STACK ?= staging
 
-.PHONY: plan cost diff docs test lint lock bench bench-gateway mutate serve clean venvs destroy-ready restore
+.PHONY: plan cost diff docs test lint lock bench bench-gateway mutate soak serve clean venvs destroy-ready restore
 
 # Every install is from a lock with hashes (requirements*.txt, made from the *.in files by
 # `make lock`): pip installs uv, uv installs the rest (about ten times faster than pip), compiled
@@ -67,6 +67,10 @@ test: $(VENV)/.installed $(GW_VENV)/.installed  ## the whole suite: lint, strict
 mutate: $(VENV)/.installed  ## score the tests by the mutants they kill, per package (target 90 %; weekly in CI)
 	@bash .ci/system-packages
 	$(PY) -m mutation.run $(PACKAGES) $(if $(SHARD),--shard $(SHARD),) $(if $(SAMPLE),--sample $(SAMPLE),)
+
+soak: $(VENV)/.installed $(GW_VENV)/.installed  ## faults under load (deploy, SIGKILL, Valkey failover and outage, 429 storm, stall, burst): what was lost
+	@bash .ci/system-packages
+	$(PY) -m soak $(if $(JSON),--json $(JSON),)
 
 serve: $(GW_VENV)/.installed  ## the gateway on 127.0.0.1:8080 against OPENAI_BASE_URL, key from OPENAI_API_KEY
 	HOST=127.0.0.1 PYTHONPATH=. $(GW_VENV)/bin/python -m gateway

@@ -152,6 +152,13 @@ class FakeUpstream:
                       tokens: Optional[tuple[int, int]] = None) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **RATE_HEADERS})
         await resp.prepare(request)
+        try:
+            return await self._events(request, resp, body, step, tokens)
+        except ConnectionResetError:  # the gateway stopped the stream (its client left): no more to send
+            return resp
+
+    async def _events(self, request: web.Request, resp: web.StreamResponse, body: dict, step: dict,
+                      tokens: Optional[tuple[int, int]]) -> web.StreamResponse:
         await asyncio.sleep(step.get("first_delay", 0))
         chunks = step.get("chunks", ["Hel", "lo", "."])
         responses_api = request.path == "/v1/responses"

@@ -383,16 +383,24 @@ def test_every_job_that_previews_or_deploys_can_build_the_arm64_image():
         assert names.index("docker/setup-buildx-action") < first_pulumi, (name, job_id)
 
 
-def test_without_a_server_or_apt_the_set_up_says_what_to_install(tmp_path):
-    done = subprocess.run(["/bin/bash", str(ROOT / ".ci" / "system-packages")], env={"PATH": str(tmp_path)},
+def _set_up(tmp_path, *on_path: str) -> subprocess.CompletedProcess:
+    for name in on_path:
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    return subprocess.run(["/bin/bash", str(ROOT / ".ci" / "system-packages")], env={"PATH": str(tmp_path)},
                           capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(("on_path", "missing"), [
+    ((), "redis-server haproxy"), (("valkey-server",), "haproxy"), (("haproxy",), "redis-server"),
+    (("redis-server",), "haproxy")])
+def test_without_a_package_or_apt_the_set_up_says_what_to_install(tmp_path, on_path, missing):
+    done = _set_up(tmp_path, *on_path)
     assert done.returncode == 1
-    assert done.stderr.startswith("make test needs redis-server or valkey-server on PATH")
+    assert done.stderr.startswith(f"make test needs {missing} on PATH: install with your package manager")
 
 
-def test_with_a_server_on_path_the_set_up_does_nothing(tmp_path):
-    (tmp_path / "valkey-server").write_text("#!/bin/sh\n")
-    (tmp_path / "valkey-server").chmod(0o755)
-    done = subprocess.run(["/bin/bash", str(ROOT / ".ci" / "system-packages")], env={"PATH": str(tmp_path)},
-                          capture_output=True, text=True)
+@pytest.mark.parametrize("server", ["valkey-server", "redis-server"])
+def test_with_a_server_and_haproxy_on_path_the_set_up_does_nothing(tmp_path, server):
+    done = _set_up(tmp_path, server, "haproxy")
     assert (done.returncode, done.stderr) == (0, "")

@@ -69,7 +69,20 @@ def start(folder: Path, port: int = 0, auth: str = AUTH) -> Server:
     return server
 
 
-def _run(folder: Path, port: int, auth: str) -> subprocess.Popen:
+def start_replica(primary: Server, folder: Path) -> Server:
+    """A replica of `primary` with its certificate (one name for both, as behind one endpoint),
+    replicating over TLS with the same AUTH token, as an ElastiCache replica does."""
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        shutil.copy(primary.folder / name, folder / name)
+    port = free_port()
+    extra = ["--replicaof", "127.0.0.1", str(primary.port), "--masterauth", primary.auth,
+             "--tls-replication", "yes"]
+    server = Server(port, folder / "ca.pem", _run(folder, port, primary.auth, extra), folder, primary.auth)
+    _wait(server)
+    return server
+
+
+def _run(folder: Path, port: int, auth: str, extra: Optional[list[str]] = None) -> subprocess.Popen:
     binary = shutil.which("valkey-server") or shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("no valkey-server or redis-server: `apt-get install redis-server` (.ci/run does)")
@@ -77,7 +90,7 @@ def _run(folder: Path, port: int, auth: str) -> subprocess.Popen:
         [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
          "--tls-cert-file", str(folder / "cert.pem"), "--tls-key-file", str(folder / "key.pem"),
          "--tls-ca-cert-file", str(folder / "ca.pem"), "--tls-auth-clients", "no",
-         "--requirepass", auth, "--save", "", "--appendonly", "no", "--dir", str(folder)],
+         "--requirepass", auth, "--save", "", "--appendonly", "no", "--dir", str(folder), *(extra or [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())  # noqa: PLW1509
 
 

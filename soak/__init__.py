@@ -1,0 +1,1 @@
+"""`make soak`: faults under load (soak/__main__.py)."""

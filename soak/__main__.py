@@ -1,0 +1,149 @@
+"""`make soak`: the service under load while it breaks the ways production breaks, and what was lost.
+
+    python -m soak                    # about 3 minutes: every fault, the figures README reports
+    python -m soak --short            # about 15 s: fewer faults (the suite runs this one)
+    python -m soak --json soak.json   # the report as JSON too
+
+On 127.0.0.1 only, bounded in time and in requests. The gateways run with the environment the
+staging task definition gives its container (synthesized offline, with a second upstream and a
+route per model, so a 429 storm on one upstream fails over to the other); see soak/cluster.py for
+the stand-ins. Exits 1 when an invariant does not hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from soak import faults as f
+from soak.cluster import Cluster, remove, workdir
+from soak.load import Load
+from soak.report import analyse, text
+from tests.gateway_process import client_keys
+
+LIMIT = 60  # the limited client's requests per minute
+MIX = {"chat": 30, "stream": 30, "embed": 10, "cached": 15, "slow": 5, "abandon": 10}
+
+
+@dataclass(frozen=True)
+class Plan:
+    seconds: float
+    workers: int
+    max_requests: int
+    deregistration: float  # the target group's deregistration delay
+    faults: tuple[tuple[str, float, float], ...]  # (name, at, lasting)
+    drain_quiet: Optional[float] = None  # GATEWAY_DRAIN_QUIET_SECONDS, when not the task's
+
+
+FULL = Plan(180, 12, 60_000, 60, (("rolling deploy", 15, 0), ("sigkill", 45, 0), ("valkey failover", 70, 0),
+                                  ("valkey down", 90, 10), ("upstream 429 storm", 115, 10),
+                                  ("first token stall", 135, 10), ("limit burst", 160, 0)))
+SHORT = Plan(9, 6, 2_000, 0.5, (("rolling deploy", 1, 0), ("upstream 429 storm", 2.5, 1), ("sigkill", 4, 0),
+                                ("valkey failover", 5.5, 0), ("limit burst", 7, 0)), drain_quiet=0.3)
+
+
+def routed_staging() -> dict[str, Any]:
+    """Staging's config with a second project as a second upstream and a route per model."""
+    from infra.stack_files import read_stack_file
+
+    raw, _ = read_stack_file("staging")
+    llm = dict(raw["llm-service:llm"])
+    llm["upstreams"] = {"backup": {"baseUrl": "https://api.openai.com/v1", "secretName": "backup-openai-key"}}
+    llm["routes"] = {m: [{"model": m}, {"upstream": "backup", "model": m}]
+                     for m in ("gpt-4o-mini", "text-embedding-3-small")}
+    raw["llm-service:llm"] = llm
+    raw["llm-service:secrets"] = {**raw["llm-service:secrets"], "names": ["openai-api-key", "backup-openai-key"]}
+    return raw
+
+
+def task_environment(synthesis: Any = None) -> dict[str, str]:
+    """The container's environment in the routed staging task definition; given staging's own
+    synthesis (the suite's), the routing variables the program adds for the routed config."""
+    if synthesis is None:
+        from offline.synth import synthesize
+
+        synthesis = synthesize("staging", routed_staging(), set())
+    task = synthesis.one("aws:ecs/taskDefinition:TaskDefinition")
+    (app,) = json.loads(task.inputs["containerDefinitions"])
+    env = {e["name"]: e["value"] for e in app["environment"]}
+    if "GATEWAY_ROUTES" not in env:
+        from infra.config import load
+        from infra.program import routing_environment
+
+        env.update(routing_environment(load(routed_staging()).llm))
+    return env
+
+
+async def run_faults(c: Cluster, plan: Plan, load: Load, done: list[f.Fault], keepalive: float) -> None:
+    for name, at, lasting in plan.faults:
+        await asyncio.sleep(max(0.0, at - load.now()))
+        fault = f.Fault(name, at, lasting, started=load.now())
+        serving = c.serving()
+        if name == "rolling deploy":
+            await f.rolling_deploy(c, serving[0], plan.deregistration)
+        elif name == "sigkill":
+            await f.kill(c, serving[-1], 1.5, fault, load.zero)
+        elif name == "valkey failover":
+            await f.valkey_failover(c)
+        elif name == "valkey down":
+            await f.valkey_down(c, lasting)
+        elif name == "upstream 429 storm":
+            await f.upstream_storm(c, lasting)
+        elif name == "first token stall":
+            await f.stall(c, lasting, keepalive * 1.5)
+        elif name == "limit burst":
+            await load.burst("limited", 2 * LIMIT)
+        fault.ended = load.now()
+        done.append(fault)
+
+
+async def soak(plan: Plan, env: dict[str, str], folder: Path) -> dict[str, Any]:
+    if plan.drain_quiet is not None:
+        env = {**env, "GATEWAY_DRAIN_QUIET_SECONDS": str(plan.drain_quiet)}
+    no_limits = {"requestsPerMinute": 0, "tokensPerMinute": 0, "usdPerDay": 0, "concurrentRequests": 0}
+    doc, keys = client_keys("web-app", "batch", "limited", limits={
+        "web-app": no_limits, "batch": {**no_limits, "usdPerDay": 1000, "tokensPerMinute": 50_000_000},
+        "limited": {**no_limits, "requestsPerMinute": LIMIT}})
+    c = Cluster(folder, env, keys, doc)
+    await c.start()
+    done: list[f.Fault] = []
+    wall_zero = time.time()
+    try:
+        async with Load(c.url, keys, time.monotonic()) as load:
+            keepalive = float(env.get("GATEWAY_SSE_KEEPALIVE_SECONDS", "15"))
+            await asyncio.gather(
+                load.clients(plan.seconds, plan.workers, plan.max_requests, MIX),
+                load.steady("limited", plan.seconds, LIMIT / 120),
+                run_faults(c, plan, load, done, keepalive))
+            await asyncio.sleep(1.0)  # the last lines reach the logs
+            records = [r for up in c.upstreams.values() for r in up.fake.requests]
+            prices = json.loads(env["GATEWAY_PRICES"])
+            return analyse(load.results, done, c.logs, records, prices, LIMIT, wall_zero)
+    finally:
+        await c.stop()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m soak", description=__doc__.split("\n")[0])
+    parser.add_argument("--short", action="store_true", help="about 15 s, fewer faults (the suite's)")
+    parser.add_argument("--json", type=Path, help="write the report here as JSON too")
+    args = parser.parse_args(argv)
+    folder = workdir()
+    try:
+        report = asyncio.run(soak(SHORT if args.short else FULL, task_environment(), folder))
+    finally:
+        remove(folder)
+    print(text(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if not any(report["invariants"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

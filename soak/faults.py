@@ -1,0 +1,93 @@
+"""The ways production breaks, each done to the cluster the way AWS or the provider does it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from soak.cluster import Cluster, Slot
+
+
+@dataclass
+class Fault:
+    name: str
+    at: float  # seconds since the soak began
+    seconds: float = 0.0  # how long it lasts (0: a moment)
+    started: Optional[float] = None
+    ended: Optional[float] = None
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+async def replace(c: Cluster, old: Slot) -> Slot:
+    """A new task in the spare slot, registered once healthy (ECS starts it before the old one
+    leaves, minimumHealthyPercent 100)."""
+    new = c.spare()
+    c.start_gateway(new)
+    await c.wait_up(new)
+    c.set_state(new, "ready")
+    return new
+
+
+async def rolling_deploy(c: Cluster, old: Slot, deregistration: float) -> None:
+    """ECS's deployment of one task: the replacement registers; the old target is deregistered
+    (drain: no new requests) for the deregistration delay, then taken out (maint, health checks
+    stop) and sent SIGTERM; the gateway drains what it still has and exits."""
+    await replace(c, old)
+    c.set_state(old, "drain")
+    await asyncio.sleep(deregistration)
+    c.set_state(old, "maint")
+    assert old.gateway is not None
+    old.gateway.proc.send_signal(signal.SIGTERM)
+
+
+async def kill(c: Cluster, victim: Slot, noticed_after: float, f: Fault, zero: float) -> None:
+    """A task that dies at once (SIGKILL: an OOM kill, a host failure), mid-stream; ECS starts a
+    replacement when it notices."""
+    assert victim.gateway is not None
+    victim.gateway.proc.kill()
+    f.detail.update(slot=victim.name, killed_at=time.monotonic() - zero)
+    await asyncio.sleep(noticed_after)
+    c.set_state(victim, "maint")
+    await replace(c, victim)
+
+
+async def valkey_failover(c: Cluster) -> None:
+    """The primary's node fails; ElastiCache promotes the replica and moves the primary endpoint.
+    Connections to the old primary end; writes not yet replicated are lost (asynchronous
+    replication)."""
+    assert c.primary is not None and c.replica is not None and c.proxy is not None
+    c.primary.proc.kill()
+    c.replica.client().execute_command("REPLICAOF", "NO", "ONE")
+    c.primary, c.replica = c.replica, None
+    c.proxy.target = c.primary.port
+    c.proxy.cut()
+
+
+async def valkey_down(c: Cluster, seconds: float) -> None:
+    """The endpoint does not answer for a while (a network partition, a failover without a replica)."""
+    assert c.proxy is not None
+    c.proxy.down = True
+    c.proxy.cut()
+    await asyncio.sleep(seconds)
+    c.proxy.down = False
+
+
+async def upstream_storm(c: Cluster, seconds: float) -> None:
+    """The default upstream answers every request 429 (a project's rate limit exhausted)."""
+    fake = c.upstreams["default"].fake
+    fake.always = {"kind": "status", "status": 429, "headers": {"retry-after": "1"},
+                   "body": {"error": {"message": "Rate limit reached", "type": "requests",
+                                      "code": "rate_limit_exceeded"}}}
+    await asyncio.sleep(seconds)
+    fake.always = None
+
+
+async def stall(c: Cluster, seconds: float, first_token_after: float) -> None:
+    """The default upstream sends nothing for longer than the keepalive interval before it answers."""
+    fake = c.upstreams["default"].fake
+    fake.always = {"kind": "slow", "delay": first_token_after}
+    await asyncio.sleep(seconds)
+    fake.always = None
