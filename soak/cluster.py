@@ -32,6 +32,9 @@ from tests.gateway_process import GATEWAY_PYTHON, UPSTREAM_KEY, Gateway, free_po
 from tests.processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
+# Where the gateways' code comes from: this checkout, or a scratch copy with a fault put in on
+# purpose (SOAK_GATEWAY_ROOT), to show the soak catches it.
+GATEWAY_ROOT = Path(os.environ.get("SOAK_GATEWAY_ROOT", ROOT))
 BACKUP_KEY = "sk-backup-" + "b" * 30
 SLOTS = 4  # HAProxy's server slots: three serving, one for a replacement to start in
 
@@ -154,7 +157,7 @@ class Cluster:
         assert self.proxy is not None and self.primary is not None
         env = dict(self.task_env)
         env.update(
-            HOST="127.0.0.1", PORT=str(port), PATH=os.environ["PATH"], PYTHONPATH=str(ROOT),
+            HOST="127.0.0.1", PORT=str(port), PATH=os.environ["PATH"], PYTHONPATH=str(GATEWAY_ROOT),
             OPENAI_BASE_URL=f"{self.upstreams['default'].url}/v1", OPENAI_API_KEY=UPSTREAM_KEY,
             CLIENT_KEYS=self.keys_doc, CACHE_AUTH_TOKEN=self.primary.auth, CACHE_HOST="127.0.0.1",
             CACHE_READER_HOST="localhost", CACHE_PORT=str(self.proxy.port),
@@ -170,7 +173,7 @@ class Cluster:
         log = self.folder / f"{slot.name}-{len(self.logs)}.log"
         self.logs.append(log)
         python = str(GATEWAY_PYTHON) if GATEWAY_PYTHON.exists() else sys.executable
-        proc = subprocess.Popen([python, "-m", "gateway"], env=self.gateway_env(slot.port), cwd=ROOT,  # noqa: PLW1509, S603
+        proc = subprocess.Popen([python, "-m", "gateway"], env=self.gateway_env(slot.port), cwd=GATEWAY_ROOT,  # noqa: PLW1509, S603
                                 stdout=log.open("wb"), stderr=(self.folder / f"{log.stem}.err").open("wb"),
                                 preexec_fn=die_with_parent())
         slot.gateway = Gateway(proc, slot.port, log, self.keys)

@@ -3,7 +3,8 @@ with what its client saw: its outcome, which gateway took it (HAProxy's X-Backen
 time to first token, and whether a stream ended as a finished one ends or with an error event.
 
 Outcomes: `ok`; `limited` (the gateway's own 429 for a client's limit); `abandoned` (the client
-left a stream on purpose); `failed`, with a cause: `status <n>`, `error event` (a stream ended
+left a stream on purpose); `told` (a stream its upstream broke on purpose ended with the error
+event the SDKs raise on, as it must); `failed`, with a cause: `status <n>`, `error event` (a stream ended
 with one: the SDK raises), `truncated` (a stream ended with neither [DONE] nor an error event),
 `connection`.
 """
@@ -52,6 +53,9 @@ def body(kind: str, rng: random.Random) -> dict[str, Any]:
         return {**chat, "stream": True}
     if kind == "slow":  # a reasoning model: its first token after a while
         step = {"kind": "stream", "first_delay": 1.0, "chunks": ["a", "b", "c"]}
+        return {**chat, "stream": True, "metadata": {"fake_step": json.dumps(step)}}
+    if kind == "broken":  # the upstream breaks the stream after its first event
+        step = {"kind": "stream", "chunks": ["a", "b", "c"], "drop_after": 1}
         return {**chat, "stream": True, "metadata": {"fake_step": json.dumps(step)}}
     if kind == "abandon":
         step = {"kind": "stream", "delay": 0.2, "chunks": ["x"] * 20}
@@ -112,7 +116,8 @@ class Load:
         if seen.rstrip().endswith(b"data: [DONE]"):
             r.outcome = "ok"
         elif b'data: {"error"' in seen:
-            r.outcome, r.cause = "failed", "error event"
+            told = r.kind == "broken" and b"upstream_stream_interrupted" in seen
+            r.outcome, r.cause = ("told", "") if told else ("failed", "error event")
         else:
             r.outcome, r.cause = "failed", "truncated"
 

@@ -101,7 +101,8 @@ class FakeUpstream:
         step = json.loads(own) if own else self.script.pop(0) if self.script else self.always or {"kind": "ok"}
         kind = step["kind"]
         answers = kind in ("ok", "slow", "stream") and request.path != "/v1/models"
-        tokens = self.requests[-1]["usage"] = self._tokens(step) if answers else None
+        record = self.requests[-1]
+        tokens = record["usage"] = self._tokens(step) if answers else None
         if kind == "drop":
             request.transport.close()
             raise asyncio.CancelledError  # the handler ends with the connection, no answer
@@ -124,7 +125,7 @@ class FakeUpstream:
         if kind == "slow":
             await asyncio.sleep(step["delay"])
         if kind == "stream" or (body or {}).get("stream") is True:
-            return await self._stream(request, body or {}, step if kind == "stream" else {}, tokens)
+            return await self._stream(request, body or {}, step if kind == "stream" else {}, tokens, record)
         answer = self._answer(request.path, tokens)
         if step.get("content") is not None and answer is CHAT:
             answer = {**CHAT, "choices": [{**CHAT["choices"][0], "message": {"role": "assistant",
@@ -149,9 +150,12 @@ class FakeUpstream:
         return {**answer, "usage": _responses_usage(tokens) if answer is RESPONSE else _chat_usage(tokens)}
 
     async def _stream(self, request: web.Request, body: dict, step: dict,
-                      tokens: Optional[tuple[int, int]] = None) -> web.StreamResponse:
+                      tokens: Optional[tuple[int, int]] = None,
+                      record: Optional[dict[str, Any]] = None) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **RATE_HEADERS})
         await resp.prepare(request)
+        if step.get("drop_after") is not None and record is not None:
+            record["usage"] = None  # it breaks off before its usage: it reports none
         try:
             return await self._events(request, resp, body, step, tokens)
         except ConnectionResetError:  # the gateway stopped the stream (its client left): no more to send
