@@ -82,26 +82,32 @@ def task_environment(synthesis: Any = None) -> dict[str, str]:
 
 
 async def run_faults(c: Cluster, plan: Plan, load: Load, done: list[f.Fault], keepalive: float) -> None:
-    for name, at, lasting in plan.faults:
-        await asyncio.sleep(max(0.0, at - load.now()))
-        fault = f.Fault(name, at, lasting, started=load.now())
-        serving = c.serving()
-        if name == "rolling deploy":
-            await f.rolling_deploy(c, serving[0], plan.deregistration)
-        elif name == "sigkill":
-            await f.kill(c, serving[-1], 1.5, fault, load.zero)
-        elif name == "valkey failover":
-            await f.valkey_failover(c)
-        elif name == "valkey down":
-            await f.valkey_down(c, lasting)
-        elif name == "upstream 429 storm":
-            await f.upstream_storm(c, lasting)
-        elif name == "first token stall":
-            await f.stall(c, lasting, keepalive * 1.5)
-        elif name == "limit burst":
-            await load.burst("limited", 2 * LIMIT)
-        fault.ended = load.now()
-        done.append(fault)
+    """Each fault at its time, whether or not the one before has ended (a deploy's deregistration
+    delay outlasts the faults that follow it)."""
+    await asyncio.gather(*(one_fault(c, plan, load, done, keepalive, *fault) for fault in plan.faults))
+
+
+async def one_fault(c: Cluster, plan: Plan, load: Load, done: list[f.Fault], keepalive: float,
+                    name: str, at: float, lasting: float) -> None:
+    await asyncio.sleep(max(0.0, at - load.now()))
+    fault = f.Fault(name, at, lasting, started=load.now())
+    serving = c.serving()
+    if name == "rolling deploy":
+        await f.rolling_deploy(c, serving[0], plan.deregistration)
+    elif name == "sigkill":
+        await f.kill(c, serving[-1], 1.5, fault, load.zero)
+    elif name == "valkey failover":
+        await f.valkey_failover(c)
+    elif name == "valkey down":
+        await f.valkey_down(c, lasting)
+    elif name == "upstream 429 storm":
+        await f.upstream_storm(c, lasting)
+    elif name == "first token stall":
+        await f.stall(c, lasting, keepalive * 1.5)
+    elif name == "limit burst":
+        await load.burst("limited", 2 * LIMIT)
+    fault.ended = load.now()
+    done.append(fault)
 
 
 async def soak(plan: Plan, env: dict[str, str], folder: Path) -> dict[str, Any]:
@@ -125,6 +131,7 @@ async def soak(plan: Plan, env: dict[str, str], folder: Path) -> dict[str, Any]:
             await asyncio.sleep(1.0)  # the last lines reach the logs
             records = [r for up in c.upstreams.values() for r in up.fake.requests]
             prices = json.loads(env["GATEWAY_PRICES"])
+            done.sort(key=lambda fault: fault.at)
             return analyse(load.results, done, c.logs, records, prices, LIMIT, wall_zero)
     finally:
         await c.stop()

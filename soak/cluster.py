@@ -85,7 +85,9 @@ class Proxy:
         self.links.clear()
 
     async def close(self) -> None:
+        self.down = True
         self.cut()
+        await asyncio.sleep(0.2)  # each link's copying ends with its connections, not cancelled
         if self.server is not None:
             self.server.close()
 

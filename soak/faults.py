@@ -86,8 +86,10 @@ async def upstream_storm(c: Cluster, seconds: float) -> None:
 
 
 async def stall(c: Cluster, seconds: float, first_token_after: float) -> None:
-    """The default upstream sends nothing for longer than the keepalive interval before it answers."""
-    fake = c.upstreams["default"].fake
-    fake.always = {"kind": "slow", "delay": first_token_after}
+    """Every upstream sends nothing for longer than the keepalive interval before it answers (a
+    model thinking; every upstream, so no failover hides it)."""
+    for up in c.upstreams.values():
+        up.fake.always = {"kind": "slow", "delay": first_token_after}
     await asyncio.sleep(seconds)
-    fake.always = None
+    for up in c.upstreams.values():
+        up.fake.always = None

@@ -153,9 +153,11 @@ class Load:
 
     async def steady(self, client: str, until: float, per_second: float) -> None:
         """One client at a steady pace (the limited one), well under its limit."""
+        sent = []
         while self.now() < until:
-            asyncio.ensure_future(self.one("chat", client))
+            sent.append(asyncio.ensure_future(self.one("chat", client)))
             await asyncio.sleep(1 / per_second)
+        await asyncio.gather(*sent)
 
     async def burst(self, client: str, n: int) -> None:
         await asyncio.gather(*(self.one("chat", client) for _ in range(n)))

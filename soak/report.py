@@ -115,7 +115,11 @@ def _stats(rs: list[Result]) -> dict[str, Any]:
 
 
 def cause_of(r: Result, faults: list[Fault]) -> Fault | None:
-    """The fault a failed request is put down to: the last one begun before it (within 30 s of its end)."""
+    """The fault a failed request is put down to: the kill it was in flight on, else the last one
+    begun before it (within 30 s of its end)."""
+    for f in faults:
+        if f.detail.get("killed_at") is not None and in_flight_on_killed(r, [f]):
+            return f
     begun = [f for f in faults if (f.started or f.at) - GRACE <= r.started <= (f.ended or f.at) + 30]
     return max(begun, key=lambda f: f.started or f.at, default=None)
 
