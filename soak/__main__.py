@@ -118,7 +118,8 @@ async def soak(plan: Plan, env: dict[str, str], folder: Path) -> dict[str, Any]:
         "web-app": no_limits, "batch": {**no_limits, "usdPerDay": 1000, "tokensPerMinute": 50_000_000},
         "limited": {**no_limits, "requestsPerMinute": LIMIT}})
     c = Cluster(folder, env, keys, doc)
-    await c.start()
+    # The load balancer's idle timeout is the stack's (the gateway's read timeout is set to it).
+    await c.start(idle_timeout=int(env.get("GATEWAY_READ_TIMEOUT_SECONDS", "600")))
     done: list[f.Fault] = []
     wall_zero = time.time()
     try:
