@@ -45,8 +45,9 @@ FULL = Plan(180, 12, 60_000, 60, (("rolling deploy", 15, 0), ("sigkill", 45, 0),
                                   ("valkey down", 90, 10), ("upstream 429 storm", 115, 10),
                                   ("first token stall", 135, 10), ("limit burst", 160, 0)))
 # The burst before the failover: after it, in its minute, the limit is not checked (report.limits).
-SHORT = Plan(9, 6, 2_000, 0.5, (("rolling deploy", 1, 0), ("limit burst", 2, 0), ("upstream 429 storm", 3, 1),
-                                ("sigkill", 4.5, 0), ("valkey failover", 6, 0)), drain_quiet=0.3)
+SHORT = Plan(7, 6, 2_000, 0.5, (("rolling deploy", 0.8, 0), ("limit burst", 1.5, 0),
+                                ("upstream 429 storm", 2.2, 1), ("sigkill", 3.5, 0), ("valkey failover", 4.8, 0)),
+             drain_quiet=0.3)
 
 
 def routed_staging() -> dict[str, Any]:
@@ -129,7 +130,7 @@ async def soak(plan: Plan, env: dict[str, str], folder: Path) -> dict[str, Any]:
                 load.clients(plan.seconds, plan.workers, plan.max_requests, MIX),
                 load.steady("limited", plan.seconds, LIMIT / 120),
                 run_faults(c, plan, load, done, keepalive))
-            await asyncio.sleep(1.0)  # the last lines reach the logs
+            await asyncio.sleep(0.5)  # the last lines reach the logs
             records = [r for up in c.upstreams.values() for r in up.fake.requests]
             prices = json.loads(env["GATEWAY_PRICES"])
             done.sort(key=lambda fault: fault.at)

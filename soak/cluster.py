@@ -4,7 +4,8 @@ behind a TCP proxy in the place of ElastiCache's primary endpoint, and two fake 
 upstreams. Each piece has the handles the faults use (soak/faults.py).
 
 HAProxy stands in for the ALB: least outstanding connections (`leastconn`), health checks on
-/healthz, the stack's idle timeout, and a server's `drain` then `maint` states for a target's
+/healthz (every 250 ms, where the ALB's come every 5 s: the soak's minutes are short), the stack's
+idle timeout, and a server's `drain` then `maint` states for a target's
 deregistration. Unlike the ALB it retries a request whose connection to a target was refused
 (`retry-on conn-failure`: nothing reached the target); it never resends a request a target
 received. Every answer carries the server that took it (`X-Backend`), HAProxy's own 502s too.
@@ -132,8 +133,7 @@ class Cluster:
             self.start_gateway(slot)
         self.lb_port = free_port()
         self.haproxy = self._haproxy(idle_timeout)
-        for slot in self.slots[:gateways]:
-            await self.wait_up(slot)
+        await asyncio.gather(*(self.wait_up(slot) for slot in self.slots[:gateways]))
         await self.wait_in_rotation(gateways)
 
     async def wait_in_rotation(self, n: int, timeout: float = 20) -> None:
@@ -206,7 +206,7 @@ backend gateways
   balance leastconn
   option httpchk GET /healthz
   http-check expect status 200
-  default-server inter 500ms fall 2 rise 2
+  default-server inter 250ms fall 2 rise 2
   http-after-response set-header X-Backend "%s"
 {servers}
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import signal
 import time
 
 import openai
@@ -60,7 +61,7 @@ def pair(ups, valkey, tmp_path_factory):
     both = [gateway_process.start(ups["a"].url, folder, env=env, keys_doc=keys_doc) for _ in range(2)]
     yield both
     for gw in both:
-        gw.stop()
+        gw.stop(signal.SIGINT)  # at once (SIGTERM would wait out its drain's quiet spell)
 
 
 def chat(gw, model: str, **extra):
