@@ -99,6 +99,7 @@ bench: $(VENV)/.installed  ## wall time of the offline plan per stack
 
 bench-gateway: $(VENV)/.installed  ## added latency and throughput of the gateway against a direct call
 	$(PY) bench/gateway.py
+	$(PY) bench/streams.py
 
 clean:
 	rm -rf $(VENV) $(GW_VENV) policy/.venv .pytest_cache .ruff_cache .build infra/.build

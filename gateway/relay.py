@@ -27,6 +27,8 @@ _USAGE_HINTS = (b'"usage":{', b'"usage": {')
 
 def split_complete(buf: bytes) -> tuple[bytes, bytes]:
     """(complete events, the incomplete rest)."""
+    if buf.endswith(b"\n\n"):  # the common case: the upstream writes whole events
+        return buf, b""
     cut = max(buf.rfind(b"\n\n") + 2 if b"\n\n" in buf else 0,
               buf.rfind(b"\r\n\r\n") + 4 if b"\r\n\r\n" in buf else 0)
     return buf[:cut], buf[cut:]
@@ -80,7 +82,7 @@ class UsageFilter:
         self.events += events.count(b"data:")
         if not self.ended and self.ending.search(events):  # type: ignore[union-attr]
             self.ended = True
-        if not any(h in events for h in _USAGE_HINTS):
+        if b'"usage":{' not in events and b'"usage": {' not in events:  # _USAGE_HINTS, unrolled
             return events  # the common case: no parsing at all
         kept = []
         for event in events.replace(b"\r\n", b"\n").split(b"\n\n"):
@@ -104,36 +106,63 @@ def _loads(data: bytes) -> Any:
         return None
 
 
+class _Quiet:
+    """When the stream last moved, and whether half an event is held back: what the keepalive
+    task reads, so that the relay itself schedules no timer per event."""
+
+    __slots__ = ("last", "partial")
+
+    def __init__(self, now: float) -> None:
+        self.last, self.partial = now, False
+
+
+async def _keep_alive(write: Callable[[bytes], Awaitable[None]], seconds: float, quiet: _Quiet) -> None:
+    """`: keepalive` once the stream has been silent for `seconds`, between events only. One timer
+    per interval of silence, not one per event read."""
+    loop = asyncio.get_running_loop()
+    while True:
+        wait = quiet.last + seconds - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+            continue
+        if not quiet.partial:
+            await write(KEEPALIVE)
+        quiet.last = loop.time()
+
+
 async def relay(read: Callable[[], Awaitable[bytes]], write: Callable[[bytes], Awaitable[None]],
                 keepalive_seconds: float, on_first: Callable[[], None],
                 transform: Callable[[bytes], bytes] = lambda b: b,
                 tap: Optional[Callable[[bytes], None]] = None) -> None:
     """Copy events from `read` (b"" at the end) to `write` until the upstream ends the stream;
     `tap` sees them as the upstream sent them (for the cache). Raises what `read` raises (a
-    dropped upstream); the caller tells the client."""
+    dropped upstream); the caller tells the client, once no keepalive can follow."""
+    loop = asyncio.get_running_loop()
+    quiet = _Quiet(loop.time())
+    keeper = asyncio.ensure_future(_keep_alive(write, keepalive_seconds, quiet))
     buf = b""
     started = False
-    while True:
-        try:
-            async with asyncio.timeout(keepalive_seconds):
-                chunk = await read()
-        except TimeoutError:
-            if not buf:  # between events only
-                await write(KEEPALIVE)
-            continue
-        if not chunk:
-            break
-        buf += chunk
-        events, buf = split_complete(buf)
-        if events:
-            if tap:
-                tap(events)
-            events = transform(events)
-            if events and not started:
-                started = True
-                on_first()
+    try:
+        while chunk := await read():
+            quiet.last = loop.time()
+            if buf:
+                buf += chunk
+                events, buf = split_complete(buf)
+            else:
+                events, buf = split_complete(chunk)
+            quiet.partial = bool(buf)
             if events:
-                await write(events)
+                if tap:
+                    tap(events)
+                events = transform(events)
+                if events:
+                    if not started:
+                        started = True
+                        on_first()
+                    await write(events)
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
     if buf:
         if tap:
             tap(buf)

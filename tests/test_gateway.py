@@ -364,3 +364,49 @@ def test_health_and_readiness_need_no_key(gateway):
     assert raw(gateway, "GET", "/healthz", key=False).status == 200
     ready = raw(gateway, "GET", "/readyz", key=False)
     assert ready.status == 200 and json.loads(ready.read())["ready"] is True
+
+
+def _direct(upstream, body: dict) -> bytes:
+    """What the fake upstream itself sends for `body` (the gateway asks every chat stream for its usage)."""
+    conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=10)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                 headers={"Content-Type": "application/json"})
+    return conn.getresponse().read()
+
+
+def test_a_long_stream_is_relayed_byte_for_byte_and_its_usage_chunk_only_when_asked(gateway, fake, upstream):
+    """The relay's fast paths (whole events straight out, usage found without parsing each event)
+    keep what reaches the client exactly the upstream's, less the usage chunk the client did not ask for."""
+    step = {"kind": "stream", "chunks": [f"w{i} " for i in range(300)]}
+    asked = {**CHAT, "stream": True, "stream_options": {"include_usage": True},
+             "metadata": {"fake_step": json.dumps(step)}}
+    expected = _direct(upstream, asked)
+    assert expected.count(b"data: ") == 303 and b'"usage":{"prompt_tokens"' in expected
+    assert raw(gateway, "POST", "/v1/chat/completions", asked).read() == expected
+    unasked = {k: v for k, v in asked.items() if k != "stream_options"}
+    events = expected.split(b"\n\n")
+    usage_chunk = next(e for e in events if b'"choices":[]' in e)
+    assert raw(gateway, "POST", "/v1/chat/completions", unasked).read() == \
+        b"\n\n".join(e for e in events if e != usage_chunk)
+
+
+def test_a_cached_stream_replays_byte_for_byte(gateway, fake):
+    step = {"kind": "stream", "chunks": [f"c{i} " for i in range(50)]}
+    body = {**CHAT, "stream": True, "temperature": 0, "seed": 2727, "stream_options": {"include_usage": True},
+            "metadata": {"fake_step": json.dumps(step)}}
+    first = raw(gateway, "POST", "/v1/chat/completions", body)
+    first_bytes = first.read()
+    second = raw(gateway, "POST", "/v1/chat/completions", body)
+    assert (first.getheader("x-gateway-cache"), second.getheader("x-gateway-cache")) == ("MISS", "HIT")
+    assert second.read() == first_bytes and first_bytes.count(b"data: ") == 53
+    assert len(fake.requests) == 1
+
+
+def test_keepalives_come_between_events_when_the_upstream_pauses_mid_stream_never_inside_one(gateway, fake):
+    fake.script = [{"kind": "stream", "delay": 0.5, "chunks": ["a", "b", "c", "d"]}]
+    data = raw(gateway, "POST", "/v1/chat/completions", {**CHAT, "stream": True}).read()
+    events = [e for e in data.split(b"\n\n") if e]
+    assert all(e == b": keepalive" or e.startswith(b"data: ") for e in events), events
+    deltas = [i for i, e in enumerate(events) if b'"content"' in e]
+    assert len(deltas) == 4
+    assert all(b": keepalive" in events[a:b] for a, b in zip(deltas, deltas[1:], strict=False))
