@@ -42,7 +42,7 @@ PACKAGES = (
          "tests/test_secrets.py", "tests/test_edge_monitoring.py", "tests/test_cache.py",
          "tests/test_lifecycle.py", "tests/test_service.py",
          # The stack contract refuses with the components' own messages, asserted whole there.
-         "tests/test_config_refusals.py"),
+         "tests/test_config_refusals.py", "tests/test_component_problems.py"),
     ),
     Package(
         "ops",
