@@ -96,7 +96,8 @@ class Load:
                     await self._stream(resp, r, abandon=kind == "abandon")
                 else:
                     data = await resp.read()
-                    self._judge(r, resp.status, data)
+                    # A limit's refusal is the gateway's own: an upstream's 429 passed on names its upstream.
+                    self._judge(r, resp.status, data, own="x-gateway-upstream" not in resp.headers)
         except (TimeoutError, aiohttp.ClientError) as e:
             r.outcome, r.cause = "failed", f"connection ({type(e).__name__})"
         r.ended = self.now()
@@ -122,7 +123,7 @@ class Load:
             r.outcome, r.cause = "failed", "truncated"
 
     @staticmethod
-    def _judge(r: Result, status: int, data: bytes) -> None:
+    def _judge(r: Result, status: int, data: bytes, own: bool = True) -> None:
         if status == 200:
             r.outcome = "ok"
             return
@@ -130,7 +131,7 @@ class Load:
             code = json.loads(data)["error"].get("code")
         except (ValueError, KeyError, TypeError, AttributeError):
             code = None
-        if status == 429 and code in LIMIT_CODES and r.backend:
+        if status == 429 and code in LIMIT_CODES and r.backend and own:
             r.outcome = "limited"
         else:
             r.outcome, r.cause = "failed", f"status {status}" + (f" {code}" if code else "")
