@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -128,32 +131,55 @@ async def round_(direct: str, through: str, key: str, gateway_pid: int, reverse:
     return out
 
 
-async def main(rounds: int) -> None:
+@dataclass
+class Bench:
+    """What every benchmark runs against, pinned: the cache server and the fake upstream on CPU 1,
+    the environment a gateway needs to use them, and the processes to stop at the end."""
+
+    env: dict[str, str]
+    key: str
+    upstream_port: int
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        proc = spawn(1, args, env)
+        self.procs.append(proc)
+        return proc
+
+
+@contextlib.asynccontextmanager
+async def bench(prefix: str) -> AsyncIterator[Bench]:
     os.sched_setaffinity(0, {0})
-    up_port, gw_port, routed_port = free_port(), free_port(), free_port()
+    up_port = free_port()
     doc, keys = client_keys("bench")
-    folder = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     cache = valkey_server.start(folder)
     subprocess.run(["taskset", "-cp", "1", str(cache.proc.pid)], check=True, capture_output=True)
-    upstream = spawn(1, ["-m", "tests.fake_upstream", str(up_port)], {})
-    env = {"HOST": "127.0.0.1", "OPENAI_API_KEY": UPSTREAM_KEY, "CLIENT_KEYS": doc,
-           "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1", **cache.env()}
-    gateway = spawn(1, ["-m", "gateway"], {**env, "PORT": str(gw_port)})
-    routed = spawn(1, ["-m", "gateway"], {**env, "PORT": str(routed_port), "GATEWAY_ROUTES": ROUTES})
+    b = Bench({"HOST": "127.0.0.1", "OPENAI_API_KEY": UPSTREAM_KEY, "CLIENT_KEYS": doc,
+               "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1", **cache.env()}, keys["bench"], up_port)
+    b.spawn(["-m", "tests.fake_upstream", str(up_port)], {})
     try:
-        direct, through = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
-        via_route = f"http://127.0.0.1:{routed_port}"
-        await wait_up(f"{direct}/_requests")
-        await wait_up(f"{through}/healthz")
-        await wait_up(f"{via_route}/healthz")
-        results = [await round_(direct, through, keys["bench"], gateway.pid, i % 2 == 1, via_route, routed.pid)
-                   for i in range(rounds)]
+        await wait_up(f"http://127.0.0.1:{up_port}/_requests")
+        yield b
     finally:
-        for p in (gateway, routed, upstream):
+        for p in b.procs:
             p.send_signal(signal.SIGINT)  # at once (SIGTERM drains, waiting for a quiet spell)
             p.wait()
         cache.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def main(rounds: int) -> None:
+    gw_port, routed_port = free_port(), free_port()
+    async with bench("bench-cache-") as b:
+        gateway = b.spawn(["-m", "gateway"], {**b.env, "PORT": str(gw_port)})
+        routed = b.spawn(["-m", "gateway"], {**b.env, "PORT": str(routed_port), "GATEWAY_ROUTES": ROUTES})
+        direct, through = f"http://127.0.0.1:{b.upstream_port}", f"http://127.0.0.1:{gw_port}"
+        via_route = f"http://127.0.0.1:{routed_port}"
+        await wait_up(f"{through}/healthz")
+        await wait_up(f"{via_route}/healthz")
+        results = [await round_(direct, through, b.key, gateway.pid, i % 2 == 1, via_route, routed.pid)
+                   for i in range(rounds)]
     report(results)
 
 

@@ -18,13 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +29,8 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway import cpu_seconds, spawn, wait_up  # noqa: E402
-from tests import valkey_server  # noqa: E402
-from tests.gateway_process import UPSTREAM_KEY, client_keys, free_port  # noqa: E402
+from bench.gateway import bench, cpu_seconds, wait_up  # noqa: E402
+from tests.gateway_process import free_port  # noqa: E402
 
 EVENTS = (20, 300, 1000)
 
@@ -108,30 +102,15 @@ async def round_(gw: str, relay: str, key: str, pids: dict[str, int]) -> dict:
 
 
 async def main(rounds: int) -> None:
-    os.sched_setaffinity(0, {0})
-    up_port, gw_port, relay_port = free_port(), free_port(), free_port()
-    doc, keys = client_keys("bench")
-    folder = Path(tempfile.mkdtemp(prefix="bench-streams-"))
-    cache = valkey_server.start(folder)
-    subprocess.run(["taskset", "-cp", "1", str(cache.proc.pid)], check=True, capture_output=True)
-    upstream = spawn(1, ["-m", "tests.fake_upstream", str(up_port)], {})
-    gateway = spawn(1, ["-m", "gateway"], {
-        "HOST": "127.0.0.1", "PORT": str(gw_port), "OPENAI_API_KEY": UPSTREAM_KEY, "CLIENT_KEYS": doc,
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1", **cache.env()})
-    relay = spawn(1, ["bench/bare_relay.py", str(relay_port), f"http://127.0.0.1:{up_port}"], {})
-    try:
+    gw_port, relay_port = free_port(), free_port()
+    async with bench("bench-streams-") as b:
+        gateway = b.spawn(["-m", "gateway"], {**b.env, "PORT": str(gw_port)})
+        relay = b.spawn(["bench/bare_relay.py", str(relay_port), f"http://127.0.0.1:{b.upstream_port}"], {})
         gw, via = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{relay_port}"
-        await wait_up(f"http://127.0.0.1:{up_port}/_requests")
         await wait_up(f"{gw}/healthz")
         await wait_up(f"{via}/v1/chat/completions")
-        pids = {"gateway": gateway.pid, "relay": relay.pid}
-        results = [await round_(gw, via, keys["bench"], pids) for _ in range(rounds)]
-    finally:
-        for p in (gateway, relay, upstream):
-            p.send_signal(signal.SIGINT)
-            p.wait()
-        cache.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        results = [await round_(gw, via, b.key, {"gateway": gateway.pid, "relay": relay.pid})
+                   for _ in range(rounds)]
     report(results)
 
 
