@@ -56,6 +56,18 @@ OWN_HEALTH_CHECK = USER_AGENT.encode()  # the container's own check, not the loa
 
 
 
+@dataclass(frozen=True)
+class Unsettled:
+    """A call to the store's counters that did not get its answer, to be sent again as it was."""
+
+    client: str
+    r: Reservation
+    tokens: int
+    nano: int
+    requests: int = 0
+    void: bool = False
+
+
 @dataclass(slots=True)
 class Call:
     """One request on its way through the gateway, made once its client is known: who asks (client,
@@ -106,8 +118,10 @@ class App:
         # it charged is added to the shared counters once the store answers again (`owed`).
         self.local = LocalStore()
         self.owed: dict[tuple[str, int, str], list[int]] = {}  # (client, minute, day) -> requests, tokens, nano
-        # Settlements the store missed (it failed while the request ran): paid when it answers.
-        self.unsettled: list[tuple[str, Reservation, int, int]] = []
+        # Settlements the store missed (it failed while the request ran), payments of what was owed
+        # that failed, and gates it may have applied after they timed out (to be voided): sent when
+        # it answers, each by its reservation's mark, so that one the store did apply counts once.
+        self.unsettled: list[Unsettled] = []
         self.paying: Optional[asyncio.Task[None]] = None
         self.draining = False  # set on SIGTERM: /healthz fails from then on
         self.in_flight = 0  # requests this worker is serving (GATEWAY_MAX_IN_FLIGHT bounds it)
@@ -281,8 +295,10 @@ class App:
         try:
             gate = await self.store.gate(client.name, limits, key, policy.read, policy.write, tokens, nano,
                                          int(self.s.coalesce_wait_seconds * 1000), counted)
-        except StoreUnavailable:
+        except StoreUnavailable as e:
             rec.cache_error = True
+            if e.maybe is not None:  # sent and timed out: applied, maybe, and then to be undone
+                self.unsettled.append(Unsettled(client.name, e.maybe, 0, 0, 0 if counted else -1, void=True))
             if not limits.any:
                 return None
             # No cache; the limits as this process alone sees them.
@@ -345,7 +361,7 @@ class App:
         except StoreUnavailable:
             rec.cache_error = True
             # Bounded: only requests admitted by the store before it failed get here.
-            self.unsettled.append((client.name, r, used_tokens, used_nano))
+            self.unsettled.append(Unsettled(client.name, r, used_tokens, used_nano))
 
     async def every_second(self) -> None:
         """What this process charged alone, or could not settle, goes to the shared counters as
@@ -393,20 +409,15 @@ class App:
         for window in list(self.owed):
             client, minute, day = window
             requests, tokens, nano = self.owed.pop(window)
-            try:
-                await self.store.settle(client, Reservation(0, 0, minute, day), tokens, nano, requests)
-            except (StoreUnavailable, asyncio.CancelledError) as e:
-                debt = self.owed.setdefault(window, [0, 0, 0])
-                for i, v in enumerate((requests, tokens, nano)):
-                    debt[i] += v
-                if isinstance(e, asyncio.CancelledError):
-                    raise
+            # A payment that fails is sent again as it was, by its mark: it may have been applied.
+            self.unsettled.append(Unsettled(client, Reservation(0, 0, minute, day, mark=os.urandom(8).hex()),
+                                            tokens, nano, requests))
         for _ in range(len(self.unsettled)):
-            client, r, tokens, nano = self.unsettled.pop(0)
+            debt = self.unsettled.pop(0)
             try:
-                await self.store.settle(client, r, tokens, nano)
+                await self.store.settle(debt.client, debt.r, debt.tokens, debt.nano, debt.requests, debt.void)
             except (StoreUnavailable, asyncio.CancelledError) as e:
-                self.unsettled.append((client, r, tokens, nano))
+                self.unsettled.append(debt)
                 if isinstance(e, asyncio.CancelledError):
                     raise
 

@@ -127,6 +127,10 @@ class Reservation:
     minute: int  # the windows the reservation was charged to
     day: str
     flight: str = ""  # its place among the client's requests in flight ("" when not bounded)
+    # Its mark in the shared store ("" for none): a settlement sent again after a timeout (the first
+    # may have been applied all the same) counts once, and a gate applied after the gateway gave up
+    # on it is undone (`void`).
+    mark: str = ""
 
 
 def estimate(route: str, doc: dict[str, Any], body_size: int, default_output: int) -> tuple[int, int]:

@@ -11,7 +11,8 @@ or one client's): every older entry becomes unreachable at once and expires by i
 
 Keys, under `llmgw:<service>:`: `ver`, `ver:<client>` (versions); `e:<client>:<ver>:<ver>:<hash>`
 (entries) and `…:lock`; `rpm:<client>:<minute>`, `tpm:<client>:<minute>`, `usd:<client>:<day>`;
-`cool:<upstream>:<model>` (a target's cooldown, gateway/routing.py).
+`cool:<upstream>:<model>` (a target's cooldown, gateway/routing.py); `mark:<token>` (a limited
+request's: its gate applied, its settlement done, or its gate voided).
 """
 
 from __future__ import annotations
@@ -41,7 +42,16 @@ DAY_TTL_S = 2 * 86400
 # How long a request holds its place among a client's requests in flight, at most: one whose
 # task died frees its place after this (a longer one still running frees it early).
 INFLIGHT_TTL_MS = 15 * 60 * 1000
+# How long a request's mark (settled once) is kept: longer than a store outage's late writes can
+# arrive (a connection's unanswered bytes are given up within minutes); about 80 bytes a request.
+MARK_TTL_MS = 15 * 60 * 1000
 WARM_CONNECTIONS = 8  # opened at start-up, so a burst on a new task does not open them at once
+
+def _closed(task: asyncio.Future[None]) -> None:
+    """Dropping connections to a store that does not answer can time out too: nothing to do."""
+    if not task.cancelled():
+        task.exception()
+
 
 @dataclass(frozen=True)
 class Script:
@@ -76,11 +86,13 @@ class Script:
 
 # One round trip per request: the cache entry and every limit of the client, counted atomically.
 GATE = Script(
-    ("ver_key", "client_ver_key", "rpm_key", "tpm_key", "usd_key", "inflight_key"),
+    ("ver_key", "client_ver_key", "rpm_key", "tpm_key", "usd_key", "inflight_key", "mark_key"),
     ("entry_prefix", "cache_hash", "read", "lock", "rpm_limit", "tpm_limit", "nano_limit", "tokens", "nano",
      "lock_ms", "token", "window_ttl_ms", "day_ttl_s", "counted", "concurrent_limit", "now_ms",
-     "inflight_ttl_ms"),
+     "inflight_ttl_ms", "mark_ttl_ms"),
     """
+-- Sent, timed out, voided by the gateway, and arrived late all the same: it counts nothing.
+if mark_key ~= '' and redis.call('EXISTS', mark_key) == 1 then return {'void', 0, ''} end
 local entry_key = ''
 if cache_hash ~= '' then
   local gv = redis.call('GET', ver_key) or '0'
@@ -100,6 +112,7 @@ if read == '1' and entry_key ~= '' then
   local entry = redis.call('GET', entry_key)
   if entry then
     count_request()
+    if mark_key ~= '' then redis.call('SET', mark_key, 'h', 'PX', mark_ttl_ms) end
     return {'hit', 0, entry_key, entry}
   end
 end
@@ -127,6 +140,7 @@ if nano ~= '0' then
   redis.call('INCRBY', usd_key, nano)
   redis.call('EXPIRE', usd_key, day_ttl_s)
 end
+if mark_key ~= '' then redis.call('SET', mark_key, 'r', 'PX', mark_ttl_ms) end
 local holds = 0
 if lock == '1' and entry_key ~= '' then
   if redis.call('SET', entry_key .. ':lock', token, 'NX', 'PX', lock_ms) then holds = 1 end
@@ -145,8 +159,24 @@ if redis.call('GET', lock_key) == lock_token then redis.call('DEL', lock_key) en
 return 1
 """)
 
-SETTLE = Script(("tpm_key", "usd_key", "inflight_key", "rpm_key"),
-                ("tokens", "nano", "window_ttl_ms", "day_ttl_s", "flight", "requests"), """
+# A request's reservation corrected to what it used, once: by its mark, a settlement sent again
+# (after a timeout that may have hidden its success) changes nothing. `void`: the gateway gave up
+# on the request's gate (it timed out) and admitted it alone; a gate that was applied all the same
+# is undone (what it counted: the request, and a miss's reservation and place in flight), and one
+# still on its way will count nothing when it lands.
+SETTLE = Script(("tpm_key", "usd_key", "inflight_key", "rpm_key", "mark_key"),
+                ("tokens", "nano", "window_ttl_ms", "day_ttl_s", "flight", "requests", "void", "mark_ttl_ms"), """
+if mark_key ~= '' then
+  local state = redis.call('GET', mark_key)
+  if state == 's' or state == 'v' then return 0 end
+  if void == '1' then
+    redis.call('SET', mark_key, 'v', 'PX', mark_ttl_ms)
+    if not state then return 0 end
+    if state == 'h' then tokens, nano = '0', '0' end
+  else
+    redis.call('SET', mark_key, 's', 'PX', mark_ttl_ms)
+  end
+end
 if tokens ~= '0' then
   redis.call('INCRBY', tpm_key, tokens)
   redis.call('PEXPIRE', tpm_key, window_ttl_ms)
@@ -209,8 +239,10 @@ class Store(Protocol):
         """Give up the right to fill the entry without filling it."""
         ...
 
-    async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0) -> None:
-        """Correct a reservation to what was used and give back its place in flight."""
+    async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0,
+                     void: bool = False) -> None:
+        """Correct a reservation to what was used and give back its place in flight, once; `void`:
+        undo a gate the gateway gave up on, if it was applied all the same."""
         ...
 
     async def wait(self, gate: Gate, bound: float) -> Optional[bytes]:
@@ -229,12 +261,19 @@ class Store(Protocol):
 
 
 class StoreUnavailable(Exception):
-    """The store did not answer; the request goes on without cache or limits."""
+    """The store did not answer; the request goes on without cache or limits. `maybe`: a gate
+    that was sent, and so may have been applied all the same (to be voided once the store answers)."""
+
+    def __init__(self, message: str, sent: bool = True):
+        super().__init__(message)
+        self.sent = sent
+        self.maybe: Optional[Reservation] = None
 
 
 class ValkeyStore:
     """The shared store. Every call is bounded by a short timeout; after a failure the store is
-    skipped for a second, so an outage costs each request nothing but the skip."""
+    skipped for a second, then tried by one call at a time until it answers, so an outage costs
+    each request nothing but the skip (and one call a second its timeout)."""
 
     kind = "valkey"
 
@@ -265,7 +304,9 @@ class ValkeyStore:
         self._release = self.primary.register_script(RELEASE.source)
         self._settle = self.primary.register_script(SETTLE.source)
         self._cool = self.primary.register_script(COOL.source)
-        self.down_until = 0.0
+        self.down_until = 0.0  # calls skip the store until then, after a failure
+        self.failed = False  # the last call failed: the next is a probe
+        self.probing = False  # a probe is in flight: the others skip the store until it answers
 
     async def warm(self, n: int = WARM_CONNECTIONS) -> None:
         """Open connections before the first requests need them (a failure here is harmless)."""
@@ -278,43 +319,60 @@ class ValkeyStore:
             await self.reader.aclose()
 
     async def _call(self, coro: Awaitable[T]) -> T:
-        if time.monotonic() < self.down_until:
+        # After a failure, one call a second tries the store again (the probe) and the others skip
+        # it meanwhile: against an endpoint that does not answer at all (a partition), each call
+        # that tried would wait out its own connect timeout.
+        if self.probing or time.monotonic() < self.down_until:
             cast(Coroutine[Any, Any, T], coro).close()  # redis-py's calls are coroutines
-            raise StoreUnavailable("skipped after a recent failure")
+            raise StoreUnavailable("skipped after a recent failure", sent=False)
+        probe = self.probing = self.failed
         try:
-            return await coro
+            result = await coro
         except (TimeoutError, RedisError, OSError) as e:
-            self.down_until = time.monotonic() + 1.0
+            self.failed, self.down_until = True, time.monotonic() + 1.0
             # Every pooled connection is suspect after a failure (a failover or a restart leaves
             # them all dead): drop them, so the store's return costs one failure, not one each.
             for pool in {id(c.connection_pool): c.connection_pool for c in (self.primary, self.reader)}.values():
-                asyncio.ensure_future(pool.disconnect())
+                asyncio.ensure_future(pool.disconnect()).add_done_callback(_closed)
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from None
+        finally:
+            if probe:
+                self.probing = False
+        self.failed = False
+        return result
 
 
     async def gate(self, client: str, limits: Limits, cache_hash: str, read: bool, lock: bool,
                    tokens: int, nano: int, lock_ms: int, counted: bool = False) -> Gate:
         minute, day, _, _ = windows()
         token = os.urandom(8).hex()
+        # Marked only where a count matters: a client with no limit has nothing to count twice.
+        reservation = Reservation(tokens, nano, minute, day, token if limits.concurrent_requests else "",
+                                  token if limits.any else "")
         p = self.prefix
-        reply = await self._call(self._gate(
-            keys=GATE.keys(ver_key=f"{p}ver", client_ver_key=f"{p}ver:{client}",
-                           rpm_key=f"{p}rpm:{client}:{minute}", tpm_key=f"{p}tpm:{client}:{minute}",
-                           usd_key=f"{p}usd:{client}:{day}", inflight_key=f"{p}inflight:{client}"),
-            args=GATE.args(entry_prefix=f"{p}e:{client}:", cache_hash=cache_hash, read=int(read), lock=int(lock),
-                           rpm_limit=limits.requests_per_minute, tpm_limit=limits.tokens_per_minute,
-                           nano_limit=limits.nano_per_day, tokens=tokens, nano=nano, lock_ms=lock_ms,
-                           token=token, window_ttl_ms=WINDOW_TTL_MS, day_ttl_s=DAY_TTL_S, counted=int(counted),
-                           concurrent_limit=limits.concurrent_requests, now_ms=int(time.time() * 1000),
-                           inflight_ttl_ms=INFLIGHT_TTL_MS)))
+        try:
+            reply = await self._call(self._gate(
+                keys=GATE.keys(ver_key=f"{p}ver", client_ver_key=f"{p}ver:{client}",
+                               rpm_key=f"{p}rpm:{client}:{minute}", tpm_key=f"{p}tpm:{client}:{minute}",
+                               usd_key=f"{p}usd:{client}:{day}", inflight_key=f"{p}inflight:{client}",
+                               mark_key=f"{p}mark:{token}" if reservation.mark else ""),
+                args=GATE.args(entry_prefix=f"{p}e:{client}:", cache_hash=cache_hash, read=int(read),
+                               lock=int(lock), rpm_limit=limits.requests_per_minute,
+                               tpm_limit=limits.tokens_per_minute, nano_limit=limits.nano_per_day, tokens=tokens,
+                               nano=nano, lock_ms=lock_ms, token=token, window_ttl_ms=WINDOW_TTL_MS,
+                               day_ttl_s=DAY_TTL_S, counted=int(counted),
+                               concurrent_limit=limits.concurrent_requests, now_ms=int(time.time() * 1000),
+                               inflight_ttl_ms=INFLIGHT_TTL_MS, mark_ttl_ms=MARK_TTL_MS)))
+        except StoreUnavailable as e:
+            e.maybe = reservation if e.sent else None
+            raise
         outcome = reply[0].decode()
         gate = Gate(outcome)
         if outcome == "hit":
             gate.entry = reply[3]
         elif outcome == "miss":  # the entry's key: for fill, wait and release
             gate.entry_key, gate.holds_lock, gate.lock_token = reply[2].decode(), bool(reply[1]), token
-            gate.reservation = Reservation(tokens, nano, minute, day,
-                                           token if limits.concurrent_requests else "")
+            gate.reservation = reservation
         else:
             gate.used = int(reply[1])
         return gate
@@ -327,17 +385,21 @@ class ValkeyStore:
         await self._call(self._release(keys=RELEASE.keys(lock_key=gate.entry_key + ":lock"),
                                        args=RELEASE.args(lock_token=gate.lock_token)))
 
-    async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0) -> None:
-        """Correct the reservation to what was used, and give back its place in flight;
-        `requests` adds requests counted elsewhere (by a process while the store was away)."""
+    async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0,
+                     void: bool = False) -> None:
+        """Correct the reservation to what was used, and give back its place in flight, once (by its
+        mark); `requests` adds requests counted elsewhere (by a process while the store was away).
+        `void`: undo a gate the gateway gave up on, if it was applied all the same."""
         if tokens == r.tokens and nano == r.nano and not r.flight and not requests:
             return
         p = self.prefix
         await self._call(self._settle(
             keys=SETTLE.keys(tpm_key=f"{p}tpm:{client}:{r.minute}", usd_key=f"{p}usd:{client}:{r.day}",
-                             inflight_key=f"{p}inflight:{client}", rpm_key=f"{p}rpm:{client}:{r.minute}"),
+                             inflight_key=f"{p}inflight:{client}", rpm_key=f"{p}rpm:{client}:{r.minute}",
+                             mark_key=f"{p}mark:{r.mark}" if r.mark else ""),
             args=SETTLE.args(tokens=tokens - r.tokens, nano=nano - r.nano, window_ttl_ms=WINDOW_TTL_MS,
-                             day_ttl_s=DAY_TTL_S, flight=r.flight, requests=requests)))
+                             day_ttl_s=DAY_TTL_S, flight=r.flight, requests=requests, void=int(void),
+                             mark_ttl_ms=MARK_TTL_MS)))
 
     # The waiter's clock and pause (a test runs them on a fake clock).
     clock: Callable[[], float] = staticmethod(time.monotonic)
@@ -458,7 +520,9 @@ class LocalStore:
             del self.waiters[gate.entry_key]
             event.set()
 
-    async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0) -> None:
+    async def settle(self, client: str, r: Reservation, tokens: int, nano: int, requests: int = 0,
+                     void: bool = False) -> None:
+        # In this process every call is answered: none is sent twice, no gate is voided.
         self._add(f"tpm:{client}:{r.minute}", tokens - r.tokens, WINDOW_TTL_S)
         self._add(f"usd:{client}:{r.day}", nano - r.nano, DAY_TTL_S)
         self._add(f"rpm:{client}:{r.minute}", requests, WINDOW_TTL_S)

@@ -168,7 +168,8 @@ def read_status(work: Path) -> dict[str, tuple[str, str]]:
         source = meta.relative_to(work / "mutants").as_posix().removesuffix(".meta")
         # mutmut keeps the verdicts of a changed function's old mutants; only those its mutated
         # copy of the file still defines are this code's.
-        defined = set(re.findall(r"^\s*def (\S+__mutmut_\d+)\(", meta.with_suffix("").read_text(), re.M))
+        defined = set(re.findall(r"^\s*(?:async\s+)?def (\S+__mutmut_\d+)\(", meta.with_suffix("").read_text(),
+                                 re.M))
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             if name.rsplit(".", 1)[-1] in defined:
                 status[name] = status_by_exit_code[code], source

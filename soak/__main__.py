@@ -15,20 +15,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from gateway.limits import Price, estimate
 from soak import faults as f
 from soak.cluster import Cluster, remove, workdir
-from soak.load import Load
+from soak.load import Load, Result, body
 from soak.report import analyse, text
 from tests.gateway_process import client_keys
 
 LIMIT = 60  # the limited client's requests per minute
-MIX = {"chat": 30, "stream": 30, "embed": 10, "cached": 15, "slow": 5, "abandon": 7, "broken": 3}
+CAP = 3  # the capped client's requests in flight at once
+FITS = 4  # the spender's daily budget: as many of the spend race's reservations, and a half
+MIX = {"chat": 30, "stream": 24, "stream_usage": 6, "embed": 10, "cached": 15, "slow": 5, "abandon": 7,
+       "broken": 3}
 
 
 @dataclass(frozen=True)
@@ -41,13 +47,16 @@ class Plan:
     drain_quiet: Optional[float] = None  # GATEWAY_DRAIN_QUIET_SECONDS, when not the task's
 
 
-FULL = Plan(180, 12, 60_000, 60, (("rolling deploy", 15, 0), ("sigkill", 45, 0), ("valkey failover", 70, 0),
-                                  ("valkey down", 90, 10), ("upstream 429 storm", 115, 10),
+# The bursts for the limited client come before the failover (after it, in its minute, its limit is
+# not checked: report.limits) or in the store's outage (each process holds the limit alone).
+FULL = Plan(180, 12, 60_000, 60, (("rolling deploy", 15, 0), ("sigkill", 45, 0), ("concurrency race", 55, 0),
+                                  ("spend race", 60, 0), ("valkey failover", 70, 0), ("valkey down", 90, 10),
+                                  ("burst in the outage", 93, 0), ("upstream 429 storm", 115, 10),
                                   ("first token stall", 135, 10), ("limit burst", 160, 0)))
-# The burst before the failover: after it, in its minute, the limit is not checked (report.limits).
-SHORT = Plan(7, 6, 2_000, 0.5, (("rolling deploy", 0.8, 0), ("limit burst", 1.5, 0),
-                                ("upstream 429 storm", 2.2, 1), ("sigkill", 3.5, 0), ("valkey failover", 4.8, 0)),
-             drain_quiet=0.3)
+SHORT = Plan(7.5, 6, 2_000, 0.5, (
+    ("rolling deploy", 0.8, 0), ("limit burst", 1.5, 0), ("spend race", 1.8, 0), ("upstream 429 storm", 2.2, 1),
+    ("concurrency race", 2.6, 0), ("sigkill", 4.0, 0), ("valkey failover", 4.8, 0), ("valkey down", 5.8, 1),
+    ("burst in the outage", 6.0, 0)), drain_quiet=0.3)
 
 
 def routed_staging() -> dict[str, Any]:
@@ -92,11 +101,10 @@ async def one_fault(c: Cluster, plan: Plan, load: Load, done: list[f.Fault], kee
                     name: str, at: float, lasting: float) -> None:
     await asyncio.sleep(max(0.0, at - load.now()))
     fault = f.Fault(name, at, lasting, started=load.now())
-    serving = c.serving()
     if name == "rolling deploy":
-        await f.rolling_deploy(c, serving[0], plan.deregistration)
+        await f.rolling_deploy(c, c.in_rotation()[0], plan.deregistration, load, fault)
     elif name == "sigkill":
-        await f.kill(c, serving[-1], 1.5, fault, load.zero)
+        await f.kill(c, 1.5, fault, load.zero)
     elif name == "valkey failover":
         await f.valkey_failover(c)
     elif name == "valkey down":
@@ -107,34 +115,64 @@ async def one_fault(c: Cluster, plan: Plan, load: Load, done: list[f.Fault], kee
         await f.stall(c, lasting, keepalive * 1.5)
     elif name == "limit burst":
         await load.burst("limited", 2 * LIMIT)
+    elif name == "burst in the outage":  # more than one process may admit alone: each must refuse some
+        await load.burst("limited", 4 * LIMIT)
+    elif name == "concurrency race":
+        race(fault, await load.burst("capped", 4 * CAP, "held"), CAP)
+    elif name == "spend race":
+        race(fault, await load.burst("spender", 4 * FITS, "fixed"), FITS)
     fault.ended = load.now()
     done.append(fault)
+
+
+def race(fault: f.Fault, results: list[Result], fits: int) -> None:
+    admitted = [r.request_id for r in results if r.outcome == "ok"]
+    fault.detail.update(client=results[0].client, sent=len(results), fits=fits, admitted=len(admitted),
+                        admitted_ids=admitted, refused=sum(1 for r in results if r.outcome == "limited"))
+
+
+def reservation(env: dict[str, str]) -> Callable[[Result], int]:
+    """What the gateway reserves of a client's day spend before a request (gateway/limits.py)."""
+    prices = json.loads(env["GATEWAY_PRICES"])
+    out = int(env.get("GATEWAY_OUTPUT_TOKENS_ESTIMATE", "1000"))
+
+    def nano(r: Result) -> int:
+        p = prices.get("text-embedding-3-small" if r.route == "embeddings" else "gpt-4o-mini",
+                       {"inputPerMillion": 0, "outputPerMillion": 0})
+        return Price(p["inputPerMillion"], p["outputPerMillion"]).nano(*estimate(r.route, {}, r.size, out))
+    return nano
 
 
 async def soak(plan: Plan, env: dict[str, str], folder: Path) -> dict[str, Any]:
     if plan.drain_quiet is not None:
         env = {**env, "GATEWAY_DRAIN_QUIET_SECONDS": str(plan.drain_quiet)}
+    reserve = reservation(env)
+    rng = random.Random(0)  # noqa: S311 - a body's size, not a secret
+    fixed = Result("fixed", "spender", 0, 0, "", size=len(json.dumps(body("fixed", rng)).encode()))
     no_limits = {"requestsPerMinute": 0, "tokensPerMinute": 0, "usdPerDay": 0, "concurrentRequests": 0}
-    doc, keys = client_keys("web-app", "batch", "limited", limits={
+    doc, keys = client_keys("web-app", "batch", "limited", "capped", "spender", limits={
         "web-app": no_limits, "batch": {**no_limits, "usdPerDay": 1000, "tokensPerMinute": 50_000_000},
-        "limited": {**no_limits, "requestsPerMinute": LIMIT}})
+        "limited": {**no_limits, "requestsPerMinute": LIMIT},
+        "capped": {**no_limits, "concurrentRequests": CAP},
+        "spender": {**no_limits, "usdPerDay": (FITS + 0.5) * reserve(fixed) / 1e9}})
     c = Cluster(folder, env, keys, doc)
-    # The load balancer's idle timeout is the stack's (the gateway's read timeout is set to it).
-    await c.start(idle_timeout=int(env.get("GATEWAY_READ_TIMEOUT_SECONDS", "600")))
     done: list[f.Fault] = []
     wall_zero = time.time()
     try:
+        # The load balancer's idle timeout is the stack's (the gateway's read timeout is set to it).
+        await c.start(idle_timeout=int(env.get("GATEWAY_READ_TIMEOUT_SECONDS", "600")))
+        wall_zero = time.time()
         async with Load(c.url, keys, time.monotonic()) as load:
             keepalive = float(env.get("GATEWAY_SSE_KEEPALIVE_SECONDS", "15"))
             await asyncio.gather(
                 load.clients(plan.seconds, plan.workers, plan.max_requests, MIX),
                 load.steady("limited", plan.seconds, LIMIT / 120),
                 run_faults(c, plan, load, done, keepalive))
-            await asyncio.sleep(0.5)  # the last lines reach the logs
+            await asyncio.sleep(1.5)  # the last lines reach the logs; what a process owes is paid
             records = [r for up in c.upstreams.values() for r in up.fake.requests]
-            prices = json.loads(env["GATEWAY_PRICES"])
             done.sort(key=lambda fault: fault.at)
-            return analyse(load.results, done, c.logs, records, prices, LIMIT, wall_zero)
+            return analyse(load.results, done, c.logs, records, json.loads(env["GATEWAY_PRICES"]), LIMIT,
+                           wall_zero, load.zero, c.stored_spend(env["GATEWAY_SERVICE"]), reserve, keepalive)
     finally:
         await c.stop()
 

@@ -8,7 +8,11 @@ HAProxy stands in for the ALB: least outstanding connections (`leastconn`), heal
 idle timeout, and a server's `drain` then `maint` states for a target's
 deregistration. Unlike the ALB it retries a request whose connection to a target was refused
 (`retry-on conn-failure`: nothing reached the target); it never resends a request a target
-received. Every answer carries the server that took it (`X-Backend`), HAProxy's own 502s too.
+received. Every answer carries the server that took it (`X-Backend`), HAProxy's own 502s too. Where
+a target dies before answering a request that came on a kept-alive client connection, HAProxy closes
+that connection without an answer (so that a browser retries) and without a log line, where the ALB
+answers 502: so the load opens a connection per request (soak/load.py), and every request a dead
+target had is answered 502 and named.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -42,19 +47,27 @@ SLOTS = 4  # HAProxy's server slots: three serving, one for a replacement to sta
 
 class Proxy:
     """A TCP proxy in the place of ElastiCache's primary endpoint: a failover moves it to another
-    node and drops every connection (as the endpoint's DNS change and the old primary's end do);
-    `down` refuses every connection for a while (the endpoint unreachable)."""
+    node and drops every connection (as the endpoint's DNS change and the old primary's end do).
+    While `partitioned` (the endpoint unreachable: a network partition) nothing answers and nothing
+    is refused: a new connection is accepted and then hears nothing, and what is sent on an open one
+    goes unanswered, so the gateway's connect and command timeouts are what it meets, as in AWS
+    (a partition drops packets; it sends no reset). Held bytes flow again when it ends."""
 
     def __init__(self, target: int):
-        self.target, self.port, self.down = target, free_port(), False
+        self.target, self.port, self.partitioned, self.closed = target, free_port(), False, False
         self.links: set[asyncio.StreamWriter] = set()
         self.server: Optional[asyncio.base_events.Server] = None
+
+    async def _heal(self) -> None:
+        while self.partitioned and not self.closed:
+            await asyncio.sleep(0.02)
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.down:
+        await self._heal()
+        if self.closed:
             writer.close()
             return
         try:
@@ -67,6 +80,7 @@ class Proxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    await self._heal()
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.CancelledError):
@@ -86,7 +100,7 @@ class Proxy:
         self.links.clear()
 
     async def close(self) -> None:
-        self.down = True
+        self.closed = True
         self.cut()
         await asyncio.sleep(0.2)  # each link's copying ends with its connections, not cancelled
         if self.server is not None:
@@ -112,6 +126,7 @@ class Cluster:
     replica: Optional[valkey_server.Server] = None
     proxy: Optional[Proxy] = None
     haproxy: Optional[subprocess.Popen] = None
+    states: dict[str, str] = field(default_factory=dict)  # each slot's state in the load balancer
     lb_port: int = 0
     logs: list[Path] = field(default_factory=list)
 
@@ -131,6 +146,7 @@ class Cluster:
         self.slots = [Slot(f"gw{i + 1}", free_port()) for i in range(SLOTS)]
         for slot in self.slots[:gateways]:
             self.start_gateway(slot)
+            self.states[slot.name] = "ready"
         self.lb_port = free_port()
         self.haproxy = self._haproxy(idle_timeout)
         await asyncio.gather(*(self.wait_up(slot) for slot in self.slots[:gateways]))
@@ -182,7 +198,11 @@ class Cluster:
 
     async def wait_up(self, slot: Slot) -> None:
         assert slot.gateway is not None
-        await asyncio.to_thread(wait_healthy, slot.gateway, 30)
+        try:
+            await asyncio.to_thread(wait_healthy, slot.gateway, 30)
+        except RuntimeError as e:
+            err = slot.gateway.log.with_suffix(".err")
+            raise RuntimeError(f"{slot.name}: {e}\n{err.read_text()[-2000:] if err.exists() else ''}") from None
 
     def _haproxy(self, idle: int) -> subprocess.Popen:
         servers = "\n".join(f"  server {s.name} 127.0.0.1:{s.port} check" + ("" if s.gateway else " disabled")
@@ -198,6 +218,9 @@ defaults
   timeout http-keep-alive {idle}s
   retries 2
   retry-on conn-failure
+  # A connection to a target per request (and one from the client: soak/load.py): a target that
+  # dies with a request on it is answered for with a 502 naming it, as the ALB answers.
+  option http-server-close
   option redispatch
 frontend lb
   bind 127.0.0.1:{self.lb_port}
@@ -231,9 +254,33 @@ backend gateways
 
     def set_state(self, slot: Slot, state: str) -> None:
         self.admin(f"set server gateways/{slot.name} state {state}")
+        self.states[slot.name] = state
+
+    def stored_spend(self, service: str) -> dict[str, int]:
+        """Each client's day spend (nano-USD) as the primary holds it: what its limit is checked against."""
+        assert self.primary is not None
+        store = self.primary.client()
+        out: dict[str, int] = defaultdict(int)
+        for key in store.scan_iter(match=f"llmgw:{service}:usd:*"):
+            client = key.decode().split(":")[-2]  # …:usd:<client>:<day>
+            out[client] += int(store.get(key) or 0)
+        return dict(out)
 
     def serving(self) -> list[Slot]:
         return [s for s in self.slots if s.gateway is not None and s.gateway.proc.poll() is None]
+
+    def in_rotation(self) -> list[Slot]:
+        """The running targets the load balancer sends new requests to (not one still starting,
+        nor one draining)."""
+        return [s for s in self.serving() if self.states.get(s.name) == "ready"]
+
+    def flying(self) -> dict[str, int]:
+        """Each target's requests in flight, as the load balancer counts them (its `scur`)."""
+        rows = self.admin("show stat").splitlines()
+        head = rows[0].lstrip("# ").split(",")
+        at = {name: i for i, name in enumerate(head)}
+        return {cols[at["svname"]]: int(cols[at["scur"]] or 0) for cols in (r.split(",") for r in rows[1:] if r)
+                if cols[at["pxname"]] == "gateways" and cols[at["svname"]] not in ("BACKEND", "FRONTEND")}
 
     def spare(self) -> Slot:
         return next(s for s in self.slots if s.gateway is None or s.gateway.proc.poll() is not None)

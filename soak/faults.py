@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from soak.cluster import Cluster, Slot
+from soak.load import Load
+
+LONG_STREAMS = 8  # started just before a deploy's drain, over every target in rotation
 
 
 @dataclass
@@ -31,24 +34,38 @@ async def replace(c: Cluster, old: Slot) -> Slot:
     return new
 
 
-async def rolling_deploy(c: Cluster, old: Slot, deregistration: float) -> None:
+async def rolling_deploy(c: Cluster, old: Slot, deregistration: float, load: Load, f: Fault) -> None:
     """ECS's deployment of one task: the replacement registers; the old target is deregistered
     (drain: no new requests) for the deregistration delay, then taken out (maint, health checks
-    stop) and sent SIGTERM; the gateway drains what it still has and exits."""
+    stop) and sent SIGTERM; the gateway drains what it still has and exits. Streams that outlast
+    the delay are started first, so that the gateway has some to finish as it drains."""
     await replace(c, old)
+    longer = [asyncio.ensure_future(load.one("long", "web-app", deregistration + 3)) for _ in range(LONG_STREAMS)]
+    await asyncio.sleep(0.3)  # they reach their targets, the old one among them
     c.set_state(old, "drain")
     await asyncio.sleep(deregistration)
     c.set_state(old, "maint")
     assert old.gateway is not None
+    f.detail.update(slot=old.name, in_flight_at_sigterm=c.flying().get(old.name, 0))
     old.gateway.proc.send_signal(signal.SIGTERM)
+    await asyncio.gather(*longer)
 
 
-async def kill(c: Cluster, victim: Slot, noticed_after: float, f: Fault, zero: float) -> None:
-    """A task that dies at once (SIGKILL: an OOM kill, a host failure), mid-stream; ECS starts a
-    replacement when it notices."""
+async def kill(c: Cluster, noticed_after: float, f: Fault, zero: float) -> None:
+    """A task in service that dies at once (SIGKILL: an OOM kill, a host failure) with requests in
+    flight: the target with the most, waited for (a few seconds at most) if none has any; ECS
+    starts a replacement when it notices."""
+    deadline = time.monotonic() + 5
+    while True:
+        flying = c.flying()
+        victim = max(c.in_rotation(), key=lambda s: flying.get(s.name, 0))
+        if flying.get(victim.name, 0) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.01)
     assert victim.gateway is not None
     victim.gateway.proc.kill()
-    f.detail.update(slot=victim.name, killed_at=time.monotonic() - zero)
+    f.detail.update(slot=victim.name, killed_at=time.monotonic() - zero,
+                    in_flight_by_the_load_balancer=flying.get(victim.name, 0))
     await asyncio.sleep(noticed_after)
     c.set_state(victim, "maint")
     await replace(c, victim)
@@ -67,12 +84,12 @@ async def valkey_failover(c: Cluster) -> None:
 
 
 async def valkey_down(c: Cluster, seconds: float) -> None:
-    """The endpoint does not answer for a while (a network partition, a failover without a replica)."""
+    """The endpoint does not answer for a while (a network partition): connections open, commands
+    sent, and no answer; the gateway's timeouts find it out."""
     assert c.proxy is not None
-    c.proxy.down = True
-    c.proxy.cut()
+    c.proxy.partitioned = True
     await asyncio.sleep(seconds)
-    c.proxy.down = False
+    c.proxy.partitioned = False
 
 
 async def upstream_storm(c: Cluster, seconds: float) -> None:

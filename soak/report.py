@@ -6,20 +6,37 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from gateway.limits import Price
 from soak.faults import Fault
 from soak.load import Result
 
 GRACE = 0.5  # seconds around a kill within which a request counts as in flight on it
+NOTICED = 1.0  # seconds a gateway may go on relaying a stream its client left (two events: 0.4 s)
 
 
 def in_flight_on_killed(r: Result, faults: list[Fault]) -> bool:
+    """Taken by the killed target (by the load balancer's word: X-Backend, on its own 502s too) and
+    not over when it died."""
     for f in faults:
         at = f.detail.get("killed_at")
-        if at is not None and r.backend in (f.detail["slot"], "") and r.started <= at + GRACE and r.ended >= at:
+        if at is not None and r.backend == f.detail["slot"] and r.started <= at + GRACE and r.ended >= at:
+            return True
+    return False
+
+
+def had_it_when_killed(r: Result, faults: list[Fault]) -> bool:
+    """In flight on the killed target, or a stream its client had left there a moment before: the
+    gateway relays a left stream until it notices (its next writes fail), and writes its line then."""
+    if in_flight_on_killed(r, faults):
+        return True
+    for f in faults:
+        at = f.detail.get("killed_at")
+        if at is not None and r.outcome == "abandoned" and r.backend == f.detail["slot"] \
+                and r.started <= at <= r.ended + NOTICED:
             return True
     return False
 
@@ -28,54 +45,127 @@ def store_outages(faults: list[Fault]) -> list[tuple[float, float]]:
     return [(f.started or f.at, (f.ended or f.at) + 2) for f in faults if f.name.startswith("valkey")]
 
 
-def log_lines(logs: list[Path]) -> dict[str, dict[str, Any]]:
-    lines = {}
+def log_lines(logs: list[Path]) -> tuple[dict[str, dict[str, Any]], int]:
+    """Each request's log line by its id, and how many ids had more than one line."""
+    lines: dict[str, dict[str, Any]] = {}
+    twice = 0
     for path in logs:
         for text in path.read_text().splitlines():
             if text.startswith("{") and '"request_id"' in text:
                 doc = json.loads(text)
-                lines[doc["request_id"]] = doc
-    return lines
+                twice += doc["request_id"] in lines
+                lines.setdefault(doc["request_id"], doc)
+    return lines, twice
 
 
-def spend(lines: dict[str, dict[str, Any]], records: list[dict[str, Any]],
-          prices: dict[str, Any]) -> dict[str, Any]:
-    """Recorded (the gateway's log lines) against delivered (the usage the fake upstreams reported),
-    request by request; a request answered whose gateway died before its line was written is
-    counted apart, and so is a stream its client left (charged its input and what was relayed)."""
-    recorded, delivered, mismatched, lost, left, twice = Counter(), Counter(), 0, 0, 0, 0
-    answered: Counter[str] = Counter()
-    for rec in records:
-        if rec.get("usage") is None:
-            continue
-        rid = rec["headers"].get("X-Client-Request-Id", "")
-        answered[rid] += 1
-        p = prices.get(rec["body"]["model"], {"inputPerMillion": 0, "outputPerMillion": 0})
-        nano = Price(p["inputPerMillion"], p["outputPerMillion"]).nano(*rec["usage"])
-        line = lines.get(rid)
-        if line is None:
-            lost += 1
-            continue
-        if line.get("status") == 499:
+def nano_of(line: dict[str, Any]) -> int:
+    return round((line.get("EstimatedCostUSD") or 0) * 1e9)
+
+
+class Money:
+    """What the fake upstreams delivered, request by request (by the id the gateway sends them,
+    X-Client-Request-Id), priced as the gateway prices it."""
+
+    def __init__(self, records: list[dict[str, Any]], prices: dict[str, Any]):
+        self.prices = prices
+        self.delivered: Counter[str] = Counter()
+        self.answered: Counter[str] = Counter()
+        self.arrived: dict[str, float] = {}  # when the upstream had it (time.monotonic())
+        self.size: dict[str, int] = {}  # its body's bytes
+        for rec in records:
+            rid = rec["headers"].get("X-Client-Request-Id", "")
+            self.arrived.setdefault(rid, rec["at"])
+            self.size[rid] = max(self.size.get(rid, 0), len(rec["raw"]))
+            if rec.get("usage") is not None:
+                self.answered[rid] += 1
+                self.delivered[rid] += self.price(rec["body"]["model"]).nano(*rec["usage"])
+
+    def price(self, model: str) -> Price:
+        p = self.prices.get(model, {"inputPerMillion": 0, "outputPerMillion": 0})
+        return Price(p["inputPerMillion"], p["outputPerMillion"])
+
+    def most_for_a_cut(self, rid: str, model: str) -> int:
+        """The most a stream cut short can be charged: its input at a token a byte (the gateway
+        estimates one per four) and 100 output tokens (it charges one per event relayed)."""
+        return self.price(model).nano(self.size.get(rid, 0), 100)
+
+
+def spend(lines: dict[str, dict[str, Any]], money: Money, results: list[Result], faults: list[Fault],
+          zero: float) -> dict[str, Any]:
+    """Every log line's charge against what the upstream delivered for that request (cache hits,
+    coalesced requests and refusals too: nothing delivered, nothing charged), and every delivery
+    against a log line. A stream its client left or its upstream broke is charged something and
+    never more than it could have cost. A delivery with no line must be a request in flight on a
+    killed process."""
+    recorded, delivered = Counter(), Counter()
+    mismatched, left = 0, 0
+    for rid, line in lines.items():
+        charged, got = nano_of(line), money.delivered.get(rid, 0)
+        if line.get("status") == 499 or line.get("error") == "upstream_stream_interrupted":
             left += 1
+            most = max(got, money.most_for_a_cut(rid, line.get("model") or ""))
+            mismatched += not (0 < charged <= most) if rid in money.arrived else charged != 0
             continue
-        client = line["Client"]
-        delivered[client] += nano
-        charged = round((line.get("EstimatedCostUSD") or 0) * 1e9)
-        recorded[client] += charged
-        mismatched += charged != nano
-    twice = sum(1 for n in answered.values() if n > 1)
+        recorded[line["Client"]] += charged
+        delivered[line["Client"]] += got
+        mismatched += charged != got
+    by_id = {r.request_id: r for r in results if r.request_id}
+    # A request whose process died before its headers went out is known to its client by the
+    # load balancer's 502 alone, without an id: as many deliveries may go unnamed.
+    unnamed = sum(1 for r in results if not r.request_id and in_flight_on_killed(r, faults))
+    kills = [f.detail["killed_at"] for f in faults if "killed_at" in f.detail]
+    lost, untied = 0, 0
+    for rid in money.delivered:
+        if rid in lines:
+            continue
+        lost += 1
+        r = by_id.get(rid)
+        if r is not None:
+            untied += not had_it_when_killed(r, faults)
+        elif unnamed and any(money.arrived[rid] - zero <= at + GRACE for at in kills):
+            unnamed -= 1
+        else:
+            untied += 1
     return {"recorded_usd": {c: v / 1e9 for c, v in sorted(recorded.items())},
             "delivered_usd": {c: v / 1e9 for c, v in sorted(delivered.items())},
-            "requests_charged_otherwise_than_delivered": mismatched, "answered_twice": twice,
-            "answered_but_lost_with_a_killed_process": lost, "streams_left_by_their_client": left}
+            "requests_charged_otherwise_than_delivered": mismatched + untied,
+            "answered_twice": sum(1 for n in money.answered.values() if n > 1),
+            "answered_but_lost_with_a_killed_process": lost - untied, "answered_never_logged_otherwise": untied,
+            "streams_left_or_cut": left}
 
 
-def limits(results: list[Result], limit: int, wall_zero: float, faults: list[Fault]) -> dict:
+def counters(stored: dict[str, int], lines: dict[str, dict[str, Any]], money: Money, results: list[Result],
+             faults: list[Fault], reserve: Callable[[Result], int]) -> dict[str, Any]:
+    """Each client's day spend as Valkey holds it (what its limit is checked against) against the
+    sum of its log lines: equal, but for what the faults allow and no more. A request in flight on
+    a killed process keeps its reservation (or its charge, settled before its line); a failover
+    loses the writes the replica had not yet had (asynchronous replication): of the requests
+    in flight in the second before it."""
+    kills = [f for f in faults if "killed_at" in f.detail]
+    failovers = [f.started or f.at for f in faults if f.name == "valkey failover"]
+    out: dict[str, Any] = {}
+    for client, nano in sorted(stored.items()):
+        logged = sum(nano_of(line) for line in lines.values() if line["Client"] == client)
+        mine = [r for r in results if r.client == client]
+        above = sum(max(reserve(r), money.delivered.get(r.request_id, 0)) for r in mine
+                    if had_it_when_killed(r, kills) or any(  # or answered, its line not yet written
+                        r.backend == f.detail["slot"] and r.ended <= f.detail["killed_at"] <= r.ended + GRACE  # type: ignore[operator]
+                        for f in kills))
+        below = sum(max(reserve(r), nano_of(lines.get(r.request_id, {}))) for r in mine
+                    if any(r.started <= t and r.ended >= t - 1 for t in failovers))
+        out[client] = {"stored_usd": nano / 1e9, "logged_usd": logged / 1e9, "allowed_above_usd": above / 1e9,
+                       "allowed_below_usd": below / 1e9, "off": not logged - below <= nano <= logged + above}
+    return out
+
+
+def limits(results: list[Result], limit: int, wall_zero: float, faults: list[Fault],
+           lines: Optional[dict[str, dict[str, Any]]] = None) -> dict:
     """Requests of the limited client the gateway admitted per UTC minute, against its limit. What
-    the store admitted must fit; set apart: what a process admitted alone while the store was out,
-    and what came after a failover in its minute (the promoted replica may lack the last counts:
-    replication is asynchronous)."""
+    the store admitted must fit; set apart: what a process admitted alone while the store was out
+    (or, by its log line, did not answer it in time: `alone` checks those), and what came after a
+    failover in its minute (the promoted replica may lack the last counts: replication is
+    asynchronous). A race (a burst at once) must admit no more than fit."""
+    lines = lines or {}
     outages = store_outages(faults)
     failovers = [f.started or f.at for f in faults if f.name == "valkey failover"]
 
@@ -86,15 +176,47 @@ def limits(results: list[Result], limit: int, wall_zero: float, faults: list[Fau
     for r in results:
         if r.client != "limited" or r.status == 0 or r.outcome == "limited":
             continue
+        if r.outcome == "failed" and in_flight_on_killed(r, faults):
+            continue  # the load balancer's 502: whether the gateway had counted it died with it
         m = minute(r.started)
         per_minute[m] += 1
-        alone = any(a <= r.started <= b for a, b in outages)
+        out = any(a <= r.started <= b for a, b in outages)
+        unanswered = bool(lines.get(r.request_id, {}).get("CacheErrors"))
         after_failover = any(minute(t) == m and t <= r.started for t in failovers)
-        if not (alone or after_failover):
+        if not (out or unanswered or after_failover):
             checked[m] += 1
     over = sum(n - limit for n in checked.values() if n > limit)
+    races: dict[str, dict[str, Any]] = {}
+    for f in faults:
+        if "fits" in f.detail:
+            # What the store admitted must fit; a request whose gateway did not hear from the store in
+            # time was admitted by that process alone (the limit per process: fail open).
+            ids: list[str] = f.detail["admitted_ids"]  # type: ignore[assignment]
+            by_store = sum(1 for rid in ids if not lines.get(rid, {}).get("CacheErrors"))
+            races[f.name] = {**{k: f.detail[k] for k in ("client", "sent", "admitted", "fits")},
+                             "admitted_by_the_store": by_store}
+            over += max(0, by_store - int(f.detail["fits"]))  # type: ignore[call-overload]
     return {"limit_per_minute": limit, "admitted_per_minute": dict(sorted(per_minute.items())),
-            "admitted_by_the_store_per_minute": dict(sorted(checked.items())), "admitted_over_the_limit": over}
+            "admitted_by_the_store_per_minute": dict(sorted(checked.items())), "races": races,
+            "admitted_over_the_limit": over}
+
+
+def alone(lines_by_log: list[list[dict[str, Any]]], client: str, limit: int) -> dict[str, Any]:
+    """What each process admitted of a client by its own count, while the store did not answer
+    (its log lines with a cache error), per minute: each process holds the limit alone."""
+    per: dict[tuple[int, int], int] = defaultdict(int)
+    for i, lines in enumerate(lines_by_log):
+        for line in lines:
+            if line["Client"] == client and line.get("CacheErrors") and line.get("status") != 429:
+                per[(i, int((line["_aws"]["Timestamp"] - line["Latency"]) // 60_000))] += 1
+    return {"most_in_a_process_minute": max(per.values(), default=0),
+            "admitted_over_the_limit": sum(n - limit for n in per.values() if n > limit)}
+
+
+def silent_streams(results: list[Result], keepalive: float, slack: float = 2.0) -> int:
+    """Streams that went without a byte for longer than the keepalive interval (and a slack for a
+    loaded machine): a client or proxy with a shorter idle timeout would have cut them."""
+    return sum(1 for r in results if r.silence > keepalive + slack)
 
 
 def coalescing(results: list[Result], records: list[dict[str, Any]]) -> dict[str, int]:
@@ -140,29 +262,49 @@ def per_fault(results: list[Result], faults: list[Fault]) -> list[dict[str, Any]
 
 
 def analyse(results: list[Result], faults: list[Fault], logs: list[Path], records: list[dict[str, Any]],
-            prices: dict[str, Any], limit: int, wall_zero: float) -> dict[str, Any]:
+            prices: dict[str, Any], limit: int, wall_zero: float, zero: float, stored: dict[str, int],
+            reserve: Callable[[Result], int], keepalive: float) -> dict[str, Any]:
     failed = [r for r in results if r.outcome == "failed"]
     excused = [r for r in failed if in_flight_on_killed(r, faults)]
     lost = [r for r in failed if r not in excused]
-    money = spend(log_lines(logs), records, prices)
-    held = limits(results, limit, wall_zero, faults)
+    lines, logged_twice = log_lines(logs)
+    money = Money(records, prices)
+    charges = spend(lines, money, results, faults, zero)
+    kept = counters(stored, lines, money, results, faults, reserve)
+    held = limits(results, limit, wall_zero, faults, lines)
+    outages = store_outages(faults)
+    unanswered = sum(1 for r in results if lines.get(r.request_id, {}).get("CacheErrors")
+                     and not any(a <= r.started <= b for a, b in outages))
+    by_log = [[json.loads(t) for t in path.read_text().splitlines() if t.startswith("{") and '"request_id"' in t]
+              for path in logs]
+    solo = alone(by_log, "limited", limit)
     invariants = {
-        "streams ended without [DONE] or an error event": sum(1 for r in lost if r.cause == "truncated"),
+        "streams malformed, or ended without [DONE] or an error event":
+            sum(1 for r in lost if r.cause == "truncated")
+            + sum(1 for r in failed if r.cause.startswith("malformed")),
         "requests failed, not in flight on a killed process nor refused by a limit": len(lost),
         "requests admitted above a client's limit (store up)": held["admitted_over_the_limit"],
-        "requests charged other than the upstream delivered": money["requests_charged_otherwise_than_delivered"],
-        "requests answered twice upstream": money["answered_twice"],
+        "requests a process admitted above the limit alone (store out)": solo["admitted_over_the_limit"],
+        "requests charged other than the upstream delivered": charges["requests_charged_otherwise_than_delivered"],
+        "requests logged more than once": logged_twice,
+        "clients whose spend in Valkey is not what was logged": sum(1 for c in kept.values() if c["off"]),
+        "requests answered twice upstream": charges["answered_twice"],
+        "streams silent longer than the keepalive interval": silent_streams(results, keepalive),
     }
+    kills = [f for f in faults if "killed_at" in f.detail]
     return {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(wall_zero)),
         "requests": len(results),
         "outcomes": {f"{o}{' (' + c + ')' if c else ''}": n
                      for (o, c), n in sorted(Counter((r.outcome, r.cause) for r in results).items())},
         "failed_in_flight_on_a_killed_process": len(excused),
+        "served_without_the_store_outside_its_faults": unanswered,
+        "in_flight_at_each_kill": [sum(1 for r in results if in_flight_on_killed(r, [f])) for f in kills],
         "lost": [{"kind": r.kind, "cause": r.cause, "backend": r.backend, "at": round(r.started, 2)}
                  for r in lost],
-        "invariants": invariants, "spend": money, "limits": held, "coalescing": coalescing(results, records),
-        "overall": _stats(results), "faults": per_fault(results, faults),
+        "invariants": invariants, "spend": charges, "stored_spend": kept, "limits": held, "alone": solo,
+        "coalescing": coalescing(results, records), "overall": _stats(results),
+        "faults": per_fault(results, faults),
     }
 
 
@@ -175,7 +317,17 @@ def text(report: dict[str, Any]) -> str:
     s, c = report["spend"], report["coalescing"]
     out.append(f"spend recorded {json.dumps(s['recorded_usd'])}, delivered {json.dumps(s['delivered_usd'])}; "
                f"answered but lost with a killed process: {s['answered_but_lost_with_a_killed_process']}; "
-               f"streams left by their client: {s['streams_left_by_their_client']}")
+               f"streams left by their client or cut by the upstream: {s['streams_left_or_cut']}")
+    for client, k in report["stored_spend"].items():
+        out.append(f"spend in Valkey, {client}: {k['stored_usd']:.6f} USD, logged {k['logged_usd']:.6f} "
+                   f"(+{k['allowed_above_usd']:.6f} / -{k['allowed_below_usd']:.6f} allowed by the faults)")
+    for name, race in report["limits"]["races"].items():
+        out.append(f"{name}: {race['sent']} sent at once, {race['admitted']} admitted "
+                   f"({race['admitted_by_the_store']} by the store), {race['fits']} fit")
+    out.append(f"in flight on the killed process at each kill: {report['in_flight_at_each_kill']}; most a process "
+               f"admitted alone in a minute (store out): {report['alone']['most_in_a_process_minute']}; "
+               f"served without the store outside its faults (its calls timed out): "
+               f"{report['served_without_the_store_outside_its_faults']}")
     out.append(f"repeated prompts: {c['repeated_prompt_requests']} requests, {c['distinct_repeated_prompts']} "
                f"distinct, {c['upstream_calls_for_them']} upstream calls")
     out.append(f"{'fault':18}{'at':>6}{'failed':>8}{'whole after':>13}   p50 / p99 ms before, during, after;"

@@ -21,7 +21,8 @@ A request may name its own step instead, in `metadata.fake_step` (a JSON string)
 the usage it reports: `"usage": [prompt, completion]`. With `realistic = True`, each answer
 reports usage in the thousands, different for every request (`realistic_usage`), so a test of the
 limit and spend arithmetic can tell the input tokens from the output tokens, and one request
-from another; each recorded request holds the usage it was answered with (`usage`, or None).
+from another; each recorded request holds the usage it was answered with (`usage`, or None) and
+when it arrived (`at`, time.monotonic() of this process).
 
 Run alone for the benchmark: `python -m tests.fake_upstream 9001`.
 """
@@ -32,6 +33,7 @@ import asyncio
 import json
 import sys
 import threading
+import time
 from typing import Any, Optional
 
 from aiohttp import web
@@ -94,7 +96,8 @@ class FakeUpstream:
         raw = await request.read()
         body = json.loads(raw) if raw else None
         self.requests.append({"method": request.method, "path": request.path_qs,
-                              "headers": dict(request.headers), "body": body, "raw": raw.decode()})
+                              "headers": dict(request.headers), "body": body, "raw": raw.decode(),
+                              "at": time.monotonic()})
         # A request may carry its own step (metadata.fake_step, JSON): what concurrent tests need,
         # where the order of arrival is not the order of sending.
         own = ((body or {}).get("metadata") or {}).get("fake_step") if isinstance(body, dict) else None

@@ -129,7 +129,9 @@ def wait_healthy(gw: Gateway, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if gw.proc.poll() is not None:
-            raise RuntimeError(f"gateway exited {gw.proc.returncode}: {gw.proc.stderr.read().decode()}")
+            # Its stderr is a pipe here, a file where the soak starts it (soak/cluster.py).
+            said = gw.proc.stderr.read().decode() if gw.proc.stderr is not None else "(stderr in a file)"
+            raise RuntimeError(f"gateway exited {gw.proc.returncode}: {said}")
         try:
             with urllib.request.urlopen(f"{gw.url}/healthz", timeout=1) as r:  # noqa: S310 - loopback
                 if r.status == 200:

@@ -278,11 +278,12 @@ def test_tokens_are_reserved_before_the_call_and_settled_with_the_real_usage(gat
 
 class _Counting:
     """What is left at a stopped node's address, made countable: a listener on its port that
-    closes every connection at once, so each attempt the gateway makes is one accept."""
+    closes every connection at once, so each attempt the gateway makes is one accept. `silent`:
+    an endpoint behind a partition instead, that takes each connection and never answers."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, silent: bool = False):
         self.sock = socket.create_server(("127.0.0.1", port), reuse_port=False)
-        self.count = 0
+        self.count, self.silent, self.held = 0, silent, []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -292,7 +293,10 @@ class _Counting:
             except OSError:
                 return
             self.count += 1
-            conn.close()
+            if self.silent:
+                self.held.append(conn)
+            else:
+                conn.close()
 
     def settled(self, at_least: int, timeout: float = 5) -> int:
         """The count once it has reached `at_least` and stayed for 0.2 s: the accepting thread may
@@ -308,6 +312,8 @@ class _Counting:
 
     def close(self) -> None:
         self.sock.close()
+        for conn in self.held:
+            conn.close()
 
 
 def test_requests_still_succeed_when_the_cache_server_stops(upstream, fake, tmp_path):
@@ -346,6 +352,33 @@ def test_requests_still_succeed_when_the_cache_server_stops(upstream, fake, tmp_
         server.stop()
         if attempts:
             attempts.close()
+
+
+def test_a_cache_that_never_answers_is_tried_by_one_request_at_a_time(upstream, fake, tmp_path):
+    """A partition: the endpoint takes connections and never answers, so a request that tries it
+    waits out a timeout. After the skip that follows a failure, one request tries the store again;
+    the others go on without it meanwhile (not each opening a connection and waiting its own
+    connect timeout), and every request is answered."""
+    server = valkey_server.start(tmp_path)
+    silent = _Counting(gateway_process.free_port(), silent=True)
+    keys = gateway_process.client_keys("web-app", limits={"web-app": LIMITS["limited"]})
+    env = {**server.env(), "CACHE_PORT": str(silent.sock.getsockname()[1]), "GATEWAY_CACHE_TIMEOUT_SECONDS": "0.2",
+           "GATEWAY_CACHE_CONNECT_TIMEOUT_SECONDS": "1"}
+    gw = gateway_process.start(upstream.url, tmp_path, env=env, keys_doc=keys)
+    try:
+        assert post(gw, CHAT)[0].status == 200  # its store call fails: the store is skipped a second
+        time.sleep(1.1)
+        before = silent.settled(1)
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: post(gw, CHAT)[0].status, range(6)))
+        assert answers == [200] * 6
+        assert silent.settled(before + 1) - before == 1, "one request tried the store; five went on without it"
+        assert len(gw.lines_where(lambda line: line.get("CacheErrors"), 7)) == 7
+    finally:
+        gw.stop()
+        server.stop()
+        silent.close()
+    assert "Task exception was never retrieved" not in gw.proc.stderr.read().decode()
 
 
 def test_without_a_cache_host_a_local_run_caches_in_process_and_says_so(upstream, fake, tmp_path):

@@ -235,11 +235,16 @@ def test_the_verdicts_of_mutants_a_function_no_longer_has_are_not_counted(tmp_pa
 
     (tmp_path / "mutants" / "gateway").mkdir(parents=True)
     (tmp_path / "mutants" / "gateway" / "keys.py").write_text(
-        "def x_f__mutmut_1(a):\n    return a\n\nclass K:\n    def xǁKǁg__mutmut_1(self):\n        pass\n")
-    codes = {"gateway.keys.x_f__mutmut_1": 1, "gateway.keys.x_f__mutmut_2": 0, "gateway.keys.xǁKǁg__mutmut_1": 0}
+        "def x_f__mutmut_1(a):\n    return a\n\nclass K:\n    def xǁKǁg__mutmut_1(self):\n        pass\n"
+        "    async def xǁKǁh__mutmut_1(self):\n        pass\n\nasync def x_i__mutmut_1():\n    pass\n")
+    codes = {"gateway.keys.x_f__mutmut_1": 1, "gateway.keys.x_f__mutmut_2": 0, "gateway.keys.xǁKǁg__mutmut_1": 0,
+             "gateway.keys.xǁKǁh__mutmut_1": 1, "gateway.keys.x_i__mutmut_1": 0}
     (tmp_path / "mutants" / "gateway" / "keys.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
     assert run.read_status(tmp_path) == {"gateway.keys.x_f__mutmut_1": ("killed", "gateway/keys.py"),
-                                         "gateway.keys.xǁKǁg__mutmut_1": ("survived", "gateway/keys.py")}
+                                         "gateway.keys.xǁKǁg__mutmut_1": ("survived", "gateway/keys.py"),
+                                         # a coroutine's mutants are its own too
+                                         "gateway.keys.xǁKǁh__mutmut_1": ("killed", "gateway/keys.py"),
+                                         "gateway.keys.x_i__mutmut_1": ("survived", "gateway/keys.py")}
 
 
 def test_work_shared_by_tests_is_credited_to_each_test_that_uses_it(monkeypatch):
