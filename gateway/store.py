@@ -30,7 +30,6 @@ import redis.asyncio as redis
 from redis.asyncio.connection import ConnectionPool, RedisSSLContext, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from gateway.limits import Limits, Reservation, windows
 
@@ -328,12 +327,14 @@ class ValkeyStore:
         probe = self.probing = self.failed
         try:
             result = await coro
-        except (TimeoutError, RedisError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever the client raises, the store did not answer: fail open
             self.failed, self.down_until = True, time.monotonic() + 1.0
-            # Every pooled connection is suspect after a failure (a failover or a restart leaves
-            # them all dead): drop them, so the store's return costs one failure, not one each.
+            # Every idle pooled connection is suspect after a failure (a failover or a restart
+            # leaves them all dead): drop them, so the store's return costs one failure, not one
+            # each. Not those in use: closed under a running call, they failed it too, where it
+            # would have ended by itself or timed out.
             for pool in {id(c.connection_pool): c.connection_pool for c in (self.primary, self.reader)}.values():
-                asyncio.ensure_future(pool.disconnect()).add_done_callback(_closed)
+                asyncio.ensure_future(pool.disconnect(inuse_connections=False)).add_done_callback(_closed)
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from None
         finally:
             if probe:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from gateway.limits import Limits
-from gateway.store import LocalStore, ValkeyStore
+from gateway.store import LocalStore, StoreUnavailable, ValkeyStore
 from tests.conftest import within_one_minute
 
 SERVICE = "llm-service-store"
@@ -318,3 +318,24 @@ def test_each_script_names_its_keys_and_arguments_once():
         demo.args(x=1)
     with pytest.raises(TypeError, match=r"got \['x', 'y', 'z'\]"):
         demo.args(x=1, y=2, z=3)
+
+
+def test_a_failed_call_leaves_the_calls_still_running_on_their_connections(valkey):
+    """After a failure the idle connections are dropped, not those in use: closing one under a
+    running call failed that call too (in a burst, one call's timeout broke the others')."""
+    async def scenario():
+        store = ValkeyStore("127.0.0.1", port=valkey.port, password=valkey.auth, ca_file=str(valkey.ca_file),
+                            service=SERVICE, timeout=2.0)
+
+        async def fails():
+            raise TimeoutError("a call that timed out")
+        try:
+            blocking = store.primary.execute_command("BLPOP", "nothing:here", 0.5)
+            running = asyncio.ensure_future(store._call(blocking))
+            await asyncio.sleep(0.2)  # the blocking call is on its connection
+            with pytest.raises(StoreUnavailable):
+                await store._call(fails())
+            assert await running is None, "it ran to its end (a timed-out BLPOP answers nil)"
+        finally:
+            await store.close()
+    asyncio.run(scenario())

@@ -77,8 +77,17 @@ def start_replica(primary: Server, folder: Path) -> Server:
     port = free_port()
     extra = ["--replicaof", "127.0.0.1", str(primary.port), "--masterauth", primary.auth,
              "--tls-replication", "yes"]
+    # The primary sends its first full copy at once, not after its default 5 s wait for more
+    # replicas: a replica is only one once it has that copy (an ElastiCache replica has it long
+    # before a failover; one promoted before would come up empty).
+    primary.client().config_set("repl-diskless-sync-delay", 0)
     server = Server(port, folder / "ca.pem", _run(folder, port, primary.auth, extra), folder, primary.auth)
     _wait(server)
+    deadline = time.monotonic() + 15
+    while server.client().info("replication").get("master_link_status") != "up":
+        if time.monotonic() > deadline:
+            raise RuntimeError("the replica did not get the primary's copy within 15 s")
+        time.sleep(0.05)
     return server
 
 
