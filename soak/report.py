@@ -42,6 +42,7 @@ def had_it_when_killed(r: Result, faults: list[Fault]) -> bool:
 
 
 def store_outages(faults: list[Fault]) -> list[tuple[float, float]]:
+    """When the store was out (a failover's moment too), and two seconds after."""
     return [(f.started or f.at, (f.ended or f.at) + 2) for f in faults if f.name.startswith("valkey")]
 
 
@@ -246,13 +247,25 @@ def cause_of(r: Result, faults: list[Fault]) -> Fault | None:
     return max(begun, key=lambda f: f.started or f.at, default=None)
 
 
-def per_fault(results: list[Result], faults: list[Fault]) -> list[dict[str, Any]]:
+def store_fault_of(r: Result, faults: list[Fault]) -> Fault | None:
+    """The store fault a request served without the store is put down to: the last one begun
+    before it (within 30 s of its end)."""
+    begun = [f for f in faults if f.name.startswith("valkey")
+             and (f.started or f.at) - GRACE <= r.started <= (f.ended or f.at) + 30]
+    return max(begun, key=lambda f: f.started or f.at, default=None)
+
+
+def per_fault(results: list[Result], faults: list[Fault], without_store: list[Result]) -> list[dict[str, Any]]:
+    """Latency before, during and after each fault; the requests it failed; and how long after it
+    began the service was whole again: its last request failed or, for a store fault, served
+    without the store (no cache, limits per process)."""
     failed = [r for r in results if r.outcome == "failed"]
     out = []
     for f in faults:
         start, end = f.started or f.at, f.ended or f.at
         broken = [r for r in failed if cause_of(r, faults) is f]
-        whole = round(max(r.ended for r in broken) - start, 1) if broken else 0.0
+        degraded = broken + [r for r in without_store if store_fault_of(r, faults) is f]
+        whole = max(0.0, round(max(r.ended for r in degraded) - start, 1)) if degraded else 0.0
         out.append({"fault": f.name, "at": round(start, 1), "lasted": round(end - start, 1),
                     "before": _stats([r for r in results if start - 10 <= r.started < start]),
                     "during": _stats([r for r in results if start <= r.started <= max(end, start + 1)]),
@@ -272,9 +285,10 @@ def analyse(results: list[Result], faults: list[Fault], logs: list[Path], record
     charges = spend(lines, money, results, faults, zero)
     kept = counters(stored, lines, money, results, faults, reserve)
     held = limits(results, limit, wall_zero, faults, lines)
-    outages = store_outages(faults)
-    unanswered = sum(1 for r in results if lines.get(r.request_id, {}).get("CacheErrors")
-                     and not any(a <= r.started <= b for a, b in outages))
+    without_store = [r for r in results if lines.get(r.request_id, {}).get("CacheErrors")]
+    # Served without the store and not put down to a store fault: its calls timed out (a burst
+    # on a loaded machine), by the second they came in.
+    unanswered = Counter(int(r.started) for r in without_store if store_fault_of(r, faults) is None)
     by_log = [[json.loads(t) for t in path.read_text().splitlines() if t.startswith("{") and '"request_id"' in t]
               for path in logs]
     solo = alone(by_log, "limited", limit)
@@ -298,13 +312,14 @@ def analyse(results: list[Result], faults: list[Fault], logs: list[Path], record
         "outcomes": {f"{o}{' (' + c + ')' if c else ''}": n
                      for (o, c), n in sorted(Counter((r.outcome, r.cause) for r in results).items())},
         "failed_in_flight_on_a_killed_process": len(excused),
-        "served_without_the_store_outside_its_faults": unanswered,
+        "served_without_the_store_outside_its_faults": sum(unanswered.values()),
+        "served_without_the_store_outside_its_faults_by_second": dict(sorted(unanswered.items())),
         "in_flight_at_each_kill": [sum(1 for r in results if in_flight_on_killed(r, [f])) for f in kills],
         "lost": [{"kind": r.kind, "cause": r.cause, "backend": r.backend, "at": round(r.started, 2)}
                  for r in lost],
         "invariants": invariants, "spend": charges, "stored_spend": kept, "limits": held, "alone": solo,
         "coalescing": coalescing(results, records), "overall": _stats(results),
-        "faults": per_fault(results, faults),
+        "faults": per_fault(results, faults, without_store),
     }
 
 

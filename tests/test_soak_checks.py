@@ -17,6 +17,7 @@ from soak.report import (
     in_flight_on_killed,
     limits,
     log_lines,
+    per_fault,
     silent_streams,
     spend,
 )
@@ -218,3 +219,14 @@ def test_a_process_that_admits_more_than_the_limit_alone_is_counted():
     assert alone([lines(60), lines(60)], "limited", 60)["admitted_over_the_limit"] == 0
     assert alone([lines(61)], "limited", 60)["admitted_over_the_limit"] == 1
     assert alone([lines(40) + lines(40, minute=1)], "limited", 60)["admitted_over_the_limit"] == 0
+
+
+def test_a_store_fault_is_over_when_its_last_request_served_without_the_store_is():
+    down = Fault("valkey down", 10.0, 1.0, started=10.0, ended=11.0)
+    storm = Fault("upstream 429 storm", 10.5, 1.0, started=10.5, ended=11.5)
+    alone_ = [Result("chat", "web-app", 10.2, 10.3, "ok"), Result("chat", "web-app", 12.1, 12.4, "ok")]
+    failed = [Result("chat", "web-app", 10.6, 10.9, "failed", cause="status 502")]
+    report = {f["fault"]: f for f in per_fault([*alone_, *failed], [down, storm], alone_)}
+    assert report["valkey down"]["whole_again_after_s"] == 2.4  # 12.4 - 10.0: served alone until then
+    assert (report["upstream 429 storm"]["whole_again_after_s"], report["upstream 429 storm"]["failed_requests"]) \
+        == (0.4, 1)
