@@ -156,8 +156,9 @@ class App:
             elif message["type"] == "lifespan.shutdown":
                 self.dog.stop()
                 if self.paying is not None:
-                    self.paying.cancel()
-                    await self.pay()  # a last try: what is still owed when the process exits is lost
+                    self.paying.cancel()  # and waited for: a call it had running puts its debt back
+                    await asyncio.gather(self.paying, return_exceptions=True)
+                    await self.pay(last=True)  # what is still owed when the process exits is lost
                 await self.upstream.close()
                 await self.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -297,13 +298,13 @@ class App:
                                          int(self.s.coalesce_wait_seconds * 1000), counted)
         except StoreUnavailable as e:
             rec.cache_error = True
-            if e.maybe is not None:  # sent and timed out: applied, maybe, and then to be undone
+            if e.maybe is not None and e.maybe.mark:  # sent and timed out: applied, maybe; to be undone
                 self.unsettled.append(Unsettled(client.name, e.maybe, 0, 0, 0 if counted else -1, void=True))
             if not limits.any:
                 return None
             # No cache; the limits as this process alone sees them.
             gate = await self.local.gate(client.name, limits, "", False, False, tokens, nano, 0, counted)
-            gate.local = True
+            gate.local, gate.counted = True, counted
         if not gate.admitted:
             rec.rejected = gate.outcome
             _, _, to_minute, to_day = windows()
@@ -352,7 +353,7 @@ class App:
         if gate.local:
             await self.local.settle(client.name, r, used_tokens, used_nano)
             owed = self.owed.setdefault((client.name, r.minute, r.day), [0, 0, 0])
-            owed[0] += 1
+            owed[0] += 0 if gate.counted else 1  # a hit it could not serve was counted already
             owed[1] += used_tokens
             owed[2] += used_nano
             return
@@ -404,14 +405,27 @@ class App:
         observe.emit(self.upstream.stats.lines(list(self.s.upstreams), sorted(h.unhealthy()), h.cooldowns,
                                                self.s.service, self.s.namespace))
 
-    async def pay(self) -> None:
-        """One try at each debt; what the store does not take (or a cancellation cuts) stays owed."""
+    async def pay(self, last: bool = False) -> None:
+        """One try at each debt; what the store does not take (or a cancellation cuts) stays owed.
+        `last`: the process is exiting, the store is tried even within its skip after a failure."""
+        if last and isinstance(self.store, ValkeyStore):
+            self.store.try_now()
         for window in list(self.owed):
             client, minute, day = window
             requests, tokens, nano = self.owed.pop(window)
-            # A payment that fails is sent again as it was, by its mark: it may have been applied.
-            self.unsettled.append(Unsettled(client, Reservation(0, 0, minute, day, mark=os.urandom(8).hex()),
-                                            tokens, nano, requests))
+            mark = os.urandom(8).hex()
+            debt = Unsettled(client, Reservation(0, 0, minute, day, mark=mark), tokens, nano, requests)
+            try:
+                await self.store.settle(client, debt.r, tokens, nano, requests)
+            except StoreUnavailable as e:
+                if e.sent:  # it may have landed: sent again as it was, by its mark
+                    self.unsettled.append(debt)
+                else:  # skipped: owed still, with what comes next in its window
+                    for i, v in enumerate((requests, tokens, nano)):
+                        self.owed.setdefault(window, [0, 0, 0])[i] += v
+            except asyncio.CancelledError:
+                self.unsettled.append(debt)
+                raise
         for _ in range(len(self.unsettled)):
             debt = self.unsettled.pop(0)
             try:

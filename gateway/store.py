@@ -42,7 +42,8 @@ DAY_TTL_S = 2 * 86400
 # task died frees its place after this (a longer one still running frees it early).
 INFLIGHT_TTL_MS = 15 * 60 * 1000
 # How long a request's mark (settled once) is kept: longer than a store outage's late writes can
-# arrive (a connection's unanswered bytes are given up within minutes); about 80 bytes a request.
+# arrive (a connection's unanswered bytes are given up within minutes); about 170 bytes a limited
+# request with Valkey's own overhead (docs/gateway.md sizes it).
 MARK_TTL_MS = 15 * 60 * 1000
 WARM_CONNECTIONS = 8  # opened at start-up, so a burst on a new task does not open them at once
 
@@ -139,10 +140,12 @@ if nano ~= '0' then
   redis.call('INCRBY', usd_key, nano)
   redis.call('EXPIRE', usd_key, day_ttl_s)
 end
-if mark_key ~= '' then redis.call('SET', mark_key, 'r', 'PX', mark_ttl_ms) end
 local holds = 0
 if lock == '1' and entry_key ~= '' then
   if redis.call('SET', entry_key .. ':lock', token, 'NX', 'PX', lock_ms) then holds = 1 end
+end
+if mark_key ~= '' then  -- reserved, and the fill lock it took (a void lets it go)
+  redis.call('SET', mark_key, holds == 1 and ('r' .. entry_key .. ':lock') or 'r', 'PX', mark_ttl_ms)
 end
 return {'miss', holds, entry_key}
 """)
@@ -161,10 +164,11 @@ return 1
 # A request's reservation corrected to what it used, once: by its mark, a settlement sent again
 # (after a timeout that may have hidden its success) changes nothing. `void`: the gateway gave up
 # on the request's gate (it timed out) and admitted it alone; a gate that was applied all the same
-# is undone (what it counted: the request, and a miss's reservation and place in flight), and one
-# still on its way will count nothing when it lands.
+# is undone (what it counted: the request, and a miss's reservation, place in flight and fill
+# lock), and one still on its way will count nothing when it lands.
 SETTLE = Script(("tpm_key", "usd_key", "inflight_key", "rpm_key", "mark_key"),
-                ("tokens", "nano", "window_ttl_ms", "day_ttl_s", "flight", "requests", "void", "mark_ttl_ms"), """
+                ("tokens", "nano", "window_ttl_ms", "day_ttl_s", "flight", "requests", "void", "mark_ttl_ms",
+                 "mark"), """
 if mark_key ~= '' then
   local state = redis.call('GET', mark_key)
   if state == 's' or state == 'v' then return 0 end
@@ -172,6 +176,8 @@ if mark_key ~= '' then
     redis.call('SET', mark_key, 'v', 'PX', mark_ttl_ms)
     if not state then return 0 end
     if state == 'h' then tokens, nano = '0', '0' end
+    local lock_key = string.sub(state, 2)
+    if lock_key ~= '' and redis.call('GET', lock_key) == mark then redis.call('DEL', lock_key) end
   else
     redis.call('SET', mark_key, 's', 'PX', mark_ttl_ms)
   end
@@ -211,6 +217,7 @@ class Gate:
     lock_token: str = ""
     reservation: Optional[Reservation] = None
     local: bool = False  # checked by this process alone: the shared store did not answer
+    counted: bool = False  # the request was counted already (a hit that could not be served)
 
     @property
     def admitted(self) -> bool:
@@ -307,6 +314,10 @@ class ValkeyStore:
         self.failed = False  # the last call failed: the next is a probe
         self.probing = False  # a probe is in flight: the others skip the store until it answers
 
+    def try_now(self) -> None:
+        """The next call tries the store, even within the skip after a failure (a last try)."""
+        self.down_until, self.probing = 0.0, False
+
     async def warm(self, n: int = WARM_CONNECTIONS) -> None:
         """Open connections before the first requests need them (a failure here is harmless)."""
         clients = {id(c): c for c in (self.primary, self.reader)}.values()
@@ -391,7 +402,7 @@ class ValkeyStore:
         """Correct the reservation to what was used, and give back its place in flight, once (by its
         mark); `requests` adds requests counted elsewhere (by a process while the store was away).
         `void`: undo a gate the gateway gave up on, if it was applied all the same."""
-        if tokens == r.tokens and nano == r.nano and not r.flight and not requests:
+        if tokens == r.tokens and nano == r.nano and not r.flight and not requests and not void:
             return
         p = self.prefix
         await self._call(self._settle(
@@ -400,7 +411,7 @@ class ValkeyStore:
                              mark_key=f"{p}mark:{r.mark}" if r.mark else ""),
             args=SETTLE.args(tokens=tokens - r.tokens, nano=nano - r.nano, window_ttl_ms=WINDOW_TTL_MS,
                              day_ttl_s=DAY_TTL_S, flight=r.flight, requests=requests, void=int(void),
-                             mark_ttl_ms=MARK_TTL_MS)))
+                             mark_ttl_ms=MARK_TTL_MS, mark=r.mark)))
 
     # The waiter's clock and pause (a test runs them on a fake clock).
     clock: Callable[[], float] = staticmethod(time.monotonic)

@@ -11,7 +11,7 @@ from typing import Optional
 from soak.cluster import Cluster, Slot
 from soak.load import Load
 
-LONG_STREAMS = 8  # started just before a deploy's drain, over every target in rotation
+LONG_STREAMS = 8  # started before a deploy, over the targets in rotation (the old one among them)
 
 
 @dataclass
@@ -38,10 +38,10 @@ async def rolling_deploy(c: Cluster, old: Slot, deregistration: float, load: Loa
     """ECS's deployment of one task: the replacement registers; the old target is deregistered
     (drain: no new requests) for the deregistration delay, then taken out (maint, health checks
     stop) and sent SIGTERM; the gateway drains what it still has and exits. Streams that outlast
-    the delay are started first, so that the gateway has some to finish as it drains."""
-    await replace(c, old)
+    the delay are started first, before the replacement is there (least connections would send
+    them all to it), so that the old task has some to finish as it drains."""
     longer = [asyncio.ensure_future(load.one("long", "web-app", deregistration + 3)) for _ in range(LONG_STREAMS)]
-    await asyncio.sleep(0.3)  # they reach their targets, the old one among them
+    await replace(c, old)
     c.set_state(old, "drain")
     await asyncio.sleep(deregistration)
     c.set_state(old, "maint")

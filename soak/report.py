@@ -154,6 +154,12 @@ def counters(stored: dict[str, int], lines: dict[str, dict[str, Any]], money: Mo
                         for f in kills))
         below = sum(max(reserve(r), nano_of(lines.get(r.request_id, {}))) for r in mine
                     if any(r.started <= t and r.ended >= t - 1 for t in failovers))
+        # What the killed process owed (requests it served without the store in the seconds
+        # before) died with it.
+        below += sum(nano_of(lines.get(r.request_id, {})) for r in mine
+                     if lines.get(r.request_id, {}).get("CacheErrors") and any(
+                         r.backend == f.detail["slot"] and f.detail["killed_at"] - 3 <= r.ended  # type: ignore[operator]
+                         <= f.detail["killed_at"] for f in kills))
         out[client] = {"stored_usd": nano / 1e9, "logged_usd": logged / 1e9, "allowed_above_usd": above / 1e9,
                        "allowed_below_usd": below / 1e9, "off": not logged - below <= nano <= logged + above}
     return out
@@ -172,6 +178,12 @@ def limits(results: list[Result], limit: int, wall_zero: float, faults: list[Fau
 
     def minute(t: float) -> int:
         return int((wall_zero + t) // 60)
+    def counted_in(r: Result) -> int:
+        """The UTC minute the gateway counted it in: when its line says it began, else when sent."""
+        line = lines.get(r.request_id) if lines else None
+        if line and "_aws" in line:
+            return int((line["_aws"]["Timestamp"] - line["Latency"]) // 60_000)
+        return minute(r.started)
     per_minute: dict[int, int] = defaultdict(int)
     checked: dict[int, int] = defaultdict(int)
     for r in results:
@@ -179,7 +191,7 @@ def limits(results: list[Result], limit: int, wall_zero: float, faults: list[Fau
             continue
         if r.outcome == "failed" and in_flight_on_killed(r, faults):
             continue  # the load balancer's 502: whether the gateway had counted it died with it
-        m = minute(r.started)
+        m = counted_in(r)
         per_minute[m] += 1
         out = any(a <= r.started <= b for a, b in outages)
         unanswered = bool(lines.get(r.request_id, {}).get("CacheErrors"))

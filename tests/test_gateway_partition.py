@@ -23,6 +23,7 @@ from tests.fake_upstream import Running
 SERVICE = "llm-service-partition"
 PRICES = {"gpt-4o-mini": {"inputPerMillion": 0.15, "outputPerMillion": 0.6}}
 LIMITS = {"requestsPerMinute": 1000, "tokensPerMinute": 50_000_000, "usdPerDay": 1000}
+CLIENTS = ("settling", "gating")
 
 
 def chat(answer_after: float = 0.0) -> dict:
@@ -48,44 +49,45 @@ class Partitionable:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-@pytest.fixture
-def setup(valkey, tmp_path):
+@pytest.fixture(scope="module")
+def setup(valkey, tmp_path_factory):
+    """One gateway before the proxy; each test has a client of its own (its own counters)."""
     upstream = Running()
     upstream.fake.realistic = True
     proxy = Partitionable(valkey.port)
     env = {**valkey.env(), "CACHE_PORT": str(proxy.proxy.port), "GATEWAY_SERVICE": SERVICE,
            "GATEWAY_PRICES": json.dumps(PRICES), "GATEWAY_CACHE_TIMEOUT_SECONDS": "0.2",
            "GATEWAY_CACHE_CONNECT_TIMEOUT_SECONDS": "0.5"}
-    keys = gateway_process.client_keys("batch", limits={"batch": LIMITS})
+    keys = gateway_process.client_keys(*CLIENTS, limits=dict.fromkeys(CLIENTS, LIMITS))
     for key in valkey.client().scan_iter(match=f"llmgw:{SERVICE}:*"):
         valkey.client().delete(key)
-    gw = gateway_process.start(upstream.url, tmp_path, env=env, keys_doc=keys)
+    gw = gateway_process.start(upstream.url, tmp_path_factory.mktemp("gw"), env=env, keys_doc=keys)
     yield gw, proxy, valkey
     gw.stop()
     proxy.close()
 
 
-def post(gw: gateway_process.Gateway, body: dict) -> int:
+def post(gw: gateway_process.Gateway, client: str, body: dict) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
     conn.request("POST", "/v1/chat/completions", json.dumps(body),
-                 {"Authorization": f"Bearer {gw.keys['batch']}", "Content-Type": "application/json"})
+                 {"Authorization": f"Bearer {gw.keys[client]}", "Content-Type": "application/json"})
     status = conn.getresponse().status
     conn.close()
     return status
 
 
-def counters(valkey) -> dict[str, int]:
+def counters(valkey, client: str) -> dict[str, int]:
     """The client's counters in Valkey, by kind (rpm, tpm, usd), summed over their windows."""
     out = {"rpm": 0, "tpm": 0, "usd": 0}
-    for key in valkey.client().scan_iter(match=f"llmgw:{SERVICE}:*:batch:*"):
+    for key in valkey.client().scan_iter(match=f"llmgw:{SERVICE}:*:{client}:*"):
         kind = key.decode().split(":")[2]
         if kind in out:
             out[kind] += int(valkey.client().get(key) or 0)
     return out
 
 
-def logged(gw: gateway_process.Gateway, n: int) -> dict[str, int]:
-    lines = gw.lines_where(lambda line: line.get("Client") == "batch", n)
+def logged(gw: gateway_process.Gateway, client: str, n: int) -> dict[str, int]:
+    lines = gw.lines_where(lambda line: line.get("Client") == client, n)
     return {"rpm": len(lines), "tpm": sum(ln["InputTokens"] + ln["OutputTokens"] for ln in lines),
             "usd": sum(round(ln["EstimatedCostUSD"] * 1e9) for ln in lines)}
 
@@ -106,27 +108,27 @@ def once_run(valkey, scripts: int, timeout: float = 10) -> None:
 
 def test_a_settlement_held_back_by_a_partition_and_sent_again_counts_once(setup):
     gw, proxy, valkey = setup
-    assert post(gw, chat()) == 200
+    assert post(gw, "settling", chat()) == 200
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        held = pool.submit(post, gw, chat(answer_after=1.0))  # its settlement comes in the partition
+        held = pool.submit(post, gw, "settling", chat(answer_after=1.0))  # settled in the partition
         time.sleep(0.5)
         proxy.partition(True)
         assert held.result() == 200
     time.sleep(0.5)
     proxy.partition(False)  # the settlement the gateway gave up on arrives; it sends it again too
     once_run(valkey, 2)
-    want = logged(gw, 2)
-    assert counters(valkey) == want
+    want = logged(gw, "settling", 2)
+    assert counters(valkey, "settling") == want
 
 
 def test_a_gate_held_back_by_a_partition_is_undone_and_the_request_counted_once(setup):
     gw, proxy, valkey = setup
-    assert post(gw, chat()) == 200
+    assert post(gw, "gating", chat()) == 200
     proxy.partition(True)
-    assert post(gw, chat()) == 200  # its gate timed out: admitted alone, charged by this process
+    assert post(gw, "gating", chat()) == 200  # its gate timed out: admitted alone, charged by this process
     time.sleep(0.3)
     proxy.partition(False)  # the gate arrives late (a reservation, a request); the process pays its count
     once_run(valkey, 3)  # the gate, its void, and the payment of what the process counted
-    want = logged(gw, 2)
-    assert counters(valkey) == want
-    assert gw.lines_where(lambda line: line.get("CacheErrors"), 1)
+    want = logged(gw, "gating", 2)
+    assert counters(valkey, "gating") == want
+    assert gw.lines_where(lambda line: line.get("Client") == "gating" and line.get("CacheErrors"), 1)

@@ -205,6 +205,9 @@ def test_requests_admitted_by_the_store_above_the_limit_in_a_minute_are_counted(
     assert limits(admitted, 4, 0.0, [outage])["admitted_over_the_limit"] == 0
     assert limits(admitted, 4, 0.0, [], {"r4": {"CacheErrors": 1}})["admitted_over_the_limit"] == 0
     assert limits(admitted, 4, 0.0, [], {"r4": {"CacheErrors": 0}})["admitted_over_the_limit"] == 1
+    # Counted in the minute the gateway's line says it began (a burst across a minute's end).
+    next_minute = {"_aws": {"Timestamp": 60_500}, "Latency": 100.0}
+    assert limits(admitted, 4, 0.0, [], {"r4": next_minute})["admitted_over_the_limit"] == 0
     # The load balancer's 502 for a request its killed target had: not known to have been counted.
     died = Result("chat", "limited", 2.9, 3.1, "failed", status=502, backend="gw2")
     assert limits([*admitted[:4], died], 4, 0.0, [KILL])["admitted_over_the_limit"] == 0

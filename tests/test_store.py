@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gateway.limits import Limits
+from gateway.limits import Limits, Reservation, windows
 from gateway.store import LocalStore, StoreUnavailable, ValkeyStore
 from tests.conftest import within_one_minute
 
@@ -339,3 +339,89 @@ def test_a_failed_call_leaves_the_calls_still_running_on_their_connections(valke
         finally:
             await store.close()
     asyncio.run(scenario())
+
+
+# --- marks: what the store may have applied after a call timed out counts once -------------------
+
+MARKED = Limits(requests_per_minute=100, tokens_per_minute=10_000, usd_per_day=1.0, concurrent_requests=5)
+
+
+def marked(valkey, scenario):
+    """scenario(store, counts) on a fresh Valkey store, every gate's token (and mark) "00…0":
+    counts() is the client's (rpm, tpm, usd, in flight) as Valkey holds them."""
+    async def go():
+        valkey.client().flushall()
+        store = ValkeyStore("127.0.0.1", port=valkey.port, password=valkey.auth, ca_file=str(valkey.ca_file),
+                            service=SERVICE, timeout=2.0)
+
+        def counts():
+            c = valkey.client()
+            total = {kind: sum(int(c.get(k) or 0) for k in c.scan_iter(match=f"llmgw:{SERVICE}:{kind}:c:*"))
+                     for kind in ("rpm", "tpm", "usd")}
+            return total["rpm"], total["tpm"], total["usd"], c.zcard(f"llmgw:{SERVICE}:inflight:c")
+        try:
+            await scenario(store, counts)
+        finally:
+            await store.close()
+    within_one_minute(3)
+    asyncio.run(go())
+
+
+def test_a_settlement_sent_twice_counts_once(valkey, mocker):
+    mocker.patch("gateway.store.os.urandom", return_value=bytes(8))
+
+    async def scenario(store, counts):
+        g = await gate(store, limits=MARKED, tokens=1000, nano=5000)
+        assert g.reservation.mark == "0" * 16 and counts() == (1, 1000, 5000, 1)
+        for _ in range(2):  # the first's answer was lost: the gateway sends it again
+            await store.settle("c", g.reservation, 1500, 7000)
+        assert counts() == (1, 1500, 7000, 0)
+    marked(valkey, scenario)
+
+
+def test_a_void_undoes_a_gate_that_landed_and_lets_its_fill_lock_go(valkey, mocker):
+    mocker.patch("gateway.store.os.urandom", side_effect=[b"\x11" * 8, bytes(8)])
+
+    async def scenario(store, counts):
+        other = await gate(store, limits=MARKED, tokens=100, nano=100)
+        await store.settle("c", other.reservation, 100, 100)  # another request, settled as reserved
+        g = await gate(store, limits=MARKED, cache_hash="h", read=True, lock=True, tokens=1000, nano=5000)
+        assert g.holds_lock and counts() == (2, 1100, 5100, 1)
+        await store.settle("c", g.reservation, 0, 0, -1, void=True)
+        assert counts() == (1, 100, 100, 0)
+        assert valkey.client().get(g.entry_key + ":lock") is None, "identical requests need not wait for it"
+        await store.settle("c", g.reservation, 0, 0, -1, void=True)
+        assert counts() == (1, 100, 100, 0), "a void sent twice undoes once"
+    marked(valkey, scenario)
+
+
+def test_a_void_of_a_hit_undoes_its_request_only(valkey, mocker):
+    async def scenario(store, counts):
+        g = await gate(store, limits=MARKED, cache_hash="h", read=True, lock=True, tokens=1000, nano=5000)
+        await store.fill(g, b"answer", 60)
+        await store.settle("c", g.reservation, 1000, 5000)
+        mocker.patch("gateway.store.os.urandom", return_value=bytes(8))
+        hit = await gate(store, limits=MARKED, cache_hash="h", read=True, tokens=1000, nano=5000)
+        assert hit.outcome == "hit" and counts() == (2, 1000, 5000, 0)
+        minute, day, _, _ = windows()
+        await store.settle("c", Reservation(1000, 5000, minute, day, "0" * 16, "0" * 16), 0, 0, -1, void=True)
+        assert counts() == (1, 1000, 5000, 0)
+    marked(valkey, scenario)
+
+
+def test_a_gate_that_lands_after_its_void_counts_nothing_and_a_settled_one_is_not_voided(valkey, mocker):
+    mocker.patch("gateway.store.os.urandom", return_value=bytes(8))
+
+    async def scenario(store, counts):
+        minute, day, _, _ = windows()
+        gone = Reservation(1000, 5000, minute, day, "0" * 16, "0" * 16)
+        await store.settle("c", gone, 0, 0, -1, void=True)  # the void came first: nothing to undo
+        assert counts() == (0, 0, 0, 0)
+        late = await gate(store, limits=MARKED, tokens=1000, nano=5000)
+        assert (late.outcome, late.admitted, counts()) == ("void", False, (0, 0, 0, 0))
+        valkey.client().delete(f"llmgw:{SERVICE}:mark:" + "0" * 16)
+        g = await gate(store, limits=MARKED, tokens=1000, nano=5000)
+        await store.settle("c", g.reservation, 1200, 6000)
+        await store.settle("c", g.reservation, 0, 0, -1, void=True)
+        assert counts() == (1, 1200, 6000, 0), "a settled request's void changes nothing"
+    marked(valkey, scenario)
