@@ -324,9 +324,10 @@ class ValkeyStore:
         await asyncio.gather(*(c.ping() for c in clients for _ in range(n)), return_exceptions=True)
 
     async def close(self) -> None:
-        await self.primary.aclose()
+        # The pools are this store's own (passed in): redis-py closes only pools it made itself.
+        await self.primary.aclose(close_connection_pool=True)
         if self.reader is not self.primary:
-            await self.reader.aclose()
+            await self.reader.aclose(close_connection_pool=True)
 
     async def _call(self, coro: Awaitable[T]) -> T:
         # After a failure, one call a second tries the store again (the probe) and the others skip

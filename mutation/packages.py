@@ -25,7 +25,8 @@ PACKAGES = (
         ("tests/test_gateway_rules.py", "tests/test_store.py", "tests/test_gateway.py",
          "tests/test_gateway_adversary.py", "tests/test_gateway_accounting.py",
          "tests/test_gateway_cache.py", "tests/test_gateway_lifecycle.py", "tests/test_clientkeys.py",
-         "tests/test_gateway_settings.py", "tests/test_routing.py", "tests/test_gateway_routing.py"),
+         "tests/test_gateway_settings.py", "tests/test_routing.py", "tests/test_gateway_routing.py",
+         "tests/test_gateway_partition.py"),
     ),
     Package(
         "config",

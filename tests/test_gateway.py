@@ -139,6 +139,9 @@ def test_gateway_errors_have_openais_shape(gateway, fake):
         error = json.loads(resp.read())["error"]
         assert (resp.status, error["code"]) == (status, code)
         assert set(error) == {"message", "type", "param", "code"}
+    # A path the gateway does not serve is logged under one route name, not the path a client chose.
+    lines = gateway.lines_where(lambda x: x.get("status") == 404 and x.get("error") == "unknown_url")
+    assert lines and {x["route"] for x in lines} == {"unknown"}
 
 
 def test_a_body_over_the_limit_is_refused_before_the_upstream(tuned, fake):
@@ -196,6 +199,26 @@ def test_a_stream_waiting_for_anothers_answer_gets_keepalives_then_the_same_even
     events = lambda b: [e for e in b.split(b"\n\n") if e.startswith(b"data:")]  # noqa: E731
     assert served.startswith(b": keepalive\n\n"), "kept alive while it waited"
     assert events(served) == events(relayed) and events(served)[-1] == b"data: [DONE]"
+
+
+def test_a_stream_waiting_for_a_plain_answer_is_served_it_as_events(gateway, fake):
+    """The same chat twice at once, the second streamed: it waits for the first's JSON answer
+    (one upstream call) and gets it converted to the events a stream of it would have been."""
+    body = {**CHAT, "temperature": 0, "seed": 43}
+    fake.script = [{"kind": "slow", "delay": 2.0}]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(lambda: raw(gateway, "POST", "/v1/chat/completions", body))
+        deadline = time.monotonic() + 5
+        while not fake.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = pool.submit(lambda: raw(gateway, "POST", "/v1/chat/completions", {**body, "stream": True}))
+        plain, streamed = first.result(), second.result()
+        served = streamed.read()
+    assert len(fake.requests) == 1
+    line = line_for(gateway, rid(streamed))
+    assert (line["CacheHits"], line["CacheCoalesced"]) == (1, 1)
+    assert b'"content":"Hello there."' in served and served.rstrip().endswith(b"data: [DONE]")
+    assert json.loads(plain.read())["choices"][0]["message"]["content"] == "Hello there."
 
 
 def test_the_usage_chunk_the_gateway_asked_for_is_not_shown_to_the_client(gateway, fake):
@@ -260,6 +283,14 @@ def test_5xx_and_dropped_connections_are_retried(gateway, fake, step):
     # The log line counts the retry once, and a 5xx as the upstream's (a dropped connection is not).
     line = line_for(gateway, rid(resp))
     assert (line["Retries"], line["Upstream5xx"], line["status"]) == (1, int(step["kind"] == "status"), 200)
+    assert line["Requests"] == 1, "one request, however many tries"
+
+
+def test_each_5xx_counts_in_the_log_line(gateway, fake):
+    fake.script = [{"kind": "status", "status": 500}, {"kind": "status", "status": 503}]
+    resp = sdk(gateway).chat.completions.with_raw_response.create(**CHAT)
+    line = line_for(gateway, rid(resp))
+    assert (line["Retries"], line["Upstream5xx"], len(fake.requests)) == (2, 2, 3)
 
 
 def test_when_retries_run_out_the_client_gets_the_upstreams_429_and_headers(gateway, fake):
@@ -313,6 +344,8 @@ def test_an_unreachable_upstream_is_a_502_in_openais_shape(upstream, fake, tmp_p
         assert error["code"] == "upstream_unavailable"
         assert str(closed) not in error["message"] and "127.0.0.1" not in error["message"], \
             "the upstream's address is not the client's to know"
+        # What failed, by its kind: an operator's first clue, and no address in it.
+        assert error["message"] == "The LLM API could not be reached (ClientConnectorError)."
     finally:
         gw.stop()
 

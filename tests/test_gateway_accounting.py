@@ -132,6 +132,17 @@ def test_the_spend_limit_counts_each_answer_at_its_own_price(gw, fake):
     assert "$0.0027 spent" in error["message"]
 
 
+def test_a_client_is_counted_only_for_the_limits_it_has(gw, fake, valkey):
+    """Its limits decide its counters: a spend limit alone keeps no token count, a token limit
+    alone no day spend (a counter with no limit to check is memory and a round trip for nothing)."""
+    fake.script = [{"kind": "ok", "usage": [3000, 1500]}]
+    assert post(gw, "/v1/chat/completions", CHAT, "spend")[0] == 200
+    fake.script = [{"kind": "ok", "usage": [100, 50]}]
+    assert post(gw, "/v1/chat/completions", CHAT, "tokens")[0] == 200
+    assert counters(valkey, "tpm", "spend") == {} and counters(valkey, "usd", "tokens") == {}
+    assert sum(counters(valkey, "usd", "spend").values()) == 3000 * 150 + 1500 * 600
+
+
 def test_a_cache_hit_counts_against_the_request_limit(gw, fake):
     """Hits reach no upstream and cost no tokens, but they are requests: a client at its limit is
     refused a hit as it is a miss."""

@@ -213,6 +213,17 @@ def test_invalidating_a_clients_entries_or_the_whole_stacks(gateways, valkey, fa
     assert post(a, CHAT, client="batch")[0].getheader("x-gateway-cache") == "MISS"
 
 
+def test_invalidating_a_cache_that_does_not_answer_fails_with_exit_1_and_says_so(tmp_path):
+    """Exit 1 (the cache did not answer), apart from 2 (a setting is wrong): what a runbook tells apart."""
+    dead = socket.create_server(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()  # nothing listens there now
+    done = cachectl({"CACHE_HOST": "127.0.0.1", "CACHE_PORT": str(port), "CACHE_TLS": "false",
+                     "GATEWAY_SERVICE": "llm-service-test"}, "invalidate")
+    assert done.returncode == 1 and done.stderr.startswith("cachectl: the cache did not answer"), done.stderr
+    assert cachectl({"GATEWAY_SERVICE": "llm-service-test"}, "invalidate").returncode == 2
+
+
 def cachectl(env, *argv):
     import subprocess
     import sys

@@ -34,8 +34,10 @@ def upstream():
 
 def healthcheck(port: int) -> int:
     """The container health check, as the task definition runs it."""
-    return subprocess.run([sys.executable, "-m", "gateway.healthcheck"], cwd=ROOT, timeout=10,
-                          env={"PATH": os.environ["PATH"], "PORT": str(port), "PYTHONPATH": str(ROOT)}).returncode
+    # Under `make mutate`, with the mutant under test (gateway_process.under_mutation).
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **gateway_process.under_mutation(),
+           "PORT": str(port)}
+    return subprocess.run([sys.executable, "-m", "gateway.healthcheck"], cwd=ROOT, timeout=10, env=env).returncode
 
 
 def _stream(port: int, key: str, out: dict) -> None:
@@ -112,6 +114,15 @@ def test_sigterm_drains_a_stream_in_flight_then_exits_0(upstream, tmp_path, work
     lines = _drain_lines(gw)
     assert len(lines) == workers and all("(no request for 0.3 s)" in line for line in lines)
     assert sum(" 1 in flight" in line for line in lines) == 1, "the stream was in flight when accepting stopped"
+
+
+def test_ctrl_c_stops_a_local_run_at_once_and_exits_0(upstream, tmp_path):
+    """SIGINT (Ctrl-C on `make serve`) is not a deploy: no drain, uvicorn stops at once, and the
+    process exits 0 without a traceback (the signal it hands uvicorn is the one it got)."""
+    gw = gateway_process.start(upstream.url, tmp_path)
+    gw.proc.send_signal(signal.SIGINT)
+    assert gw.proc.wait(10) == 0
+    assert "Traceback" not in gw.proc.stderr.read().decode()
 
 
 def test_requests_that_keep_coming_after_sigterm_are_served_not_refused(upstream, tmp_path):

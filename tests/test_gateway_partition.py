@@ -132,3 +132,35 @@ def test_a_gate_held_back_by_a_partition_is_undone_and_the_request_counted_once(
     want = logged(gw, "gating", 2)
     assert counters(valkey, "gating") == want
     assert gw.lines_where(lambda line: line.get("Client") == "gating" and line.get("CacheErrors"), 1)
+
+
+def test_a_payment_cut_by_a_cancellation_is_kept_to_be_sent_again_as_it_was(valkey):
+    """What a process owes, its payment on its way when the process stops (the loop cancelled):
+    it may have landed, so it is kept with its mark, not dropped nor merged into a new one."""
+    from gateway.app import App, Unsettled
+    from gateway.limits import windows
+    from gateway.settings import from_env
+
+    proxy = Partitionable(valkey.port)
+    env = {**valkey.env(), "CACHE_PORT": str(proxy.proxy.port), "OPENAI_API_KEY": "sk-test", "HOST": "127.0.0.1",
+           "GATEWAY_SERVICE": SERVICE}
+
+    async def scenario():
+        app = App(from_env(env, log=lambda line: None))
+        minute, day, _, _ = windows()
+        app.owed[("gating", minute, day)] = [2, 300, 4000]
+        proxy.partition(True)
+        paying = asyncio.ensure_future(app.pay())
+        await asyncio.sleep(0.1)  # sent, unanswered
+        paying.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await paying
+        (debt,) = app.unsettled
+        assert isinstance(debt, Unsettled) and (debt.client, debt.requests, debt.tokens, debt.nano) == \
+            ("gating", 2, 300, 4000) and debt.r.mark and not app.owed
+        await app.store.close()
+    try:
+        asyncio.run(scenario())
+    finally:
+        proxy.partition(False)
+        proxy.close()

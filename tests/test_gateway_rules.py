@@ -611,5 +611,9 @@ def test_error_messages_name_what_happened_and_never_the_upstreams_address():
     assert errors.upstream_unavailable("connection refused").message == \
         "The LLM API could not be reached (connection refused)."
     assert errors.internal().message == "The gateway failed on this request; retry it."
+    assert errors.unauthorized(True).message == \
+        "Incorrect API key provided. Use a client key this gateway issued (python -m ops.clientkeys add <client>)."
+    assert errors.stream_cut_by_drain().message == \
+        "The gateway stopped before the stream finished (it is being replaced); retry the request."
     assert errors.invalid("bad", "model").param == "model"
     assert errors.overloaded().headers == [(b"retry-after", b"1")] and errors.internal().headers == []

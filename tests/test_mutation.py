@@ -307,6 +307,11 @@ def test_a_sample_is_drawn_from_the_mutants_mutmut_makes_and_is_the_same_every_r
     assert len(drawn) == 150 and set(drawn) <= set(names) and drawn == run.sample(names, 150)
     assert drawn != run.sample(names, 150, seed=run.SEED + 1)
     assert run.sample(names[:5], 150) == names[:5], "a package smaller than the sample runs whole"
+    # A function changed (its mutants named again) leaves the rest of the sample where it was.
+    new = [f"offline.cost.x_main__mutmut_{i}" for i in range(900, 960)]
+    again = run.sample([n for n in names if "x_main__" not in n] + new, 150)
+    gone, came = sum("x_main__" in n for n in drawn), len(set(again) & set(new))
+    assert len(set(again) & set(drawn)) >= 150 - gone - came, "only what came or went moved"
 
 
 def test_a_samples_score_is_reported_with_its_interval(tmp_path, monkeypatch, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gateway.routing import DEFAULT, Health, Route, Router, RoutesError, Target, UpstreamSpec, parse_routes
@@ -173,3 +175,20 @@ def test_the_wait_before_the_next_attempt_is_nothing_for_an_untried_target_else_
     assert upstream._next(single, frozenset({(DEFAULT, "gpt-4o")}), single.single, 0, 1.5) == (single.single, 1.5)
     following, wait = upstream._next(single, frozenset({(DEFAULT, "gpt-4o")}), single.single, 1, None)
     assert 0 < wait <= SETTINGS.backoff_base_seconds * 2
+
+
+def test_a_routed_model_reserves_at_its_dearest_targets_price_on_each_side():
+    """A spend limit reserves before the route picks a target: at the dearest input price and the
+    dearest output price among its targets (they may be different targets), so no pick is under it."""
+    from gateway.app import App
+    from gateway.settings import from_env
+
+    env = {"OPENAI_API_KEY": "sk-test", "HOST": "127.0.0.1", "BACKUP_KEY": "k-2",
+           "GATEWAY_UPSTREAMS": json.dumps({"backup": {"baseUrl": "https://api.openai.com/v1",
+                                                       "keyVariable": "BACKUP_KEY"}}),
+           "GATEWAY_ROUTES": json.dumps({"m": [{"upstream": "default", "model": "cheap-out"},
+                                               {"upstream": "backup", "model": "dear-out"}]}),
+           "GATEWAY_PRICES": json.dumps({"cheap-out": {"inputPerMillion": 3, "outputPerMillion": 1},
+                                         "dear-out": {"inputPerMillion": 2, "outputPerMillion": 8}})}
+    app = App(from_env(env, log=lambda line: None))
+    assert (app.reserve_prices["m"].input_per_million, app.reserve_prices["m"].output_per_million) == (3, 8)

@@ -425,3 +425,24 @@ def test_a_gate_that_lands_after_its_void_counts_nothing_and_a_settled_one_is_no
         await store.settle("c", g.reservation, 0, 0, -1, void=True)
         assert counts() == (1, 1200, 6000, 0), "a settled request's void changes nothing"
     marked(valkey, scenario)
+
+
+def test_closing_a_store_closes_its_connections_to_both_endpoints(valkey):
+    """The primary's and the reader's (a task stopping, or cachectl done, leaves no connection open
+    on the node: redis-py closes only the pools it made, and these are the store's own)."""
+    def ours() -> int:
+        return sum(1 for c in valkey.client().client_list() if c.get("cmd") != "client|list")
+
+    async def scenario():
+        before = ours()
+        store = ValkeyStore("127.0.0.1", reader_host="localhost", port=valkey.port, password=valkey.auth,
+                            ca_file=str(valkey.ca_file), service=SERVICE, timeout=2.0)
+        assert store.reader is not store.primary
+        await store.warm(2)
+        assert ours() == before + 4, "two to each endpoint"
+        await store.close()
+        deadline = time.monotonic() + 5
+        while ours() > before and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert ours() == before
+    asyncio.run(scenario())
