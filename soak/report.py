@@ -261,9 +261,10 @@ def cause_of(r: Result, faults: list[Fault]) -> Fault | None:
 
 def store_fault_of(r: Result, faults: list[Fault]) -> Fault | None:
     """The store fault a request served without the store is put down to: the last one begun
-    before it (within 30 s of its end)."""
+    before it ended (within 30 s of the fault's end). By its end: a request begun before a fault
+    meets it when it settles."""
     begun = [f for f in faults if f.name.startswith("valkey")
-             and (f.started or f.at) - GRACE <= r.started <= (f.ended or f.at) + 30]
+             and (f.started or f.at) - GRACE <= r.ended <= (f.ended or f.at) + 30]
     return max(begun, key=lambda f: f.started or f.at, default=None)
 
 

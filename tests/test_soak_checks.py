@@ -231,5 +231,11 @@ def test_a_store_fault_is_over_when_its_last_request_served_without_the_store_is
     failed = [Result("chat", "web-app", 10.6, 10.9, "failed", cause="status 502")]
     report = {f["fault"]: f for f in per_fault([*alone_, *failed], [down, storm], alone_)}
     assert report["valkey down"]["whole_again_after_s"] == 2.4  # 12.4 - 10.0: served alone until then
+    # Begun before a store fault, settled in it: the fault's (not the one before it).
+    failover = Fault("valkey failover", 1.0, started=1.0, ended=1.0)
+    settled_in = [Result("chat", "web-app", 9.4, 10.6, "ok")]
+    later = {f["fault"]: f for f in per_fault(settled_in, [failover, down], settled_in)}
+    assert (later["valkey failover"]["whole_again_after_s"], later["valkey down"]["whole_again_after_s"]) \
+        == (0.0, 0.6)
     assert (report["upstream 429 storm"]["whole_again_after_s"], report["upstream 429 storm"]["failed_requests"]) \
         == (0.4, 1)
