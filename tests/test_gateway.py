@@ -205,7 +205,7 @@ def test_a_stream_waiting_for_a_plain_answer_is_served_it_as_events(gateway, fak
     """The same chat twice at once, the second streamed: it waits for the first's JSON answer
     (one upstream call) and gets it converted to the events a stream of it would have been."""
     body = {**CHAT, "temperature": 0, "seed": 43}
-    fake.script = [{"kind": "slow", "delay": 2.0}]
+    fake.script = [{"kind": "slow", "delay": 1.0}]  # time for the second to arrive and wait
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         first = pool.submit(lambda: raw(gateway, "POST", "/v1/chat/completions", body))
         deadline = time.monotonic() + 5

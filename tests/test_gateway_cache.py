@@ -374,7 +374,7 @@ def test_a_cache_that_never_answers_is_tried_by_one_request_at_a_time(upstream, 
     silent = _Counting(gateway_process.free_port(), silent=True)
     keys = gateway_process.client_keys("web-app", limits={"web-app": LIMITS["limited"]})
     env = {**server.env(), "CACHE_PORT": str(silent.sock.getsockname()[1]), "GATEWAY_CACHE_TIMEOUT_SECONDS": "0.2",
-           "GATEWAY_CACHE_CONNECT_TIMEOUT_SECONDS": "1"}
+           "GATEWAY_CACHE_CONNECT_TIMEOUT_SECONDS": "0.5"}
     gw = gateway_process.start(upstream.url, tmp_path, env=env, keys_doc=keys)
     try:
         assert post(gw, CHAT)[0].status == 200  # its store call fails: the store is skipped a second

@@ -15,6 +15,7 @@ import pytest
 from soak.__main__ import CAP, FITS, LIMIT, SHORT, soak, task_environment
 
 
+@pytest.mark.first  # the suite's longest test: started last, it would end the run alone
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="make soak needs haproxy (.ci/system-packages)")
 def test_a_short_soak_loses_nothing_and_holds_every_limit(staging, tmp_path):
     report = asyncio.run(soak(SHORT, task_environment(staging), tmp_path))
