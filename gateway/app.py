@@ -206,6 +206,8 @@ class App:
         # are shown to a client of this gateway only, not to anyone who reaches the load balancer.
         if self.s.clients.client_for(headers.get(b"authorization")) is not None:
             doc["cooling_down"] = sorted(f"{upstream}/{model}" for upstream, model in self.health.cooling())
+            # What this worker still owes the shared counters (after a store failure): 0 once paid.
+            doc["unpaid"] = len(self.owed) + len(self.unsettled)
         await _respond(send, 200 if ok else 503, JSON, orjson.dumps(doc))
 
     async def proxy(self, scope: Scope, receive: Receive, send: Send, route: str, rec: Record) -> None:

@@ -172,9 +172,10 @@ async def soak(plan: Plan, env: dict[str, str], folder: Path) -> dict[str, Any]:
                 load.clients(plan.seconds, plan.workers, plan.max_requests, MIX),
                 load.steady("limited", plan.seconds, LIMIT / 120),
                 run_faults(c, plan, load, done, keepalive))
-            # The last lines reach the logs, and what a process owes is paid: within about two
-            # seconds of a failure (a second's skip, then the next payment's second).
-            await asyncio.sleep(3)
+            # What a process owes is paid (within about two seconds of a failure: a second's
+            # skip, then the next payment's second), and the last lines reach the logs.
+            await c.paid(keys["web-app"])
+            await asyncio.sleep(0.3)
             records = [r for up in c.upstreams.values() for r in up.fake.requests]
             done.sort(key=lambda fault: fault.at)
             return analyse(load.results, done, c.logs, records, json.loads(env["GATEWAY_PRICES"]), LIMIT,

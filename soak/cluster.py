@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import aiohttp
+
 from tests import valkey_server
 from tests.fake_upstream import Running
 from tests.gateway_process import GATEWAY_PYTHON, UPSTREAM_KEY, Gateway, free_port, wait_healthy
@@ -255,6 +257,27 @@ backend gateways
     def set_state(self, slot: Slot, state: str) -> None:
         self.admin(f"set server gateways/{slot.name} state {state}")
         self.states[slot.name] = state
+
+    async def paid(self, key: str, timeout: float = 10) -> None:
+        """Until every running gateway owes the store nothing (its /readyz `unpaid`, shown to a
+        client): what a process counted alone or could not settle is in the counters then."""
+        deadline = time.monotonic() + timeout
+        pending = self.serving()
+        async with aiohttp.ClientSession() as session:
+            while pending and time.monotonic() < deadline:
+                still = []
+                for slot in pending:
+                    try:
+                        async with session.get(f"http://127.0.0.1:{slot.port}/readyz",
+                                               headers={"Authorization": f"Bearer {key}"}) as resp:
+                            owes = (await resp.json()).get("unpaid", 1)
+                    except (aiohttp.ClientError, ValueError):
+                        owes = 0 if slot.gateway is None or slot.gateway.proc.poll() is not None else 1
+                    if owes:
+                        still.append(slot)
+                pending = still
+                if pending:
+                    await asyncio.sleep(0.1)
 
     def stored_spend(self, service: str) -> dict[str, int]:
         """Each client's day spend (nano-USD) as the primary holds it: what its limit is checked against."""

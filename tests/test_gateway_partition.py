@@ -92,6 +92,14 @@ def logged(gw: gateway_process.Gateway, client: str, n: int) -> dict[str, int]:
             "usd": sum(round(ln["EstimatedCostUSD"] * 1e9) for ln in lines)}
 
 
+def unpaid(gw: gateway_process.Gateway) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("GET", "/readyz", headers={"Authorization": f"Bearer {gw.keys['settling']}"})
+    doc = json.loads(conn.getresponse().read())
+    conn.close()
+    return doc["unpaid"]
+
+
 def scripts_run(valkey) -> int:
     stats = valkey.client().info("commandstats")
     return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
@@ -115,10 +123,12 @@ def test_a_settlement_held_back_by_a_partition_and_sent_again_counts_once(setup)
         proxy.partition(True)
         assert held.result() == 200
     time.sleep(0.5)
+    assert unpaid(gw) == 1, "the settlement it could not send, shown to a client on /readyz"
     proxy.partition(False)  # the settlement the gateway gave up on arrives; it sends it again too
     once_run(valkey, 2)
     want = logged(gw, "settling", 2)
     assert counters(valkey, "settling") == want
+    assert unpaid(gw) == 0
 
 
 def test_a_gate_held_back_by_a_partition_is_undone_and_the_request_counted_once(setup):
