@@ -300,7 +300,7 @@ class App:
                                          int(self.s.coalesce_wait_seconds * 1000), counted)
         except StoreUnavailable as e:
             rec.cache_error = True
-            if e.maybe is not None and e.maybe.mark:  # sent and timed out: applied, maybe; to be undone
+            if e.maybe is not None:  # sent and timed out: applied, maybe; to be undone
                 self.unsettled.append(Unsettled(client.name, e.maybe, 0, 0, 0 if counted else -1, void=True))
             if not limits.any:
                 return None

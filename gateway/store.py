@@ -47,6 +47,7 @@ INFLIGHT_TTL_MS = 15 * 60 * 1000
 MARK_TTL_MS = 15 * 60 * 1000
 WARM_CONNECTIONS = 8  # opened at start-up, so a burst on a new task does not open them at once
 
+
 def _closed(task: asyncio.Future[None]) -> None:
     """Dropping connections to a store that does not answer can time out too: nothing to do."""
     if not task.cancelled():
@@ -267,8 +268,9 @@ class Store(Protocol):
 
 
 class StoreUnavailable(Exception):
-    """The store did not answer; the request goes on without cache or limits. `maybe`: a gate
-    that was sent, and so may have been applied all the same (to be voided once the store answers)."""
+    """The store did not answer; the request goes on without cache or limits. `maybe`: a marked
+    gate that was sent, and so may have been applied all the same (to be voided once the store
+    answers)."""
 
     def __init__(self, message: str, sent: bool = True):
         super().__init__(message)
@@ -313,6 +315,9 @@ class ValkeyStore:
         self.down_until = 0.0  # calls skip the store until then, after a failure
         self.failed = False  # the last call failed: the next is a probe
         self.probing = False  # a probe is in flight: the others skip the store until it answers
+
+    def _mark_key(self, r: Reservation) -> str:
+        return f"{self.prefix}mark:{r.mark}" if r.mark else ""  # "": the scripts skip marks
 
     def try_now(self) -> None:
         """The next call tries the store, even within the skip after a failure (a last try)."""
@@ -368,7 +373,7 @@ class ValkeyStore:
                 keys=GATE.keys(ver_key=f"{p}ver", client_ver_key=f"{p}ver:{client}",
                                rpm_key=f"{p}rpm:{client}:{minute}", tpm_key=f"{p}tpm:{client}:{minute}",
                                usd_key=f"{p}usd:{client}:{day}", inflight_key=f"{p}inflight:{client}",
-                               mark_key=f"{p}mark:{token}" if reservation.mark else ""),
+                               mark_key=self._mark_key(reservation)),
                 args=GATE.args(entry_prefix=f"{p}e:{client}:", cache_hash=cache_hash, read=int(read),
                                lock=int(lock), rpm_limit=limits.requests_per_minute,
                                tpm_limit=limits.tokens_per_minute, nano_limit=limits.nano_per_day, tokens=tokens,
@@ -377,7 +382,7 @@ class ValkeyStore:
                                concurrent_limit=limits.concurrent_requests, now_ms=int(time.time() * 1000),
                                inflight_ttl_ms=INFLIGHT_TTL_MS, mark_ttl_ms=MARK_TTL_MS)))
         except StoreUnavailable as e:
-            e.maybe = reservation if e.sent else None
+            e.maybe = reservation if e.sent and reservation.mark else None  # unmarked: nothing to undo
             raise
         outcome = reply[0].decode()
         gate = Gate(outcome)
@@ -409,7 +414,7 @@ class ValkeyStore:
         await self._call(self._settle(
             keys=SETTLE.keys(tpm_key=f"{p}tpm:{client}:{r.minute}", usd_key=f"{p}usd:{client}:{r.day}",
                              inflight_key=f"{p}inflight:{client}", rpm_key=f"{p}rpm:{client}:{r.minute}",
-                             mark_key=f"{p}mark:{r.mark}" if r.mark else ""),
+                             mark_key=self._mark_key(r)),
             args=SETTLE.args(tokens=tokens - r.tokens, nano=nano - r.nano, window_ttl_ms=WINDOW_TTL_MS,
                              day_ttl_s=DAY_TTL_S, flight=r.flight, requests=requests, void=int(void),
                              mark_ttl_ms=MARK_TTL_MS, mark=r.mark)))

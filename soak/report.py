@@ -46,16 +46,19 @@ def store_outages(faults: list[Fault]) -> list[tuple[float, float]]:
     return [(f.started or f.at, (f.ended or f.at) + 2) for f in faults if f.name.startswith("valkey")]
 
 
-def log_lines(logs: list[Path]) -> tuple[dict[str, dict[str, Any]], int]:
+def read_logs(logs: list[Path]) -> list[list[dict[str, Any]]]:
+    """Each gateway process's request lines (not its per-upstream metric lines)."""
+    return [[json.loads(text) for text in path.read_text().splitlines()
+             if text.startswith("{") and '"request_id"' in text] for path in logs]
+
+
+def log_lines(by_log: list[list[dict[str, Any]]]) -> tuple[dict[str, dict[str, Any]], int]:
     """Each request's log line by its id, and how many ids had more than one line."""
     lines: dict[str, dict[str, Any]] = {}
     twice = 0
-    for path in logs:
-        for text in path.read_text().splitlines():
-            if text.startswith("{") and '"request_id"' in text:
-                doc = json.loads(text)
-                twice += doc["request_id"] in lines
-                lines.setdefault(doc["request_id"], doc)
+    for doc in (doc for docs in by_log for doc in docs):
+        twice += doc["request_id"] in lines
+        lines.setdefault(doc["request_id"], doc)
     return lines, twice
 
 
@@ -293,7 +296,8 @@ def analyse(results: list[Result], faults: list[Fault], logs: list[Path], record
     failed = [r for r in results if r.outcome == "failed"]
     excused = [r for r in failed if in_flight_on_killed(r, faults)]
     lost = [r for r in failed if r not in excused]
-    lines, logged_twice = log_lines(logs)
+    by_log = read_logs(logs)
+    lines, logged_twice = log_lines(by_log)
     money = Money(records, prices)
     charges = spend(lines, money, results, faults, zero)
     kept = counters(stored, lines, money, results, faults, reserve)
@@ -302,8 +306,6 @@ def analyse(results: list[Result], faults: list[Fault], logs: list[Path], record
     # Served without the store and not put down to a store fault: its calls timed out (a burst
     # on a loaded machine), by the second they came in.
     unanswered = Counter(int(r.started) for r in without_store if store_fault_of(r, faults) is None)
-    by_log = [[json.loads(t) for t in path.read_text().splitlines() if t.startswith("{") and '"request_id"' in t]
-              for path in logs]
     solo = alone(by_log, "limited", limit)
     invariants = {
         "streams malformed, or ended without [DONE] or an error event":

@@ -18,6 +18,7 @@ from soak.report import (
     limits,
     log_lines,
     per_fault,
+    read_logs,
     silent_streams,
     spend,
 )
@@ -159,7 +160,7 @@ def test_a_request_logged_twice_is_counted(tmp_path):
     one, two = tmp_path / "gw1.log", tmp_path / "gw2.log"
     one.write_text(json.dumps(line("a", FULL)) + "\nnot a line\n" + json.dumps(line("b", FULL)) + "\n")
     two.write_text(json.dumps(line("a", FULL)) + "\n")
-    lines, twice = log_lines([one, two])
+    lines, twice = log_lines(read_logs([one, two]))
     assert (sorted(lines), twice) == (["a", "b"], 1)
 
 
